@@ -1,0 +1,9 @@
+"""CIFAR-10 ResNet-56 with the He et al. (2015) recipe."""
+
+from resnet_jax.configuration import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model.name = "resnet56"
+    return config

@@ -1,0 +1,75 @@
+"""On-device augmentation in pure jnp: pad-and-crop, flips, cutout, normalisation.
+
+Every function takes a whole uint8/float batch and ONE PRNG key, is jittable and vmappable, and gives the same
+output for the same key. Per-example randomness is drawn from that key, so results do not depend on sharding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PAD_MODES = ("constant", "reflect")
+
+
+def random_crop(key: jax.Array, images: jax.Array, padding: int = 4, mode: str = "constant") -> jax.Array:
+    """Pads each image by `padding` pixels (zeros or reflection) and takes a random crop of the original size."""
+    if padding == 0:
+        return images
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {mode!r}; choose one of {', '.join(PAD_MODES)}")
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Mirrors each image left-right with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Zeroes a `size` x `size` square at a random centre of each image (DeVries & Taylor 2017); it may clip."""
+    if size == 0:
+        return images
+    batch, height, width, _ = images.shape
+    centres = jax.random.randint(key, (batch, 2), 0, jnp.array([height, width]))
+    rows = jnp.arange(height)[None, :, None]
+    cols = jnp.arange(width)[None, None, :]
+    top = centres[:, 0, None, None] - size // 2
+    left = centres[:, 1, None, None] - size // 2
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 pixels -> (x / 255 - mean) / std per channel, in `dtype`."""
+    scale = jnp.asarray(std, jnp.float32) * 255.0
+    shift = jnp.asarray(mean, jnp.float32) * 255.0
+    return ((images.astype(jnp.float32) - shift) / scale).astype(dtype)
+
+
+def augment_batch(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    crop_padding: int = 4,
+    pad_mode: str = "constant",
+    flip: bool = True,
+    cutout_size: int = 0,
+) -> jax.Array:
+    """The training augmentation: random crop, horizontal flip, cutout, on uint8 images (before normalisation)."""
+    crop_key, flip_key, cutout_key = jax.random.split(key, 3)
+    images = random_crop(crop_key, images, crop_padding, pad_mode)
+    if flip:
+        images = random_flip(flip_key, images)
+    return cutout(cutout_key, images, cutout_size)

@@ -1,0 +1,60 @@
+"""The `train.py` / `resnet-jax-train` command line: absl flags with `ml_collections.config_flags`.
+
+Bad input ends in one line on stderr and exit status 2; a pre-empted run saves and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.configuration import ConfigError
+from resnet_jax.data import DataError
+from resnet_jax.trainer import Preempted, TrainingError, train_and_evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder for config.json, metrics, TensorBoard and checkpoints.")
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override keys with --config.key=value.")
+flags.DEFINE_bool("fresh", False, "Archive a previous run in --workdir (to workdir/archive/) and start over.")
+flags.DEFINE_bool("finetune", False, "Archive a previous run in --workdir and start from its weights.")
+flags.mark_flags_as_required(["workdir", "config"])
+
+
+def _run(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.fresh and FLAGS.finetune:
+        raise app.UsageError("--fresh and --finetune exclude each other")
+    # Our progress at INFO; the libraries' (orbax logs every file it writes) only from WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    package_logger = logging.getLogger("resnet_jax")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+    mode = "fresh" if FLAGS.fresh else "finetune" if FLAGS.finetune else "resume"
+    try:
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir, mode)
+    except (ConfigError, DataError) as error:
+        sys.exit(f"error: {error}")
+    except (TrainingError, CheckpointError) as error:
+        sys.exit(f"training stopped: {error}")
+    except Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
+        return
+    print(
+        f"done: step {results['step']}, test accuracy {results['test_accuracy']:.4f} "
+        f"(best {results['best_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    app.run(_run)

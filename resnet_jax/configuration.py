@@ -1,0 +1,187 @@
+"""Run configuration: validation before anything compiles, and the comparison with a workdir's earlier run.
+
+Every problem is reported as one `ConfigError` line that names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from resnet_jax import augment, data, models, optim
+
+CONFIG_FILE = "config.json"
+# The parts of a config that define what is trained on what: a workdir never silently mixes two of them.
+IDENTITY_SECTIONS = ("model", "data")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message is one line naming key, value and what is allowed."""
+
+
+def _choice(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: Any, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+
+
+def _in_range(key: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks everything that can be checked without devices or data; raises ConfigError on the first problem."""
+    _choice("model.name", config.model.name, models.MODEL_REGISTRY)
+    _choice("model.dtype", config.model.dtype, models.DTYPES)
+    if config.model.shortcut:
+        _choice("model.shortcut", config.model.shortcut, ("A", "B"))
+    _choice("data.dataset", config.data.dataset, data.DATASETS)
+    _choice("data.source", config.data.source, data.SOURCES)
+    if config.data.source == "files":
+        files_dir = config.data.files_dir
+        if not files_dir or not Path(files_dir).expanduser().is_dir():
+            raise ConfigError(
+                f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files"
+            )
+    if config.data.image_size:
+        native = data.get_dataset_info(config.data.dataset).image_shape[0]
+        if config.data.image_size < native:
+            raise ConfigError(f"data.image_size={config.data.image_size} is smaller than the images ({native})")
+    _choice("data.channels", config.data.channels, (0, 1, 3))
+    _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
+    _positive("optimizer.learning_rate", config.optimizer.learning_rate)
+    _in_range("optimizer.momentum", config.optimizer.momentum, 0.0, 1.0)
+    _in_range("optimizer.weight_decay", config.optimizer.weight_decay, 0.0, 1.0)
+    _choice("schedule.name", config.schedule.name, optim.SCHEDULES)
+    _choice("schedule.warmup_mode", config.schedule.warmup_mode, optim.WARMUP_MODES)
+    _positive("train.batch_size", config.train.batch_size, integer=True)
+    if config.train.num_steps < 0:
+        raise ConfigError(f"train.num_steps={config.train.num_steps!r} must be positive (or 0 to use num_epochs)")
+    if config.train.num_steps == 0:
+        _positive("train.num_epochs", config.train.num_epochs, integer=True)
+    _positive("train.steps_per_call", config.train.steps_per_call, integer=True)
+    _positive("train.log_every_steps", config.train.log_every_steps, integer=True)
+    _in_range("train.label_smoothing", config.train.label_smoothing, 0.0, 1.0)
+    _in_range("train.ema_decay", config.train.ema_decay, 0.0, 1.0)
+    _choice("train.on_nonfinite", config.train.on_nonfinite, NONFINITE_POLICIES)
+    _choice("augment.pad_mode", config.augment.pad_mode, augment.PAD_MODES)
+    _positive("eval.batch_size", config.eval.batch_size, integer=True)
+    _positive("eval.every_epochs", config.eval.every_epochs, integer=True)
+    _positive("checkpoint.every_epochs", config.checkpoint.every_epochs, integer=True)
+    _positive("checkpoint.keep", config.checkpoint.keep, integer=True)
+
+
+def check_workdir(workdir: str | os.PathLike) -> Path:
+    """The workdir must be a folder this process can write (it is created when missing)."""
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
+    return path
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", list(value) if isinstance(value, tuple) else value
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+
+
+def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: old -> new` for every model or data key that differs between two configs."""
+    old = dict(_flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS}))
+    new = dict(_flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS}))
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old | new) if old.get(key) != new.get(key)]
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with the He et al. CIFAR-10 ResNet-20 recipe; configs/*.py start from this."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = ml_collections.ConfigDict(
+        # shortcut "" keeps the registry's choice (A for the CIFAR family, B for ResNet-18 and up).
+        dict(name="resnet20", dtype="float32", shortcut="", zero_init_residual=False, dropout_rate=0.0)
+    )
+    config.data = ml_collections.ConfigDict(
+        dict(
+            dataset="cifar10",
+            source="tfds",
+            files_dir="",
+            data_dir="",
+            image_size=32,  # grey 28x28 sets are zero-padded to this; 0 keeps the native size
+            channels=0,  # 0: native; 3 repeats a grey channel
+            mean=(),  # empty: the dataset's own statistics
+            std=(),
+            synthetic_train_examples=0,  # 0: the registry's size
+            synthetic_test_examples=0,
+        )
+    )
+    config.augment = ml_collections.ConfigDict(dict(crop_padding=4, pad_mode="constant", flip=True, cutout_size=0))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=128,  # global, over all devices
+            num_epochs=0,
+            num_steps=64_000,  # > 0 wins over num_epochs
+            steps_per_call=20,  # steps per dispatch (lax.scan): hides Python and launch overhead
+            log_every_steps=100,
+            label_smoothing=0.0,
+            ema_decay=0.0,  # > 0 keeps an EMA of the weights and evaluates it
+            on_nonfinite="stop",  # or "skip": drop steps with a NaN/Inf loss or gradient and go on
+        )
+    )
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=1e-4,
+            decay_all_params=False,  # True also decays BN parameters and biases
+            clip_grad_norm=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+        )
+    )
+    config.schedule = ml_collections.ConfigDict(
+        dict(
+            name="piecewise",
+            boundaries=(32_000, 48_000),  # steps, for piecewise
+            decay_factor=0.1,
+            warmup_steps=0,
+            warmup_mode="linear",
+            warmup_factor=0.0,
+            end_factor=0.0,
+            pct_start=0.3,
+        )
+    )
+    config.eval = ml_collections.ConfigDict(dict(every_epochs=1, batch_size=1000, tta_flip=False))
+    config.checkpoint = ml_collections.ConfigDict(dict(every_epochs=1, keep=3, async_save=True))
+    config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1))
+    return config

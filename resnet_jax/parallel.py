@@ -1,0 +1,83 @@
+"""Data parallelism: the device mesh, its shardings, `jax.distributed` start-up and global arrays.
+
+One mesh axis, `data`, spans every device of every process. Batches are sharded along it and the train state is
+replicated, so under `jax.jit` BatchNorm reduces over the global batch with no `axis_name`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> bool:
+    """Starts JAX's multi-process runtime when the config or the environment asks for it.
+
+    Returns whether it was started. With nothing configured and no cluster environment (SLURM, Open MPI, ...),
+    the run stays single-process.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes or None,
+            process_id=process_id if process_id >= 0 else None,
+        )
+        return True
+    launched_by_cluster = (
+        bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
+    if launched_by_cluster:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh over all devices (of all processes), in process order."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of arrays whose leading axis is the batch (or the examples of a dataset)."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_divides(global_batch: int, mesh: Mesh, name: str = "train.batch_size") -> int:
+    """Returns the per-device batch, or raises a clear error when the global batch does not split evenly."""
+    devices = mesh.devices.size
+    if global_batch % devices:
+        lower = global_batch - global_batch % devices
+        raise ValueError(
+            f"{name}={global_batch} does not divide by the {devices} devices; use a multiple of {devices}, "
+            f"e.g. {lower or devices} or {lower + devices}"
+        )
+    return global_batch // devices
+
+
+def process_rows(num_rows: int, mesh: Mesh) -> slice:
+    """The contiguous rows of a batch-sharded array of `num_rows` that this process's devices hold."""
+    per_device = num_rows // mesh.devices.size
+    local = [index for index, device in enumerate(mesh.devices.flat) if device.process_index == jax.process_index()]
+    if local != list(range(local[0], local[-1] + 1)):
+        raise ValueError("this process's devices are not contiguous in the mesh")
+    return slice(local[0] * per_device, (local[-1] + 1) * per_device)
+
+
+def global_array(local_rows: np.ndarray, mesh: Mesh, num_rows: int) -> jax.Array:
+    """Builds a batch-sharded global array from this process's rows (see `process_rows`)."""
+    return jax.make_array_from_process_local_data(batch_sharded(mesh), local_rows, (num_rows, *local_rows.shape[1:]))

@@ -1,0 +1,187 @@
+"""The train and eval steps, pure functions of (state, batch), and the jitted loops that run them on the mesh.
+
+Augmentation and normalisation run inside the step, on the device. `make_train_loop` scans several steps per
+dispatch, gathering each batch from the device-resident split, so Python never waits between steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from resnet_jax import augment, optim
+from resnet_jax.parallel import replicated
+from resnet_jax.pipeline import DeviceSplit, eval_batch, gather_batch
+from resnet_jax.state import TrainState
+
+Metrics = dict[str, jax.Array]
+NO_NONFINITE_STEP = int(jnp.iinfo(jnp.int32).max)
+TRAIN_SUMS = ("loss_sum", "correct", "count", "grad_norm_sum", "steps", "nonfinite_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the steps need to know beyond the model: input statistics, augmentation, loss and EMA."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    dtype: Any = jnp.float32
+    crop_padding: int = 4
+    pad_mode: str = "constant"
+    flip: bool = True
+    cutout_size: int = 0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+
+
+def _tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
+def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+    """One optimizer step on a uint8 batch. A step whose loss or gradients are not finite changes nothing but
+    the step counter, and is counted in the metrics (`nonfinite_steps`, `first_nonfinite_step`)."""
+
+    def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        augment_key, dropout_key = jax.random.split(step_key)
+        images = augment.augment_batch(
+            augment_key,
+            images,
+            crop_padding=config.crop_padding,
+            pad_mode=config.pad_mode,
+            flip=config.flip,
+            cutout_size=config.cutout_size,
+        )
+        inputs = augment.normalize(images, config.mean, config.std, config.dtype)
+
+        def loss_fn(params):
+            logits, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                inputs,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            loss = optim.cross_entropy(logits, labels, config.label_smoothing).mean()
+            return loss, (logits, updates["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(jnp.add, state.params, updates)
+        grad_norm = optim.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        ema = state.ema
+        if ema is not None:
+            ema = _tree_where(
+                finite,
+                optim.ema_update(ema, {"params": params, "batch_stats": batch_stats}, config.ema_decay),
+                ema,
+            )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_tree_where(finite, params, state.params),
+            batch_stats=_tree_where(finite, batch_stats, state.batch_stats),
+            opt_state=_tree_where(finite, opt_state, state.opt_state),
+            ema=ema,
+        )
+        count = jnp.asarray(labels.shape[0], jnp.float32)
+        metrics = {
+            "loss_sum": jnp.where(finite, loss, 0.0) * count,
+            "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+            "count": count,
+            "grad_norm_sum": jnp.where(finite, grad_norm, 0.0),
+            "steps": jnp.ones((), jnp.float32),
+            "nonfinite_steps": (~finite).astype(jnp.float32),
+            "first_nonfinite_step": jnp.where(finite, NO_NONFINITE_STEP, state.step),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def zero_train_metrics() -> Metrics:
+    """An empty metric window, to accumulate train steps into."""
+    totals = {key: jnp.zeros((), jnp.float32) for key in TRAIN_SUMS}
+    return totals | {"first_nonfinite_step": jnp.asarray(NO_NONFINITE_STEP, jnp.int32)}
+
+
+def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:
+    """Adds per-step metrics stacked along axis 0 to a window (keeping the earliest non-finite step)."""
+    return {
+        key: jnp.minimum(total, jnp.min(stacked[key]))
+        if key == "first_nonfinite_step"
+        else total + jnp.sum(stacked[key], axis=0)
+        for key, total in totals.items()
+    }
+
+
+def make_train_loop(
+    train_step: Callable, mesh: Mesh, batch_per_device: int
+) -> Callable[[TrainState, Metrics, DeviceSplit, jax.Array, jax.Array, int], tuple[TrainState, Metrics]]:
+    """Returns `run(state, totals, split, permutation, first_step, num_steps) -> (state, totals)`.
+
+    It runs steps `first_step .. first_step + num_steps - 1` of an epoch in one dispatch and adds their metrics to
+    `totals` on the device. There is one compiled program per distinct `num_steps`.
+    """
+
+    def loop(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
+        def body(state, offset):
+            images, labels = gather_batch(split, permutation, first_step + offset, batch_per_device, mesh)
+            return train_step(state, images, labels)
+
+        state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
+        return state, _accumulate(totals, stacked)
+
+    return jax.jit(loop, static_argnums=5, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+
+
+def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:
+    """`eval_step(variables, images, labels, mask) -> (sums, logits)` on a uint8 batch; masked rows count nothing.
+
+    With `tta_flip`, logits are the mean over each image and its mirror.
+    """
+
+    def eval_step(variables, images, labels, mask):
+        inputs = augment.normalize(images, config.mean, config.std, config.dtype)
+        logits = apply_fn(variables, inputs, train=False)
+        if tta_flip:
+            logits = (logits + apply_fn(variables, inputs[:, :, ::-1, :], train=False)) / 2
+        weights = mask.astype(jnp.float32)
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        sums = {
+            "loss_sum": jnp.sum(optim.cross_entropy(logits, labels) * weights),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * weights),
+            "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weights),
+            "count": jnp.sum(weights),
+        }
+        return sums, logits
+
+    return eval_step
+
+
+def make_evaluate(
+    eval_step: Callable, mesh: Mesh, batch_per_device: int, return_logits: bool = False
+) -> Callable[[Any, DeviceSplit], tuple[Metrics, jax.Array | None]]:
+    """Returns `evaluate(variables, split) -> (sums, logits)` over EVERY example of a padded split, in one
+    dispatch. Logits, when asked for, are stacked (batches, global_batch, classes); see
+    `pipeline.eval_outputs_in_split_order`."""
+
+    def evaluate(variables, split: DeviceSplit):
+        num_batches = split.images.shape[0] // mesh.devices.size // batch_per_device
+
+        def body(totals, index):
+            images, labels, mask = eval_batch(split, index, batch_per_device, mesh)
+            sums, logits = eval_step(variables, images, labels, mask)
+            totals = jax.tree.map(jnp.add, totals, sums)
+            return totals, (logits if return_logits else None)
+
+        zeros = {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "correct", "correct_top5", "count")}
+        return jax.lax.scan(body, zeros, jnp.arange(num_batches))
+
+    return jax.jit(evaluate)

@@ -1,0 +1,445 @@
+"""The training loop: epochs of on-device steps, full evaluation, metrics, checkpoints, resume and pre-emption.
+
+`train_and_evaluate(config, workdir)` is the whole run. It resumes from the newest complete checkpoint in
+`workdir`, so re-running the same command after a kill continues where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resnet_jax import checkpoint as checkpoint_lib
+from resnet_jax import configuration, data, models, optim, parallel, pipeline, steps
+from resnet_jax.metrics import MetricWriter, ProgressBar
+from resnet_jax.state import TrainState, create_train_state
+
+logger = logging.getLogger(__name__)
+
+RESTART_MODES = ("resume", "fresh", "finetune")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite values, a failed save); the message says what and where things stand."""
+
+
+class Preempted(Exception):
+    """Raised after SIGTERM/SIGINT once the state is saved; the same command resumes."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run builds from its config before the loop: used by the trainer and the tools."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    info: data.DatasetInfo
+    input_shape: tuple[int, int, int]
+    model: Any
+    schedule: optax.Schedule
+    step_config: steps.StepConfig
+    steps_per_epoch: int
+    total_steps: int
+    train_examples: int
+
+    @property
+    def eval_batch_per_device(self) -> int:
+        return max(1, math.ceil(self.config.eval.batch_size / self.mesh.devices.size))
+
+    def load_eval_split(self, split: str = "test") -> tuple[pipeline.DeviceSplit, int]:
+        """A split for evaluation, padded to whole global batches, on the mesh; and its true size."""
+        num_examples = _split_size(self.config, split)
+        global_batch = self.eval_batch_per_device * self.mesh.devices.size
+        rows = pipeline.eval_rows(num_examples, global_batch)
+        return pipeline.put_split(_loader(self.config, split), num_examples, rows, self.mesh), num_examples
+
+    def new_state(self) -> TrainState:
+        tx = optim.make_optimizer(
+            self.config.optimizer.name,
+            self.schedule,
+            momentum=self.config.optimizer.momentum,
+            nesterov=self.config.optimizer.nesterov,
+            weight_decay=self.config.optimizer.weight_decay,
+            decay_all_params=self.config.optimizer.decay_all_params,
+            clip_grad_norm=self.config.optimizer.clip_grad_norm,
+            b1=self.config.optimizer.b1,
+            b2=self.config.optimizer.b2,
+            eps=self.config.optimizer.eps,
+        )
+        use_ema = self.config.train.ema_decay > 0
+        return create_train_state(self.model, tx, self.config.seed, self.input_shape, self.mesh, use_ema)
+
+    def make_evaluate(self, tta_flip: bool | None = None, return_logits: bool = False) -> Callable:
+        flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
+        eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
+        return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
+
+
+def _loader(config: ml_collections.ConfigDict, split: str) -> Callable[[slice], data.SplitArrays]:
+    """Reads given rows of a split, as the config says."""
+    return lambda rows: data.load_split(
+        config.data.dataset,
+        split,
+        rows=rows,
+        source=config.data.source,
+        files_dir=config.data.files_dir or None,
+        data_dir=config.data.data_dir or None,
+        image_size=config.data.image_size or None,
+        channels=config.data.channels or None,
+        synthetic_examples=config.data[f"synthetic_{split}_examples"],
+        seed=config.seed,
+    )
+
+
+def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
+    return data.split_size(
+        config.data.dataset,
+        split,
+        source=config.data.source,
+        data_dir=config.data.data_dir or None,
+        synthetic_examples=config.data[f"synthetic_{split}_examples"],
+    )
+
+
+def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+    """Validates the config and builds model, schedule and step settings (no data is read, nothing compiles)."""
+    configuration.validate(config)
+    mesh = mesh or parallel.make_mesh()
+    try:
+        parallel.check_batch_divides(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise configuration.ConfigError(str(error)) from None
+    info = data.get_dataset_info(config.data.dataset)
+    input_shape = data.input_shape(info, config.data.image_size or None, config.data.channels or None)
+    mean, std = data.normalization(info, input_shape[-1], config.data.mean or None, config.data.std or None)
+    overrides = {"dtype": config.model.dtype, "zero_init_residual": config.model.zero_init_residual}
+    if config.model.shortcut:
+        overrides["shortcut"] = config.model.shortcut
+    if config.model.dropout_rate:
+        overrides["dropout_rate"] = config.model.dropout_rate
+    model = models.get_model(config.model.name, num_classes=info.num_classes, **overrides)
+    train_examples = pipeline.train_rows(_split_size(config, "train"), mesh)
+    steps_per_epoch = train_examples // mesh.devices.size // (config.train.batch_size // mesh.devices.size)
+    if steps_per_epoch == 0:
+        raise configuration.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training set ({train_examples})"
+        )
+    total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+    schedule = optim.make_schedule(
+        config.schedule.name,
+        config.optimizer.learning_rate,
+        total_steps,
+        boundaries=tuple(config.schedule.boundaries),
+        decay_factor=config.schedule.decay_factor,
+        warmup_steps=config.schedule.warmup_steps,
+        warmup_mode=config.schedule.warmup_mode,
+        warmup_factor=config.schedule.warmup_factor,
+        end_factor=config.schedule.end_factor,
+        pct_start=config.schedule.pct_start,
+    )
+    step_config = steps.StepConfig(
+        mean=mean,
+        std=std,
+        dtype=models.get_dtype(config.model.dtype),
+        crop_padding=config.augment.crop_padding,
+        pad_mode=config.augment.pad_mode,
+        flip=config.augment.flip,
+        cutout_size=config.augment.cutout_size,
+        label_smoothing=config.train.label_smoothing,
+        ema_decay=config.train.ema_decay,
+    )
+    return Experiment(
+        config, mesh, info, input_shape, model, schedule, step_config, steps_per_epoch, total_steps, train_examples
+    )
+
+
+def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str, float]:
+    host = {key: float(value) for key, value in jax.device_get(sums).items()}
+    count = max(host["count"], 1.0)
+    return {
+        f"{prefix}_loss": host["loss_sum"] / count,
+        f"{prefix}_accuracy": host["correct"] / count,
+        f"{prefix}_top5_accuracy": host["correct_top5"] / count,
+        f"{prefix}_examples": host["count"],
+    }
+
+
+class _StopRequests:
+    """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries (the old handlers come back after)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        local = self.signal_name is not None
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _archive_previous_run(workdir: Path) -> Path | None:
+    """Moves a previous run's files into workdir/archive/<time>/ (nothing is deleted)."""
+    names = [configuration.CONFIG_FILE, "metrics.jsonl", "checkpoints", "checkpoints_damaged", "tensorboard"]
+    names += ["curves.png", "eval"]
+    present = [workdir / name for name in names if (workdir / name).exists()]
+    if not present or jax.process_index() != 0:
+        return None
+    target = workdir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True)
+    for path in present:
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str) -> Path | None:
+    """Refuses to mix a different model/data run into `workdir`; archives it for fresh/finetune. Returns the
+    archived checkpoint folder (finetune's source) or None."""
+    config_path = workdir / configuration.CONFIG_FILE
+    if mode == "resume" and config_path.exists():
+        previous = json.loads(config_path.read_text())
+        differences = configuration.identity_differences(previous, config.to_dict())
+        if differences:
+            raise configuration.ConfigError(
+                f"--workdir={str(workdir)!r} holds a run with a different model/data config "
+                f"({'; '.join(differences)}); pass --fresh to archive it and start over, --finetune to start from "
+                "its weights, or use another workdir"
+            )
+    archived = _archive_previous_run(workdir) if mode in ("fresh", "finetune") else None
+    if mode == "finetune" and (archived is None or not (archived / "checkpoints").exists()):
+        raise configuration.ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
+    if jax.process_index() == 0:
+        config_path.write_text(configuration.to_json(config))
+    return archived / "checkpoints" if archived is not None else None
+
+
+def _finetune_start(state: TrainState, source: Path) -> TrainState:
+    """Takes params and batch_stats from the newest good checkpoint in `source` wherever shapes agree."""
+    restored = checkpoint_lib.Checkpointer(source, async_save=False, create=False).restore_newest_good(None)
+    if restored is None:
+        raise configuration.ConfigError(f"--finetune: no readable checkpoint in {source}")
+    _, tree, _ = restored
+
+    def pick(new, old, path=""):
+        if new.shape == old.shape:
+            return old
+        logger.warning(
+            "fine-tune: %s has shape %s in the checkpoint, %s now; it starts fresh", path, old.shape, new.shape
+        )
+        return new
+
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, n, o: pick(n, o, jax.tree_util.keystr(p)), state.params, tree["params"]
+    )
+    stats = jax.tree.map(pick, state.batch_stats, tree["batch_stats"])
+    return state.replace(params=params, batch_stats=stats)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "resume"
+) -> dict[str, float]:
+    """Trains and evaluates `config` in `workdir`; returns the final metrics.
+
+    Raises `Preempted` after a SIGTERM/SIGINT once a checkpoint is saved, `TrainingError` when training cannot
+    go on, and `ConfigError` / `DataError` on bad input, all before anything is lost.
+    """
+    if mode not in RESTART_MODES:
+        raise configuration.ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
+    configuration.validate(config)
+    workdir = configuration.check_workdir(workdir)
+    parallel.initialize_distributed(
+        config.distributed.coordinator_address, config.distributed.num_processes, config.distributed.process_id
+    )
+    experiment = build_experiment(config)
+    finetune_source = _prepare_workdir(config, workdir, mode)
+    mesh = experiment.mesh
+    train_split = pipeline.put_split(
+        _loader(config, "train"), experiment.train_examples, experiment.train_examples, mesh
+    )
+    test_split, test_examples = experiment.load_eval_split("test")
+    logger.info(
+        "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
+        config.model.name,
+        config.data.dataset,
+        experiment.train_examples,
+        test_examples,
+        mesh.devices.size,
+        experiment.steps_per_epoch,
+        experiment.total_steps,
+    )
+    state = experiment.new_state()
+    if finetune_source is not None:
+        state = _finetune_start(state, finetune_source)
+
+    checkpointer = checkpoint_lib.Checkpointer(
+        workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+    )
+    writer = MetricWriter(workdir)
+    position = pipeline.DataPosition()
+    best_accuracy = -1.0
+    restored = checkpointer.restore_newest_good(checkpoint_lib.abstract_tree(state.checkpoint_tree()))
+    if restored is not None:
+        step, tree, meta = restored
+        state = state.replace_from_checkpoint(tree)
+        position = pipeline.DataPosition.from_dict(meta["position"])
+        best_accuracy = meta.get("best_test_accuracy", best_accuracy)
+        writer.truncate_after(step)
+        logger.info(
+            "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
+        )
+
+    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split)
+    try:
+        return loop.run(state, position, best_accuracy)
+    finally:
+        writer.close()
+        checkpointer.close()
+
+
+class _TrainLoop:
+    """The epoch loop's moving parts; `run` is the loop itself."""
+
+    def __init__(self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split):
+        self.experiment = experiment
+        self.config = experiment.config
+        self.checkpointer = checkpointer
+        self.writer = writer
+        self.train_split = train_split
+        self.test_split = test_split
+        mesh = experiment.mesh
+        batch_per_device = self.config.train.batch_size // mesh.devices.size
+        self.train_loop = steps.make_train_loop(steps.make_train_step(experiment.step_config), mesh, batch_per_device)
+        self.evaluate = experiment.make_evaluate()
+        rows_per_device = experiment.train_examples // mesh.devices.size
+        self.permutation = jax.jit(
+            functools.partial(pipeline.epoch_permutation, rows_per_device=rows_per_device, mesh=mesh)
+        )
+        self.data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
+        self.progress = ProgressBar()
+
+    def _epoch_float(self, step: int) -> float:
+        return step / self.experiment.steps_per_epoch
+
+    def _log_train(self, totals, step: int, window_start: float, epoch: int) -> dict[str, float]:
+        host = {key: float(value) for key, value in jax.device_get(totals).items()}
+        seconds = time.perf_counter() - window_start
+        values = {}
+        trained_steps = host["steps"] - host["nonfinite_steps"]
+        if trained_steps > 0:
+            values["train_loss"] = host["loss_sum"] / (host["count"] * trained_steps / host["steps"])
+            values["train_accuracy"] = host["correct"] / host["count"]
+            values["grad_norm"] = host["grad_norm_sum"] / trained_steps
+        values["learning_rate"] = float(self.experiment.schedule(step - 1))
+        values["images_per_second"] = host["count"] / seconds
+        if host["nonfinite_steps"]:
+            first = int(host["first_nonfinite_step"])
+            values["nonfinite_steps"] = host["nonfinite_steps"]
+            if self.config.train.on_nonfinite == "stop":
+                self.writer.write(step, self._epoch_float(step), values)
+                latest = self.checkpointer.latest_step()
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it. "
+                    f"The last good checkpoint is step {latest} in {self.checkpointer.directory}. Lower the learning "
+                    "rate, add optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
+                )
+            logger.warning(
+                "skipped %d step(s) with non-finite values, the first at step %d", host["nonfinite_steps"], first
+            )
+        self.writer.write(step, self._epoch_float(step), values)
+        self.progress.update(
+            0, {k: v for k, v in values.items() if k in ("train_loss", "train_accuracy", "images_per_second")}
+        )
+        return values
+
+    def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best: float, metrics=None):
+        meta = {"position": position.to_dict(), "best_test_accuracy": best, "step": step}
+        self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics)
+
+    def run(self, state: TrainState, position: pipeline.DataPosition, best_accuracy: float) -> dict[str, float]:
+        experiment, config = self.experiment, self.config
+        steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
+        step = int(jax.device_get(state.step))
+        last_eval: dict[str, float] = {}
+        with _StopRequests() as stop:
+            epoch = position.epoch
+            while step < total_steps:
+                permutation = self.permutation(self.data_key, jnp.int32(epoch))
+                in_epoch = position.step_in_epoch if epoch == position.epoch else 0
+                self.progress.start_epoch(epoch, steps_per_epoch, in_epoch)
+                totals, window_start, next_log = steps.zero_train_metrics(), time.perf_counter(), step
+                next_log += config.train.log_every_steps
+                while in_epoch < steps_per_epoch and step < total_steps:
+                    count = min(config.train.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
+                    state, totals = self.train_loop(
+                        state, totals, self.train_split, permutation, jnp.int32(in_epoch), count
+                    )
+                    in_epoch += count
+                    step += count
+                    self.progress.update(count)
+                    epoch_done = in_epoch == steps_per_epoch or step == total_steps
+                    if step >= next_log or epoch_done:
+                        self._log_train(totals, step, window_start, epoch)
+                        totals, window_start = steps.zero_train_metrics(), time.perf_counter()
+                        next_log = step + config.train.log_every_steps
+                    if stop.requested() and not epoch_done:
+                        self._save(state, step, pipeline.DataPosition(epoch, in_epoch), best_accuracy)
+                        self.checkpointer.wait()
+                        raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
+                self.progress.close()
+                if in_epoch == steps_per_epoch:
+                    epoch, in_epoch = epoch + 1, 0
+                position = pipeline.DataPosition(epoch, in_epoch)
+                finished = step >= total_steps
+                metrics = None
+                if finished or epoch % config.eval.every_epochs == 0:
+                    sums, _ = self.evaluate(state.eval_variables, self.test_split)
+                    last_eval = summarize_eval(sums)
+                    best_accuracy = max(best_accuracy, last_eval["test_accuracy"])
+                    self.writer.write(step, self._epoch_float(step), last_eval | {"best_test_accuracy": best_accuracy})
+                    logger.info(
+                        "epoch %d step %d: test accuracy %.4f, loss %.4f",
+                        epoch,
+                        step,
+                        last_eval["test_accuracy"],
+                        last_eval["test_loss"],
+                    )
+                    metrics = {checkpoint_lib.BEST_METRIC: last_eval["test_accuracy"]}
+                if finished or epoch % config.checkpoint.every_epochs == 0 or stop.requested():
+                    self._save(state, step, position, best_accuracy, metrics)
+                if stop.requested() and not finished:
+                    self.checkpointer.wait()
+                    raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
+        self.checkpointer.wait()
+        if not last_eval:
+            sums, _ = self.evaluate(state.eval_variables, self.test_split)
+            last_eval = summarize_eval(sums)
+        return last_eval | {"best_test_accuracy": max(best_accuracy, last_eval["test_accuracy"]), "step": step}

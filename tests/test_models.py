@@ -1,0 +1,180 @@
+"""The model zoo: shapes, BatchNorm state, shortcuts, mixed precision and published parameter counts."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+
+PUBLISHED_PARAMS = {
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet1202": 19_421_274,
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "resnet101": 42_512_970,
+    "resnet152": 58_156_618,
+    "wrn28_10": 36_479_194,
+    "wrn40_4": 8_949_210,
+}
+
+
+def tiny(block_cls=models.BasicBlock, **kwargs) -> models.ResNet:
+    defaults = dict(stage_sizes=(1, 1), block_cls=block_cls, widths=(4, 8), num_classes=5)
+    return models.ResNet(**{**defaults, **kwargs})
+
+
+def init(model: nn.Module, image_shape=(8, 8, 3), batch=2, seed=0):
+    images = jax.random.normal(jax.random.key(seed), (batch, *image_shape))
+    return model.init(jax.random.key(1), images, train=False), images
+
+
+@pytest.mark.parametrize(("name", "published"), sorted(PUBLISHED_PARAMS.items()))
+def test_parameter_counts_match_published_figures(name, published):
+    shapes = models.init_shapes(models.get_model(name, num_classes=10))
+    assert models.count_params(shapes["params"]) == published
+
+
+def test_shortcut_b_adds_exactly_the_projection_parameters():
+    a = models.count_params(models.init_shapes(models.get_model("resnet20"))["params"])
+    b = models.count_params(models.init_shapes(models.get_model("resnet20", shortcut="B"))["params"])
+    assert b - a == 2_752
+
+
+def test_every_registered_model_builds_with_any_class_count():
+    for name in models.MODEL_REGISTRY:
+        shapes = models.init_shapes(models.get_model(name, num_classes=7))
+        assert shapes["params"]["head"]["kernel"].shape[-1] == 7, name
+
+
+@pytest.mark.parametrize(
+    "block_cls",
+    [models.BasicBlock, models.BottleneckBlock, models.PreActBasicBlock, models.PreActBottleneckBlock],
+)
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_output_shape_and_dtype(block_cls, stem):
+    model = tiny(block_cls, stem=stem)
+    variables, images = init(model, image_shape=(16, 16, 3), batch=3)
+    logits = model.apply(variables, images, train=False)
+    chex.assert_shape(logits, (3, 5))
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+def test_variable_collections_are_exactly_params_and_batch_stats():
+    for block_cls in (models.BasicBlock, models.PreActBottleneckBlock):
+        variables, _ = init(tiny(block_cls))
+        assert set(variables) == {"params", "batch_stats"}
+
+
+def test_batch_stats_update_in_training_and_not_in_eval():
+    model = tiny()
+    variables, images = init(model)
+    _, updates = model.apply(variables, images * 3 + 1, train=True, mutable=["batch_stats"])
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    # Eval mode must not even request the collection as mutable, and must use the running averages.
+    eval_logits = model.apply(variables, images, train=False)
+    again, state = model.apply(variables, images, train=False, mutable=["batch_stats"])
+    chex.assert_trees_all_equal(state["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_close(again, eval_logits)
+
+
+def test_train_mode_batchnorm_uses_batch_statistics():
+    model = tiny()
+    variables, images = init(model, batch=4)
+    scaled = images * 5.0  # running stats are at init (0, 1): eval mode sees the scale, train mode removes it
+    train_logits, _ = model.apply(variables, scaled, train=True, mutable=["batch_stats"])
+    base_logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    eval_logits = model.apply(variables, scaled, train=False)
+    assert not np.allclose(eval_logits, base_logits, atol=1e-2)
+    # The stem conv is linear without bias, so its output scales by 5, which batch statistics divide out.
+    chex.assert_trees_all_close(train_logits, base_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("block_cls", [models.BasicBlock, models.BottleneckBlock])
+def test_zero_last_bn_scale_makes_the_block_an_identity_map(block_cls):
+    conv = functools.partial(nn.Conv, use_bias=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=False, momentum=0.9)
+    features = 8 if block_cls is models.BasicBlock else 2  # bottleneck outputs 4x: 8 channels in and out
+    block = block_cls(features=features, conv=conv, norm=norm, zero_init_last=True)
+    # Post-ReLU activations are non-negative: that is what a block receives inside a ResNet.
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 6, 6, 8)))
+    variables = block.init(jax.random.key(1), x)
+    y, _ = block.apply(variables, x, mutable=["batch_stats"])
+    chex.assert_trees_all_close(y, x)
+    # And the zero really is what makes it so: a non-zero scale changes the output.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.ones_like(leaf) if "scale" in jax.tree_util.keystr(path) else leaf, variables
+    )
+    y, _ = block.apply(variables, x, mutable=["batch_stats"])
+    assert not np.allclose(y, x, atol=1e-3)
+
+
+def test_zero_init_residual_option_reaches_every_block():
+    model = tiny(zero_init_residual=True)
+    variables, _ = init(model)
+    params = variables["params"]
+    for block in ("stage1_block1", "stage2_block1"):
+        last_bn = sorted(k for k in params[block] if k.startswith("BatchNorm"))[-1]
+        chex.assert_trees_all_equal(params[block][last_bn]["scale"], jnp.zeros(params[block][last_bn]["scale"].shape))
+
+
+def test_option_a_adds_no_parameters_and_pads_channels():
+    count = lambda shortcut: models.count_params(init(tiny(shortcut=shortcut))[0]["params"])  # noqa: E731
+    with_a, with_b = count("A"), count("B")
+    # Stage 2 of tiny() doubles 4 -> 8 channels: B adds a 4x8 1x1 conv and an 8-channel BN.
+    assert with_b - with_a == 4 * 8 + 2 * 8
+    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    y = models.shortcut_a(x, features=7, strides=2)
+    chex.assert_shape(y, (2, 2, 2, 7))
+    chex.assert_trees_all_equal(y[..., 2:5], x[:, ::2, ::2, :])
+    chex.assert_trees_all_equal(y[..., :2], jnp.zeros((2, 2, 2, 2)))
+    chex.assert_trees_all_equal(y[..., 5:], jnp.zeros((2, 2, 2, 2)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_statistics():
+    model = tiny(dtype=jnp.bfloat16)
+    variables, images = init(model)
+    chex.assert_trees_all_equal_dtypes(variables, jax.tree.map(lambda x: x.astype(jnp.float32), variables))
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    chex.assert_type(logits, jnp.float32)
+    for leaf in jax.tree.leaves(updates):
+        chex.assert_type(leaf, jnp.float32)
+    # The convolutions really ran in bf16: the result differs from float32 by bf16 rounding, not more.
+    f32_logits, _ = tiny().apply(variables, images, train=True, mutable=["batch_stats"])
+    assert not np.array_equal(logits, f32_logits)
+    chex.assert_trees_all_close(logits, f32_logits, atol=0.1, rtol=0.1)
+
+
+def test_seed_resnet_follows_the_article():
+    params = models.init_shapes(models.get_model("seed_resnet"))["params"]
+    assert set(k for k in params if k.startswith("stage")) == {f"stage{s}_block{b}" for s in (1, 2, 3) for b in (1, 2)}
+    assert "bias" in params["stage1_block1"]["Conv_0"]  # PyTorch's nn.Conv2d default
+    assert "shortcut_conv" in params["stage2_block1"]
+    assert params["head"]["kernel"].shape == (64, 10)
+
+
+def test_unknown_model_and_dtype_name_the_choices():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21'.*resnet20"):
+        models.get_model("resnet21")
+    with pytest.raises(ValueError, match=r"unknown dtype 'float8'.*bfloat16"):
+        models.get_dtype("float8")
+
+
+def test_forward_flops_counts_the_convolutions():
+    model = tiny(stage_sizes=(1,), widths=(4,), block_cls=models.BasicBlock)
+    flops = models.forward_flops(model, (8, 8, 3))
+    # A 3x3 conv with padding 1 on an 8x8 map has 22 in-bounds taps per axis (the edges lose one each), and XLA
+    # counts only those: 2 FLOPs per MAC for the stem (3->4) and two 4->4 convs. BN, ReLU and the head add a little.
+    conv_flops = 2 * 22 * 22 * (3 * 4 + 2 * 4 * 4)
+    assert conv_flops <= flops < conv_flops * 1.2
