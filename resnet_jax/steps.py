@@ -121,24 +121,67 @@ def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:
     }
 
 
+def _committed(totals: Metrics, mesh: Mesh) -> Metrics:
+    """Fresh metric windows (`zero_train_metrics`) placed like the loop's own output: otherwise the first call of
+    each window sees other input shardings than the next, and jit traces and compiles the loop twice."""
+    return jax.device_put(totals, replicated(mesh))
+
+
+def scan_is_fast(mesh: Mesh) -> bool:
+    """Whether a train step runs at full speed inside `lax.scan` on this mesh's devices.
+
+    Not on the CPU: XLA:CPU (jax 0.10) gives convolutions its YNNPACK kernels only outside loop bodies, and the
+    weight-gradient convolutions left inside a `while` run about 20x slower (benchmarks/RESULTS.md).
+    """
+    return mesh.devices.flat[0].platform != "cpu"
+
+
 def make_train_loop(
-    train_step: Callable, mesh: Mesh, batch_per_device: int
+    train_step: Callable, mesh: Mesh, batch_per_device: int, scan: bool | None = None
 ) -> Callable[[TrainState, Metrics, DeviceSplit, jax.Array, jax.Array, int], tuple[TrainState, Metrics]]:
     """Returns `run(state, totals, split, permutation, first_step, num_steps) -> (state, totals)`.
 
-    It runs steps `first_step .. first_step + num_steps - 1` of an epoch in one dispatch and adds their metrics to
-    `totals` on the device. There is one compiled program per distinct `num_steps`.
+    It runs steps `first_step .. first_step + num_steps - 1` of an epoch and adds their metrics to `totals` on the
+    device, with no host synchronisation. With `scan` (the default where `scan_is_fast`), the steps run in one
+    dispatch, one compiled program per distinct `num_steps`; without it, each step is its own asynchronous
+    dispatch of one compiled program. Both give the same state.
     """
+    if scan is None:
+        scan = scan_is_fast(mesh)
 
-    def loop(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
-        def body(state, offset):
-            images, labels = gather_batch(split, permutation, first_step + offset, batch_per_device, mesh)
-            return train_step(state, images, labels)
+    def gathered_step(state, split: DeviceSplit, permutation, step):
+        images, labels = gather_batch(split, permutation, step, batch_per_device, mesh)
+        return train_step(state, images, labels)
 
-        state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
-        return state, _accumulate(totals, stacked)
+    if scan:
 
-    return jax.jit(loop, static_argnums=5, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+        def loop(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
+            def body(state, offset):
+                return gathered_step(state, split, permutation, first_step + offset)
+
+            state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
+            return state, _accumulate(totals, stacked)
+
+        jitted_loop = jax.jit(loop, static_argnums=5, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+
+        def run_scanned(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
+            return jitted_loop(state, _committed(totals, mesh), split, permutation, first_step, num_steps)
+
+        return run_scanned
+
+    def one_step(state, totals, split: DeviceSplit, permutation, step):
+        state, metrics = gathered_step(state, split, permutation, step)
+        return state, _accumulate(totals, jax.tree.map(lambda value: value[None], metrics))
+
+    jitted_step = jax.jit(one_step, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+
+    def run(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
+        totals = _committed(totals, mesh)
+        for offset in range(num_steps):
+            state, totals = jitted_step(state, totals, split, permutation, first_step + offset)
+        return state, totals
+
+    return run
 
 
 def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:

@@ -1,0 +1,106 @@
+"""The train loop: several steps per dispatch (lax.scan) give the same state and metrics as one step per call,
+and the per-step form the CPU uses compiles one program whatever the number of steps."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models, optim, parallel, pipeline, steps
+from resnet_jax.data import SplitArrays
+from resnet_jax.parallel import replicated
+from resnet_jax.state import create_train_state
+
+IMAGE_SHAPE = (8, 8, 3)
+EXAMPLES = 48
+BATCH = 8
+
+
+class Setup:
+    """A one-stage ResNet on a small device-resident split, with one loop of each form (compiled once each)."""
+
+    def __init__(self):
+        self.mesh = parallel.make_mesh()
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (EXAMPLES, *IMAGE_SHAPE), dtype=np.uint8)
+        labels = rng.integers(0, 10, (EXAMPLES,), dtype=np.int32)
+        rows = lambda index: SplitArrays(images[index], labels[index])  # noqa: E731
+        self.split = pipeline.put_split(rows, EXAMPLES, EXAMPLES, self.mesh)
+        key_data = jax.random.key_data(jax.random.key(3))
+        self.permutation = pipeline.epoch_permutation(key_data, jnp.int32(0), EXAMPLES, self.mesh)
+        self.model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, widths=(4,), shortcut="A")
+        self.tx = optim.make_optimizer("sgd", 0.1, momentum=0.9, weight_decay=5e-4)
+        step_config = steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2)
+        initial = create_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh)
+        self.initial = jax.device_get(initial)
+        self.scan_traces = 0
+        self.scan_lengths: set[int] = set()
+        per_step = chex.assert_max_traces(steps.make_train_step(step_config), n=1)
+        self.loops = {
+            True: steps.make_train_loop(self._counted(steps.make_train_step(step_config)), self.mesh, BATCH, True),
+            False: steps.make_train_loop(per_step, self.mesh, BATCH, scan=False),
+        }
+
+    def _counted(self, train_step):
+        def traced(*args):
+            self.scan_traces += 1
+            return train_step(*args)
+
+        return traced
+
+    def fresh_state(self):
+        # The loops donate the state they are given: each run starts from its own copy of the initial one.
+        return jax.device_put(self.initial, replicated(self.mesh))
+
+    def run(self, chunks, scan, first=0):
+        """Runs steps `first`.. of the epoch in calls of `chunks[i]` steps; returns the state and metric sums."""
+        state, totals = self.fresh_state(), steps.zero_train_metrics()
+        for count in chunks:
+            if scan:
+                self.scan_lengths.add(count)
+            state, totals = self.loops[scan](state, totals, self.split, self.permutation, jnp.int32(first), count)
+            first += count
+        return jax.device_get(state), jax.device_get(totals)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return Setup()
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_several_steps_per_call_match_one_step_per_call(setup, scan):
+    one_by_one_state, one_by_one_totals = setup.run([1] * 5, scan=True)
+    chunked_state, chunked_totals = setup.run([3, 2], scan=scan)
+    assert int(chunked_state.step) == 5
+    for part in ("params", "batch_stats", "opt_state"):
+        chex.assert_trees_all_close(getattr(chunked_state, part), getattr(one_by_one_state, part), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(chunked_totals, one_by_one_totals, rtol=1e-5)
+    assert float(chunked_totals["count"]) == 5 * BATCH
+    assert float(chunked_totals["steps"]) == 5
+    initial = jax.device_get(setup.fresh_state().params)
+    assert not np.allclose(initial["head"]["kernel"], chunked_state.params["head"]["kernel"])
+
+
+def test_each_step_takes_the_batch_at_its_epoch_position(setup):
+    first = setup.run([1], scan=False, first=0)[0].params["head"]["kernel"]
+    third = setup.run([1], scan=False, first=2)[0].params["head"]["kernel"]
+    assert not np.allclose(first, third)
+    chex.assert_trees_all_close(setup.run([1], scan=True, first=2)[0].params["head"]["kernel"], third, rtol=1e-5)
+
+
+def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
+    # The per-step loop's train step is wrapped in chex.assert_max_traces(n=1): runs of any length, with fresh
+    # metric windows, must not trace it again.
+    setup.run([2, 3, 1], scan=False)
+    setup.run([4], scan=False)
+    setup.run([2, 3], scan=True)
+    setup.run([3, 2], scan=True)
+    # The scan form traces once per chunk length it has seen, never per window.
+    assert setup.scan_traces == len(setup.scan_lengths)
+
+
+def test_scan_is_used_off_the_cpu_only(setup):
+    assert setup.mesh.devices.flat[0].platform == "cpu"
+    assert not steps.scan_is_fast(setup.mesh)
