@@ -38,8 +38,11 @@ class Setup:
         self.scan_lengths: set[int] = set()
         per_step = chex.assert_max_traces(steps.make_train_step(step_config), n=1)
         self.loops = {
-            True: steps.make_train_loop(self._counted(steps.make_train_step(step_config)), self.mesh, BATCH, True),
-            False: steps.make_train_loop(per_step, self.mesh, BATCH, scan=False),
+            "scan": steps.make_train_loop(self._counted(steps.make_train_step(step_config)), self.mesh, BATCH, True),
+            "per_step": steps.make_train_loop(per_step, self.mesh, BATCH, scan=False),
+            "xla_defaults": steps.make_train_loop(
+                steps.make_train_step(step_config), self.mesh, BATCH, scan=False, compiler_options={}
+            ),
         }
 
     def _counted(self, train_step):
@@ -53,13 +56,13 @@ class Setup:
         # The loops donate the state they are given: each run starts from its own copy of the initial one.
         return jax.device_put(self.initial, replicated(self.mesh))
 
-    def run(self, chunks, scan, first=0):
+    def run(self, chunks, loop, first=0):
         """Runs steps `first`.. of the epoch in calls of `chunks[i]` steps; returns the state and metric sums."""
         state, totals = self.fresh_state(), steps.zero_train_metrics()
         for count in chunks:
-            if scan:
+            if loop == "scan":
                 self.scan_lengths.add(count)
-            state, totals = self.loops[scan](state, totals, self.split, self.permutation, jnp.int32(first), count)
+            state, totals = self.loops[loop](state, totals, self.split, self.permutation, jnp.int32(first), count)
             first += count
         return jax.device_get(state), jax.device_get(totals)
 
@@ -69,10 +72,10 @@ def setup():
     return Setup()
 
 
-@pytest.mark.parametrize("scan", [True, False])
-def test_several_steps_per_call_match_one_step_per_call(setup, scan):
-    one_by_one_state, one_by_one_totals = setup.run([1] * 5, scan=True)
-    chunked_state, chunked_totals = setup.run([3, 2], scan=scan)
+@pytest.mark.parametrize("loop", ["scan", "per_step"])
+def test_several_steps_per_call_match_one_step_per_call(setup, loop):
+    one_by_one_state, one_by_one_totals = setup.run([1] * 5, loop="scan")
+    chunked_state, chunked_totals = setup.run([3, 2], loop=loop)
     assert int(chunked_state.step) == 5
     for part in ("params", "batch_stats", "opt_state"):
         chex.assert_trees_all_close(getattr(chunked_state, part), getattr(one_by_one_state, part), rtol=1e-5, atol=1e-6)
@@ -84,23 +87,31 @@ def test_several_steps_per_call_match_one_step_per_call(setup, scan):
 
 
 def test_each_step_takes_the_batch_at_its_epoch_position(setup):
-    first = setup.run([1], scan=False, first=0)[0].params["head"]["kernel"]
-    third = setup.run([1], scan=False, first=2)[0].params["head"]["kernel"]
+    first = setup.run([1], loop="per_step", first=0)[0].params["head"]["kernel"]
+    third = setup.run([1], loop="per_step", first=2)[0].params["head"]["kernel"]
     assert not np.allclose(first, third)
-    chex.assert_trees_all_close(setup.run([1], scan=True, first=2)[0].params["head"]["kernel"], third, rtol=1e-5)
+    chex.assert_trees_all_close(setup.run([1], loop="scan", first=2)[0].params["head"]["kernel"], third, rtol=1e-5)
 
 
 def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
     # The per-step loop's train step is wrapped in chex.assert_max_traces(n=1): runs of any length, with fresh
     # metric windows, must not trace it again.
-    setup.run([2, 3, 1], scan=False)
-    setup.run([4], scan=False)
-    setup.run([2, 3], scan=True)
-    setup.run([3, 2], scan=True)
+    setup.run([2, 3, 1], loop="per_step")
+    setup.run([4], loop="per_step")
+    setup.run([2, 3], loop="scan")
+    setup.run([3, 2], loop="scan")
     # The scan form traces once per chunk length it has seen, never per window.
     assert setup.scan_traces == len(setup.scan_lengths)
 
 
+def test_train_compiler_options_change_speed_not_results(setup):
+    tuned_state, tuned_totals = setup.run([3], loop="per_step")
+    default_state, default_totals = setup.run([3], loop="xla_defaults")
+    chex.assert_trees_all_close(tuned_state.params, default_state.params, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(tuned_totals, default_totals, rtol=1e-4)
+
+
 def test_scan_is_used_off_the_cpu_only(setup):
-    assert setup.mesh.devices.flat[0].platform == "cpu"
-    assert not steps.scan_is_fast(setup.mesh)
+    on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
+    assert steps.scan_is_fast(setup.mesh) is not on_cpu
+    assert (steps.train_compiler_options(setup.mesh) is not None) is on_cpu

@@ -1,0 +1,331 @@
+"""What the benchmarks share: the environment they ran in, interleaved timed windows, the trainer's own jitted
+train loop on synthetic device-resident data, XLA's FLOP and byte counts, the device's measured ceilings
+(matrix-product rate, copy bandwidth) and the floors they give, and the JSON/Markdown output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import ml_collections
+
+from resnet_jax import configuration, data, pipeline, steps, trainer
+
+MODELS = ("resnet20", "resnet56", "resnet18", "seed_resnet")
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def on_accelerator() -> bool:
+    return jax.devices()[0].platform != "cpu"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Where and when a benchmark ran: device, versions, host, flags and the date."""
+    device = jax.devices()[0]
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device.device_kind if device.platform != "cpu" else f"CPU: {_cpu_model()}",
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "host_cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    return info
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    parts = [env["date"], env["device"], f"jax {env['jax']} / jaxlib {env['jaxlib']}"]
+    if "torch" in env:
+        parts.append(f"torch {env['torch']}")
+    if env.get("load_average") is not None:
+        parts.append(f"load average {env['load_average']:.1f} on {env['host_cores']} cores")
+    if env["xla_flags"]:
+        parts.append(f"XLA_FLAGS={env['xla_flags']}")
+    return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing.
+
+
+class Runner(Protocol):
+    """Something to time: `run(units)` does `units` units of work and returns once the device has finished."""
+
+    steps_per_unit: int
+
+    def run(self, units: int) -> None: ...
+
+
+@dataclass
+class Timing:
+    seconds_per_step: float  # median over windows
+    window_seconds: list[float]  # per-step time of each window
+    steps_per_window: int
+
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest) / median over the windows: how far to trust a difference."""
+        return (max(self.window_seconds) - min(self.window_seconds)) / self.seconds_per_step
+
+
+def _units_for(runner: Runner, min_seconds: float, max_units: int = 100_000) -> int:
+    """Doubles the units per window until one window lasts `min_seconds` (this also warms the runner up)."""
+    units = 1
+    while True:
+        start = time.perf_counter()
+        runner.run(units)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or units >= max_units:
+            return units
+        units = min(max_units, max(units * 2, math.ceil(units * 1.2 * min_seconds / max(elapsed, 1e-6))))
+
+
+def interleaved_timings(runners: dict[str, Runner], windows: int, min_seconds: float) -> dict[str, Timing]:
+    """Times each runner in `windows` windows of at least `min_seconds`, taking turns window by window, so that
+    a change in the machine's load hits every runner alike; returns the median per step of each."""
+    units = {name: _units_for(runner, min_seconds) for name, runner in runners.items()}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(windows):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner.run(units[name])
+            steps_done = units[name] * runner.steps_per_unit
+            samples[name].append((time.perf_counter() - start) / steps_done)
+    return {
+        name: Timing(statistics.median(values), values, units[name] * runners[name].steps_per_unit)
+        for name, values in samples.items()
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer's train loop on synthetic data.
+
+
+def bench_config(model: str, batch: int, dtype: str, steps_per_call: int, examples: int) -> ml_collections.ConfigDict:
+    """The He et al. recipe (SGD 0.1, momentum 0.9, wd 1e-4, pad-crop + flip) for `model` on synthetic
+    CIFAR-shaped data."""
+    config = configuration.base_config()
+    config.model.name = model
+    config.model.dtype = dtype
+    config.data.dataset = "cifar10"
+    config.data.source = "synthetic"
+    config.data.synthetic_train_examples = examples
+    config.data.synthetic_test_examples = batch
+    config.train.batch_size = batch
+    config.train.steps_per_call = steps_per_call
+    return config
+
+
+def synthetic_images(examples: int, seed: int = 0) -> data.SplitArrays:
+    """CIFAR-shaped uint8 images and labels, the same for every framework."""
+    return data.synthetic_split(IMAGE_SHAPE, 10, examples, seed, "train")
+
+
+@dataclass
+class JaxTrainLoop:
+    """`steps.make_train_loop(steps.make_train_step(...))`, exactly as the trainer builds it, over a split that
+    lives on the device. One unit of work is one call: `steps_per_call` steps in one dispatch (or, on the CPU,
+    `steps_per_call` asynchronous per-step dispatches)."""
+
+    model: str
+    batch: int
+    dtype: str = "float32"
+    steps_per_call: int = 1
+    examples: int = 50_000
+    scan: bool | None = None
+    images: data.SplitArrays | None = None
+    compiler_options: dict[str, Any] | None = None  # None: the trainer's; {}: XLA's defaults
+    calls: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        config = bench_config(self.model, self.batch, self.dtype, self.steps_per_call, self.examples)
+        self.experiment = trainer.build_experiment(config)
+        mesh = self.experiment.mesh
+        arrays = self.images or synthetic_images(self.examples)
+        rows = pipeline.train_rows(len(arrays), mesh)
+        self.split = pipeline.put_split(
+            lambda index: data.SplitArrays(arrays.images[index], arrays.labels[index]), rows, rows, mesh
+        )
+        self.steps_per_epoch = rows // self.batch
+        if self.steps_per_epoch < self.steps_per_call:
+            raise ValueError(f"{self.examples} examples hold fewer than steps_per_call={self.steps_per_call} batches")
+        self.batch_per_device = self.batch // mesh.devices.size
+        self.train_step = steps.make_train_step(self.experiment.step_config)
+        self.loop = steps.make_train_loop(
+            self.train_step, mesh, self.batch_per_device, scan=self.scan, compiler_options=self.compiler_options
+        )
+        key_data = jax.random.key_data(jax.random.key(1))
+        self.permutation = jax.jit(pipeline.epoch_permutation, static_argnums=(2, 3))(
+            key_data, jnp.int32(0), rows // mesh.devices.size, mesh
+        )
+        self.state = self.experiment.new_state()
+        self.totals = steps.zero_train_metrics()
+        self.steps_per_unit = self.steps_per_call
+
+    def _call(self) -> None:
+        positions = self.steps_per_epoch - self.steps_per_call + 1
+        first = (self.calls * self.steps_per_call) % positions
+        self.state, self.totals = self.loop(
+            self.state, self.totals, self.split, self.permutation, jnp.int32(first), self.steps_per_call
+        )
+        self.calls += 1
+
+    def first_call_seconds(self) -> float:
+        """Wall time of the first call: tracing, compiling and one run."""
+        start = time.perf_counter()
+        self._call()
+        jax.block_until_ready((self.state, self.totals))
+        return time.perf_counter() - start
+
+    def run(self, units: int) -> None:
+        for _ in range(units):
+            self._call()
+        jax.block_until_ready((self.state, self.totals))
+
+    def mean_loss(self) -> float:
+        totals = jax.device_get(self.totals)
+        return float(totals["loss_sum"] / max(float(totals["count"]), 1.0))
+
+    def step_cost(self) -> dict[str, float]:
+        """FLOPs of one train step from XLA's cost analysis of the unoptimised HLO (the convolutions as written),
+        and XLA's estimate of the bytes the optimised, fused step moves through memory."""
+        images = jax.ShapeDtypeStruct((self.batch, *self.experiment.input_shape), jnp.uint8)
+        labels = jax.ShapeDtypeStruct((self.batch,), jnp.int32)
+        lowered = jax.jit(self.train_step).lower(self.state, images, labels)
+        flops = _cost(lowered.cost_analysis(), "flops")
+        try:
+            bytes_accessed = _cost(lowered.compile().cost_analysis(), "bytes accessed")
+        except Exception:  # some backends give no analysis of compiled code
+            bytes_accessed = float("nan")
+        return {"flops": flops, "bytes": bytes_accessed}
+
+
+def _cost(analysis: Any, key: str) -> float:
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get(key, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The device's ceilings and a step's floors.
+
+
+class _Repeated:
+    def __init__(self, function: Callable, *args):
+        self.function, self.args, self.steps_per_unit = function, args, 1
+
+    def run(self, units: int) -> None:
+        out = None
+        for _ in range(units):
+            out = self.function(*self.args)
+        jax.block_until_ready(out)
+
+
+def measure_ceilings(min_seconds: float = 0.5) -> dict[str, float]:
+    """Measured ceilings of this device: matrix-product FLOP/s in bfloat16 and float32 (at JAX's default
+    precision, as the convolutions run) and device-memory bandwidth of a large elementwise copy (bytes read plus
+    written), each the median of 3 windows."""
+    accelerator = on_accelerator()
+    size = 8192 if accelerator else 1024
+    elements = (1 << 28) if accelerator else (1 << 24)
+    keys = jax.random.split(jax.random.key(0), 3)
+    runners: dict[str, Runner] = {}
+    for name, dtype in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
+        a = jax.random.normal(keys[0], (size, size), dtype)
+        b = jax.random.normal(keys[1], (size, size), dtype)
+        runners[f"matmul_{name}"] = _Repeated(jax.jit(jnp.matmul), a, b)
+    source = jax.random.uniform(keys[2], (elements,), jnp.float32)
+    runners["copy"] = _Repeated(jax.jit(lambda x: x * 1.5), source)
+    timings = interleaved_timings(runners, windows=3, min_seconds=min_seconds)
+    ceilings = {
+        f"{name}_flops_per_second": 2 * size**3 / timings[f"matmul_{name}"].seconds_per_step
+        for name in ("bfloat16", "float32")
+    }
+    ceilings["bytes_per_second"] = 2 * 4 * elements / timings["copy"].seconds_per_step
+    return ceilings
+
+
+def floors(cost: dict[str, float], dtype: str, ceilings: dict[str, float] | None) -> dict[str, float]:
+    """The compute floor (FLOPs / matrix rate of `dtype`) and memory floor (bytes / bandwidth) of a step."""
+    if not ceilings:
+        return {}
+    return {
+        "compute_floor_s": cost["flops"] / ceilings[f"{dtype}_flops_per_second"],
+        "memory_floor_s": cost["bytes"] / ceilings["bytes_per_second"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output.
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike | None, payload: dict[str, Any]) -> None:
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"wrote {target}", file=sys.stderr)
+
+
+def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, images: data.SplitArrays) -> JaxTrainLoop:
+    """A JAX runner from `DTYPE[+xla_defaults][+scan][+no_scan]`: the trainer's loop in that dtype, optionally
+    compiled with XLA's default options instead of the trainer's, or with the scan forced on or off."""
+    dtype, *flags = spec.split("+")
+    unknown = set(flags) - {"xla_defaults", "scan", "no_scan"}
+    if unknown:
+        raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
+    scan = True if "scan" in flags else False if "no_scan" in flags else None
+    options = {} if "xla_defaults" in flags else None
+    return JaxTrainLoop(model, batch, dtype, steps_per_call, len(images), scan, images, options)
+
+
+def parse_scan(text: str) -> bool | None:
+    """`auto` leaves the choice to `steps.make_train_loop` (scan off the CPU only)."""
+    return {"auto": None, "on": True, "off": False}[text]

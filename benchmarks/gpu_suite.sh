@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The whole benchmark suite in ONE call on a lent GPU machine, within a hard time budget (default 470 s):
+# throughput and floors, JAX against PyTorch (ResNet-20 and ResNet-18, batch 512), Fashion-MNIST time to 0.95,
+# He et al.'s 64k-step ResNet-20 recipe, then the GPU-relevant tests. Each stage has its own time limit and a
+# failing stage does not stop the next. Full logs and JSON go to $OUT/gpu_suite.tar.gz (refreshed after every
+# stage), the summary to $OUT/summary.md and, last, to stdout.
+#
+#   bash benchmarks/prepare_gpu_carry.sh            # here, once: fills .whl/ and .data/
+#   run(command="bash benchmarks/gpu_suite.sh", carry=[".whl", ".data"], timeout_s=560)
+#   bash benchmarks/gpu_suite.sh --smoke            # the same stages at toy sizes on this CPU (about a minute idle)
+set -u
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+BUDGET=${GPU_SUITE_BUDGET:-470}
+[ "$SMOKE" = 1 ] && BUDGET=${GPU_SUITE_BUDGET:-400}
+START=$(date +%s)
+WORK=${GPU_SUITE_WORK:-/tmp/gpu_suite}
+RESULTS=${OUT:-$WORK/out}
+rm -rf "$WORK/results"
+mkdir -p "$WORK/results" "$RESULTS"
+R=$WORK/results
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import jax" 2>/dev/null && [ -z "${PYTHON:-}" ] && [ -x ../venv/bin/python ]; then
+  PY=../venv/bin/python
+fi
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import ml_collections, tensorboardX" 2>/dev/null; then
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  else
+    echo "could not install the carried wheels (.whl/); run benchmarks/prepare_gpu_carry.sh and carry .whl" >&2
+  fi
+fi
+
+elapsed() { echo $(($(date +%s) - START)); }
+
+bundle() {
+  tar czf "$RESULTS/gpu_suite.tar.gz" -C "$R" . 2>/dev/null
+}
+
+# stage NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its output in $R/NAME.log, at most LIMIT seconds and never
+# past the budget; records "NAME<TAB>exit code<TAB>seconds" in $R/stages.tsv.
+stage() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - $(elapsed)))
+  if [ "$left" -lt 25 ]; then
+    printf '%s\tskipped (budget)\t0\n' "$name" >>"$R/stages.tsv"
+    echo "=== $name: skipped, ${left}s of the budget left"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name (at most ${limit}s; $(elapsed)s into the suite)"
+  local began=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >"$R/$name.log" 2>&1
+  local code=$?
+  printf '%s\t%s\t%s\n' "$name" "$code" "$(($(date +%s) - began))" >>"$R/stages.tsv"
+  grep -v -i -E "warn|^\s*$" "$R/$name.log" | tail -n 14
+  bundle
+}
+
+{
+  date -u
+  nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())" 2>&1 | tail -1
+} >"$R/environment.log" 2>&1
+cat "$R/environment.log"
+
+if [ "$SMOKE" = 1 ]; then
+  THROUGHPUT=(--configs resnet8_tiny:32:float32:2,resnet8_tiny:32:bfloat16:2 --examples 256 --windows 2
+    --min-window-seconds 0.2)
+  TORCH_COMMON=(--batches 32 --jax float32 --variants eager,channels_last --steps-per-call 2 --examples 256
+    --windows 2 --min-window-seconds 0.2)
+  TORCH_FIRST=(--models resnet8_tiny "${TORCH_COMMON[@]}")
+  TORCH_SECOND=(--models seed_resnet "${TORCH_COMMON[@]}" --jax float32 --variants channels_last)
+  TINY=(--set model.name=resnet8_tiny --set train.num_steps=8 --set train.steps_per_call=4
+    --set train.log_every_steps=4)
+  FASHION=(--task fashion_mnist --target 0.3 --time-limit 120 "${TINY[@]}" --set train.batch_size=64)
+  HE=(--task he_resnet20 --time-limit 120 "${TINY[@]}" --set data.synthetic_train_examples=512
+    --set data.synthetic_test_examples=256 --set eval.batch_size=256)
+  TESTS=(tests/test_steps.py)
+  LIMITS=(120 120 120 120 120 120)
+else
+  # Order: what the goals need first; --budget-seconds lets throughput end inside its own limit.
+  THROUGHPUT=(--configs "resnet20:512:bfloat16:50,resnet18:512:bfloat16:50,resnet20:512:float32:50,\
+resnet18:512:float32:50,resnet20:128:bfloat16:1,resnet20:128:bfloat16:50,resnet20:128:float32:50,\
+resnet56:512:bfloat16:50,seed_resnet:512:bfloat16:50,resnet20:1024:bfloat16:40,resnet18:1024:bfloat16:40,\
+resnet18:128:bfloat16:50" --windows 5 --min-window-seconds 0.5 --budget-seconds 80)
+  TORCH_COMMON=(--batches 512 --jax bfloat16,float32 --variants eager,channels_last,bf16_autocast,compile_bf16
+    --steps-per-call 50 --examples 25600 --windows 5 --min-window-seconds 0.5)
+  TORCH_FIRST=(--models resnet20 "${TORCH_COMMON[@]}")
+  TORCH_SECOND=(--models resnet18 "${TORCH_COMMON[@]}")
+  FASHION=(--task fashion_mnist --target 0.95 --time-limit 55)
+  HE=(--task he_resnet20 --time-limit 70)
+  TESTS=()
+  for file in tests/test_steps.py tests/test_models.py tests/test_augment.py tests/test_trainer.py; do
+    [ -f "$file" ] && TESTS+=("$file")
+  done
+  LIMITS=(100 85 85 65 80 45)
+fi
+
+stage throughput "${LIMITS[0]}" "$PY" -m benchmarks.throughput "${THROUGHPUT[@]}" --json "$R/throughput.json"
+XLA_PYTHON_CLIENT_MEM_FRACTION=.45 stage torch_resnet20 "${LIMITS[1]}" "$PY" -m benchmarks.torch_reference \
+  "${TORCH_FIRST[@]}" --json "$R/torch_resnet20.json"
+XLA_PYTHON_CLIENT_MEM_FRACTION=.45 stage torch_resnet18 "${LIMITS[2]}" "$PY" -m benchmarks.torch_reference \
+  "${TORCH_SECOND[@]}" --json "$R/torch_resnet18.json"
+stage tta_fashion_mnist "${LIMITS[3]}" "$PY" -m benchmarks.time_to_accuracy "${FASHION[@]}" \
+  --json "$R/tta_fashion_mnist.json"
+stage tta_he_resnet20 "${LIMITS[4]}" "$PY" -m benchmarks.time_to_accuracy "${HE[@]}" --json "$R/tta_he_resnet20.json"
+if [ "$SMOKE" = 1 ]; then
+  stage tests "${LIMITS[5]}" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+else
+  JAX_PLATFORMS=cuda stage tests "${LIMITS[5]}" "$PY" -m pytest -q -p no:cacheprovider -rfE "${TESTS[@]}"
+fi
+
+"$PY" -m benchmarks.suite_summary "$R" >"$R/summary.md" 2>&1
+cp "$R/summary.md" "$RESULTS/summary.md"
+bundle
+echo
+echo "suite took $(elapsed)s (budget ${BUDGET}s); logs and JSON: $RESULTS/gpu_suite.tar.gz"
+echo
+cat "$R/summary.md"

@@ -1,0 +1,128 @@
+"""The last table of benchmarks/gpu_suite.sh: the issue's goals against what the suite measured, read from the
+JSON files and logs its stages left in one folder (a missing stage shows as not measured).
+
+    python -m benchmarks.suite_summary RESULTS_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ratio_row(comparison: dict[str, Any] | None, model: str, goal: float) -> list[str]:
+    label = f"{model}: best JAX / best PyTorch, images/s"
+    if not comparison:
+        return [label, "not measured", f">= {goal}x", "?"]
+    rates = comparison["images_per_second"]
+    best_jax, best_torch = comparison["best_jax"], comparison["best_torch"]
+    ratio = comparison["best_ratio"]
+    detail = f"{ratio:.2f}x ({best_jax} {rates[best_jax]:,.0f} vs {best_torch} {rates[best_torch]:,.0f}, "
+    detail += f"batch {comparison['batch']})"
+    return [label, detail, f">= {goal}x", "yes" if ratio >= goal else "no"]
+
+
+def _time_row(label: str, run: dict[str, Any] | None, seconds: float | None, goal: float) -> list[str]:
+    if not run:
+        return [label, "not measured", f"<= {goal:.0f} s", "?"]
+    if seconds is not None:
+        return [label, f"{seconds:.1f} s", f"<= {goal:.0f} s", "yes" if seconds <= goal else "no"]
+    projected = run.get("projected_total_seconds")
+    detail = f"not reached in {run['total_seconds']:.0f} s ({run['steps_done']} of {run['total_steps']} steps"
+    detail += f", best accuracy {run['best_test_accuracy']:.4f}" if run.get("evaluations") else ""
+    detail += f"; all steps projected at {projected:.0f} s)" if projected else ")"
+    return [label, detail, f"<= {goal:.0f} s", "no"]
+
+
+def _tests_row(folder: Path) -> list[str]:
+    try:
+        text = (folder / "tests.log").read_text()
+    except OSError:
+        return ["pytest on the GPU", "not run", "all pass", "?"]
+    summaries = re.findall(r"=+ (.*(?:passed|failed|error).*) in [\d.]+s", text)
+    counts = summaries[-1] if summaries else f"no summary (stopped?); {text.count(' PASSED')} passed so far"
+    return ["pytest on the GPU", counts, "all pass", "no" if re.search(r"failed|error", counts) else "yes"]
+
+
+def summarize(folder: Path) -> str:
+    throughput = _load(folder, "throughput.json")
+    comparisons = {}
+    for name in ("torch_resnet20.json", "torch_resnet18.json"):
+        run = _load(folder, name)
+        for comparison in (run or {}).get("comparisons", []):
+            comparisons[comparison["model"]] = comparison
+    he_run = _load(folder, "tta_he_resnet20.json")
+    fashion = _load(folder, "tta_fashion_mnist.json")
+    sources = [throughput, _load(folder, "torch_resnet20.json"), fashion, he_run]
+    env = next((source["environment"] for source in sources if source and "environment" in source), None)
+    he_finished = he_run and he_run.get("steps_done") == he_run.get("total_steps")
+    rows = [
+        _ratio_row(comparisons.get(model), model, 1.3)
+        for model in dict.fromkeys(["resnet20", "resnet18", *comparisons])
+        if model in comparisons or model in ("resnet20", "resnet18")
+    ]
+    rows += [
+        _time_row(
+            "He et al. ResNet-20, 64k steps at batch 128, compile included",
+            he_run,
+            he_run["total_seconds"] if he_finished else None,
+            60,
+        ),
+        _time_row("Fashion-MNIST to 0.95 test accuracy", fashion, fashion and fashion.get("seconds_to_target"), 30),
+        _tests_row(folder),
+    ]
+    lines = ["### GPU suite summary", ""]
+    if env:
+        lines += [common.environment_line(env), ""]
+    lines.append(common.markdown_table(("goal", "measured", "target", "met"), rows))
+    if throughput and throughput.get("results"):
+        lines += ["", "Train-step throughput (x floor: measured time / max(compute floor, memory floor)):", ""]
+        table = []
+        for result in throughput["results"]:
+            floor = max(result.get("compute_floor_s", math.nan), result.get("memory_floor_s", math.nan))
+            table.append(
+                [
+                    result["model"],
+                    result["batch"],
+                    result["dtype"],
+                    result["steps_per_call"],
+                    result["images_per_second"],
+                    result["seconds_per_step"] * 1e3,
+                    result["first_call_seconds"],
+                    result["flops"] / result["seconds_per_step"] / 1e12,
+                    result["seconds_per_step"] / floor if floor > 0 else math.nan,
+                ]
+            )
+        headers = ("model", "batch", "dtype", "steps/call", "images/s", "ms/step", "first call s", "TFLOP/s", "x floor")
+        lines.append(common.markdown_table(headers, table))
+    stages = folder / "stages.tsv"
+    if stages.exists():
+        lines += ["", "Stages (exit code 124: stopped at its time limit):", ""]
+        stage_rows = [line.split("\t") for line in stages.read_text().splitlines() if line.strip()]
+        lines.append(common.markdown_table(("stage", "exit code", "seconds"), stage_rows))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite_summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    print(summarize(parser.parse_args(argv).folder))
+
+
+if __name__ == "__main__":
+    main()

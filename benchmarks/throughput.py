@@ -1,0 +1,149 @@
+"""Train-step throughput and compile time of the trainer's own jitted loop, over model x batch x dtype x steps per
+call, on synthetic data resident on the device; each figure is set against the device's compute and memory floors.
+
+    python -m benchmarks.throughput --models resnet20,resnet18 --batches 128,512 --dtypes float32,bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import time
+from collections.abc import Sequence
+
+import jax
+
+from benchmarks import common
+
+HEADERS = (
+    "model",
+    "batch",
+    "dtype",
+    "steps/call",
+    "images/s",
+    "ms/step",
+    "spread",
+    "first call s",
+    "GFLOP/step",
+    "TFLOP/s",
+    "compute floor ms",
+    "memory floor ms",
+    "x compute floor",
+)
+
+
+def measure(args: argparse.Namespace, model: str, batch: int, dtype: str, steps_per_call: int, ceilings) -> dict:
+    bench = common.JaxTrainLoop(
+        model, batch, dtype, steps_per_call, args.examples, scan=common.parse_scan(args.scan), images=args.images
+    )
+    first_call = bench.first_call_seconds()
+    timing = common.interleaved_timings({"jax": bench}, args.windows, args.min_window_seconds)["jax"]
+    cost = bench.step_cost() if args.costs else {"flops": float("nan"), "bytes": float("nan")}
+    result = {
+        "model": model,
+        "batch": batch,
+        "dtype": dtype,
+        "steps_per_call": steps_per_call,
+        "images_per_second": batch / timing.seconds_per_step,
+        "seconds_per_step": timing.seconds_per_step,
+        "window_seconds_per_step": timing.window_seconds,
+        "steps_per_window": timing.steps_per_window,
+        "spread": timing.spread,
+        "first_call_seconds": first_call,
+        "mean_train_loss": bench.mean_loss(),
+        **cost,
+        **common.floors(cost, dtype, ceilings),
+    }
+    del bench
+    gc.collect()
+    return result
+
+
+def row(result: dict) -> list:
+    step = result["seconds_per_step"]
+    floor = result.get("compute_floor_s", float("nan"))
+    return [
+        result["model"],
+        result["batch"],
+        result["dtype"],
+        result["steps_per_call"],
+        result["images_per_second"],
+        step * 1e3,
+        f"{result['spread']:.0%}",
+        result["first_call_seconds"],
+        result["flops"] / 1e9,
+        result["flops"] / step / 1e12,
+        floor * 1e3,
+        result.get("memory_floor_s", float("nan")) * 1e3,
+        step / floor if floor == floor and floor > 0 else float("nan"),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(common.MODELS))
+    parser.add_argument("--batches", default="128,512,1024")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--steps-per-call", default="", help="comma list; default 50 on accelerators, 1 on the CPU")
+    parser.add_argument(
+        "--configs", default="", help="MODEL:BATCH:DTYPE:STEPS_PER_CALL,... in this order, instead of the grid"
+    )
+    parser.add_argument("--scan", default="auto", choices=("auto", "on", "off"), help="steps.make_train_loop(scan=)")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--min-window-seconds", type=float, default=0.0, help="default 1 (accelerator), 3 (CPU)")
+    parser.add_argument("--examples", type=int, default=50_000, help="synthetic training examples on the device")
+    parser.add_argument("--budget-seconds", type=float, default=0.0, help="skip the configurations left after this")
+    parser.add_argument("--no-costs", dest="costs", action="store_false", help="skip XLA cost analysis and floors")
+    parser.add_argument("--json", default="", help="write every figure here")
+    args = parser.parse_args(argv)
+    accelerator = common.on_accelerator()
+    args.min_window_seconds = args.min_window_seconds or (1.0 if accelerator else 3.0)
+    steps_per_call = common.parse_list(args.steps_per_call or ("50" if accelerator else "1"), int)
+    args.images = common.synthetic_images(args.examples)
+
+    start = time.perf_counter()
+    env = common.environment()
+    ceilings = common.measure_ceilings() if args.costs else None
+    if args.configs:
+        configs = [
+            (m, int(b), d, int(c)) for m, b, d, c in (item.split(":") for item in common.parse_list(args.configs))
+        ]
+    else:
+        configs = list(
+            itertools.product(
+                common.parse_list(args.models),
+                common.parse_list(args.batches, int),
+                common.parse_list(args.dtypes),
+                steps_per_call,
+            )
+        )
+    results, skipped = [], []
+    for config in configs:
+        if args.budget_seconds and time.perf_counter() - start > args.budget_seconds:
+            skipped.append(config)
+            continue
+        try:
+            results.append(measure(args, *config, ceilings))
+        except Exception as error:  # one configuration's failure (e.g. out of memory) is reported
+            print(f"{config}: {type(error).__name__}: {str(error).splitlines()[0][:300]}", flush=True)
+            skipped.append(config)
+        else:
+            print(common.markdown_table(HEADERS, [row(results[-1])]).splitlines()[-1], flush=True)
+        jax.clear_caches()
+
+    print(f"\n### Train-step throughput (benchmarks/throughput.py)\n\n{common.environment_line(env)}\n")
+    if ceilings:
+        print(
+            f"Measured ceilings: bf16 matmul {ceilings['bfloat16_flops_per_second'] / 1e12:.1f} TFLOP/s, "
+            f"f32 matmul {ceilings['float32_flops_per_second'] / 1e12:.1f} TFLOP/s, "
+            f"copy {ceilings['bytes_per_second'] / 1e9:.0f} GB/s.\n"
+        )
+    print(common.markdown_table(HEADERS, [row(result) for result in results]))
+    if skipped:
+        print(f"\nnot measured (budget or error): {skipped}")
+    common.write_json(args.json, {"environment": env, "ceilings": ceilings, "results": results, "skipped": skipped})
+
+
+if __name__ == "__main__":
+    main()
