@@ -54,9 +54,13 @@ def _tests_row(folder: Path) -> list[str]:
         text = (folder / "tests.log").read_text()
     except OSError:
         return ["pytest on the GPU", "not run", "all pass", "?"]
-    summaries = re.findall(r"=+ (.*(?:passed|failed|error).*) in [\d.]+s", text)
+    summaries = re.findall(r"^=*\s*(\d+ (?:passed|failed|errors?)\b.*?) in [\d.]+s", text, re.MULTILINE)
     counts = summaries[-1] if summaries else f"no summary (stopped?); {text.count(' PASSED')} passed so far"
     return ["pytest on the GPU", counts, "all pass", "no" if re.search(r"failed|error", counts) else "yes"]
+
+
+def _config(result: dict[str, Any]) -> tuple:
+    return (result["model"], result["batch"], result["dtype"], result["steps_per_call"])
 
 
 def summarize(folder: Path) -> str:
@@ -78,7 +82,8 @@ def summarize(folder: Path) -> str:
     ]
     rows += [
         _time_row(
-            "He et al. ResNet-20, 64k steps at batch 128, compile included",
+            f"He et al. ResNet-20 recipe, {he_run['total_steps'] if he_run else 64_000} steps at batch 128, "
+            "compile included",
             he_run,
             he_run["total_seconds"] if he_finished else None,
             60,
@@ -110,6 +115,20 @@ def summarize(folder: Path) -> str:
             )
         headers = ("model", "batch", "dtype", "steps/call", "images/s", "ms/step", "first call s", "TFLOP/s", "x floor")
         lines.append(common.markdown_table(headers, table))
+    graphs = _load(folder, "throughput_while_graphs.json")
+    if graphs and graphs.get("results") and throughput:
+        plain = {_config(result): result for result in throughput.get("results", [])}
+        rows = [
+            [
+                *_config(result),
+                plain[_config(result)]["images_per_second"] if _config(result) in plain else math.nan,
+                result["images_per_second"],
+            ]
+            for result in graphs["results"]
+        ]
+        lines += ["", f"With XLA_FLAGS={graphs['environment']['xla_flags'] or '(none)'}:", ""]
+        headers = ("model", "batch", "dtype", "steps/call", "images/s, XLA defaults", "images/s, these flags")
+        lines.append(common.markdown_table(headers, rows))
     stages = folder / "stages.tsv"
     if stages.exists():
         lines += ["", "Stages (exit code 124: stopped at its time limit):", ""]

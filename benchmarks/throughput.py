@@ -29,7 +29,7 @@ HEADERS = (
     "TFLOP/s",
     "compute floor ms",
     "memory floor ms",
-    "x compute floor",
+    "x floor",
 )
 
 
@@ -39,7 +39,7 @@ def measure(args: argparse.Namespace, model: str, batch: int, dtype: str, steps_
     )
     first_call = bench.first_call_seconds()
     timing = common.interleaved_timings({"jax": bench}, args.windows, args.min_window_seconds)["jax"]
-    cost = bench.step_cost() if args.costs else {"flops": float("nan"), "bytes": float("nan")}
+    cost = bench.step_cost(args.xla_bytes) if args.costs else {"flops": float("nan"), "bytes": float("nan")}
     result = {
         "model": model,
         "batch": batch,
@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace, model: str, batch: int, dtype: str, steps_
 
 def row(result: dict) -> list:
     step = result["seconds_per_step"]
-    floor = result.get("compute_floor_s", float("nan"))
+    floor = max(result.get("compute_floor_s", float("nan")), result.get("memory_floor_s", float("nan")))
     return [
         result["model"],
         result["batch"],
@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=50_000, help="synthetic training examples on the device")
     parser.add_argument("--budget-seconds", type=float, default=0.0, help="skip the configurations left after this")
     parser.add_argument("--no-costs", dest="costs", action="store_false", help="skip XLA cost analysis and floors")
+    parser.add_argument(
+        "--xla-bytes", action="store_true", help="also XLA's estimate of the fused step's bytes (one more compile)"
+    )
     parser.add_argument("--json", default="", help="write every figure here")
     args = parser.parse_args(argv)
     accelerator = common.on_accelerator()
@@ -130,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             skipped.append(config)
         else:
             print(common.markdown_table(HEADERS, [row(results[-1])]).splitlines()[-1], flush=True)
+        # Written after every configuration, so that a run stopped at its time limit keeps what it measured.
+        common.write_json(args.json, {"environment": env, "ceilings": ceilings, "results": results, "skipped": skipped})
         jax.clear_caches()
 
     print(f"\n### Train-step throughput (benchmarks/throughput.py)\n\n{common.environment_line(env)}\n")
@@ -140,9 +145,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"copy {ceilings['bytes_per_second'] / 1e9:.0f} GB/s.\n"
         )
     print(common.markdown_table(HEADERS, [row(result) for result in results]))
+    print(
+        "\nFloors: compute = XLA's FLOPs / measured matmul rate of the dtype; memory = every convolution's input,"
+        " kernel and output moved once (all else fused) / measured copy bandwidth; x floor = ms/step / the larger."
+    )
     if skipped:
         print(f"\nnot measured (budget or error): {skipped}")
-    common.write_json(args.json, {"environment": env, "ceilings": ceilings, "results": results, "skipped": skipped})
 
 
 if __name__ == "__main__":

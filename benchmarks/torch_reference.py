@@ -429,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 continue
             comparisons.append(compare(args, name, batch, device, arrays))
             print(common.markdown_table(HEADERS, comparisons[-1]["rows"]), flush=True)
+            payload = {"environment": env, "checks": checks, "comparisons": comparisons, "skipped": skipped}
+            common.write_json(args.json, payload)
             gc.collect()
             jax.clear_caches()
 

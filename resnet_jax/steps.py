@@ -139,7 +139,8 @@ CPU_TRAIN_COMPILER_OPTIONS = {
 def _cpu_options_supported() -> bool:
     """Whether this jaxlib knows `CPU_TRAIN_COMPILER_OPTIONS` (an unknown option fails the compile)."""
     try:
-        jax.jit(jnp.negative, backend="cpu").lower(jnp.zeros(1)).compile(CPU_TRAIN_COMPILER_OPTIONS)
+        probe = jnp.zeros(1, device=jax.devices("cpu")[0])
+        jax.jit(jnp.negative).lower(probe).compile(CPU_TRAIN_COMPILER_OPTIONS)
     except Exception:  # jaxlib's error type for unknown options differs between versions
         return False
     return True
