@@ -129,7 +129,7 @@ def _committed(totals: Metrics, mesh: Mesh) -> Metrics:
 
 
 # XLA:CPU's default YNNPACK fusions, less individual convolutions: those then run on Eigen, which computes this
-# project's weight gradients faster (the train step takes ~20% less time on 2 cores; benchmarks/RESULTS.md).
+# project's weight gradients faster (the train step takes 15-27% less time on 2 cores; benchmarks/RESULTS.md).
 CPU_TRAIN_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }
@@ -156,8 +156,9 @@ def train_compiler_options(mesh: Mesh) -> dict[str, Any] | None:
 def scan_is_fast(mesh: Mesh) -> bool:
     """Whether a train step runs at full speed inside `lax.scan` on this mesh's devices.
 
-    Not on the CPU: XLA:CPU (jax 0.10) gives convolutions its YNNPACK kernels only outside loop bodies, and the
-    weight-gradient convolutions left inside a `while` run about 20x slower (benchmarks/RESULTS.md).
+    Not on the CPU: XLA:CPU (jax 0.10) rewrites convolutions for its fast kernels only outside loop bodies; the
+    weight-gradient convolutions left inside a `while` fall to a naive loop, and a ResNet-20 step runs 35x slower
+    in a scan than dispatched on its own (benchmarks/RESULTS.md).
     """
     return mesh.devices.flat[0].platform != "cpu"
 
