@@ -110,12 +110,17 @@ def _units_for(runner: Runner, min_seconds: float, max_units: int = 100_000) -> 
         units = min(max_units, max(units * 2, math.ceil(units * 1.2 * min_seconds / max(elapsed, 1e-6))))
 
 
-def interleaved_timings(runners: dict[str, Runner], windows: int, min_seconds: float) -> dict[str, Timing]:
+def interleaved_timings(
+    runners: dict[str, Runner], windows: int, min_seconds: float, deadline: float | None = None
+) -> dict[str, Timing]:
     """Times each runner in `windows` windows of at least `min_seconds`, taking turns window by window, so that
-    a change in the machine's load hits every runner alike; returns the median per step of each."""
+    a change in the machine's load hits every runner alike; returns the median per step of each. Past
+    `deadline` (a `time.perf_counter()` reading) no new round starts, though every runner gets one window."""
     units = {name: _units_for(runner, min_seconds) for name, runner in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(windows):
+    for round_index in range(windows):
+        if round_index and deadline is not None and time.perf_counter() > deadline:
+            break
         for name, runner in runners.items():
             start = time.perf_counter()
             runner.run(units[name])

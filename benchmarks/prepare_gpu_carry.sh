@@ -12,7 +12,8 @@ cd "$(git rev-parse --show-toplevel 2>/dev/null || echo "$(dirname "$0")/..")"
 PY=${PYTHON:-python3}
 FASHION_SOURCE=${FASHION_SOURCE:-/usr/share/datasets/fashion-mnist}
 WHEELS=("ml-collections==1.1.0" "tensorboardX==2.6.5")
-FASHION_FILES=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
+FASHION_FILES=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz
+  t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
 
 rm -rf .whl
 mkdir -p .whl .data/fashion-mnist

@@ -32,8 +32,12 @@ def _ratio_row(comparison: dict[str, Any] | None, model: str, goal: float) -> li
     rates = comparison["images_per_second"]
     best_jax, best_torch = comparison["best_jax"], comparison["best_torch"]
     ratio = comparison["best_ratio"]
+    if not best_jax or not best_torch:
+        return [label, f"incomplete: {comparison.get('errors') or 'no runner of one side'}", f">= {goal}x", "?"]
     detail = f"{ratio:.2f}x ({best_jax} {rates[best_jax]:,.0f} vs {best_torch} {rates[best_torch]:,.0f}, "
     detail += f"batch {comparison['batch']})"
+    if comparison.get("errors"):
+        detail += f"; not measured: {', '.join(comparison['errors'])}"
     return [label, detail, f">= {goal}x", "yes" if ratio >= goal else "no"]
 
 

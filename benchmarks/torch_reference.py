@@ -335,6 +335,10 @@ def compare(args: argparse.Namespace, name: str, batch: int, device: str, arrays
     for variant in args.variants:
         label = f"torch {variant}"
         kind, _, threads = variant.partition("@")
+        if args.build_budget_seconds and time.perf_counter() - args.start > args.build_budget_seconds:
+            errors[label] = f"not built: {args.build_budget_seconds:.0f} s into the run, no time left to compile"
+            print(f"{name} batch {batch} {label}: {errors[label]}", flush=True)
+            continue
         try:
             runner = TorchTrainLoop(name, batch, VARIANTS[kind], device, arrays, int(threads or 0))
             first_calls[label] = runner.first_call_seconds()
@@ -342,7 +346,8 @@ def compare(args: argparse.Namespace, name: str, batch: int, device: str, arrays
         except Exception as error:  # e.g. torch.compile without a working compiler: reported, not fatal
             errors[label] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
             print(f"{name} batch {batch} {label}: {errors[label]}", flush=True)
-    timings = common.interleaved_timings(runners, args.windows, args.min_window_seconds)
+    deadline = args.start + args.deadline_seconds if args.deadline_seconds else None
+    timings = common.interleaved_timings(runners, args.windows, args.min_window_seconds, deadline)
     per_second = {label: batch / timing.seconds_per_step for label, timing in timings.items()}
     torch_rates = {label: rate for label, rate in per_second.items() if label.startswith("torch")}
     best_torch = max(torch_rates, key=torch_rates.get) if torch_rates else None
@@ -391,8 +396,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-window-seconds", type=float, default=0.0, help="default 1 (accelerator), 3 (CPU)")
     parser.add_argument("--examples", type=int, default=10_240, help="synthetic training examples on the device")
     parser.add_argument("--budget-seconds", type=float, default=0.0, help="skip the comparisons left after this")
+    parser.add_argument(
+        "--build-budget-seconds", type=float, default=0.0, help="build no more runners this long into the run"
+    )
+    parser.add_argument(
+        "--deadline-seconds", type=float, default=0.0, help="start no timing round this long into the run"
+    )
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
+    args.start = time.perf_counter()
     torch = import_torch()
     accelerator = common.on_accelerator()
     device = "cuda" if accelerator and torch.cuda.is_available() else "cpu"
@@ -412,7 +424,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.steps_per_call = args.steps_per_call or (50 if accelerator else 1)
     args.min_window_seconds = args.min_window_seconds or (1.0 if accelerator else 3.0)
 
-    start = time.perf_counter()
     env = common.environment() | {
         "torch_threads": torch.get_num_threads(),
         "cudnn_benchmark": True,
@@ -424,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         checks.append(check_equivalence(name, device))
         print(f"check {name}: {checks[-1]}", flush=True)
         for batch in common.parse_list(args.batches, int):
-            if args.budget_seconds and time.perf_counter() - start > args.budget_seconds:
+            if args.budget_seconds and time.perf_counter() - args.start > args.budget_seconds:
                 skipped.append((name, batch))
                 continue
             comparisons.append(compare(args, name, batch, device, arrays))

@@ -129,7 +129,7 @@ def _committed(totals: Metrics, mesh: Mesh) -> Metrics:
 
 
 # XLA:CPU's default YNNPACK fusions, less individual convolutions: those then run on Eigen, which computes this
-# project's weight gradients faster (the train step takes 15-27% less time on 2 cores; benchmarks/RESULTS.md).
+# project's weight gradients faster (the train step takes 15-35% less time on 2 cores; benchmarks/RESULTS.md).
 CPU_TRAIN_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }
