@@ -1,7 +1,8 @@
 """The train and eval steps, pure functions of (state, batch), and the jitted loops that run them on the mesh.
 
-Augmentation and normalisation run inside the step, on the device. `make_train_loop` scans several steps per
-dispatch, gathering each batch from the device-resident split, so Python never waits between steps.
+Augmentation and normalisation run inside the step, on the device. `make_train_loop` runs several steps per call,
+gathering each batch from the device-resident split: in one `lax.scan` on accelerators, as asynchronous per-step
+dispatches on the CPU; either way Python never waits between steps.
 """
 
 from __future__ import annotations
@@ -163,25 +164,77 @@ def scan_is_fast(mesh: Mesh) -> bool:
     return mesh.devices.flat[0].platform != "cpu"
 
 
+class TrainLoop:
+    """`loop(state, totals, split, permutation, first_step, num_steps) -> (state, totals)`, and, ahead of time,
+    `loop.lower(...the same...).compile()`, called without `num_steps`.
+
+    Scanned, the steps run in one dispatch, one compiled program per distinct `num_steps`; per step, each step is
+    its own asynchronous dispatch of one compiled program, whatever `num_steps`.
+    """
+
+    def __init__(self, jitted: Callable, mesh: Mesh, scan: bool):
+        self.jitted, self.mesh, self.scan = jitted, mesh, scan
+
+    def __call__(self, state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
+        totals = _committed(totals, self.mesh)
+        if self.scan:
+            return self.jitted(state, totals, split, permutation, first_step, num_steps)
+        for offset in range(num_steps):
+            state, totals = self.jitted(state, totals, split, permutation, first_step + offset)
+        return state, totals
+
+    def lower(self, state, totals, split: DeviceSplit, permutation, first_step, num_steps: int) -> Any:
+        args = (state, _committed(totals, self.mesh), split, permutation, first_step)
+        if self.scan:
+            return self.jitted.lower(*args, num_steps)
+        return _PerStepLowered(self.jitted.lower(*args), num_steps)
+
+
+class _PerStepLowered:
+    def __init__(self, lowered: Any, num_steps: int):
+        self.lowered, self.num_steps = lowered, num_steps
+
+    def compile(self, *args, **kwargs) -> _PerStepCompiled:
+        return _PerStepCompiled(self.lowered.compile(*args, **kwargs), self.num_steps)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lowered, name)
+
+
+class _PerStepCompiled:
+    """`num_steps` dispatches of one compiled step; its analyses (memory, cost, text) are those of one step."""
+
+    def __init__(self, compiled: Any, num_steps: int):
+        self.compiled, self.num_steps = compiled, num_steps
+
+    def __call__(self, state, totals, split: DeviceSplit, permutation, first_step):
+        for offset in range(self.num_steps):
+            state, totals = self.compiled(state, totals, split, permutation, first_step + offset)
+        return state, totals
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.compiled, name)
+
+
 def make_train_loop(
     train_step: Callable,
     mesh: Mesh,
     batch_per_device: int,
     scan: bool | None = None,
     compiler_options: dict[str, Any] | None = None,
-) -> Callable[[TrainState, Metrics, DeviceSplit, jax.Array, jax.Array, int], tuple[TrainState, Metrics]]:
-    """Returns `run(state, totals, split, permutation, first_step, num_steps) -> (state, totals)`.
-
-    It runs steps `first_step .. first_step + num_steps - 1` of an epoch and adds their metrics to `totals` on the
-    device, with no host synchronisation. With `scan` (the default where `scan_is_fast`), the steps run in one
-    dispatch, one compiled program per distinct `num_steps`; without it, each step is its own asynchronous
-    dispatch of one compiled program. Both give the same state. `compiler_options` default to
-    `train_compiler_options(mesh)`; `{}` compiles with XLA's own defaults.
+) -> TrainLoop:
+    """The loop that runs steps `first_step .. first_step + num_steps - 1` of an epoch and adds their metrics to
+    `totals` on the device, with no host synchronisation (see `TrainLoop`). `scan` defaults to `scan_is_fast`;
+    both forms give the same state. `compiler_options` default to `train_compiler_options(mesh)`; `{}` compiles
+    with XLA's own defaults.
     """
     if scan is None:
         scan = scan_is_fast(mesh)
     if compiler_options is None:
         compiler_options = train_compiler_options(mesh)
+    jit = functools.partial(
+        jax.jit, donate_argnums=(0, 1), out_shardings=replicated(mesh), compiler_options=compiler_options or None
+    )
 
     def gathered_step(state, split: DeviceSplit, permutation, step):
         images, labels = gather_batch(split, permutation, step, batch_per_device, mesh)
@@ -196,34 +249,13 @@ def make_train_loop(
             state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
             return state, _accumulate(totals, stacked)
 
-        jitted_loop = jax.jit(
-            loop,
-            static_argnums=5,
-            donate_argnums=(0, 1),
-            out_shardings=replicated(mesh),
-            compiler_options=compiler_options or None,
-        )
-
-        def run_scanned(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
-            return jitted_loop(state, _committed(totals, mesh), split, permutation, first_step, num_steps)
-
-        return run_scanned
+        return TrainLoop(jit(loop, static_argnums=5), mesh, scan=True)
 
     def one_step(state, totals, split: DeviceSplit, permutation, step):
         state, metrics = gathered_step(state, split, permutation, step)
         return state, _accumulate(totals, jax.tree.map(lambda value: value[None], metrics))
 
-    jitted_step = jax.jit(
-        one_step, donate_argnums=(0, 1), out_shardings=replicated(mesh), compiler_options=compiler_options or None
-    )
-
-    def run(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
-        totals = _committed(totals, mesh)
-        for offset in range(num_steps):
-            state, totals = jitted_step(state, totals, split, permutation, first_step + offset)
-        return state, totals
-
-    return run
+    return TrainLoop(jit(one_step), mesh, scan=False)
 
 
 def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:

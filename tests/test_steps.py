@@ -104,6 +104,19 @@ def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
     assert setup.scan_traces == len(setup.scan_lengths)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_ahead_of_time_compiled_loop_runs_the_same_steps(setup, scan):
+    step_config = steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2)
+    loop = steps.make_train_loop(steps.make_train_step(step_config), setup.mesh, BATCH, scan=scan)
+    args = (setup.split, setup.permutation, jnp.int32(1))
+    compiled = loop.lower(setup.fresh_state(), steps.zero_train_metrics(), *args, 3).compile()
+    assert compiled.as_text()
+    state, totals = jax.device_get(compiled(setup.fresh_state(), steps.zero_train_metrics(), *args))
+    expected_state, expected_totals = setup.run([3], loop="scan" if scan else "per_step", first=1)
+    chex.assert_trees_all_close(state.params, expected_state.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(totals, expected_totals, rtol=1e-5)
+
+
 def test_train_compiler_options_change_speed_not_results(setup):
     tuned_state, tuned_totals = setup.run([3], loop="per_step")
     default_state, default_totals = setup.run([3], loop="xla_defaults")
