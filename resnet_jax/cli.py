@@ -56,5 +56,20 @@ def _run(argv: Sequence[str]) -> None:
     )
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a mistyped or unknown flag or config key reported in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {error}")
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # config_flags raises these for --config.key=value that names no key or has the wrong type.
+        key, _, hint = " ".join(str(error).replace("\\n", " ").replace("\\", "").replace("'", "").split()).partition(
+            " "
+        )
+        overrides = " ".join(arg for arg in argv[1:] if arg.startswith("--config."))
+        sys.exit(f"error: {overrides}: the config has no key {key!r}. {hint}".strip())
+
+
 def main() -> None:
-    app.run(_run)
+    app.run(_run, flags_parser=_parse_flags)

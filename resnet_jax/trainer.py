@@ -168,6 +168,13 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh 
     )
 
 
+def config_steps_per_call(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """`train.steps_per_call`, with 0 resolved for the mesh's platform (see configuration.base_config)."""
+    if config.train.steps_per_call:
+        return config.train.steps_per_call
+    return 1 if mesh.devices.flat[0].platform == "cpu" else 50
+
+
 def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str, float]:
     host = {key: float(value) for key, value in jax.device_get(sums).items()}
     count = max(host["count"], 1.0)
@@ -345,6 +352,7 @@ class _TrainLoop:
         )
         self.data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
         self.progress = ProgressBar()
+        self.steps_per_call = config_steps_per_call(self.config, mesh)
 
     def _epoch_float(self, step: int) -> float:
         return step / self.experiment.steps_per_epoch
@@ -398,7 +406,7 @@ class _TrainLoop:
                 totals, window_start, next_log = steps.zero_train_metrics(), time.perf_counter(), step
                 next_log += config.train.log_every_steps
                 while in_epoch < steps_per_epoch and step < total_steps:
-                    count = min(config.train.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
+                    count = min(self.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
                     state, totals = self.train_loop(
                         state, totals, self.train_split, permutation, jnp.int32(in_epoch), count
                     )
