@@ -38,7 +38,12 @@ class Checkpointer:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=create
+            preservation_policy=policy,
+            # best_fn also makes orbax write each step's metrics to disk, so the best survives a restart.
+            best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_mode="max",
+            enable_async_checkpointing=async_save,
+            create=create,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -50,15 +55,7 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The step with the highest test accuracy among the checkpoints that recorded one."""
-        scored = [(metrics[BEST_METRIC], step) for step in self.steps() if (metrics := self._metrics(step))]
-        return max(scored)[1] if scored else None
-
-    def _metrics(self, step: int) -> dict[str, float] | None:
-        try:
-            metrics = self.manager.metrics(step)
-        except (OSError, ValueError):
-            return None
-        return metrics if metrics and BEST_METRIC in metrics else None
+        return self.manager.best_step()
 
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""

@@ -123,4 +123,4 @@ def ema_update(average: Any, new: Any, decay: float) -> Any:
 
 
 def global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree).astype(jnp.float32)
+    return optax.tree.norm(tree).astype(jnp.float32)

@@ -352,6 +352,8 @@ class _TrainLoop:
         )
         self.data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
         self.progress = ProgressBar()
+        # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
+        self.zero_totals = jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh))
         self.steps_per_call = config_steps_per_call(self.config, mesh)
 
     def _epoch_float(self, step: int) -> float:
@@ -374,10 +376,15 @@ class _TrainLoop:
             if self.config.train.on_nonfinite == "stop":
                 self.writer.write(step, self._epoch_float(step), values)
                 latest = self.checkpointer.latest_step()
+                kept = (
+                    "no checkpoint was saved yet"
+                    if latest is None
+                    else f"the last checkpoint, step {latest}, is intact"
+                )
                 raise TrainingError(
-                    f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it. "
-                    f"The last good checkpoint is step {latest} in {self.checkpointer.directory}. Lower the learning "
-                    "rate, add optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
+                    f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it, "
+                    f"and {kept} in {self.checkpointer.directory}. Lower the learning rate, set "
+                    "optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
                 )
             logger.warning(
                 "skipped %d step(s) with non-finite values, the first at step %d", host["nonfinite_steps"], first
@@ -403,7 +410,7 @@ class _TrainLoop:
                 permutation = self.permutation(self.data_key, jnp.int32(epoch))
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
                 self.progress.start_epoch(epoch, steps_per_epoch, in_epoch)
-                totals, window_start, next_log = steps.zero_train_metrics(), time.perf_counter(), step
+                totals, window_start, next_log = self.zero_totals(), time.perf_counter(), step
                 next_log += config.train.log_every_steps
                 while in_epoch < steps_per_epoch and step < total_steps:
                     count = min(self.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
@@ -416,7 +423,7 @@ class _TrainLoop:
                     epoch_done = in_epoch == steps_per_epoch or step == total_steps
                     if step >= next_log or epoch_done:
                         self._log_train(totals, step, window_start, epoch)
-                        totals, window_start = steps.zero_train_metrics(), time.perf_counter()
+                        totals, window_start = self.zero_totals(), time.perf_counter()
                         next_log = step + config.train.log_every_steps
                     if stop.requested() and not epoch_done:
                         self._save(state, step, pipeline.DataPosition(epoch, in_epoch), best_accuracy)
