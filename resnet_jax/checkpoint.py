@@ -45,7 +45,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=create,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -77,7 +78,14 @@ class Checkpointer:
             ) from error
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores one step; with `abstract_state=None`, the arrays come back as saved, on the host."""
+        """Restores one step into `abstract_state`'s shapes and shardings (None: as saved, on one local device)."""
+        if abstract_state is None:
+            # As saved, but onto this process's first device, whatever topology wrote it.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract_state = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                self.manager.item_metadata(step)["state"],
+            )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.meta)

@@ -24,22 +24,21 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     """
     if jax.distributed.is_initialized():
         return True
-    if coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes or None,
-            process_id=process_id if process_id >= 0 else None,
-        )
-        return True
     launched_by_cluster = (
         bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
         or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
     )
-    if launched_by_cluster:
-        jax.distributed.initialize()
-        return True
-    return False
+    if not coordinator_address and not launched_by_cluster:
+        return False
+    # CPU processes need a collectives backend to form one mesh (GPU processes use NCCL regardless).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address or None,
+        num_processes=num_processes or None,
+        process_id=process_id if process_id >= 0 else None,
+    )
+    return True
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
