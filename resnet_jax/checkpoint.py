@@ -44,6 +44,8 @@ class Checkpointer:
             best_mode="max",
             enable_async_checkpointing=async_save,
             create=create,
+            # A save cut short (kill -9, full disk) leaves a *.orbax-checkpoint-tmp folder: never a checkpoint.
+            cleanup_tmp_directories=create,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)

@@ -5,8 +5,10 @@ Only process 0 writes. Values arrive as host floats; the trainer fetches them fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +20,18 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, in order (an empty list when there is none)."""
+    """The records of a run's metrics.jsonl, in order (an empty list when there is none).
+
+    A torn last line (the process was killed mid-write) is left out; damage anywhere else is an error.
+    """
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    with contextlib.suppress(json.JSONDecodeError):
+        records += [json.loads(line) for line in lines[-1:]]
+    return records
 
 
 def _jsonable(value: float) -> float | None:
@@ -46,7 +55,9 @@ class MetricWriter:
         if not self.enabled or not self.path.exists():
             return
         kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        staging = self.path.with_suffix(".jsonl.tmp")
+        staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(staging, self.path)  # atomic: a kill leaves the old file or the new one
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:

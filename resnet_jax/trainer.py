@@ -258,7 +258,7 @@ def _finetune_start(state: TrainState, source: Path) -> TrainState:
 
     def pick(new, old, path=""):
         if new.shape == old.shape:
-            return old
+            return jax.device_put(old, new.sharding)
         logger.warning(
             "fine-tune: %s has shape %s in the checkpoint, %s now; it starts fresh", path, old.shape, new.shape
         )
@@ -319,11 +319,12 @@ def train_and_evaluate(
         state = state.replace_from_checkpoint(tree)
         position = pipeline.DataPosition.from_dict(meta["position"])
         best_accuracy = meta.get("best_test_accuracy", best_accuracy)
-        writer.truncate_after(step)
         logger.info(
             "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
         )
 
+    # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
+    writer.truncate_after(restored[0] if restored is not None else 0)
     loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split)
     try:
         return loop.run(state, position, best_accuracy)
