@@ -226,7 +226,7 @@ _LOAD_WITH_JAX_ONLY = textwrap.dedent(
         raise SystemExit("resnet_jax is importable")
     import jax
     import numpy as np
-    exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+    exported = jax.export.deserialize(open(sys.argv[1], "rb").read())
     images = np.load(sys.argv[2])
     np.save(sys.argv[3], np.asarray(exported.call(images)))
     np.save(sys.argv[4], np.asarray(exported.call(images[:3])))
