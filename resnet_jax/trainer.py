@@ -327,10 +327,15 @@ def train_and_evaluate(
     writer.truncate_after(restored[0] if restored is not None else 0)
     loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split)
     try:
-        return loop.run(state, position, best_accuracy)
+        results = loop.run(state, position, best_accuracy)
     finally:
         writer.close()
         checkpointer.close()
+    if jax.process_index() == 0:
+        from resnet_jax import plots
+
+        plots.write_curves(workdir, workdir / "curves.png")
+    return results
 
 
 class _TrainLoop:

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import PYTHON, REPO_ROOT, subprocess_env
 from filelock import FileLock
 from PIL import Image
 
 from resnet_jax import data, evaluate, export, metrics, plots, predict, trainer
+from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
 
 TEST_EXAMPLES = 100  # not a multiple of the eval batch: the padded, masked last batch is exercised
 
@@ -131,10 +131,6 @@ def test_an_earlier_checkpoint_can_be_chosen_by_step(run_dir, run):
         chex.assert_trees_all_close(earlier.variables["params"], run.variables["params"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py: orbax writes a save's metrics only when CheckpointManagerOptions.best_fn is set",
-)
 def test_best_checkpoint_is_the_one_with_the_highest_test_accuracy(run_dir):
     evals = [record for record in metrics.read_metrics(run_dir) if "test_accuracy" in record]
     best = max(evals, key=lambda record: record["test_accuracy"])["step"]
