@@ -405,11 +405,40 @@ class _TrainLoop:
         meta = {"position": position.to_dict(), "best_test_accuracy": best, "step": step}
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics)
 
+    def _chunk_sizes(self, position: pipeline.DataPosition, step: int) -> set[int]:
+        """Every `num_steps` the loop will dispatch from here on (at most three distinct values)."""
+        sizes, in_epoch = set(), position.step_in_epoch
+        while step < self.experiment.total_steps:
+            count = min(
+                self.steps_per_call, self.experiment.steps_per_epoch - in_epoch, self.experiment.total_steps - step
+            )
+            sizes.add(count)
+            step, in_epoch = step + count, (in_epoch + count) % self.experiment.steps_per_epoch
+        return sizes
+
+    def _compile(self, state: TrainState, position: pipeline.DataPosition, step: int) -> None:
+        """Compiles every train program and the evaluation up front, so that no timed window includes a compile."""
+        start = time.perf_counter()
+        permutation = self.permutation(self.data_key, jnp.int32(position.epoch))
+        sizes = sorted(self._chunk_sizes(position, step))
+        for count in sizes:
+            self.train_loop.lower(
+                state, self.zero_totals(), self.train_split, permutation, jnp.int32(0), count
+            ).compile()
+        self.evaluate.lower(state.eval_variables, self.test_split).compile()
+        logger.info(
+            "compiled %d train program(s) %s and the evaluation in %.1f s",
+            len(sizes),
+            sizes,
+            time.perf_counter() - start,
+        )
+
     def run(self, state: TrainState, position: pipeline.DataPosition, best_accuracy: float) -> dict[str, float]:
         experiment, config = self.experiment, self.config
         steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
         step = int(jax.device_get(state.step))
         last_eval: dict[str, float] = {}
+        self._compile(state, position, step)
         with _StopRequests() as stop:
             epoch = position.epoch
             while step < total_steps:
