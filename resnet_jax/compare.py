@@ -1,6 +1,6 @@
 """Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
 the accuracy of trained runs. `python -m resnet_jax.compare --models resnet18,resnet34 [--runs DIR ...]` writes
-compare.md and compare.png.
+compare.md, compare.png and compare.json (the raw measurements).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, models
-from resnet_jax.sweep import summarize_run
+from resnet_jax import configuration, data, metrics, models
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
+COMPARE_JSON = "compare.json"
 
 
 @dataclasses.dataclass
@@ -171,6 +171,23 @@ def measure_isolated(config: ml_collections.ConfigDict, repeats: int) -> Measure
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(measure_model, configuration.to_json(config), repeats).result()
+
+
+def summarize_run(workdir: str | Path) -> dict[str, float | None]:
+    """Final and best test accuracy, epochs and steady-state train images/s of a run's metrics.jsonl.
+
+    The first train record of a run includes compilation, so images/s is the median of the others.
+    """
+    records = metrics.read_metrics(workdir)
+    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
+    speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
+    steady = speeds[1:] or speeds
+    return {
+        "final_test_accuracy": accuracies[-1] if accuracies else None,
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "epochs": records[-1]["epoch"] if records else None,
+        "images_per_second": statistics.median(steady) if steady else None,
+    }
 
 
 def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], ml_collections.ConfigDict | None]:
@@ -343,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = measurement_config(base, names[0], args.batch, args.steps, args.dtype)
     markdown = compare_markdown(measurements, accuracies, config, args.repeats)
     (outdir / COMPARE_MD).write_text(markdown)
+    (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
     title = f"{', '.join(names)} on {measurements[0].device_kind}, batch {args.batch}"
     plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
     print(markdown, end="")

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from ml_collections import config_flags
 
 from resnet_jax import configuration, metrics, trainer
 from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.compare import summarize_run
 from resnet_jax.data import DataError
 
 # Named, not __name__: run as `python -m resnet_jax.sweep` this module is __main__.
@@ -536,23 +536,6 @@ class TrialResult:
     error: str = ""
 
 
-def summarize_run(workdir: str | Path) -> dict[str, float | None]:
-    """Final and best test accuracy, epochs and steady-state train images/s of a run's metrics.jsonl.
-
-    The first train record of a run includes compilation, so images/s is the median of the others.
-    """
-    records = metrics.read_metrics(workdir)
-    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
-    speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
-    steady = speeds[1:] or speeds
-    return {
-        "final_test_accuracy": accuracies[-1] if accuracies else None,
-        "best_test_accuracy": max(accuracies) if accuracies else None,
-        "epochs": records[-1]["epoch"] if records else None,
-        "images_per_second": statistics.median(steady) if steady else None,
-    }
-
-
 _STATE_ORDER = {"complete": 0, "pruned": 1, "failed": 2}
 
 
@@ -813,9 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"sweep stopped: {error}", file=sys.stderr)
         return 1
-    except (trainer.Preempted, KeyboardInterrupt) as stop:
-        print(f"pre-empted: {stop or 'interrupted'}; run the same command to resume", flush=True)
+    except trainer.Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
         return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", flush=True)
+        return 130
     done = sum(result.state != "failed" for result in results)
     print(f"done: {done} of {len(results)} trials finished; results in {workdir / RESULTS_MD}", flush=True)
     return 0

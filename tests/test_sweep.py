@@ -13,7 +13,7 @@ import optuna
 import pytest
 from conftest import PYTHON, subprocess_env
 
-from resnet_jax import configuration, sweep
+from resnet_jax import compare, configuration, sweep
 
 # Two 4-step epochs of the smoke network on 128 synthetic images: a trial is mostly compilation, which the
 # sweep's compile cache shares between trials.
@@ -238,7 +238,7 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
     finals = [float(r["final_test_accuracy"]) for r in rows]
     assert finals == sorted(finals, reverse=True)
     for row in rows:
-        summary = sweep.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
+        summary = compare.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
         assert float(row["final_test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
         assert float(row["best_test_accuracy"]) >= float(row["final_test_accuracy"])
         assert row["state"] == "complete"
