@@ -91,6 +91,25 @@ def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
     return jax.device_put(jax.tree.map(fill, abstract_state), replicated(mesh))
 
 
+def forward_gflops(model: Any, input_shape: Sequence[int]) -> float:
+    """Forward GFLOPs per image (a multiply-add counts two) from XLA's cost analysis of the forward pass on the
+    CPU: a count of the network as written, the same whatever device runs it. jax 0.11 gives no cost analysis
+    before compilation (so `models.forward_flops` fails there); the compiled program's count is then used."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import SingleDeviceSharding
+
+    on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+    variables = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
+        models.init_shapes(model, input_shape),
+    )
+    images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32, sharding=on_cpu)
+    lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
+    return float(cost["flops"]) / 1e9
+
+
 def measure_model(config_json: str, repeats: int) -> Measurement:
     """Compiles the trainer's own train program (a `lax.scan` of `train.steps_per_call` steps over device-resident
     data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
@@ -103,7 +122,7 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
     experiment = trainer.build_experiment(config)
     mesh, num_steps = experiment.mesh, config.train.steps_per_call
     variables = models.init_shapes(experiment.model, experiment.input_shape)
-    gflops = models.forward_flops(experiment.model, experiment.input_shape) / 1e9
+    gflops = forward_gflops(experiment.model, experiment.input_shape)
     state = _host_random_state(jax.eval_shape(experiment.new_state), mesh)
     rows = experiment.train_examples
     split = pipeline.put_split(
@@ -244,7 +263,8 @@ def compare_markdown(
         "",
         f"Train images/s: the trainer's own jitted program ({config.train.steps_per_call} steps per call on "
         f"device-resident data), the median of {repeats} timed calls after one warm-up call. Compile: lowering and "
-        "XLA compilation of that program. GFLOPs: XLA's cost analysis of the jitted forward pass, per image. "
+        "XLA compilation of that program. GFLOPs: XLA's cost analysis of the forward pass per image, a multiply-add "
+        "counting two. "
         "Peak memory: the device's own counter, each model in a fresh process (n/a where the device keeps none); "
         "XLA step memory: the compiled program's arguments, outputs and temporaries.",
         "",
