@@ -649,6 +649,7 @@ def plot_sweep(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], t
         _plot_dimension(axis, spec, dimension, scored)
     curves = [r for r in results if r.state != "failed"][:top]
     loss_axis, accuracy_axis = axes[len(spec.dimensions)], axes[len(spec.dimensions) + 1]
+    accuracy_axis.sharex(loss_axis)
     for rank, result in enumerate(curves, 1):
         records = metrics.read_metrics(workdir / TRIALS_DIR / result.name)
         train = [(r["epoch"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
@@ -659,10 +660,10 @@ def plot_sweep(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], t
             accuracy_axis.plot(*zip(*evals, strict=True), "o-", label=label, color=line.get_color() if line else None)
     loss_axis.set(title=f"train loss, top {len(curves)}", xlabel="epoch", ylabel="train loss")
     accuracy_axis.set(title=f"test accuracy, top {len(curves)}", xlabel="epoch", ylabel="test accuracy")
-    for axis in (loss_axis, accuracy_axis):
-        axis.grid(alpha=0.3)
-        if curves:
-            axis.legend(fontsize="small")
+    loss_axis.grid(alpha=0.3)
+    accuracy_axis.grid(alpha=0.3)
+    if curves:  # one legend: both panels draw a trial in the same colour
+        loss_axis.legend(fontsize="small")
     figure.suptitle(f"{workdir.name}: {spec.sampler} sweep, {len(results)} trials")
     figure.tight_layout()
     path = workdir / PLOT_FILE
@@ -672,6 +673,8 @@ def plot_sweep(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], t
 
 
 def _plot_dimension(axis: Any, spec: SweepSpec, dimension: Dimension, scored: Sequence[TrialResult]) -> None:
+    import matplotlib.ticker
+
     values = [r.overrides[dimension.key] for r in scored]
     numeric = _numeric(values)
     positions = values if numeric else [list(dict.fromkeys(map(str, values))).index(str(v)) for v in values]
@@ -706,6 +709,9 @@ def _plot_dimension(axis: Any, spec: SweepSpec, dimension: Dimension, scored: Se
             axis.legend(fontsize="small")
     if numeric and values and min(values) > 0 and (dimension.log or max(values) / min(values) >= 10):
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if numeric and dimension.values:
+        axis.set_xticks(sorted(set(values)), [_format_value(v) for v in sorted(set(values))])
     if not numeric:
         labels = list(dict.fromkeys(map(str, values)))
         axis.set_xticks(range(len(labels)), labels)
