@@ -238,6 +238,10 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], m
     return accuracies, first_config
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
 
@@ -277,8 +281,8 @@ def compare_markdown(
     lines += [header, rule]
     for m in measurements:
         row = (
-            f"| {m.model} | {m.params:,} | {m.gflops:.3f} | {m.images_per_second:,.0f} | {m.step_milliseconds:,.1f} | "
-            f"{m.compile_seconds:.1f} | {_mib(m.peak_bytes)} | {_mib(m.xla_step_bytes)} |"
+            f"| {m.model} | {m.params:,} | {m.gflops:.3f} | {_rate(m.images_per_second)} | "
+            f"{m.step_milliseconds:,.1f} | {m.compile_seconds:.1f} | {_mib(m.peak_bytes)} | {_mib(m.xla_step_bytes)} |"
         )
         if accuracies:
             run = accuracies.get(m.model)
@@ -376,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         m = measurements[-1]
-        print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {m.images_per_second:,.0f} images/s", flush=True)
+        print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {_rate(m.images_per_second)} images/s", flush=True)
     config = measurement_config(base, names[0], args.batch, args.steps, args.dtype)
     markdown = compare_markdown(measurements, accuracies, config, args.repeats)
     (outdir / COMPARE_MD).write_text(markdown)
