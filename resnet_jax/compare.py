@@ -192,23 +192,6 @@ def measure_isolated(config: ml_collections.ConfigDict, repeats: int) -> Measure
         return pool.submit(measure_model, configuration.to_json(config), repeats).result()
 
 
-def summarize_run(workdir: str | Path) -> dict[str, float | None]:
-    """Final and best test accuracy, epochs and steady-state train images/s of a run's metrics.jsonl.
-
-    The first train record of a run includes compilation, so images/s is the median of the others.
-    """
-    records = metrics.read_metrics(workdir)
-    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
-    speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
-    steady = speeds[1:] or speeds
-    return {
-        "final_test_accuracy": accuracies[-1] if accuracies else None,
-        "best_test_accuracy": max(accuracies) if accuracies else None,
-        "epochs": records[-1]["epoch"] if records else None,
-        "images_per_second": statistics.median(steady) if steady else None,
-    }
-
-
 def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], ml_collections.ConfigDict | None]:
     """Accuracy per model over the given trained workdirs, and the first run's config (for the input shape)."""
     per_model: dict[str, list[dict[str, Any]]] = {}
@@ -218,7 +201,7 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], m
         if not config_path.exists():
             raise configuration.ConfigError(f"--runs {str(run_dir)!r} holds no {configuration.CONFIG_FILE}")
         config = configuration.load_json(config_path)
-        summary = summarize_run(run_dir)
+        summary = metrics.summarize_run(run_dir)
         if summary["final_test_accuracy"] is None:
             raise configuration.ConfigError(f"--runs {str(run_dir)!r} has no evaluation in its metrics yet")
         first_config = first_config or config

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,19 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     with contextlib.suppress(json.JSONDecodeError):
         records += [json.loads(line) for line in lines[-1:]]
     return records
+
+
+def summarize_run(workdir: str | Path) -> dict[str, float | None]:
+    """Final and best test accuracy, epochs and the median train images/s of a run's metrics.jsonl."""
+    records = read_metrics(workdir)
+    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
+    speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
+    return {
+        "final_test_accuracy": accuracies[-1] if accuracies else None,
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "epochs": records[-1]["epoch"] if records else None,
+        "images_per_second": statistics.median(speeds) if speeds else None,
+    }
 
 
 def _jsonable(value: float) -> float | None:

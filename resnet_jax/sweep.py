@@ -9,7 +9,6 @@ and DIR/sweep.png.
 from __future__ import annotations
 
 import ast
-import contextlib
 import csv
 import dataclasses
 import difflib
@@ -18,12 +17,9 @@ import itertools
 import json
 import logging
 import math
-import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +30,6 @@ from ml_collections import config_flags
 
 from resnet_jax import configuration, metrics, trainer
 from resnet_jax.checkpoint import CheckpointError
-from resnet_jax.compare import summarize_run
 from resnet_jax.data import DataError
 
 # Named, not __name__: run as `python -m resnet_jax.sweep` this module is __main__.
@@ -300,38 +295,18 @@ def trial_name(overrides: Mapping[str, Any]) -> str:
     return name
 
 
-class _PruningWatcher:
-    """Reports a running trial's evaluations (read from its metrics.jsonl) to Optuna and, when the median pruner
-    says so, asks the trainer to stop the way a scheduler does: SIGTERM, after which it saves and raises Preempted.
+def _pruning_hook(trial: optuna.Trial, reported: set[int]) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's `on_evaluation`: reports each evaluation to Optuna, and ends the trial (after its checkpoint)
+    when the median pruner says it is clearly worse than the others at the same epoch."""
 
-    The trainer has no per-evaluation callback, and shortening `train.num_epochs` to run a trial in pieces would
-    change its learning-rate schedule, so the trial is watched from a thread instead.
-    """
+    def on_evaluation(epoch: int, values: dict[str, float]) -> None:
+        if epoch not in reported:
+            trial.report(values["test_accuracy"], epoch)
+            reported.add(epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    POLL_SECONDS = 0.5
-
-    def __init__(self, trial: optuna.Trial, trial_dir: Path):
-        self.trial = trial
-        self.trial_dir = trial_dir
-        self.reported: set[int] = set()
-        self.pruned_at: int | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="sweep-pruning", daemon=True)
-
-    def __enter__(self) -> _PruningWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.POLL_SECONDS):
-            if report_evaluations(self.trial, self.trial_dir, self.reported) and self.trial.should_prune():
-                self.pruned_at = max(self.reported)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+    return on_evaluation
 
 
 def report_evaluations(trial: optuna.Trial, trial_dir: Path, reported: set[int]) -> bool:
@@ -348,26 +323,6 @@ def report_evaluations(trial: optuna.Trial, trial_dir: Path, reported: set[int])
             reported.add(epoch)
             new = True
     return new
-
-
-class _SigtermDuringTrial:
-    """Outside the trainer's own handler (data loading, compilation, the final save) a SIGTERM stops the sweep with
-    `Preempted`, as it does inside; one sent by the pruning watcher after the trial's last step is ignored."""
-
-    def __init__(self, watcher: _PruningWatcher | None):
-        self.watcher = watcher
-        self._previous: Any = None
-
-    def __enter__(self) -> _SigtermDuringTrial:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.watcher is None or self.watcher.pruned_at is None:
-            raise trainer.Preempted("SIGTERM: the sweep stopped; run the same command to resume")
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -470,24 +425,24 @@ def _run_trial(
     trial.set_user_attr("name", name)
     trial_dir = workdir / TRIALS_DIR / name
     logger.info("trial %d: %s", trial.number, name)
-    watcher = _PruningWatcher(trial, trial_dir) if spec.prune else None
+    # A resumed trial's earlier evaluations count for the pruner as if it had never stopped.
+    reported: set[int] = set()
+    report_evaluations(trial, trial_dir, reported)
+    on_evaluation = _pruning_hook(trial, reported) if spec.prune else None
     start = time.perf_counter()
     state, value = optuna.trial.TrialState.COMPLETE, None
     try:
-        with _SigtermDuringTrial(watcher), watcher or contextlib.nullcontext():
-            result = trainer.train_and_evaluate(apply_overrides(config, overrides), trial_dir)
+        result = trainer.train_and_evaluate(apply_overrides(config, overrides), trial_dir, on_evaluation=on_evaluation)
         value = result["test_accuracy"]
     except trainer.TrainingError as error:
         trial.set_user_attr("error", str(error))
         state = FAILED
         logger.warning("trial %s failed: %s", name, error)
-    except trainer.Preempted:
-        if watcher is None or watcher.pruned_at is None:
-            raise
+    except optuna.TrialPruned as pruned:
         state = optuna.trial.TrialState.PRUNED
-        logger.info("trial %s pruned after epoch %d", name, watcher.pruned_at)
+        logger.info("trial %s %s", name, pruned)
     trial.set_user_attr("wall_seconds", trial.user_attrs.get("wall_seconds", 0.0) + time.perf_counter() - start)
-    report_evaluations(trial, trial_dir, set(watcher.reported) if watcher else set())
+    report_evaluations(trial, trial_dir, reported)
     return study.tell(trial, value, state=state)
 
 
@@ -545,7 +500,7 @@ def collect_results(study: optuna.Study, spec: SweepSpec, workdir: Path) -> list
     latest = {trial.user_attrs["name"]: trial for trial in _counted_trials(study) if "name" in trial.user_attrs}
     results = []
     for name, trial in latest.items():
-        summary = summarize_run(workdir / TRIALS_DIR / name)
+        summary = metrics.summarize_run(workdir / TRIALS_DIR / name)
         results.append(
             TrialResult(
                 name=name,

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -194,8 +195,10 @@ class _StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        # Python lets only the main thread set handlers; elsewhere signals keep their default meaning.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -272,12 +275,17 @@ def _finetune_start(state: TrainState, source: Path) -> TrainState:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "resume"
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    mode: str = "resume",
+    on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Trains and evaluates `config` in `workdir`; returns the final metrics.
 
-    Raises `Preempted` after a SIGTERM/SIGINT once a checkpoint is saved, `TrainingError` when training cannot
-    go on, and `ConfigError` / `DataError` on bad input, all before anything is lost.
+    `on_evaluation(epoch, metrics)` is called after each evaluation, once its checkpoint is started; an exception
+    it raises ends the run there (a sweep prunes a trial this way). Raises `Preempted` after a SIGTERM/SIGINT once
+    a checkpoint is saved, `TrainingError` when training cannot go on, and `ConfigError` / `DataError` on bad
+    input, all before anything is lost.
     """
     if mode not in RESTART_MODES:
         raise configuration.ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
@@ -325,7 +333,7 @@ def train_and_evaluate(
 
     # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
     writer.truncate_after(restored[0] if restored is not None else 0)
-    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split)
+    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split, on_evaluation)
     try:
         results = loop.run(state, position, best_accuracy)
     finally:
@@ -341,8 +349,11 @@ def train_and_evaluate(
 class _TrainLoop:
     """The epoch loop's moving parts; `run` is the loop itself."""
 
-    def __init__(self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split):
+    def __init__(
+        self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split, on_evaluation
+    ):
         self.experiment = experiment
+        self.on_evaluation = on_evaluation
         self.config = experiment.config
         self.checkpointer = checkpointer
         self.writer = writer
@@ -485,6 +496,8 @@ class _TrainLoop:
                     metrics = {checkpoint_lib.BEST_METRIC: last_eval["test_accuracy"]}
                 if finished or epoch % config.checkpoint.every_epochs == 0 or stop.requested():
                     self._save(state, step, position, best_accuracy, metrics)
+                if metrics is not None and self.on_evaluation is not None:
+                    self.on_evaluation(epoch, last_eval)
                 if stop.requested() and not finished:
                     self.checkpointer.wait()
                     raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")

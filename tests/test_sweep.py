@@ -11,9 +11,9 @@ import time
 
 import optuna
 import pytest
-from conftest import PYTHON, subprocess_env
 
-from resnet_jax import compare, configuration, sweep
+from resnet_jax import configuration, metrics, sweep
+from tests.conftest import PYTHON, subprocess_env
 
 # Two 4-step epochs of the smoke network on 128 synthetic images: a trial is mostly compilation, which the
 # sweep's compile cache shares between trials.
@@ -185,8 +185,7 @@ def test_an_interrupted_trial_is_queued_again_with_its_parameters(tmp_path):
     assert [trial.number for trial in sweep._counted_trials(study)] == [0, 2]
 
 
-def test_the_pruning_watcher_reports_evaluations_and_stops_a_trial_below_the_median(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep._PruningWatcher, "POLL_SECONDS", 0.01)
+def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median():
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, n_warmup_steps=2))
     for accuracy in (0.8, 0.9):
         good = study.ask()
@@ -194,20 +193,14 @@ def test_the_pruning_watcher_reports_evaluations_and_stops_a_trial_below_the_med
             good.report(accuracy, epoch)
         study.tell(good, accuracy)
     trial = study.ask()
-    records = [{"step": epoch * 10, "epoch": float(epoch), "test_accuracy": 0.1} for epoch in (1, 2)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
-    received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        with sweep._PruningWatcher(trial, tmp_path) as watcher:
-            deadline = time.monotonic() + 30
-            while not received and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert received == [signal.SIGTERM]
-    assert watcher.pruned_at == 2
+    reported = {1}  # a resumed trial: epoch 1 was reported before the interruption
+    trial.report(0.1, 1)
+    hook = sweep._pruning_hook(trial, reported)
+    hook(1, {"test_accuracy": 0.1})  # already reported: not again; below warm-up: no pruning yet
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        hook(2, {"test_accuracy": 0.1})
     assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}
+    assert reported == {1, 2}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,7 +231,7 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
     finals = [float(r["final_test_accuracy"]) for r in rows]
     assert finals == sorted(finals, reverse=True)
     for row in rows:
-        summary = compare.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
+        summary = metrics.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
         assert float(row["final_test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
         assert float(row["best_test_accuracy"]) >= float(row["final_test_accuracy"])
         assert row["state"] == "complete"
