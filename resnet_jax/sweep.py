@@ -28,7 +28,7 @@ import optuna
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import configuration, metrics, trainer
+from resnet_jax import configuration, metrics, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.data import DataError
 
@@ -41,7 +41,6 @@ TRIALS_DIR = "trials"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 PLOT_FILE = "sweep.png"
-COMPILE_CACHE_DIR = "compile_cache"
 SAMPLERS = ("tpe", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 # The median pruner compares a trial with the finished ones, so it waits for this many before it prunes anything.
@@ -701,28 +700,6 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer("top", 5, "How many of the best trials' curves sweep.png overlays.", flag_values=flag_values)
 
 
-def _setup_logging() -> None:
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    package_logger = logging.getLogger("resnet_jax")
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    package_logger.propagate = False
-
-
-def _use_compile_cache(workdir: Path) -> None:
-    """Trials share the programs their swept values do not change (init, evaluation) and a resumed trial its
-    train step: XLA's persistent cache in the sweep folder compiles each once. A cache set by the user wins."""
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(workdir.absolute() / COMPILE_CACHE_DIR))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     flag_values = flags.FlagValues()
     _define_flags(flag_values)
@@ -746,9 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (flags.Error, configuration.ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _setup_logging()
+    runtime.setup_logging()
+    runtime.use_compile_cache()
     workdir = Path(flag_values.workdir)
-    _use_compile_cache(workdir)
     try:
         results = run_sweep(config, workdir, spec, flag_values.top)
     except (configuration.ConfigError, DataError) as error:

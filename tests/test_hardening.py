@@ -91,7 +91,7 @@ BAD_CONFIGS = {
 def test_bad_config_is_refused_in_one_line(tmp_path, case):
     overrides, named = BAD_CONFIGS[case]
     result = run(train_command(tmp_path / "run", "smoke", *overrides), timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
