@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -38,6 +39,9 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         num_processes=num_processes or None,
         process_id=process_id if process_id >= 0 else None,
     )
+    # The collectives backend connects at its first use, with a short timeout: use it now, while every process
+    # stands at the same point, rather than first inside a training step that one process reaches late.
+    multihost_utils.sync_global_devices("resnet_jax:distributed-start")
     return True
 
 

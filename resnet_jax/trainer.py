@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as orbax_multihost
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import configuration, data, models, optim, parallel, pipeline, steps
@@ -187,6 +189,12 @@ def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str
     }
 
 
+def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """A barrier through JAX's coordination service (no device collectives, so no collective timeouts)."""
+    if jax.process_count() > 1:
+        orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
 class _StopRequests:
     """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries (the old handlers come back after)."""
 
@@ -204,12 +212,14 @@ class _StopRequests:
     def _handle(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
 
-    def requested(self) -> bool:
+    def requested(self, agree: bool = True) -> bool:
+        """Whether to stop here. With several processes all must stop at the same step, so the flag is combined
+        across them, but only where `agree` (at points every process reaches: log windows and epoch ends)."""
         local = self.signal_name is not None
         if jax.process_count() == 1:
             return local
-        from jax.experimental import multihost_utils
-
+        if not agree:
+            return False
         return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
 
     def __exit__(self, *exc):
@@ -437,6 +447,9 @@ class _TrainLoop:
                 state, self.zero_totals(), self.train_split, permutation, jnp.int32(0), count
             ).compile()
         self.evaluate.lower(state.eval_variables, self.test_split).compile()
+        # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
+        # inside a collective with a short timeout (gloo's, on CPUs).
+        _wait_for_all_processes("resnet_jax:compiled")
         logger.info(
             "compiled %d train program(s) %s and the evaluation in %.1f s",
             len(sizes),
@@ -467,11 +480,12 @@ class _TrainLoop:
                     step += count
                     self.progress.update(count)
                     epoch_done = in_epoch == steps_per_epoch or step == total_steps
-                    if step >= next_log or epoch_done:
+                    log_now = step >= next_log or epoch_done
+                    if log_now:
                         self._log_train(totals, step, window_start, epoch)
                         totals, window_start = self.zero_totals(), time.perf_counter()
                         next_log = step + config.train.log_every_steps
-                    if stop.requested() and not epoch_done:
+                    if not epoch_done and stop.requested(agree=log_now):
                         self._save(state, step, pipeline.DataPosition(epoch, in_epoch), best_accuracy)
                         self.checkpointer.wait()
                         raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
@@ -494,11 +508,12 @@ class _TrainLoop:
                         last_eval["test_loss"],
                     )
                     metrics = {checkpoint_lib.BEST_METRIC: last_eval["test_accuracy"]}
-                if finished or epoch % config.checkpoint.every_epochs == 0 or stop.requested():
+                stopping = stop.requested()
+                if finished or epoch % config.checkpoint.every_epochs == 0 or stopping:
                     self._save(state, step, position, best_accuracy, metrics)
                 if metrics is not None and self.on_evaluation is not None:
                     self.on_evaluation(epoch, last_eval)
-                if stop.requested() and not finished:
+                if stopping and not finished:
                     self.checkpointer.wait()
                     raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
         self.checkpointer.wait()

@@ -45,6 +45,9 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         )
         for index in range(2)
     ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-3000:]
     subprocess.run(
         train_command(one_host, "smoke", "train.num_epochs=2"),
         env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -52,9 +55,6 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         check=True,
         capture_output=True,
     )
-    for worker in workers:
-        output, _ = worker.communicate(timeout=600)
-        assert worker.returncode == 0, output[-2000:]
 
     for a, b in zip(jax.tree.leaves(params_at(two_hosts, 16)), jax.tree.leaves(params_at(one_host, 16)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
