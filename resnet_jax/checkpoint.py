@@ -7,7 +7,6 @@ metrics). Restoring walks back from the newest step past any checkpoint that fai
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +91,26 @@ class Checkpointer:
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.meta)
 
-    def restore_newest_good(
-        self, abstract_state: Any, validate: Callable[[Any, dict[str, Any]], None] | None = None
-    ) -> tuple[int, Any, dict[str, Any]] | None:
+    def restore_newest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """Restores the newest checkpoint that reads back whole, or returns None when there is none.
 
-        A checkpoint that fails to restore (a truncated or missing file) is skipped with a warning naming it;
-        `validate(state, meta)` may reject one too by raising. Nothing is deleted.
+        A checkpoint that fails to restore (a truncated or missing file) is skipped with a warning naming it and
+        set aside; nothing is deleted. One that reads but holds another kind of state (the optimizer or the EMA
+        setting changed) stops the restore with an error instead: it is not damaged.
         """
         skipped = []
         for step in reversed(self.steps()):
             try:
+                saved = self.manager.item_metadata(step)["state"]
+                if abstract_state is not None and _layout(saved) != _layout(abstract_state):
+                    raise CheckpointError(
+                        f"checkpoint {step} in {self.directory} holds a different train state than this config builds "
+                        f"(leaves per part: saved {_layout(saved)}, now {_layout(abstract_state)}): the optimizer or "
+                        "train.ema_decay changed. Restore the old setting, or pass --fresh or --finetune."
+                    )
                 state, meta = self.restore(step, abstract_state)
-                if validate is not None:
-                    validate(state, meta)
+            except CheckpointError:
+                raise
             except Exception as error:  # orbax and tensorstore raise many types for damaged files
                 reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
                 logger.warning("checkpoint %d in %s is unreadable and was skipped: %s", step, self.directory, reason)
@@ -146,6 +151,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _layout(tree: Any) -> dict[str, int]:
+    """Leaves per top-level part of a state tree: what tells one kind of train state from another."""
+    return {key: len(jax.tree.leaves(part)) for key, part in tree.items()}
 
 
 def abstract_tree(tree: Any) -> Any:

@@ -326,3 +326,12 @@ def test_disk_full_during_a_save_stops_cleanly_and_keeps_the_previous_checkpoint
     assert json.loads((workdir / "config.json").read_text())["train"]["num_epochs"] == 2
     assert complete_steps(workdir)[-1] == 16
     assert os.access(workdir, os.W_OK)
+
+
+def test_a_different_optimizer_on_resume_is_refused_not_taken_for_damage(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    with pytest.raises(checkpoint.CheckpointError, match="the optimizer or train.ema_decay changed"):
+        trainer.train_and_evaluate(load_config("smoke", **{"optimizer.name": "adam"}), workdir)
+    assert complete_steps(workdir) == [8]
+    assert not (workdir / "checkpoints_damaged").exists()
