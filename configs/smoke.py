@@ -13,7 +13,6 @@ def get_config():
     config.train.batch_size = 64
     config.train.num_steps = 0
     config.train.num_epochs = 4
-    config.train.steps_per_call = 4
     config.train.log_every_steps = 4
     config.optimizer.weight_decay = 5e-4
     config.schedule.name = "cosine"

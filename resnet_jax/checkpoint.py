@@ -7,7 +7,6 @@ metrics). Restoring walks back from the newest step past any checkpoint that fai
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,17 @@ class Checkpointer:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=create
+            preservation_policy=policy,
+            # best_fn also makes orbax write each step's metrics to disk, so the best survives a restart.
+            best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_mode="max",
+            enable_async_checkpointing=async_save,
+            create=create,
+            # A save cut short (kill -9, full disk) leaves a *.orbax-checkpoint-tmp folder: never a checkpoint.
+            cleanup_tmp_directories=create,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -50,15 +57,7 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The step with the highest test accuracy among the checkpoints that recorded one."""
-        scored = [(metrics[BEST_METRIC], step) for step in self.steps() if (metrics := self._metrics(step))]
-        return max(scored)[1] if scored else None
-
-    def _metrics(self, step: int) -> dict[str, float] | None:
-        try:
-            metrics = self.manager.metrics(step)
-        except (OSError, ValueError):
-            return None
-        return metrics if metrics and BEST_METRIC in metrics else None
+        return self.manager.best_step()
 
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""
@@ -80,25 +79,38 @@ class Checkpointer:
             ) from error
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores one step; with `abstract_state=None`, the arrays come back as saved, on the host."""
+        """Restores one step into `abstract_state`'s shapes and shardings (None: as saved, on one local device)."""
+        if abstract_state is None:
+            # As saved, but onto this process's first device, whatever topology wrote it.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract_state = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                self.manager.item_metadata(step)["state"],
+            )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.meta)
 
-    def restore_newest_good(
-        self, abstract_state: Any, validate: Callable[[Any, dict[str, Any]], None] | None = None
-    ) -> tuple[int, Any, dict[str, Any]] | None:
+    def restore_newest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """Restores the newest checkpoint that reads back whole, or returns None when there is none.
 
-        A checkpoint that fails to restore (a truncated or missing file) is skipped with a warning naming it;
-        `validate(state, meta)` may reject one too by raising. Nothing is deleted.
+        A checkpoint that fails to restore (a truncated or missing file) is skipped with a warning naming it and
+        set aside; nothing is deleted. One that reads but holds another kind of state (the optimizer or the EMA
+        setting changed) stops the restore with an error instead: it is not damaged.
         """
         skipped = []
         for step in reversed(self.steps()):
             try:
+                saved = self.manager.item_metadata(step)["state"]
+                if abstract_state is not None and _layout(saved) != _layout(abstract_state):
+                    raise CheckpointError(
+                        f"checkpoint {step} in {self.directory} holds a different train state than this config builds "
+                        f"(leaves per part: saved {_layout(saved)}, now {_layout(abstract_state)}): the optimizer or "
+                        "train.ema_decay changed. Restore the old setting, or pass --fresh or --finetune."
+                    )
                 state, meta = self.restore(step, abstract_state)
-                if validate is not None:
-                    validate(state, meta)
+            except CheckpointError:
+                raise
             except Exception as error:  # orbax and tensorstore raise many types for damaged files
                 reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
                 logger.warning("checkpoint %d in %s is unreadable and was skipped: %s", step, self.directory, reason)
@@ -139,6 +151,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _layout(tree: Any) -> dict[str, int]:
+    """Leaves per top-level part of a state tree: what tells one kind of train state from another."""
+    return {key: len(jax.tree.leaves(part)) for key, part in tree.items()}
 
 
 def abstract_tree(tree: Any) -> Any:

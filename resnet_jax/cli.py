@@ -5,19 +5,20 @@ Bad input ends in one line on stderr and exit status 2; a pre-empted run saves a
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from resnet_jax import runtime
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.trainer import Preempted, TrainingError, train_and_evaluate
 
+BAD_INPUT = 2  # exit status for a config, flag or data problem; 1 is a run that had to stop
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for config.json, metrics, TensorBoard and checkpoints.")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override keys with --config.key=value.")
@@ -26,26 +27,25 @@ flags.DEFINE_bool("finetune", False, "Archive a previous run in --workdir and st
 flags.mark_flags_as_required(["workdir", "config"])
 
 
+def _exit(message: str, status: int) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
 def _run(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.fresh and FLAGS.finetune:
         raise app.UsageError("--fresh and --finetune exclude each other")
-    # Our progress at INFO; the libraries' (orbax logs every file it writes) only from WARNING.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    package_logger = logging.getLogger("resnet_jax")
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    package_logger.propagate = False
+    runtime.setup_logging()
+    runtime.use_compile_cache()
     mode = "fresh" if FLAGS.fresh else "finetune" if FLAGS.finetune else "resume"
     try:
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir, mode)
     except (ConfigError, DataError) as error:
-        sys.exit(f"error: {error}")
+        _exit(f"error: {error}", BAD_INPUT)
     except (TrainingError, CheckpointError) as error:
-        sys.exit(f"training stopped: {error}")
+        _exit(f"training stopped: {error}", 1)
     except Preempted as stop:
         print(f"pre-empted: {stop}", flush=True)
         return
@@ -56,5 +56,20 @@ def _run(argv: Sequence[str]) -> None:
     )
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a mistyped or unknown flag or config key reported in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        _exit(f"error: {error}", BAD_INPUT)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # config_flags raises these for --config.key=value that names no key or has the wrong type.
+        key, _, hint = " ".join(str(error).replace("\\n", " ").replace("\\", "").replace("'", "").split()).partition(
+            " "
+        )
+        overrides = " ".join(arg for arg in argv[1:] if arg.startswith("--config."))
+        _exit(f"error: {overrides}: the config has no key {key!r}. {hint}".strip(), BAD_INPUT)
+
+
 def main() -> None:
-    app.run(_run)
+    app.run(_run, flags_parser=_parse_flags)

@@ -5,8 +5,11 @@ Only process 0 writes. Values arrive as host floats; the trainer fetches them fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import statistics
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +21,31 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, in order (an empty list when there is none)."""
+    """The records of a run's metrics.jsonl, in order (an empty list when there is none).
+
+    A torn last line (the process was killed mid-write) is left out; damage anywhere else is an error.
+    """
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    with contextlib.suppress(json.JSONDecodeError):
+        records += [json.loads(line) for line in lines[-1:]]
+    return records
+
+
+def summarize_run(workdir: str | Path) -> dict[str, float | None]:
+    """Final and best test accuracy, epochs and the median train images/s of a run's metrics.jsonl."""
+    records = read_metrics(workdir)
+    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
+    speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
+    return {
+        "final_test_accuracy": accuracies[-1] if accuracies else None,
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "epochs": records[-1]["epoch"] if records else None,
+        "images_per_second": statistics.median(speeds) if speeds else None,
+    }
 
 
 def _jsonable(value: float) -> float | None:
@@ -46,7 +69,9 @@ class MetricWriter:
         if not self.enabled or not self.path.exists():
             return
         kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        staging = self.path.with_suffix(".jsonl.tmp")
+        staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(staging, self.path)  # atomic: a kill leaves the old file or the new one
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -318,7 +318,9 @@ def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), ba
     variables = init_shapes(model, image_shape)
     images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
-    return float(lowered.cost_analysis()["flops"]) / batch
+    # Some jax releases (0.11) return no analysis before compiling; the compiled count is then the fallback.
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
+    return float(cost["flops"]) / batch
 
 
 def print_registry_table(names: Sequence[str], image_shape: Sequence[int] = (32, 32, 3)) -> None:

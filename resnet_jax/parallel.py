@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -24,22 +25,24 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     """
     if jax.distributed.is_initialized():
         return True
-    if coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes or None,
-            process_id=process_id if process_id >= 0 else None,
-        )
-        return True
     launched_by_cluster = (
         bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
         or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
     )
-    if launched_by_cluster:
-        jax.distributed.initialize()
-        return True
-    return False
+    if not coordinator_address and not launched_by_cluster:
+        return False
+    # CPU processes need a collectives backend to form one mesh (GPU processes use NCCL regardless).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address or None,
+        num_processes=num_processes or None,
+        process_id=process_id if process_id >= 0 else None,
+    )
+    # The collectives backend connects at its first use, with a short timeout: use it now, while every process
+    # stands at the same point, rather than first inside a training step that one process reaches late.
+    multihost_utils.sync_global_devices("resnet_jax:distributed-start")
+    return True
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as orbax_multihost
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import configuration, data, models, optim, parallel, pipeline, steps
@@ -168,6 +171,13 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh 
     )
 
 
+def config_steps_per_call(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """`train.steps_per_call`, with 0 resolved for the mesh's platform (see configuration.base_config)."""
+    if config.train.steps_per_call:
+        return config.train.steps_per_call
+    return 1 if mesh.devices.flat[0].platform == "cpu" else 50
+
+
 def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str, float]:
     host = {key: float(value) for key, value in jax.device_get(sums).items()}
     count = max(host["count"], 1.0)
@@ -179,6 +189,12 @@ def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str
     }
 
 
+def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """A barrier through JAX's coordination service (no device collectives, so no collective timeouts)."""
+    if jax.process_count() > 1:
+        orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
 class _StopRequests:
     """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries (the old handlers come back after)."""
 
@@ -187,19 +203,23 @@ class _StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        # Python lets only the main thread set handlers; elsewhere signals keep their default meaning.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
 
-    def requested(self) -> bool:
+    def requested(self, agree: bool = True) -> bool:
+        """Whether to stop here. With several processes all must stop at the same step, so the flag is combined
+        across them, but only where `agree` (at points every process reaches: log windows and epoch ends)."""
         local = self.signal_name is not None
         if jax.process_count() == 1:
             return local
-        from jax.experimental import multihost_utils
-
+        if not agree:
+            return False
         return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
 
     def __exit__(self, *exc):
@@ -251,7 +271,7 @@ def _finetune_start(state: TrainState, source: Path) -> TrainState:
 
     def pick(new, old, path=""):
         if new.shape == old.shape:
-            return old
+            return jax.device_put(old, new.sharding)
         logger.warning(
             "fine-tune: %s has shape %s in the checkpoint, %s now; it starts fresh", path, old.shape, new.shape
         )
@@ -265,12 +285,17 @@ def _finetune_start(state: TrainState, source: Path) -> TrainState:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "resume"
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    mode: str = "resume",
+    on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Trains and evaluates `config` in `workdir`; returns the final metrics.
 
-    Raises `Preempted` after a SIGTERM/SIGINT once a checkpoint is saved, `TrainingError` when training cannot
-    go on, and `ConfigError` / `DataError` on bad input, all before anything is lost.
+    `on_evaluation(epoch, metrics)` is called after each evaluation, once its checkpoint is started; an exception
+    it raises ends the run there (a sweep prunes a trial this way). Raises `Preempted` after a SIGTERM/SIGINT once
+    a checkpoint is saved, `TrainingError` when training cannot go on, and `ConfigError` / `DataError` on bad
+    input, all before anything is lost.
     """
     if mode not in RESTART_MODES:
         raise configuration.ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
@@ -312,24 +337,33 @@ def train_and_evaluate(
         state = state.replace_from_checkpoint(tree)
         position = pipeline.DataPosition.from_dict(meta["position"])
         best_accuracy = meta.get("best_test_accuracy", best_accuracy)
-        writer.truncate_after(step)
         logger.info(
             "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
         )
 
-    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split)
+    # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
+    writer.truncate_after(restored[0] if restored is not None else 0)
+    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split, on_evaluation)
     try:
-        return loop.run(state, position, best_accuracy)
+        results = loop.run(state, position, best_accuracy)
     finally:
         writer.close()
         checkpointer.close()
+    if jax.process_index() == 0:
+        from resnet_jax import plots
+
+        plots.write_curves(workdir, workdir / "curves.png")
+    return results
 
 
 class _TrainLoop:
     """The epoch loop's moving parts; `run` is the loop itself."""
 
-    def __init__(self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split):
+    def __init__(
+        self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split, on_evaluation
+    ):
         self.experiment = experiment
+        self.on_evaluation = on_evaluation
         self.config = experiment.config
         self.checkpointer = checkpointer
         self.writer = writer
@@ -345,6 +379,9 @@ class _TrainLoop:
         )
         self.data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
         self.progress = ProgressBar()
+        # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
+        self.zero_totals = jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh))
+        self.steps_per_call = config_steps_per_call(self.config, mesh)
 
     def _epoch_float(self, step: int) -> float:
         return step / self.experiment.steps_per_epoch
@@ -366,10 +403,15 @@ class _TrainLoop:
             if self.config.train.on_nonfinite == "stop":
                 self.writer.write(step, self._epoch_float(step), values)
                 latest = self.checkpointer.latest_step()
+                kept = (
+                    "no checkpoint was saved yet"
+                    if latest is None
+                    else f"the last checkpoint, step {latest}, is intact"
+                )
                 raise TrainingError(
-                    f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it. "
-                    f"The last good checkpoint is step {latest} in {self.checkpointer.directory}. Lower the learning "
-                    "rate, add optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
+                    f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it, "
+                    f"and {kept} in {self.checkpointer.directory}. Lower the learning rate, set "
+                    "optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
                 )
             logger.warning(
                 "skipped %d step(s) with non-finite values, the first at step %d", host["nonfinite_steps"], first
@@ -384,21 +426,53 @@ class _TrainLoop:
         meta = {"position": position.to_dict(), "best_test_accuracy": best, "step": step}
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics)
 
+    def _chunk_sizes(self, position: pipeline.DataPosition, step: int) -> set[int]:
+        """Every `num_steps` the loop will dispatch from here on (at most three distinct values)."""
+        sizes, in_epoch = set(), position.step_in_epoch
+        while step < self.experiment.total_steps:
+            count = min(
+                self.steps_per_call, self.experiment.steps_per_epoch - in_epoch, self.experiment.total_steps - step
+            )
+            sizes.add(count)
+            step, in_epoch = step + count, (in_epoch + count) % self.experiment.steps_per_epoch
+        return sizes
+
+    def _compile(self, state: TrainState, position: pipeline.DataPosition, step: int) -> None:
+        """Compiles every train program and the evaluation up front, so that no timed window includes a compile."""
+        start = time.perf_counter()
+        permutation = self.permutation(self.data_key, jnp.int32(position.epoch))
+        sizes = sorted(self._chunk_sizes(position, step))
+        for count in sizes:
+            self.train_loop.lower(
+                state, self.zero_totals(), self.train_split, permutation, jnp.int32(0), count
+            ).compile()
+        self.evaluate.lower(state.eval_variables, self.test_split).compile()
+        # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
+        # inside a collective with a short timeout (gloo's, on CPUs).
+        _wait_for_all_processes("resnet_jax:compiled")
+        logger.info(
+            "compiled %d train program(s) %s and the evaluation in %.1f s",
+            len(sizes),
+            sizes,
+            time.perf_counter() - start,
+        )
+
     def run(self, state: TrainState, position: pipeline.DataPosition, best_accuracy: float) -> dict[str, float]:
         experiment, config = self.experiment, self.config
         steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
         step = int(jax.device_get(state.step))
         last_eval: dict[str, float] = {}
+        self._compile(state, position, step)
         with _StopRequests() as stop:
             epoch = position.epoch
             while step < total_steps:
                 permutation = self.permutation(self.data_key, jnp.int32(epoch))
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
                 self.progress.start_epoch(epoch, steps_per_epoch, in_epoch)
-                totals, window_start, next_log = steps.zero_train_metrics(), time.perf_counter(), step
+                totals, window_start, next_log = self.zero_totals(), time.perf_counter(), step
                 next_log += config.train.log_every_steps
                 while in_epoch < steps_per_epoch and step < total_steps:
-                    count = min(config.train.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
+                    count = min(self.steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
                     state, totals = self.train_loop(
                         state, totals, self.train_split, permutation, jnp.int32(in_epoch), count
                     )
@@ -406,11 +480,12 @@ class _TrainLoop:
                     step += count
                     self.progress.update(count)
                     epoch_done = in_epoch == steps_per_epoch or step == total_steps
-                    if step >= next_log or epoch_done:
+                    log_now = step >= next_log or epoch_done
+                    if log_now:
                         self._log_train(totals, step, window_start, epoch)
-                        totals, window_start = steps.zero_train_metrics(), time.perf_counter()
+                        totals, window_start = self.zero_totals(), time.perf_counter()
                         next_log = step + config.train.log_every_steps
-                    if stop.requested() and not epoch_done:
+                    if not epoch_done and stop.requested(agree=log_now):
                         self._save(state, step, pipeline.DataPosition(epoch, in_epoch), best_accuracy)
                         self.checkpointer.wait()
                         raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
@@ -433,9 +508,12 @@ class _TrainLoop:
                         last_eval["test_loss"],
                     )
                     metrics = {checkpoint_lib.BEST_METRIC: last_eval["test_accuracy"]}
-                if finished or epoch % config.checkpoint.every_epochs == 0 or stop.requested():
+                stopping = stop.requested()
+                if finished or epoch % config.checkpoint.every_epochs == 0 or stopping:
                     self._save(state, step, position, best_accuracy, metrics)
-                if stop.requested() and not finished:
+                if metrics is not None and self.on_evaluation is not None:
+                    self.on_evaluation(epoch, last_eval)
+                if stopping and not finished:
                     self.checkpointer.wait()
                     raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
         self.checkpointer.wait()

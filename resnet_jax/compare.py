@@ -1,0 +1,378 @@
+"""Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
+the accuracy of trained runs. `python -m resnet_jax.compare --models resnet18,resnet34 [--runs DIR ...]` writes
+compare.md, compare.png and compare.json (the raw measurements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from resnet_jax import configuration, data, metrics, models
+
+COMPARE_MD = "compare.md"
+COMPARE_PNG = "compare.png"
+COMPARE_JSON = "compare.json"
+
+
+@dataclasses.dataclass
+class Measurement:
+    """What one model costs on this machine, at one batch size."""
+
+    model: str
+    params: int
+    gflops: float  # forward pass, per image
+    compile_seconds: float  # lowering + XLA compilation of the train program
+    images_per_second: float  # median of the timed calls
+    step_milliseconds: float
+    xla_step_bytes: int | None  # the compiled train program's arguments + outputs + temporaries (less aliasing)
+    peak_bytes: int | None  # the device's own peak counter; None where it keeps none (the CPU)
+    device_kind: str
+    platform: str
+    device_count: int
+    jax_version: str
+
+
+@dataclasses.dataclass
+class RunAccuracy:
+    """Test accuracy of a model's trained runs (a mean when there are several)."""
+
+    best: float
+    final: float
+    epochs: float
+    runs: int
+
+
+def measurement_config(
+    base: ml_collections.ConfigDict, model: str, batch: int, steps: int, dtype: str | None
+) -> ml_collections.ConfigDict:
+    """`base` (a run's config, or the default) training `model` on synthetic data of the same shape."""
+    config = base.copy_and_resolve_references()
+    config.model.name = model
+    if dtype:
+        config.model.dtype = dtype
+    config.data.source = "synthetic"
+    config.data.synthetic_train_examples = batch * steps
+    config.data.synthetic_test_examples = batch
+    config.train.batch_size = batch
+    config.train.num_steps = steps
+    config.train.steps_per_call = steps
+    return config
+
+
+def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
+    """A train state of the right shapes, filled on the host: a step's speed does not depend on the values, and
+    XLA:CPU takes longer to compile the random initialiser than the train step itself."""
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax.parallel import replicated
+
+    rng = np.random.default_rng(0)
+
+    def fill(leaf):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+        return np.zeros(leaf.shape, leaf.dtype)
+
+    return jax.device_put(jax.tree.map(fill, abstract_state), replicated(mesh))
+
+
+def forward_gflops(model: Any, input_shape: Sequence[int]) -> float:
+    """Forward GFLOPs per image (a multiply-add counts two) from XLA's cost analysis of the forward pass on the
+    CPU: a count of the network as written, the same whatever device runs it. jax 0.11 gives no cost analysis
+    before compilation (so `models.forward_flops` fails there); the compiled program's count is then used."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import SingleDeviceSharding
+
+    on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+    variables = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
+        models.init_shapes(model, input_shape),
+    )
+    images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32, sharding=on_cpu)
+    lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
+    return float(cost["flops"]) / 1e9
+
+
+def measure_model(config_json: str, repeats: int) -> Measurement:
+    """Compiles the trainer's own train program (a `lax.scan` of `train.steps_per_call` steps over device-resident
+    data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import pipeline, steps, trainer
+
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    experiment = trainer.build_experiment(config)
+    mesh, num_steps = experiment.mesh, config.train.steps_per_call
+    variables = models.init_shapes(experiment.model, experiment.input_shape)
+    gflops = forward_gflops(experiment.model, experiment.input_shape)
+    state = _host_random_state(jax.eval_shape(experiment.new_state), mesh)
+    rows = experiment.train_examples
+    split = pipeline.put_split(
+        lambda rows_slice: data.load_split(
+            config.data.dataset,
+            "train",
+            rows=rows_slice,
+            source="synthetic",
+            image_size=config.data.image_size or None,
+            channels=config.data.channels or None,
+            synthetic_examples=rows,
+        ),
+        rows,
+        rows,
+        mesh,
+    )
+    permutation = jax.jit(
+        functools.partial(pipeline.epoch_permutation, rows_per_device=rows // mesh.devices.size, mesh=mesh)
+    )(jax.random.key_data(jax.random.key(0)), jnp.int32(0))
+    batch_per_device = config.train.batch_size // mesh.devices.size
+    train_loop = steps.make_train_loop(steps.make_train_step(experiment.step_config), mesh, batch_per_device)
+    totals, first_step = steps.zero_train_metrics(), jnp.int32(0)
+
+    start = time.perf_counter()
+    compiled = train_loop.lower(state, totals, split, permutation, first_step, num_steps).compile()
+    compile_seconds = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    xla_step_bytes = (
+        None
+        if analysis is None
+        else analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+
+    state, totals = jax.block_until_ready(compiled(state, totals, split, permutation, first_step))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, totals = jax.block_until_ready(compiled(state, totals, split, permutation, first_step))
+        seconds.append(time.perf_counter() - start)
+    call_seconds = statistics.median(seconds)
+    device = jax.devices()[0]
+    stats = device.memory_stats()
+    return Measurement(
+        model=config.model.name,
+        params=models.count_params(variables["params"]),
+        gflops=gflops,
+        compile_seconds=compile_seconds,
+        images_per_second=config.train.batch_size * num_steps / call_seconds,
+        step_milliseconds=1000 * call_seconds / num_steps,
+        xla_step_bytes=xla_step_bytes,
+        peak_bytes=stats.get("peak_bytes_in_use") if stats else None,
+        device_kind=device.device_kind,
+        platform=device.platform,
+        device_count=jax.device_count(),
+        jax_version=jax.__version__,
+    )
+
+
+def measure_isolated(config: ml_collections.ConfigDict, repeats: int) -> Measurement:
+    """`measure_model` in a fresh process: the device's peak-memory counter cannot be reset, and one model's
+    compiled programs and buffers must not weigh on the next one's numbers."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure_model, configuration.to_json(config), repeats).result()
+
+
+def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], ml_collections.ConfigDict | None]:
+    """Accuracy per model over the given trained workdirs, and the first run's config (for the input shape)."""
+    per_model: dict[str, list[dict[str, Any]]] = {}
+    first_config, datasets = None, set()
+    for run_dir in map(Path, run_dirs):
+        config_path = run_dir / configuration.CONFIG_FILE
+        if not config_path.exists():
+            raise configuration.ConfigError(f"--runs {str(run_dir)!r} holds no {configuration.CONFIG_FILE}")
+        config = configuration.load_json(config_path)
+        summary = metrics.summarize_run(run_dir)
+        if summary["final_test_accuracy"] is None:
+            raise configuration.ConfigError(f"--runs {str(run_dir)!r} has no evaluation in its metrics yet")
+        first_config = first_config or config
+        datasets.add(config.data.dataset)
+        per_model.setdefault(config.model.name, []).append(summary)
+    if len(datasets) > 1:
+        raise configuration.ConfigError(f"--runs mixes datasets ({', '.join(sorted(datasets))}); compare one at a time")
+    accuracies = {
+        model: RunAccuracy(
+            best=statistics.mean(s["best_test_accuracy"] for s in summaries),
+            final=statistics.mean(s["final_test_accuracy"] for s in summaries),
+            epochs=statistics.mean(s["epochs"] for s in summaries),
+            runs=len(summaries),
+        )
+        for model, summaries in per_model.items()
+    }
+    return accuracies, first_config
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def compare_markdown(
+    measurements: Sequence[Measurement],
+    accuracies: dict[str, RunAccuracy],
+    config: ml_collections.ConfigDict,
+    repeats: int,
+) -> str:
+    first = measurements[0]
+    shape = "x".join(
+        map(
+            str,
+            data.input_shape(
+                data.get_dataset_info(config.data.dataset), config.data.image_size or None, config.data.channels or None
+            ),
+        )
+    )
+    lines = [
+        f"Models on {first.device_kind} ({first.platform}, {first.device_count} device(s), jax {first.jax_version}); "
+        f"{config.data.dataset} inputs {shape}, train step at batch {config.train.batch_size}, {config.model.dtype}.",
+        "",
+        f"Train images/s: the trainer's own jitted program ({config.train.steps_per_call} steps per call on "
+        f"device-resident data), the median of {repeats} timed calls after one warm-up call. Compile: lowering and "
+        "XLA compilation of that program. GFLOPs: XLA's cost analysis of the forward pass per image, a multiply-add "
+        "counting two. "
+        "Peak memory: the device's own counter, each model in a fresh process (n/a where the device keeps none); "
+        "XLA step memory: the compiled program's arguments, outputs and temporaries.",
+        "",
+    ]
+    header = "| model | params | GFLOPs/image | train images/s | step ms | compile s | peak memory | XLA step memory |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if accuracies:
+        header += " best test acc | final test acc | epochs | runs |"
+        rule += "---:|---:|---:|---:|"
+    lines += [header, rule]
+    for m in measurements:
+        row = (
+            f"| {m.model} | {m.params:,} | {m.gflops:.3f} | {_rate(m.images_per_second)} | "
+            f"{m.step_milliseconds:,.1f} | {m.compile_seconds:.1f} | {_mib(m.peak_bytes)} | {_mib(m.xla_step_bytes)} |"
+        )
+        if accuracies:
+            run = accuracies.get(m.model)
+            row += f" {run.best:.4f} | {run.final:.4f} | {run.epochs:g} | {run.runs} |" if run else " | | | |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(
+    measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], path: Path, title: str
+) -> Path:
+    """Accuracy against forward GFLOPs and parameters, or train throughput where there are no runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, (attribute, label) in zip(
+        axes, (("gflops", "forward GFLOPs / image"), ("params", "parameters")), strict=True
+    ):
+        for m in measurements:
+            x = getattr(m, attribute)
+            if accuracies:
+                run = accuracies.get(m.model)
+                if run is None:
+                    continue
+                axis.scatter([x], [run.best], color="C0", label="best" if m is measurements[0] else None)
+                axis.scatter([x], [run.final], color="C1", marker="x", label="final" if m is measurements[0] else None)
+                y = run.best
+            else:
+                y = m.images_per_second
+                axis.scatter([x], [y], color="C0")
+            axis.annotate(m.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.margins(0.2)
+        axis.set(xlabel=label, ylabel="test accuracy" if accuracies else "train images/s")
+        axis.grid(alpha=0.3, which="both")
+        if accuracies:
+            axis.legend(fontsize="small")
+    if not accuracies:
+        axes[0].set_yscale("log")
+        axes[1].set_yscale("log")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_jax.compare",
+        description="Compare architectures: parameters, GFLOPs, train speed, memory, compile time, accuracy.",
+    )
+    parser.add_argument("--models", default="", help="comma-separated registry names (default: the runs' models)")
+    parser.add_argument("--runs", nargs="+", default=[], help="trained workdirs (config.json + metrics.jsonl)")
+    parser.add_argument("--dataset", default="cifar10", help="input shape and classes when no --runs are given")
+    parser.add_argument("--batch", type=int, default=128, help="global train batch to time")
+    parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls (after one warm-up call)")
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: the run's, else float32)")
+    parser.add_argument("--outdir", default=".", help="where compare.md and compare.png go")
+    args = parser.parse_args(argv)
+    try:
+        accuracies, run_config = read_runs(args.runs)
+        names = [name.strip() for name in args.models.split(",") if name.strip()] or list(accuracies)
+        names += [name for name in accuracies if name not in names]
+        if not names:
+            raise configuration.ConfigError("give --models a,b,... or --runs DIR ...")
+        unknown = [name for name in names if name not in models.MODEL_REGISTRY]
+        if unknown:
+            raise configuration.ConfigError(
+                f"--models: unknown {', '.join(unknown)}; choose from {', '.join(models.MODEL_REGISTRY)}"
+            )
+        if min(args.batch, args.steps, args.repeats) < 1:
+            raise configuration.ConfigError("--batch, --steps and --repeats must be positive")
+        base = run_config or configuration.base_config()
+        if run_config is None:
+            base.data.dataset = args.dataset
+        configuration.validate(measurement_config(base, names[0], args.batch, args.steps, args.dtype))
+    except (configuration.ConfigError, data.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    measurements = []
+    for name in names:
+        config = measurement_config(base, name, args.batch, args.steps, args.dtype)
+        try:
+            measurements.append(measure_isolated(config, args.repeats))
+        except configuration.ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        m = measurements[-1]
+        print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {_rate(m.images_per_second)} images/s", flush=True)
+    config = measurement_config(base, names[0], args.batch, args.steps, args.dtype)
+    markdown = compare_markdown(measurements, accuracies, config, args.repeats)
+    (outdir / COMPARE_MD).write_text(markdown)
+    (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
+    title = f"{', '.join(names)} on {measurements[0].device_kind}, batch {args.batch}"
+    plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
+    print(markdown, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Checks that need several devices; run in a subprocess with forced host devices (see test_parallel.py).
+
+Prints one JSON object of measurements for the parent test to assert on.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import data, models, optim, parallel, pipeline, steps
+from resnet_jax.state import create_train_state
+
+
+def one_step(mesh, images, labels):
+    model = models.get_model("resnet8_tiny", num_classes=10)
+    tx = optim.make_optimizer("sgd", 0.1, weight_decay=5e-4)
+    state = create_train_state(model, tx, seed=0, input_shape=(32, 32, 3), mesh=mesh)
+    step = steps.make_train_step(steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3))
+    batch = parallel.batch_sharded(mesh)
+    state, _ = jax.jit(step)(state, jax.device_put(images, batch), jax.device_put(labels, batch))
+    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def max_difference(a, b) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def eval_coverage(mesh, num_examples: int, batch_per_device: int) -> list[int]:
+    """The labels (= row ids) that the eval batches visit, counting only unmasked rows."""
+    ids = data.SplitArrays(np.zeros((num_examples, 2, 2, 1), np.uint8), np.arange(num_examples, dtype=np.int32))
+    rows = pipeline.eval_rows(num_examples, batch_per_device * mesh.devices.size)
+    split = pipeline.put_split(lambda r: data.SplitArrays(ids.images[r], ids.labels[r]), num_examples, rows, mesh)
+    seen = []
+    for index in range(rows // mesh.devices.size // batch_per_device):
+        _, labels, mask = jax.jit(pipeline.eval_batch, static_argnums=(2, 3))(split, index, batch_per_device, mesh)
+        seen += np.asarray(labels)[np.asarray(mask)].tolist()
+    return seen
+
+
+def train_epoch_rows(mesh, num_examples: int, batch_per_device: int) -> list[int]:
+    ids = np.arange(num_examples, dtype=np.int32)
+    rows = pipeline.train_rows(num_examples, mesh)
+    split = pipeline.put_split(
+        lambda r: data.SplitArrays(np.zeros((r.stop - r.start, 2, 2, 1), np.uint8), ids[r]), rows, rows, mesh
+    )
+    key = jax.random.key_data(jax.random.key(0))
+    permutation = pipeline.epoch_permutation(key, jnp.int32(3), rows // mesh.devices.size, mesh)
+    seen = []
+    for step in range(rows // mesh.devices.size // batch_per_device):
+        _, labels = pipeline.gather_batch(split, permutation, jnp.int32(step), batch_per_device, mesh)
+        seen += np.asarray(labels).tolist()
+    return seen
+
+
+def main() -> None:
+    devices = jax.devices()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 16).astype(np.int32)
+    many, one = (
+        one_step(parallel.make_mesh(devices), images, labels),
+        one_step(parallel.make_mesh(devices[:1]), images, labels),
+    )
+    mesh = parallel.make_mesh(devices)
+    results = {
+        "device_count": len(devices),
+        "step_max_difference": max_difference(many, one),
+        "eval_coverage": {f"{n}/{b}": eval_coverage(mesh, n, b) for n in (37, 64) for b in (1, 3, 5)},
+        "train_epoch_rows": train_epoch_rows(mesh, 43, 2),
+    }
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Architecture comparison: the table's figures come from the registry and the trainer's own program, and trained
+runs add their accuracy."""
+
+import json
+
+import jax
+import pytest
+
+from resnet_jax import compare, configuration, models
+from resnet_jax.metrics import MetricWriter
+
+
+def table_rows(markdown: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    return {row["model"]: row for row in rows}
+
+
+def registry_params(name: str) -> int:
+    return models.count_params(models.init_shapes(models.get_model(name))["params"])
+
+
+def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10"):
+    """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records."""
+    config = configuration.base_config()
+    config.model.name = model
+    config.data.dataset = dataset
+    workdir.mkdir(parents=True)
+    (workdir / configuration.CONFIG_FILE).write_text(configuration.to_json(config))
+    writer = MetricWriter(workdir, enabled=True)
+    for epoch, accuracy in enumerate(accuracies, 1):
+        writer.write(epoch * 10, epoch, {"train_loss": 1.0 / epoch, "images_per_second": 100.0})
+        writer.write(epoch * 10, epoch, {"test_accuracy": accuracy, "test_loss": 1.0})
+    writer.close()
+    return workdir
+
+
+def measurement(model: str, **overrides) -> compare.Measurement:
+    values = dict(
+        model=model,
+        params=registry_params(model),
+        gflops=0.1,
+        compile_seconds=1.0,
+        images_per_second=100.0,
+        step_milliseconds=10.0,
+        xla_step_bytes=2**20,
+        peak_bytes=None,
+        device_kind="cpu",
+        platform="cpu",
+        device_count=1,
+        jax_version=jax.__version__,
+    )
+    return compare.Measurement(**(values | overrides))
+
+
+@pytest.mark.slow
+def test_compare_of_two_tiny_models_times_the_train_step_and_counts_the_registrys_parameters(tmp_path):
+    code = compare.main(
+        [
+            "--models",
+            "resnet8_tiny,seed_resnet",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+            "--repeats",
+            "2",
+            "--outdir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    markdown = (tmp_path / compare.COMPARE_MD).read_text()
+    rows = table_rows(markdown)
+    assert list(rows) == ["resnet8_tiny", "seed_resnet"]
+    for name, row in rows.items():
+        assert int(row["params"].replace(",", "")) == registry_params(name)
+        flops = models.forward_flops(models.get_model(name)) / 1e9
+        assert float(row["GFLOPs/image"]) == pytest.approx(flops, abs=5e-4)
+        assert float(row["train images/s"].replace(",", "")) > 0
+        assert float(row["compile s"]) > 0
+        assert row["peak memory"] == ("n/a" if jax.devices()[0].memory_stats() is None else row["peak memory"])
+        assert row["XLA step memory"].endswith("MiB")
+    assert f"on {jax.devices()[0].device_kind} (cpu, 1 device(s), jax {jax.__version__})" in markdown
+    assert "batch 4" in markdown
+    assert (tmp_path / compare.COMPARE_PNG).stat().st_size > 10_000
+
+
+def test_runs_add_best_and_final_accuracy_averaged_per_model(tmp_path):
+    runs = [
+        fake_run(tmp_path / "a", "resnet20", [0.5, 0.7, 0.6]),
+        fake_run(tmp_path / "b", "resnet20", [0.6, 0.8, 0.8]),
+        fake_run(tmp_path / "c", "resnet56", [0.4, 0.9]),
+    ]
+    accuracies, config = compare.read_runs(runs)
+    assert accuracies["resnet20"] == compare.RunAccuracy(best=0.75, final=0.7, epochs=3, runs=2)
+    assert accuracies["resnet56"] == compare.RunAccuracy(best=0.9, final=0.9, epochs=2, runs=1)
+    assert config.model.name == "resnet20"
+
+    table = compare.compare_markdown(
+        [measurement("resnet20"), measurement("resnet56"), measurement("resnet8_tiny")], accuracies, config, 5
+    )
+    rows = table_rows(table)
+    assert (rows["resnet20"]["best test acc"], rows["resnet20"]["final test acc"]) == ("0.7500", "0.7000")
+    assert rows["resnet56"]["runs"] == "1"
+    assert rows["resnet8_tiny"]["best test acc"] == ""  # measured, never trained
+    assert rows["resnet20"]["peak memory"] == "n/a"
+    compare.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):
+    cifar = fake_run(tmp_path / "a", "resnet20", [0.5])
+    fashion = fake_run(tmp_path / "b", "resnet20", [0.5], dataset="fashion_mnist")
+    with pytest.raises(configuration.ConfigError, match="mixes datasets"):
+        compare.read_runs([cifar, fashion])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(configuration.ConfigError, match=r"holds no config\.json"):
+        compare.read_runs([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "resnet20,resnet9"], "--models: unknown resnet9"),
+        ([], "give --models"),
+        (["--models", "resnet20", "--batch", "0"], "must be positive"),
+        (["--models", "resnet20", "--dtype", "float64"], "model.dtype='float64' is not known"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    assert compare.main([*argv, "--outdir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error
+    assert len(error.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_measurement_config_keeps_the_runs_data_shape_on_synthetic_data():
+    base = configuration.base_config()
+    base.data.dataset = "fashion_mnist"
+    base.data.source = "files"
+    base.data.image_size = 32
+    config = compare.measurement_config(base, "resnet56", batch=16, steps=3, dtype="bfloat16")
+    assert (config.model.name, config.model.dtype) == ("resnet56", "bfloat16")
+    assert (config.data.dataset, config.data.source, config.data.image_size) == ("fashion_mnist", "synthetic", 32)
+    assert (config.train.batch_size, config.train.steps_per_call, config.data.synthetic_train_examples) == (16, 3, 48)
+    assert base.model.name == "resnet20"  # the base is untouched
+    configuration.validate(config)
+    assert json.loads(configuration.to_json(config))["train"]["num_steps"] == 3

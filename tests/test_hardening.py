@@ -1,0 +1,337 @@
+"""Hardening: bad input is refused in one line, and kills, pre-emption, damage, NaNs and full disks lose nothing."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, metrics, trainer
+from tests.conftest import REPO_ROOT, load_config, subprocess_env, train_command
+
+# 1,024 examples in batches of 64: 16 steps an epoch, 3 epochs, a checkpoint after each.
+LONGER = ("data.synthetic_train_examples=1024", "train.num_epochs=3")
+
+
+def run(command, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, **kwargs)
+
+
+def complete_steps(workdir: Path) -> list[int]:
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def final_state(workdir: Path):
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", create=False)
+    tree, meta = checkpointer.restore(checkpointer.latest_step(), None)
+    return jax.device_get(tree), meta
+
+
+def records_so_far(workdir: Path) -> list[dict]:
+    """metrics.jsonl while a run writes it (a line may be half-written at this instant)."""
+    try:
+        return metrics.read_metrics(workdir)
+    except ValueError:
+        return []
+
+
+def eval_records(workdir: Path) -> list[dict]:
+    return [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """The uninterrupted run that every interrupted one must end up equal to."""
+    workdir = tmp_path_factory.mktemp("baseline")
+    result = run(train_command(workdir, "smoke", *LONGER))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir
+
+
+def assert_same_end(workdir: Path, baseline: Path) -> None:
+    (tree, _), (expected, _) = final_state(workdir), final_state(baseline)
+    chex.assert_trees_all_equal(tree["params"], expected["params"])
+    chex.assert_trees_all_equal(tree["batch_stats"], expected["batch_stats"])
+    assert eval_records(workdir) == eval_records(baseline)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Config validation: one line naming key, value and what is allowed; non-zero exit; nothing compiled.
+
+BAD_CONFIGS = {
+    "unknown model": (["model.name=resnet21"], "model.name='resnet21'"),
+    "unknown dataset": (["data.dataset=cifar11"], "data.dataset='cifar11'"),
+    "unknown source": (["data.source=web"], "data.source='web'"),
+    "unknown optimizer": (["optimizer.name=rmsprop"], "optimizer.name='rmsprop'"),
+    "unknown schedule": (["schedule.name=linear_decay"], "schedule.name='linear_decay'"),
+    "zero learning rate": (["optimizer.learning_rate=0"], "optimizer.learning_rate=0"),
+    "negative learning rate": (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate=-0.1"),
+    "zero batch": (["train.batch_size=0"], "train.batch_size=0"),
+    "negative batch": (["train.batch_size=-8"], "train.batch_size=-8"),
+    "zero epochs": (["train.num_epochs=0"], "train.num_epochs=0"),
+    "negative steps": (["train.num_steps=-5"], "train.num_steps=-5"),
+    "bad dtype": (["model.dtype=float64"], "model.dtype='float64'"),
+    "unknown key": (["model.nmae=resnet20"], "'nmae'"),
+    "wrong type": (["train.batch_size=abc"], "train.batch_size=abc"),
+    "missing files dir": (["data.source=files", "data.files_dir=/nonexistent/fmnist"], "/nonexistent/fmnist"),
+    "bad pad mode": (["augment.pad_mode=wrap"], "augment.pad_mode='wrap'"),
+    "bad non-finite policy": (["train.on_nonfinite=ignore"], "train.on_nonfinite='ignore'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_refused_in_one_line(tmp_path, case):
+    overrides, named = BAD_CONFIGS[case]
+    result = run(train_command(tmp_path / "run", "smoke", *overrides), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert named in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_batch_that_does_not_divide_by_the_devices(tmp_path):
+    command = train_command(tmp_path / "run", "smoke", "train.batch_size=63")
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "error: train.batch_size=63 does not divide by the 2 devices; use a multiple of 2, e.g. 62 or 64"
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "uncreatable"])
+def test_bad_workdir_is_refused(tmp_path, kind):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    workdir = blocker if kind == "file" else blocker / "run"
+    result = run(train_command(workdir, "smoke"), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert str(workdir) in result.stderr
+    assert ("is a file" if kind == "file" else "cannot be created") in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_missing_data_offline_fails_fast_through_the_trainer(tmp_path):
+    result = run(train_command(tmp_path / "run", "default", f"data.data_dir={tmp_path / 'tfds'}"), timeout=50)
+    assert result.returncode != 0
+    assert "no prepared tfds data" in result.stderr
+    assert "data.source=files" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. A workdir holding a different run is not silently mixed.
+
+
+def test_workdir_with_a_different_model_or_data_is_refused_until_told(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    result = run(train_command(workdir, "smoke", "model.name=resnet20", "data.image_size=0"), timeout=120)
+    assert result.returncode != 0
+    assert "model.name: 'resnet8_tiny' -> 'resnet20'" in result.stderr
+    assert "data.image_size: 32 -> 0" in result.stderr
+    assert "--fresh" in result.stderr
+    assert "--finetune" in result.stderr
+    assert complete_steps(workdir) == [8]
+
+    # --finetune: archives the old run (nothing deleted) and starts at step 0 from its weights.
+    old_params = final_state(workdir)[0]["params"]
+    other_data = load_config("smoke", **{"train.num_epochs": 1, "data.synthetic_train_examples": 256})
+    finetuned = trainer.train_and_evaluate(other_data, workdir, mode="finetune")
+    archived = list((workdir / "archive").iterdir())
+    assert len(archived) == 1
+    assert (archived[0] / "checkpoints" / "8").is_dir()
+    assert finetuned["step"] == 4  # 256 examples: a fresh 4-step epoch, not a resumed step count
+    # One epoch of fine-tuning moves the weights a little; a fresh init would be far away.
+    new_params = final_state(workdir)[0]["params"]
+    start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(old_params)])
+    end = np.concatenate([np.ravel(x) for x in jax.tree.leaves(new_params)])
+    assert np.linalg.norm(end - start) < 0.5 * np.linalg.norm(start)
+
+    # Resuming with the same config still just continues.
+    again = trainer.train_and_evaluate(
+        load_config("smoke", **{"train.num_epochs": 2, "data.synthetic_train_examples": 256}), workdir
+    )
+    assert again["step"] == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3 and 8. kill -9 at random moments, and SIGTERM: the same command resumes and ends exactly as if never stopped.
+
+
+def start(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        train_command(workdir, "smoke", *LONGER),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO_ROOT,
+    )
+
+
+def wait_for(process: subprocess.Popen, condition, timeout: float = 300) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_ends_identical(tmp_path, baseline):
+    workdir = tmp_path / "run"
+    rng = random.Random(0)
+    tmp_checkpoint = lambda: any(p.name.endswith("orbax-checkpoint-tmp") for p in (workdir / "checkpoints").glob("*"))  # noqa: E731
+    moments = {
+        "during an async checkpoint save": lambda: (workdir / "checkpoints").exists() and tmp_checkpoint(),
+        "during training steps": lambda: len(records_so_far(workdir)) >= 3 + rng.randrange(6),
+        "at the end of an epoch, around evaluation": lambda: any(
+            r.get("step") == 32 and "train_loss" in r for r in records_so_far(workdir)
+        ),
+    }
+    kills = []
+    for moment, condition in moments.items():
+        before = complete_steps(workdir)
+        process = start(workdir)
+        reached = wait_for(process, condition)
+        process.kill()
+        output = process.communicate()[0]
+        complete = complete_steps(workdir)
+        kills.append((moment, reached, complete))
+        if before:  # the restart resumed from the newest complete checkpoint there was
+            assert f"resumed from checkpoint {before[-1]} " in output, output[-2000:]
+    assert sum(reached for _, reached, _ in kills) >= 2, kills
+    finished = run(train_command(workdir, "smoke", *LONGER))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_same_end(workdir, baseline)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_exits_0_and_resumes(tmp_path, baseline):
+    workdir = tmp_path / "run"
+    process = start(workdir)
+    assert wait_for(process, lambda: 8 < max([0, *[r["step"] for r in records_so_far(workdir)]]) < 40)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-2000:]
+    assert "pre-empted: SIGTERM: saved checkpoint" in output
+    saved = complete_steps(workdir)[-1]
+    _, meta = final_state(workdir)
+    assert meta["position"] == {"epoch": saved // 16, "step_in_epoch": saved % 16}
+    resumed = run(train_command(workdir, "smoke", *LONGER))
+    assert resumed.returncode == 0
+    assert f"resumed from checkpoint {saved} " in resumed.stderr
+    assert_same_end(workdir, baseline)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. A damaged newest checkpoint is skipped with a warning naming it; training falls back and nothing is deleted.
+
+
+@pytest.mark.parametrize("damage", ["truncated file", "deleted array"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    data_files = [
+        p for p in (workdir / "checkpoints" / "16" / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
+    assert data_files
+    for path in data_files:
+        if damage == "truncated file":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+        else:
+            path.unlink()
+    result = run(train_command(workdir, "smoke", "train.num_epochs=3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "checkpoint 16 in" in result.stderr
+    assert "was skipped" in result.stderr or "unreadable" in result.stderr
+    assert "resumed from checkpoint 8 " in result.stderr
+    assert (workdir / "checkpoints_damaged" / "16").is_dir()  # set aside, not deleted
+    assert complete_steps(workdir)[-1] == 24
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Non-finite values stop the run (or are skipped), and never reach a checkpoint.
+
+EXPLODE_AT_STEP_10 = ("schedule.name=piecewise", "schedule.boundaries=(10,)", "schedule.decay_factor=1e30")
+
+
+def test_nonfinite_loss_stops_with_the_step_and_the_last_checkpoint_intact(tmp_path):
+    workdir = tmp_path / "run"
+    result = run(train_command(workdir, "smoke", *EXPLODE_AT_STEP_10))
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("training stopped: non-finite loss or gradient at step 1")
+    assert "the last checkpoint, step 8, is intact" in line
+    assert complete_steps(workdir) == [8]
+    tree, _ = final_state(workdir)
+    chex.assert_tree_all_finite(tree)
+
+
+def test_nonfinite_steps_can_be_skipped_instead(tmp_path):
+    workdir = tmp_path / "run"
+    result = run(train_command(workdir, "smoke", *EXPLODE_AT_STEP_10, "train.on_nonfinite=skip"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stderr
+    assert sum(r.get("nonfinite_steps", 0) for r in metrics.read_metrics(workdir)) > 0
+    for step in complete_steps(workdir):
+        chex.assert_tree_all_finite(
+            checkpoint.Checkpointer(workdir / "checkpoints", create=False).restore(step, None)[0]
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. A full disk during a save stops the run with a clear error; the previous checkpoint stays good.
+
+
+def with_file_size_limit(command: list[str], kilobytes: int = 16) -> list[str]:
+    """The command under a small RLIMIT_FSIZE, with SIGXFSZ ignored: write() then fails with EFBIG, as on a full
+    disk. (A shell sets both, so that no Python runs between fork and exec.)"""
+    return ["bash", "-c", f'trap "" XFSZ; ulimit -f {kilobytes}; exec "$@"', "bash", *command]
+
+
+def test_disk_full_during_a_save_stops_cleanly_and_keeps_the_previous_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    result = run(with_file_size_limit(train_command(workdir, "smoke", "train.num_epochs=2")))
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("training stopped: saving a checkpoint under")
+    assert "File too large" in line
+    assert "Earlier checkpoints are untouched" in line
+    assert complete_steps(workdir) == [8]
+    tree, meta = final_state(workdir)
+    chex.assert_tree_all_finite(tree)
+    assert meta["position"] == {"epoch": 1, "step_in_epoch": 0}
+    # With space again, the same command finishes the run (the torn save's leftovers are cleaned up).
+    assert run(train_command(workdir, "smoke", "train.num_epochs=2")).returncode == 0
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_epochs"] == 2
+    assert complete_steps(workdir)[-1] == 16
+    assert os.access(workdir, os.W_OK)
+
+
+def test_a_different_optimizer_on_resume_is_refused_not_taken_for_damage(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    with pytest.raises(checkpoint.CheckpointError, match="the optimizer or train.ema_decay changed"):
+        trainer.train_and_evaluate(load_config("smoke", **{"optimizer.name": "adam"}), workdir)
+    assert complete_steps(workdir) == [8]
+    assert not (workdir / "checkpoints_damaged").exists()

@@ -1,0 +1,65 @@
+"""Multi-host data parallelism on one machine: two processes (gloo collectives, 2 CPU devices each) form one 4-device
+mesh and must train exactly like one process with 4 devices."""
+
+import socket
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, metrics
+from tests.conftest import REPO_ROOT, subprocess_env, train_command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def params_at(workdir, step):
+    tree, _ = checkpoint.Checkpointer(workdir / "checkpoints", create=False).restore(step, None)
+    return jax.device_get(tree["params"])
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+    two_hosts, one_host = tmp_path / "two_processes", tmp_path / "one_process"
+    address = f"127.0.0.1:{free_port()}"
+    workers = [
+        subprocess.Popen(
+            train_command(
+                two_hosts,
+                "smoke",
+                "train.num_epochs=2",
+                f"distributed.coordinator_address={address}",
+                "distributed.num_processes=2",
+                f"distributed.process_id={index}",
+            ),
+            env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-3000:]
+    subprocess.run(
+        train_command(one_host, "smoke", "train.num_epochs=2"),
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+
+    for a, b in zip(jax.tree.leaves(params_at(two_hosts, 16)), jax.tree.leaves(params_at(one_host, 16)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # One metrics file and one set of checkpoints, written once (by process 0 and by orbax).
+    evals = [r for r in metrics.read_metrics(two_hosts) if "test_accuracy" in r]
+    assert [r["step"] for r in evals] == [8, 16]
+    assert evals == [r for r in metrics.read_metrics(one_host) if "test_accuracy" in r]
+    assert sorted(p.name for p in (two_hosts / "checkpoints").iterdir()) == ["16", "8"]

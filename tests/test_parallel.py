@@ -1,0 +1,42 @@
+"""Data parallelism over 8 forced CPU devices (in a subprocess, since the device count is fixed at JAX import)."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    result = subprocess.run(
+        [PYTHON, "-m", "tests.multidevice_probe"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_probe_ran_on_eight_devices(probe):
+    assert probe["device_count"] == 8
+
+
+def test_one_step_on_eight_devices_equals_one_device(probe):
+    # Same global batch: BN statistics over the global batch and the mean gradient make the two runs agree.
+    assert probe["step_max_difference"] < 1e-5
+
+
+@pytest.mark.parametrize("case", ["37/1", "37/3", "37/5", "64/1", "64/3", "64/5"])
+def test_eval_batches_visit_every_example_exactly_once(probe, case):
+    num_examples = int(case.split("/")[0])
+    assert sorted(probe["eval_coverage"][case]) == list(range(num_examples))
+
+
+def test_a_training_epoch_draws_each_row_at_most_once(probe):
+    rows = probe["train_epoch_rows"]
+    # 43 examples on 8 devices: 40 are used (5 per device), in batches of 2 per device -> 2 steps of 16 rows.
+    assert len(rows) == 32 and len(set(rows)) == 32 and max(rows) < 40

@@ -1,0 +1,290 @@
+"""Sweeps: the search space is checked before anything runs; a grid of real trials runs, resumes and reports."""
+
+import csv
+import itertools
+import json
+import re
+import runpy
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+
+from resnet_jax import configuration, metrics, sweep
+from tests.conftest import PYTHON, subprocess_env
+
+# Two 4-step epochs of the smoke network on 128 synthetic images: a trial is mostly compilation, which the
+# sweep's compile cache shares between trials.
+TINY = {
+    "data.synthetic_train_examples": 128,
+    "data.synthetic_test_examples": 64,
+    "train.batch_size": 32,
+    "eval.batch_size": 64,
+    "train.num_epochs": 2,
+}
+TINY_ARGS = [f"--config.{key}={value}" for key, value in TINY.items()]
+LEARNING_RATES = (0.05, 0.2)
+WEIGHT_DECAYS = (0.0, 0.001)
+GRID = [
+    "--grid",
+    "optimizer.learning_rate=" + ",".join(map(str, LEARNING_RATES)),
+    "--grid",
+    "optimizer.weight_decay=" + ",".join(map(str, WEIGHT_DECAYS)),
+]
+
+
+def sweep_command(repo_root, workdir):
+    return [
+        PYTHON,
+        "-m",
+        "resnet_jax.sweep",
+        "--config",
+        str(repo_root / "configs/smoke.py"),
+        "--workdir",
+        str(workdir),
+    ]
+
+
+def run_sweep_cli(repo_root, workdir, cache_dir, *args, timeout=600):
+    command = [*sweep_command(repo_root, workdir), *args]
+    env = subprocess_env(JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def evaluated_epochs(trial_dir):
+    records = map(json.loads, (trial_dir / "metrics.jsonl").read_text().splitlines())
+    return [record["epoch"] for record in records if "test_accuracy" in record]
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """One XLA cache for the sweeps of this session: their trials share the init and eval programs."""
+    return tmp_path_factory.mktemp("compile_cache")
+
+
+@pytest.fixture
+def smoke_config(repo_root):
+    return runpy.run_path(str(repo_root / "configs/smoke.py"))["get_config"]()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The search space, refused before anything runs.
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("optimizer.learnin_rate=0.1,0.2", "no key 'optimizer.learnin_rate'; did you mean optimizer.learning_rate"),
+        ("optimizer=0.1", "'optimizer' is a section"),
+        ("optimizer.learning_rate=0.1,fast", "optimizer.learning_rate='fast': the key is a number"),
+        ("train.batch_size=32,48.5", "train.batch_size='48.5': the key is an integer"),
+        ("eval.tta_flip=true,maybe", "eval.tta_flip='maybe': the key is a bool"),
+        ("schedule.boundaries=1,2", "schedule.boundaries: the key holds a tuple"),
+        ("optimizer.learning_rate=0.1,-0.1", "optimizer.learning_rate=-0.1 must be a positive number"),
+        ("model.name=resnet8_tiny,resnet9", "model.name='resnet9' is not known"),
+    ],
+)
+def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, repo_root, capsys, argument, message):
+    workdir = tmp_path / "sweep"
+    code = sweep.main(["--config", str(repo_root / "configs/smoke.py"), "--workdir", str(workdir), "--grid", argument])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in error
+    assert len(error.splitlines()) == 1
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("searches", "trials", "message"),
+    [
+        (["optimizer.learning_rate=loguniform:0:0.3"], 4, "loguniform needs LOW > 0"),
+        (["optimizer.weight_decay=uniform:0:2"], 4, "optimizer.weight_decay=2.0 must be in [0.0, 1.0)"),
+        (["optimizer.learning_rate=normal:0:1"], 4, "unknown distribution 'normal'"),
+        (["optimizer.learning_rate=uniform:0.3:0.1"], 4, "LOW must be below HIGH"),
+        (["model.name=uniform:1:2"], 4, "a str key takes choice"),
+        (["optimizer.learning_rate=uniform:0.01:0.3"], 0, "--search needs --trials N"),
+    ],
+)
+def test_a_bad_search_is_refused(smoke_config, searches, trials, message):
+    with pytest.raises(configuration.ConfigError, match=re.escape(message)):
+        sweep.make_spec(smoke_config, searches=searches, trials=trials)
+
+
+def test_a_search_space_maps_to_optuna_distributions_of_the_keys_types(smoke_config):
+    spec = sweep.make_spec(
+        smoke_config,
+        searches=[
+            "optimizer.learning_rate=loguniform:1e-3:0.3",
+            "train.batch_size=uniform:16:64",
+            "optimizer.nesterov=choice:true,false",
+        ],
+        trials=5,
+        sampler="random",
+    )
+    learning_rate, batch_size, nesterov = (d.distribution() for d in spec.dimensions)
+    assert learning_rate == optuna.distributions.FloatDistribution(1e-3, 0.3, log=True)
+    assert batch_size == optuna.distributions.IntDistribution(16, 64)
+    assert nesterov == optuna.distributions.CategoricalDistribution((True, False))
+    assert (spec.sampler, spec.trials) == ("random", 5)
+
+
+def test_grid_values_take_the_keys_types_and_overrides_land_in_the_config(smoke_config):
+    spec = sweep.make_spec(smoke_config, grids=["train.batch_size=16,32", "optimizer.learning_rate=1,0.5"])
+    assert spec.grid_points() == [
+        {"train.batch_size": 16, "optimizer.learning_rate": 1.0},
+        {"train.batch_size": 16, "optimizer.learning_rate": 0.5},
+        {"train.batch_size": 32, "optimizer.learning_rate": 1.0},
+        {"train.batch_size": 32, "optimizer.learning_rate": 0.5},
+    ]
+    assert isinstance(spec.grid_points()[0]["optimizer.learning_rate"], float)
+    trial_config = sweep.apply_overrides(smoke_config, spec.grid_points()[3])
+    assert (trial_config.train.batch_size, trial_config.optimizer.learning_rate) == (32, 0.5)
+    assert smoke_config.train.batch_size == 64  # the base is untouched
+
+
+def test_trial_names_are_readable_distinct_and_stable():
+    assert sweep.trial_name({"optimizer.learning_rate": 0.1, "optimizer.weight_decay": 5e-4}) == (
+        "learning_rate=0.1,weight_decay=0.0005"
+    )
+    assert sweep.trial_name({"model.name": "resnet20", "eval.tta_flip": True}) == "name=resnet20,tta_flip=true"
+    close = [sweep.trial_name({"optimizer.learning_rate": value}) for value in (0.0123451, 0.0123452)]
+    assert close[0] != close[1]  # rounded alike in the name, told apart by the hash
+    assert close[0] == sweep.trial_name({"optimizer.learning_rate": 0.0123451})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resuming and pruning, on a study without training.
+
+
+def test_an_interrupted_trial_is_queued_again_with_its_parameters(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    distributions = {"optimizer.learning_rate": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    finished = study.ask(distributions)
+    study.tell(finished, 0.8)
+    interrupted = study.ask(distributions)
+    interrupted.set_user_attr("name", "x")
+    failed = study.ask(distributions)
+    failed.set_user_attr("error", "non-finite loss")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+
+    sweep._resume_interrupted(study)
+
+    states = [trial.state for trial in study.trials]
+    assert states[1] == optuna.trial.TrialState.FAIL
+    assert states[3] == optuna.trial.TrialState.WAITING
+    retry = study.ask(distributions)
+    assert retry.params == interrupted.params
+    assert retry.user_attrs["attempts"] == 2
+    assert [trial.number for trial in sweep._counted_trials(study)] == [0, 2]
+
+
+def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, n_warmup_steps=2))
+    for accuracy in (0.8, 0.9):
+        good = study.ask()
+        for epoch in (1, 2, 3):
+            good.report(accuracy, epoch)
+        study.tell(good, accuracy)
+    trial = study.ask()
+    reported = {1}  # a resumed trial: epoch 1 was reported before the interruption
+    trial.report(0.1, 1)
+    hook = sweep._pruning_hook(trial, reported)
+    hook(1, {"test_accuracy": 0.1})  # already reported: not again; below warm-up: no pruning yet
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        hook(2, {"test_accuracy": 0.1})
+    assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}
+    assert reported == {1, 2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A real 2x2 grid of smoke trials.
+
+
+@pytest.mark.slow
+def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
+    tmp_path, repo_root, compile_cache, smoke_config
+):
+    workdir = tmp_path / "sweep"
+    result = run_sweep_cli(repo_root, workdir, compile_cache, *TINY_ARGS, *GRID)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    trial_dirs = sorted((workdir / sweep.TRIALS_DIR).iterdir())
+    assert len(trial_dirs) == 4
+    trained = set()
+    for trial_dir in trial_dirs:
+        config = json.loads((trial_dir / configuration.CONFIG_FILE).read_text())
+        trained.add((config["optimizer"]["learning_rate"], config["optimizer"]["weight_decay"]))
+        assert config["train"]["num_epochs"] == 2
+        assert 8 in [int(path.name) for path in (trial_dir / "checkpoints").iterdir()]  # the final step
+        assert evaluated_epochs(trial_dir) == [1.0, 2.0]
+    assert trained == set(itertools.product(LEARNING_RATES, WEIGHT_DECAYS))
+
+    rows = read_csv(workdir / sweep.RESULTS_CSV)
+    assert {(float(r["optimizer.learning_rate"]), float(r["optimizer.weight_decay"])) for r in rows} == trained
+    finals = [float(r["final_test_accuracy"]) for r in rows]
+    assert finals == sorted(finals, reverse=True)
+    for row in rows:
+        summary = metrics.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
+        assert float(row["final_test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
+        assert float(row["best_test_accuracy"]) >= float(row["final_test_accuracy"])
+        assert row["state"] == "complete"
+        assert float(row["wall_seconds"]) > 0
+        assert float(row["images_per_second"]) > 0
+    assert (workdir / sweep.RESULTS_MD).read_text().count("| complete |") == 4
+    assert (workdir / sweep.PLOT_FILE).stat().st_size > 10_000
+
+    # The same sweep again, in-process: nothing trains, nothing changes.
+    config = sweep.apply_overrides(smoke_config, TINY)
+    spec = sweep.make_spec(config, grids=[GRID[1], GRID[3]])
+    metrics_before = {path: path.read_text() for path in workdir.glob("trials/*/metrics.jsonl")}
+    results = sweep.run_sweep(config, workdir, spec)
+    assert [r.name for r in results] == [row["trial"] for row in rows]
+    assert {path: path.read_text() for path in metrics_before} == metrics_before
+    study = optuna.load_study(study_name=sweep.STUDY_NAME, storage=f"sqlite:///{workdir / sweep.STUDY_FILE}")
+    assert len(study.trials) == 4
+    assert len(read_csv(workdir / sweep.RESULTS_CSV)) == 4
+
+    # The workdir holds this sweep: another grid, or another base config, is refused.
+    other_grid = sweep.make_spec(config, grids=["optimizer.learning_rate=0.05,0.3", GRID[3]])
+    with pytest.raises(configuration.ConfigError, match="holds a different sweep"):
+        sweep.run_sweep(config, workdir, other_grid)
+    longer = sweep.apply_overrides(config, {"train.num_epochs": 3})
+    with pytest.raises(configuration.ConfigError, match=re.escape("train.num_epochs: 2 -> 3")):
+        sweep.run_sweep(longer, workdir, spec)
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_path, repo_root, compile_cache):
+    workdir = tmp_path / "sweep"
+    # Six epochs with synchronous saves: the kill lands after the first checkpoint and well before the last.
+    args = [*TINY_ARGS, "--config.train.num_epochs=6", "--config.checkpoint.async_save=false"]
+    args += ["--grid", "optimizer.learning_rate=0.1"]
+    process = subprocess.Popen(
+        [*sweep_command(repo_root, workdir), *args],
+        env=subprocess_env(JAX_COMPILATION_CACHE_DIR=str(compile_cache)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first_checkpoint = workdir / sweep.TRIALS_DIR / "learning_rate=0.1" / "checkpoints" / "4"
+    deadline = time.monotonic() + 500
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first_checkpoint.exists()
+
+    result = run_sweep_cli(repo_root, workdir, compile_cache, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was interrupted; it resumes from its newest checkpoint" in result.stderr
+    resumed_at = int(result.stderr.split("resumed from checkpoint ")[1].split()[0])
+    assert 4 <= resumed_at < 24
+    (row,) = read_csv(workdir / sweep.RESULTS_CSV)
+    assert (row["state"], row["attempts"], float(row["epochs"])) == ("complete", "2", 6.0)
+    assert evaluated_epochs(workdir / sweep.TRIALS_DIR / row["trial"]) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

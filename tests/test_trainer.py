@@ -1,0 +1,97 @@
+"""The trainer end to end on the smoke config: learning, compilation, resume, evaluation and checkpoints."""
+
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoint, metrics, steps, trainer
+from tests.conftest import load_config
+
+
+def final_params(workdir):
+    """The params of the newest checkpoint in a workdir, on the host."""
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", create=False)
+    tree, _ = checkpointer.restore(checkpointer.latest_step(), None)
+    return jax.device_get(tree["params"])
+
+
+def eval_records(workdir):
+    return [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke run, with the train step wrapped so that any second trace fails the run."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    original = steps.make_train_step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "make_train_step", lambda config: chex.assert_max_traces(original(config), n=1))
+        results = trainer.train_and_evaluate(load_config("smoke"), workdir)
+    return workdir, results
+
+
+def test_smoke_config_learns(smoke_run):
+    workdir, results = smoke_run
+    losses = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
+    assert len(losses) == 8  # 32 steps logged every 4
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.3
+    assert results["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert results["step"] == 32
+
+
+def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
+    workdir, _ = smoke_run
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["name"] == "resnet8_tiny"
+    assert saved["train"]["batch_size"] == 64
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    record = metrics.read_metrics(workdir)[0]
+    assert {"step", "epoch", "train_loss", "train_accuracy", "learning_rate", "images_per_second"} <= set(record)
+    # keep=2 keeps the last two, plus the best when it is older.
+    steps_kept = checkpoint.Checkpointer(workdir / "checkpoints", create=False).steps()
+    assert steps_kept[-2:] == [24, 32]
+    assert len(steps_kept) <= 3
+
+
+def test_train_step_traced_once_across_epochs(smoke_run):
+    # The fixture wrapped make_train_step in chex.assert_max_traces(n=1): reaching here after 4 epochs, 32 calls
+    # and 4 evaluations means the step compiled once.
+    _, results = smoke_run
+    assert results["step"] == 32
+
+
+def test_evaluation_counts_every_example_when_the_batch_does_not_divide(smoke_run):
+    workdir, _ = smoke_run
+    # 200 test examples, eval batch 64: the last batch is padded and masked, nothing is dropped.
+    assert {r["test_examples"] for r in eval_records(workdir)} == {200.0}
+
+
+def test_best_checkpoint_is_kept_apart_from_the_last_n(tmp_path):
+    checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
+    for step, accuracy in zip(range(1, 6), [0.5, 0.9, 0.6, 0.7, 0.65], strict=True):
+        checkpointer.save(step, {"w": np.full(3, step, np.float32)}, {"step": step}, {"test_accuracy": accuracy})
+    checkpointer.wait()
+    assert checkpointer.steps() == [2, 4, 5]
+    assert checkpointer.best_step() == 2
+    assert checkpoint.Checkpointer(tmp_path / "ckpt", create=False).best_step() == 2  # read back from disk
+    tree, meta = checkpointer.restore(2, None)
+    np.testing.assert_array_equal(tree["w"], np.full(3, 2, np.float32))
+    assert meta == {"step": 2}
+
+
+def test_stopped_and_resumed_equals_straight_through(tmp_path):
+    # A schedule that does not depend on the run length, so that the 1-epoch run is a prefix of the 2-epoch one.
+    overrides = {"schedule.name": "piecewise", "schedule.boundaries": (12,), "train.ema_decay": 0.9}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), straight)
+    trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 1}), resumed)
+    trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), resumed)
+    chex.assert_trees_all_equal(final_params(straight), final_params(resumed))
+    assert eval_records(straight) == eval_records(resumed)
+    train_straight = [r for r in metrics.read_metrics(straight) if "train_loss" in r]
+    train_resumed = [r for r in metrics.read_metrics(resumed) if "train_loss" in r]
+    strip = lambda records: [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]  # noqa: E731
+    assert strip(train_straight) == strip(train_resumed)
