@@ -229,8 +229,10 @@ class JaxTrainLoop:
         images = jax.ShapeDtypeStruct((self.batch, *self.experiment.input_shape), jnp.uint8)
         labels = jax.ShapeDtypeStruct((self.batch,), jnp.int32)
         lowered = jax.jit(self.train_step).lower(self.state, images, labels)
+        # Some jax releases (0.11) give no analysis before compiling: the compiled count is then the fallback.
+        analysis = lowered.cost_analysis() or lowered.compile().cost_analysis()
         cost = {
-            "flops": _cost(lowered.cost_analysis(), "flops"),
+            "flops": _cost(analysis, "flops"),
             "bytes": conv_io_bytes(self.train_step, self.state, images, labels),
         }
         if compiled_bytes:
