@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # One persistent compilation cache for the whole session, subprocesses included: most of a tiny run is compile time.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "resnet-jax-test-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -44,3 +46,8 @@ def train_command(workdir, config: str = "smoke", *overrides: str) -> list[str]:
         f"--workdir={workdir}",
         f"--config={REPO_ROOT / 'configs' / config}.py",
     ] + [f"--config.{override}" for override in overrides]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
