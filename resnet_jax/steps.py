@@ -246,9 +246,6 @@ def make_train_loop(
             def body(state, offset):
                 return gathered_step(state, split, permutation, first_step + offset)
 
-            if num_steps == 1:  # no loop at all, as on the CPU
-                state, metrics = body(state, 0)
-                return state, _accumulate(totals, jax.tree.map(lambda value: value[None], metrics))
             state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
             return state, _accumulate(totals, stacked)
 
