@@ -5,10 +5,13 @@ Bad input ends in one line on stderr and exit status 2; a pre-empted run saves a
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -32,6 +35,21 @@ def _exit(message: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
+def _stop(message: str) -> NoReturn:
+    """Ends a run that had to stop, with `message` as the last line on stderr.
+
+    The trainer has closed its writer and checkpointer by now. What is left are orbax's cancelled background writes
+    (after a failed save): their coroutines and closed event loop would print tracebacks during the interpreter's
+    teardown, after this line, so the process ends without one (leaving a multi-process run as the teardown would).
+    """
+    print(f"training stopped: {message}", file=sys.stderr, flush=True)
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(1)
+
+
 def _run(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -45,7 +63,7 @@ def _run(argv: Sequence[str]) -> None:
     except (ConfigError, DataError) as error:
         _exit(f"error: {error}", BAD_INPUT)
     except (TrainingError, CheckpointError) as error:
-        _exit(f"training stopped: {error}", 1)
+        _stop(str(error))
     except Preempted as stop:
         print(f"pre-empted: {stop}", flush=True)
         return

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 from absl import logging as absl_logging
@@ -17,6 +20,11 @@ from absl import logging as absl_logging
 def setup_logging() -> None:
     """This package's progress at INFO on stderr; the libraries' (orbax logs every file it writes) from WARNING."""
     absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxThreadTracebacks) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxThreadTracebacks())
+    if not isinstance(sys.unraisablehook, _QuietAbandonedWrites):
+        sys.unraisablehook = _QuietAbandonedWrites(sys.unraisablehook)
     package_logger = logging.getLogger("resnet_jax")
     if not package_logger.handlers:
         handler = logging.StreamHandler()
@@ -24,6 +32,32 @@ def setup_logging() -> None:
         package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
+
+
+class _OrbaxThreadTracebacks(logging.Filter):
+    """Drops the tracebacks orbax's background save threads log when a write fails (a full disk): each thread keeps
+    its exception and re-raises it to `Checkpointer.wait`, which reports it to the user once, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+class _QuietAbandonedWrites:
+    """Silences the callbacks of checkpoint writes that orbax abandoned after the first one failed.
+
+    tensorstore finishes those writes later and reports each to an event loop orbax has closed by then: dozens of
+    "Event loop is closed" tracebacks that would bury the one line that says what went wrong. Anything else that
+    cannot be raised goes on to the previous hook.
+    """
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        self.previous(unraisable)
 
 
 def default_compile_cache() -> Path:
