@@ -346,15 +346,29 @@ def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
 
 
 def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, images: data.SplitArrays) -> JaxTrainLoop:
-    """A JAX runner from `DTYPE[+xla_defaults][+scan][+no_scan]`: the trainer's loop in that dtype, optionally
-    compiled with XLA's default options instead of the trainer's, or with the scan forced on or off."""
+    """A JAX runner from `DTYPE[+xla_defaults][+scan][+no_scan][+OPTION=VALUE ...]`: the trainer's loop in that
+    dtype, optionally compiled with XLA's default options instead of the trainer's, with the scan forced on or off,
+    or with XLA compiler options on top (`float32+xla_cpu_prefer_vector_width=512`)."""
     dtype, *flags = spec.split("+")
+    options = {key: _option_value(value) for key, _, value in (flag.partition("=") for flag in flags if "=" in flag)}
+    flags = [flag for flag in flags if "=" not in flag]
     unknown = set(flags) - {"xla_defaults", "scan", "no_scan"}
     if unknown:
         raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
     scan = True if "scan" in flags else False if "no_scan" in flags else None
-    options = {} if "xla_defaults" in flags else None
+    if "xla_defaults" not in flags and options:
+        trainer_options = {} if on_accelerator() else steps.CPU_TRAIN_COMPILER_OPTIONS
+        options = {**trainer_options, **options}
+    elif "xla_defaults" not in flags:
+        options = None  # the trainer's own
     return JaxTrainLoop(model, batch, dtype, steps_per_call, len(images), scan, images, options)
+
+
+def _option_value(text: str) -> bool | int | str:
+    """XLA wants a bool option as a bool and an int option as an int; anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def parse_scan(text: str) -> bool | None:

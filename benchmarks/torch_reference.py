@@ -389,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--variants", default="", help=f"comma list of {', '.join(VARIANTS)}; NAME@N runs it on N CPU threads"
     )
     parser.add_argument(
-        "--jax", default="float32,bfloat16", help="JAX runners: DTYPE[+xla_defaults][+scan|+no_scan], comma list"
+        "--jax",
+        default="float32,bfloat16",
+        help="JAX runners, comma list: DTYPE[+xla_defaults][+scan|+no_scan][+XLA_OPTION=VALUE ...]",
     )
     parser.add_argument("--steps-per-call", type=int, default=0, help="JAX steps per call; default 50 / 1 on CPU")
     parser.add_argument("--windows", type=int, default=5)
