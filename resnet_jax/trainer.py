@@ -381,6 +381,8 @@ class _TrainLoop:
         self.progress = ProgressBar()
         # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
         self.zero_totals = jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh))
+        # One program for the logged learning rate, not a dozen eager ops (each compiled on its first use).
+        self.learning_rate = jax.jit(experiment.schedule)
         self.steps_per_call = config_steps_per_call(self.config, mesh)
 
     def _epoch_float(self, step: int) -> float:
@@ -395,7 +397,7 @@ class _TrainLoop:
             values["train_loss"] = host["loss_sum"] / (host["count"] * trained_steps / host["steps"])
             values["train_accuracy"] = host["correct"] / host["count"]
             values["grad_norm"] = host["grad_norm_sum"] / trained_steps
-        values["learning_rate"] = float(self.experiment.schedule(step - 1))
+        values["learning_rate"] = float(self.learning_rate(step - 1))
         values["images_per_second"] = host["count"] / seconds
         if host["nonfinite_steps"]:
             first = int(host["first_nonfinite_step"])
