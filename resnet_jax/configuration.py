@@ -110,6 +110,18 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+def write_json(config: ml_collections.ConfigDict, path: str | os.PathLike) -> None:
+    """Writes `config` to `path` atomically: a reader (another process, a restart after a kill) sees the old file
+    or the whole new one, never a torn one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(partial, "w") as file:
+        file.write(to_json(config))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
 def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
 

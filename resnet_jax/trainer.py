@@ -246,7 +246,13 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str
     archived checkpoint folder (finetune's source) or None."""
     config_path = workdir / configuration.CONFIG_FILE
     if mode == "resume" and config_path.exists():
-        previous = json.loads(config_path.read_text())
+        try:
+            previous = json.loads(config_path.read_text())
+        except (OSError, ValueError) as error:
+            raise configuration.ConfigError(
+                f"{config_path} is damaged ({error}), so this run cannot be checked against it; delete it to resume "
+                "with the config given, or pass --fresh to archive the run and start over"
+            ) from None
         differences = configuration.identity_differences(previous, config.to_dict())
         if differences:
             raise configuration.ConfigError(
@@ -258,7 +264,7 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str
     if mode == "finetune" and (archived is None or not (archived / "checkpoints").exists()):
         raise configuration.ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
     if jax.process_index() == 0:
-        config_path.write_text(configuration.to_json(config))
+        configuration.write_json(config, config_path)
     return archived / "checkpoints" if archived is not None else None
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, metrics, trainer
+from resnet_jax import checkpoint, configuration, metrics, trainer
 from tests.conftest import REPO_ROOT, load_config, subprocess_env, train_command
 
 # 1,024 examples in batches of 64: 16 steps an epoch, 3 epochs, a checkpoint after each.
@@ -169,6 +169,31 @@ def test_workdir_with_a_different_model_or_data_is_refused_until_told(tmp_path):
         load_config("smoke", **{"train.num_epochs": 2, "data.synthetic_train_examples": 256}), workdir
     )
     assert again["step"] == 8
+
+
+def test_a_damaged_config_json_is_refused_in_one_line_and_the_run_kept(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    (workdir / "config.json").write_text('{"model": {"na')  # torn by a kill before writes were atomic
+    result = run(train_command(workdir, "smoke", "train.num_epochs=2"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "config.json is damaged" in lines[0]
+    assert "--fresh" in lines[0]
+    assert complete_steps(workdir) == [8]
+    # Deleting it, as the message says, resumes with the config given.
+    (workdir / "config.json").unlink()
+    assert trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)["step"] == 16
+
+
+def test_config_json_is_replaced_whole(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("old")
+    config = load_config("smoke")
+    configuration.write_json(config, path)
+    assert json.loads(path.read_text()) == json.loads(configuration.to_json(config))
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,9 +45,11 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         )
         for index in range(2)
     ]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=600)
-        assert worker.returncode == 0, output[-3000:]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for index, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
+        assert worker.returncode == 0, (
+            f"process {index} failed:\n{output[-3000:]}\nprocess {1 - index}:\n{outputs[1 - index][-3000:]}"
+        )
     subprocess.run(
         train_command(one_host, "smoke", "train.num_epochs=2"),
         env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
