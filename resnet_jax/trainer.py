@@ -228,16 +228,23 @@ class _StopRequests:
 
 
 def _archive_previous_run(workdir: Path) -> Path | None:
-    """Moves a previous run's files into workdir/archive/<time>/ (nothing is deleted)."""
+    """Moves a previous run's files into workdir/archive/<time>/ (nothing is deleted); returns that folder, or None
+    when there was no run. Process 0 moves them; every process of a multi-process run gets the same folder."""
     names = [configuration.CONFIG_FILE, "metrics.jsonl", "checkpoints", "checkpoints_damaged", "tensorboard"]
     names += ["curves.png", "eval"]
     present = [workdir / name for name in names if (workdir / name).exists()]
-    if not present or jax.process_index() != 0:
+    # Process 0's view and clock decide, so that no process looks while another moves, and all name one folder.
+    days, seconds, any_present = multihost_utils.broadcast_one_to_all(
+        np.array([*divmod(int(time.time()), 86_400), len(present) > 0], np.int32)  # int32: jax's default width
+    )
+    if not any_present:
         return None
-    target = workdir / "archive" / time.strftime("%Y%m%d-%H%M%S")
-    target.mkdir(parents=True)
-    for path in present:
-        shutil.move(str(path), str(target / path.name))
+    target = workdir / "archive" / time.strftime("%Y%m%d-%H%M%S", time.localtime(int(days) * 86_400 + int(seconds)))
+    if jax.process_index() == 0:
+        target.mkdir(parents=True)
+        for path in present:
+            shutil.move(str(path), str(target / path.name))
+    _wait_for_all_processes("resnet_jax:archived")
     return target
 
 
@@ -277,7 +284,9 @@ def _finetune_start(state: TrainState, source: Path) -> TrainState:
 
     def pick(new, old, path=""):
         if new.shape == old.shape:
-            return jax.device_put(old, new.sharding)
+            # Each process holds the whole restored array; it fills its own devices' shards of the global one.
+            host = np.asarray(old, new.dtype)
+            return jax.make_array_from_callback(new.shape, new.sharding, lambda index: host[index])
         logger.warning(
             "fine-tune: %s has shape %s in the checkpoint, %s now; it starts fresh", path, old.shape, new.shape
         )

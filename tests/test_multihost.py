@@ -23,20 +23,20 @@ def params_at(workdir, step):
     return jax.device_get(tree["params"])
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
-    two_hosts, one_host = tmp_path / "two_processes", tmp_path / "one_process"
+def run_two_processes(workdir, *overrides: str, flags: tuple[str, ...] = ()) -> list[str]:
+    """`train.py` as two processes of 2 CPU devices each; returns their outputs once both succeeded."""
     address = f"127.0.0.1:{free_port()}"
     workers = [
         subprocess.Popen(
             train_command(
-                two_hosts,
+                workdir,
                 "smoke",
-                "train.num_epochs=2",
+                *overrides,
                 f"distributed.coordinator_address={address}",
                 "distributed.num_processes=2",
                 f"distributed.process_id={index}",
-            ),
+            )
+            + list(flags),
             env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
@@ -50,6 +50,13 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         assert worker.returncode == 0, (
             f"process {index} failed:\n{output[-3000:]}\nprocess {1 - index}:\n{outputs[1 - index][-3000:]}"
         )
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+    two_hosts, one_host = tmp_path / "two_processes", tmp_path / "one_process"
+    run_two_processes(two_hosts, "train.num_epochs=2")
     subprocess.run(
         train_command(one_host, "smoke", "train.num_epochs=2"),
         env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
@@ -65,3 +72,22 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
     assert [r["step"] for r in evals] == [8, 16]
     assert evals == [r for r in metrics.read_metrics(one_host) if "test_accuracy" in r]
     assert sorted(p.name for p in (two_hosts / "checkpoints").iterdir()) == ["16", "8"]
+
+
+@pytest.mark.slow
+def test_two_processes_finetune_from_one_archived_run(tmp_path):
+    workdir = tmp_path / "run"
+    run_two_processes(workdir, "train.num_epochs=1")
+    old_params = params_at(workdir, 8)
+    # Another data config in the same workdir: refused without a flag, then fine-tuned from the archived weights.
+    outputs = run_two_processes(
+        workdir, "train.num_epochs=1", "data.synthetic_train_examples=256", flags=("--finetune",)
+    )
+    archives = list((workdir / "archive").iterdir())
+    assert len(archives) == 1, archives  # one folder, named alike by both processes
+    assert sorted(p.name for p in (archives[0] / "checkpoints").iterdir()) == ["8"]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
+    assert "done: step 4" in outputs[0]
+    start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(old_params)])
+    end = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params_at(workdir, 4))])
+    assert np.linalg.norm(end - start) < 0.5 * np.linalg.norm(start)  # started from the old weights, not afresh
