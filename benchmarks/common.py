@@ -356,12 +356,11 @@ def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, images: d
     if unknown:
         raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
     scan = True if "scan" in flags else False if "no_scan" in flags else None
-    if "xla_defaults" not in flags and options:
-        trainer_options = {} if on_accelerator() else steps.CPU_TRAIN_COMPILER_OPTIONS
-        options = {**trainer_options, **options}
-    elif "xla_defaults" not in flags:
-        options = None  # the trainer's own
-    return JaxTrainLoop(model, batch, dtype, steps_per_call, len(images), scan, images, options)
+    compiler_options = None  # the trainer's own
+    if options or "xla_defaults" in flags:
+        base = {} if "xla_defaults" in flags or on_accelerator() else steps.CPU_TRAIN_COMPILER_OPTIONS
+        compiler_options = {**base, **options}
+    return JaxTrainLoop(model, batch, dtype, steps_per_call, len(images), scan, images, compiler_options)
 
 
 def _option_value(text: str) -> bool | int | str:

@@ -79,7 +79,7 @@ def test_two_processes_finetune_from_one_archived_run(tmp_path):
     workdir = tmp_path / "run"
     run_two_processes(workdir, "train.num_epochs=1")
     old_params = params_at(workdir, 8)
-    # Another data config in the same workdir: refused without a flag, then fine-tuned from the archived weights.
+    # Another data config in the same workdir, fine-tuned from the archived run's weights.
     outputs = run_two_processes(
         workdir, "train.num_epochs=1", "data.synthetic_train_examples=256", flags=("--finetune",)
     )
