@@ -164,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # The trainer's own lines (start-up and compile seconds, each evaluation) go to the log with the timings.
+    logging.getLogger("resnet_jax").setLevel(logging.INFO)
     accelerator = common.on_accelerator()
     if args.task == "fashion_mnist":
         files_dir = args.files_dir or next((d for d in FASHION_MNIST_DIRS if Path(d).is_dir()), FASHION_MNIST_DIRS[-1])

@@ -123,7 +123,7 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
     mesh, num_steps = experiment.mesh, config.train.steps_per_call
     variables = models.init_shapes(experiment.model, experiment.input_shape)
     gflops = forward_gflops(experiment.model, experiment.input_shape)
-    state = _host_random_state(jax.eval_shape(experiment.new_state), mesh)
+    state = _host_random_state(experiment.lower_new_state().out_info, mesh)
     rows = experiment.train_examples
     split = pipeline.put_split(
         lambda rows_slice: data.load_split(

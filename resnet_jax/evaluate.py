@@ -112,7 +112,7 @@ def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.shard
     try:
         step = _resolve_step(checkpointer, checkpoint)
         # Shapes only: every array of the state comes from the checkpoint, so nothing is initialised or compiled.
-        state = jax.eval_shape(experiment.new_state)
+        state = experiment.lower_new_state().out_info
         replicated = parallel.replicated(experiment.mesh)
         abstract = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), state.checkpoint_tree()

@@ -50,19 +50,29 @@ class TrainState(struct.PyTreeNode):
         ).replace(ema=tree.get("ema", self.ema))
 
 
-def create_train_state(
+# LLVM's -O3 makes the init program (threefry's unrolled rounds, one per weight) take 3.5-4 s to compile on a CPU;
+# -O2 compiles it in 1.1-1.4 s, runs it as fast, and draws bit-identical weights (resnet20/18/50, wrn28_10).
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+
+
+def lower_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     seed: int,
     input_shape: Sequence[int],
     mesh: Mesh,
     use_ema: bool = False,
-) -> TrainState:
-    """Initialises the model and optimizer on every device of `mesh`, replicated."""
-    base_key = jax.random.key(seed)
-    init_key, step_key = jax.random.split(base_key)
+    compiler_options: dict[str, Any] | None = None,
+) -> jax.stages.Lowered:
+    """The program that initialises the model and optimizer on every device of `mesh`, replicated, lowered.
+
+    Its `out_info` is the state's shapes and shardings, known before anything compiles; `.compile()()` is the state.
+    `compiler_options` default to `CPU_INIT_COMPILER_OPTIONS` on the CPU; `{}` compiles with XLA's defaults.
+    """
 
     def init() -> TrainState:
+        # The keys are made inside, so that the program closes over no array (it may be lowered under a trace).
+        init_key, step_key = jax.random.split(jax.random.key(seed))
         variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
         params, batch_stats = variables["params"], variables["batch_stats"]
         return TrainState(
@@ -76,4 +86,18 @@ def create_train_state(
             tx=tx,
         )
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+    if compiler_options is None and mesh.devices.flat[0].platform == "cpu":
+        compiler_options = CPU_INIT_COMPILER_OPTIONS
+    return jax.jit(init, out_shardings=replicated(mesh), compiler_options=compiler_options or None).lower()
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int,
+    input_shape: Sequence[int],
+    mesh: Mesh,
+    use_ema: bool = False,
+) -> TrainState:
+    """Initialises the model and optimizer on every device of `mesh`, replicated."""
+    return lower_train_state(model, tx, seed, input_shape, mesh, use_ema).compile()()

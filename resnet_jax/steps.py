@@ -125,14 +125,24 @@ def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:
 
 def _committed(totals: Metrics, mesh: Mesh) -> Metrics:
     """Fresh metric windows (`zero_train_metrics`) placed like the loop's own output: otherwise the first call of
-    each window sees other input shardings than the next, and jit traces and compiles the loop twice."""
-    return jax.device_put(totals, replicated(mesh))
+    each window sees other input shardings than the next, and jit traces and compiles the loop twice. Abstract
+    windows (`jax.ShapeDtypeStruct`s, to compile ahead of time) get that sharding too."""
+    sharding = replicated(mesh)
+
+    def place(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree.map(place, totals)
 
 
 # XLA:CPU's default YNNPACK fusions, less individual convolutions: those then run on Eigen, which computes this
-# project's weight gradients faster (the train step takes 15-35% less time on 2 cores; benchmarks/RESULTS.md).
+# project's weight gradients faster (the train step takes 15-35% less time on 2 cores). LLVM at -O2 instead of -O3
+# compiles the step 0.8 s faster and it runs as fast, to the bit (benchmarks/RESULTS.md).
 CPU_TRAIN_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    "xla_backend_optimization_level": 2,
 }
 
 

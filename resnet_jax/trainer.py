@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -30,7 +31,7 @@ from orbax.checkpoint import multihost as orbax_multihost
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import configuration, data, models, optim, parallel, pipeline, steps
 from resnet_jax.metrics import MetricWriter, ProgressBar
-from resnet_jax.state import TrainState, create_train_state
+from resnet_jax.state import TrainState, lower_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class Experiment:
         rows = pipeline.eval_rows(num_examples, global_batch)
         return pipeline.put_split(_loader(self.config, split), num_examples, rows, self.mesh), num_examples
 
-    def new_state(self) -> TrainState:
+    def lower_new_state(self) -> jax.stages.Lowered:
+        """The init program, lowered: its `out_info` is the state's shapes, and `.compile()()` the state."""
         tx = optim.make_optimizer(
             self.config.optimizer.name,
             self.schedule,
@@ -85,7 +87,10 @@ class Experiment:
             eps=self.config.optimizer.eps,
         )
         use_ema = self.config.train.ema_decay > 0
-        return create_train_state(self.model, tx, self.config.seed, self.input_shape, self.mesh, use_ema)
+        return lower_train_state(self.model, tx, self.config.seed, self.input_shape, self.mesh, use_ema)
+
+    def new_state(self) -> TrainState:
+        return self.lower_new_state().compile()()
 
     def make_evaluate(self, tta_flip: bool | None = None, return_logits: bool = False) -> Callable:
         flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
@@ -187,6 +192,12 @@ def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str
         f"{prefix}_top5_accuracy": host["correct_top5"] / count,
         f"{prefix}_examples": host["count"],
     }
+
+
+def _timed_compile(lowered: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - started
 
 
 def _wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
@@ -321,49 +332,14 @@ def train_and_evaluate(
     )
     experiment = build_experiment(config)
     finetune_source = _prepare_workdir(config, workdir, mode)
-    mesh = experiment.mesh
-    train_split = pipeline.put_split(
-        _loader(config, "train"), experiment.train_examples, experiment.train_examples, mesh
-    )
-    test_split, test_examples = experiment.load_eval_split("test")
-    logger.info(
-        "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
-        config.model.name,
-        config.data.dataset,
-        experiment.train_examples,
-        test_examples,
-        mesh.devices.size,
-        experiment.steps_per_epoch,
-        experiment.total_steps,
-    )
-    state = experiment.new_state()
-    if finetune_source is not None:
-        state = _finetune_start(state, finetune_source)
-
-    checkpointer = checkpoint_lib.Checkpointer(
-        workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-    )
-    writer = MetricWriter(workdir)
-    position = pipeline.DataPosition()
-    best_accuracy = -1.0
-    restored = checkpointer.restore_newest_good(checkpoint_lib.abstract_tree(state.checkpoint_tree()))
-    if restored is not None:
-        step, tree, meta = restored
-        state = state.replace_from_checkpoint(tree)
-        position = pipeline.DataPosition.from_dict(meta["position"])
-        best_accuracy = meta.get("best_test_accuracy", best_accuracy)
-        logger.info(
-            "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
-        )
-
+    ready = _start_up(experiment, workdir, finetune_source, on_evaluation)
     # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
-    writer.truncate_after(restored[0] if restored is not None else 0)
-    loop = _TrainLoop(experiment, checkpointer, writer, train_split, test_split, on_evaluation)
+    ready.writer.truncate_after(ready.restored_step)
     try:
-        results = loop.run(state, position, best_accuracy)
+        results = ready.loop.run(ready.state, ready.position, ready.best_accuracy, ready.checkpointer, ready.writer)
     finally:
-        writer.close()
-        checkpointer.close()
+        ready.writer.close()
+        ready.checkpointer.close()
     if jax.process_index() == 0:
         from resnet_jax import plots
 
@@ -371,17 +347,101 @@ def train_and_evaluate(
     return results
 
 
+@dataclasses.dataclass
+class _Ready:
+    """A run at the start of its loop: every program compiled, the state initialised or restored."""
+
+    loop: _TrainLoop
+    state: TrainState
+    position: pipeline.DataPosition
+    best_accuracy: float
+    restored_step: int  # 0 when starting over
+    checkpointer: checkpoint_lib.Checkpointer
+    writer: MetricWriter
+
+
+def _start_up(
+    experiment: Experiment,
+    workdir: Path,
+    finetune_source: Path | None,
+    on_evaluation: Callable[[int, dict[str, float]], None] | None,
+) -> _Ready:
+    """Loads the data, restores or initialises the state, and compiles every program the loop will call.
+
+    XLA compiles without holding the GIL: the programs compile in threads while this one loads the data, restores
+    and opens the metric writer; only shapes are needed to compile. On the CPU they also compile side by side. An
+    accelerator's compiles take turns: each autotunes its kernels by timing them on the device.
+    """
+    started = time.perf_counter()
+    config, mesh = experiment.config, experiment.mesh
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    compiler = concurrent.futures.ThreadPoolExecutor(
+        max_workers=4 if on_cpu else 1, thread_name_prefix="resnet_jax-compile"
+    )
+    try:
+        init_program = experiment.lower_new_state()
+        initialized = compiler.submit(_timed_compile, init_program)
+        abstract_state: TrainState = init_program.out_info
+        data_started = time.perf_counter()
+        train_split = pipeline.put_split(
+            _loader(config, "train"), experiment.train_examples, experiment.train_examples, mesh
+        )
+        test_split, test_examples = experiment.load_eval_split("test")
+        data_seconds = time.perf_counter() - data_started
+        logger.info(
+            "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
+            config.model.name,
+            config.data.dataset,
+            experiment.train_examples,
+            test_examples,
+            mesh.devices.size,
+            experiment.steps_per_epoch,
+            experiment.total_steps,
+        )
+        checkpointer = checkpoint_lib.Checkpointer(
+            workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+        )
+        position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0
+        restored = checkpointer.restore_newest_good(checkpoint_lib.abstract_tree(abstract_state.checkpoint_tree()))
+        if restored is not None:
+            step, tree, meta = restored
+            position = pipeline.DataPosition.from_dict(meta["position"])
+            best_accuracy = meta.get("best_test_accuracy", best_accuracy)
+            logger.info(
+                "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
+            )
+        loop = _TrainLoop(experiment, train_split, test_split, on_evaluation)
+        programs = loop.compile_programs(compiler, abstract_state, position, step)
+        writer = MetricWriter(workdir)
+        init_compiled, init_seconds = initialized.result()
+        state = init_compiled()
+        if restored is not None:
+            state = state.replace_from_checkpoint(tree)
+        elif finetune_source is not None:
+            state = _finetune_start(state, finetune_source)
+        compile_seconds = {"init": init_seconds} | {name: done.result()[1] for name, done in programs.items()}
+    finally:
+        compiler.shutdown(cancel_futures=True)
+    # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
+    # inside a collective with a short timeout (gloo's, on CPUs).
+    _wait_for_all_processes("resnet_jax:compiled")
+    logger.info(
+        "start-up took %.1f s, data %.1f s; compile seconds (%s): %s",
+        time.perf_counter() - started,
+        data_seconds,
+        "side by side" if on_cpu else "one at a time",
+        ", ".join(f"{name} {seconds:.1f}" for name, seconds in compile_seconds.items()),
+    )
+    return _Ready(loop, state, position, best_accuracy, step, checkpointer, writer)
+
+
 class _TrainLoop:
     """The epoch loop's moving parts; `run` is the loop itself."""
 
-    def __init__(
-        self, experiment: Experiment, checkpointer, writer: MetricWriter, train_split, test_split, on_evaluation
-    ):
+    def __init__(self, experiment: Experiment, train_split, test_split, on_evaluation):
         self.experiment = experiment
         self.on_evaluation = on_evaluation
         self.config = experiment.config
-        self.checkpointer = checkpointer
-        self.writer = writer
         self.train_split = train_split
         self.test_split = test_split
         mesh = experiment.mesh
@@ -389,10 +449,15 @@ class _TrainLoop:
         self.train_loop = steps.make_train_loop(steps.make_train_step(experiment.step_config), mesh, batch_per_device)
         self.evaluate = experiment.make_evaluate()
         rows_per_device = experiment.train_examples // mesh.devices.size
-        self.permutation = jax.jit(
-            functools.partial(pipeline.epoch_permutation, rows_per_device=rows_per_device, mesh=mesh)
-        )
-        self.data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
+        seed = self.config.seed
+
+        def permutation(epoch: jax.Array) -> jax.Array:
+            # The data key is derived inside: made eagerly, its four random ops would each compile on their own.
+            data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+            return pipeline.epoch_permutation(data_key, epoch, rows_per_device, mesh)
+
+        # Its sharding declared, so that its abstract value (to compile the loop ahead of time) carries it.
+        self.permutation = jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh))
         self.progress = ProgressBar()
         # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
         self.zero_totals = jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh))
@@ -454,36 +519,54 @@ class _TrainLoop:
             step, in_epoch = step + count, (in_epoch + count) % self.experiment.steps_per_epoch
         return sizes
 
-    def _compile(self, state: TrainState, position: pipeline.DataPosition, step: int) -> None:
-        """Compiles every train program and the evaluation up front, so that no timed window includes a compile."""
-        start = time.perf_counter()
-        permutation = self.permutation(self.data_key, jnp.int32(position.epoch))
-        sizes = sorted(self._chunk_sizes(position, step))
-        for count in sizes:
-            self.train_loop.lower(
-                state, self.zero_totals(), self.train_split, permutation, jnp.int32(0), count
-            ).compile()
-        self.evaluate.lower(state.eval_variables, self.test_split).compile()
-        # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
-        # inside a collective with a short timeout (gloo's, on CPUs).
-        _wait_for_all_processes("resnet_jax:compiled")
-        logger.info(
-            "compiled %d train program(s) %s and the evaluation in %.1f s",
-            len(sizes),
-            sizes,
-            time.perf_counter() - start,
-        )
+    def compile_programs(
+        self,
+        compiler: concurrent.futures.Executor,
+        state: TrainState,
+        position: pipeline.DataPosition,
+        step: int,
+    ) -> dict[str, concurrent.futures.Future]:
+        """Lowers, here, every program the run will call from `step` on, and compiles each in `compiler`'s threads:
+        the train loop for each chunk length, the evaluation, the epoch permutation and the metric window. Returns
+        their futures by name; each gives `(compiled, seconds)`.
 
-    def run(self, state: TrainState, position: pipeline.DataPosition, best_accuracy: float) -> dict[str, float]:
+        Only shapes are needed: `state` may be abstract, and every other argument is, so that the longest compile,
+        the train loop's, starts first. Lowering holds the GIL and compiling does not: done here, the lowering is
+        not slowed by the threads' Python. A compiled program serves every later call with those shapes.
+        """
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        permutation = jax.eval_shape(self.permutation, scalar)
+        totals = jax.eval_shape(self.zero_totals)
+        lowerings = {
+            **{
+                f"train x{count}": functools.partial(
+                    self.train_loop.lower, state, totals, self.train_split, permutation, scalar, count
+                )
+                for count in sorted(self._chunk_sizes(position, step))
+            },
+            "evaluation": functools.partial(self.evaluate.lower, state.eval_variables, self.test_split),
+            "permutation": functools.partial(self.permutation.lower, scalar),
+            "metric window": self.zero_totals.lower,
+        }
+        return {name: compiler.submit(_timed_compile, lower()) for name, lower in lowerings.items()}
+
+    def run(
+        self,
+        state: TrainState,
+        position: pipeline.DataPosition,
+        best_accuracy: float,
+        checkpointer: checkpoint_lib.Checkpointer,
+        writer: MetricWriter,
+    ) -> dict[str, float]:
+        self.checkpointer, self.writer = checkpointer, writer
         experiment, config = self.experiment, self.config
         steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
         step = int(jax.device_get(state.step))
         last_eval: dict[str, float] = {}
-        self._compile(state, position, step)
         with _StopRequests() as stop:
             epoch = position.epoch
             while step < total_steps:
-                permutation = self.permutation(self.data_key, jnp.int32(epoch))
+                permutation = self.permutation(jnp.int32(epoch))
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
                 self.progress.start_epoch(epoch, steps_per_epoch, in_epoch)
                 totals, window_start, next_log = self.zero_totals(), time.perf_counter(), step

@@ -10,7 +10,7 @@ import pytest
 from resnet_jax import models, optim, parallel, pipeline, steps
 from resnet_jax.data import SplitArrays
 from resnet_jax.parallel import replicated
-from resnet_jax.state import create_train_state
+from resnet_jax.state import create_train_state, lower_train_state
 
 IMAGE_SHAPE = (8, 8, 3)
 EXAMPLES = 48
@@ -122,6 +122,14 @@ def test_train_compiler_options_change_speed_not_results(setup):
     default_state, default_totals = setup.run([3], loop="xla_defaults")
     chex.assert_trees_all_close(tuned_state.params, default_state.params, rtol=1e-4, atol=1e-5)
     chex.assert_trees_all_close(tuned_totals, default_totals, rtol=1e-4)
+
+
+def test_init_compiler_options_change_compile_time_not_weights(setup):
+    arguments = (setup.model, setup.tx, 0, IMAGE_SHAPE, setup.mesh)
+    tuned = lower_train_state(*arguments).compile()()
+    default = lower_train_state(*arguments, compiler_options={}).compile()()
+    chex.assert_trees_all_equal(tuned.params, default.params)
+    chex.assert_trees_all_equal(tuned.opt_state, default.opt_state)
 
 
 def test_scan_is_used_off_the_cpu_only(setup):

@@ -1,6 +1,7 @@
 """The trainer end to end on the smoke config: learning, compilation, resume, evaluation and checkpoints."""
 
 import json
+import threading
 
 import chex
 import jax
@@ -24,17 +25,28 @@ def eval_records(workdir):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One smoke run, with the train step wrapped so that any second trace fails the run."""
+    """One smoke run, with the train step wrapped so that any second trace fails the run, and the backend compiles
+    it caused recorded as (program, thread name)."""
     workdir = tmp_path_factory.mktemp("smoke")
     original = steps.make_train_step
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(steps, "make_train_step", lambda config: chex.assert_max_traces(original(config), n=1))
-        results = trainer.train_and_evaluate(load_config("smoke"), workdir)
-    return workdir, results
+    compiles = []
+
+    def record(event, seconds, **details):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append((details.get("fun_name"), threading.current_thread().name))
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(steps, "make_train_step", lambda config: chex.assert_max_traces(original(config), n=1))
+            results = trainer.train_and_evaluate(load_config("smoke"), workdir)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
+    return workdir, results, compiles
 
 
 def test_smoke_config_learns(smoke_run):
-    workdir, results = smoke_run
+    workdir, results, _ = smoke_run
     losses = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
     assert len(losses) == 8  # 32 steps logged every 4
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.3
@@ -43,7 +55,7 @@ def test_smoke_config_learns(smoke_run):
 
 
 def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
-    workdir, _ = smoke_run
+    workdir, _, _ = smoke_run
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["name"] == "resnet8_tiny"
     assert saved["train"]["batch_size"] == 64
@@ -59,12 +71,21 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
 def test_train_step_traced_once_across_epochs(smoke_run):
     # The fixture wrapped make_train_step in chex.assert_max_traces(n=1): reaching here after 4 epochs, 32 calls
     # and 4 evaluations means the step compiled once.
-    _, results = smoke_run
+    _, results, _ = smoke_run
     assert results["step"] == 32
 
 
+def test_init_train_and_eval_programs_compile_once_in_the_start_up_threads(smoke_run):
+    # Compiled from shapes while the data loads; a compile of one of them on the main thread would be a second
+    # compile inside the loop (the calls did not hit the start-up programs).
+    _, _, compiles = smoke_run
+    programs = [(name, thread) for name, thread in compiles if name in ("jit(init)", "jit(one_step)", "jit(evaluate)")]
+    assert sorted(name for name, _ in programs) == ["jit(evaluate)", "jit(init)", "jit(one_step)"]
+    assert all(thread.startswith("resnet_jax-compile") for _, thread in programs), programs
+
+
 def test_evaluation_counts_every_example_when_the_batch_does_not_divide(smoke_run):
-    workdir, _ = smoke_run
+    workdir, _, _ = smoke_run
     # 200 test examples, eval batch 64: the last batch is padded and masked, nothing is dropped.
     assert {r["test_examples"] for r in eval_records(workdir)} == {200.0}
 
