@@ -63,6 +63,14 @@ def _tests_row(folder: Path) -> list[str]:
     return ["pytest on the GPU", counts, "all pass", "no" if re.search(r"failed|error", counts) else "yes"]
 
 
+def _start_up_line(log: Path) -> str | None:
+    try:
+        found = re.search(r"start-up took .*", log.read_text())
+    except OSError:
+        return None
+    return found.group(0) if found else None
+
+
 def _config(result: dict[str, Any]) -> tuple:
     return (result["model"], result["batch"], result["dtype"], result["steps_per_call"])
 
@@ -133,6 +141,10 @@ def summarize(folder: Path) -> str:
         lines += ["", f"With XLA_FLAGS={graphs['environment']['xla_flags'] or '(none)'}:", ""]
         headers = ("model", "batch", "dtype", "steps/call", "images/s, XLA defaults", "images/s, these flags")
         lines.append(common.markdown_table(headers, rows))
+    startups = [(name, _start_up_line(folder / f"{name}.log")) for name in ("tta_fashion_mnist", "tta_he_resnet20")]
+    if any(line for _, line in startups):
+        lines += ["", "Start-up, as the trainer logged it (data, restore and compiles, before the first step):", ""]
+        lines += [f"- {name}: {line}" for name, line in startups if line]
     stages = folder / "stages.tsv"
     if stages.exists():
         lines += ["", "Stages (exit code 124: stopped at its time limit):", ""]
