@@ -60,7 +60,7 @@ def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.Co
 def he_resnet20_config(accelerator: bool) -> ml_collections.ConfigDict:
     """He et al.'s ResNet-20 recipe unchanged (batch 128, 64k steps, SGD 0.1 /10 at 32k and 48k) on synthetic
     CIFAR-10-shaped data (50k/10k): a wall-time measurement, not an accuracy one. Evaluation every 16 epochs,
-    400 steps per dispatch on accelerators."""
+    390 steps (one epoch) per dispatch on accelerators."""
     config = configuration.base_config()
     config.data.source = "synthetic"
     config.data.synthetic_train_examples = 50_000
