@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.data import SplitArrays
-from resnet_jax.parallel import DATA_AXIS, global_array, process_rows
+from resnet_jax.parallel import DATA_AXIS, batch_sharded, global_array, process_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,17 @@ def train_rows(num_examples: int, mesh: Mesh) -> int:
 def eval_rows(num_examples: int, global_batch: int) -> int:
     """Evaluation pads the split up to whole global batches; the padding is masked out."""
     return math.ceil(num_examples / global_batch) * global_batch
+
+
+def abstract_split(num_rows: int, image_shape: Sequence[int], mesh: Mesh) -> DeviceSplit:
+    """The shapes, dtypes and shardings `put_split` gives a `num_rows`-row split: enough to compile against it."""
+
+    def sharded(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharded(mesh))
+
+    return DeviceSplit(
+        sharded((num_rows, *image_shape), np.uint8), sharded((num_rows,), np.int32), sharded((num_rows,), np.bool_)
+    )
 
 
 def put_split(load_rows: Callable[[slice], SplitArrays], num_examples: int, num_rows: int, mesh: Mesh) -> DeviceSplit:

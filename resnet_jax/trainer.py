@@ -65,11 +65,15 @@ class Experiment:
     def eval_batch_per_device(self) -> int:
         return max(1, math.ceil(self.config.eval.batch_size / self.mesh.devices.size))
 
-    def load_eval_split(self, split: str = "test") -> tuple[pipeline.DeviceSplit, int]:
-        """A split for evaluation, padded to whole global batches, on the mesh; and its true size."""
+    def eval_split_rows(self, split: str = "test") -> tuple[int, int]:
+        """A split's size, and its rows for evaluation: padded to whole global batches."""
         num_examples = _split_size(self.config, split)
         global_batch = self.eval_batch_per_device * self.mesh.devices.size
-        rows = pipeline.eval_rows(num_examples, global_batch)
+        return num_examples, pipeline.eval_rows(num_examples, global_batch)
+
+    def load_eval_split(self, split: str = "test") -> tuple[pipeline.DeviceSplit, int]:
+        """A split for evaluation, padded to whole global batches, on the mesh; and its true size."""
+        num_examples, rows = self.eval_split_rows(split)
         return pipeline.put_split(_loader(self.config, split), num_examples, rows, self.mesh), num_examples
 
     def lower_new_state(self) -> jax.stages.Lowered:
@@ -332,11 +336,12 @@ def train_and_evaluate(
     )
     experiment = build_experiment(config)
     finetune_source = _prepare_workdir(config, workdir, mode)
-    ready = _start_up(experiment, workdir, finetune_source, on_evaluation)
+    loop = _TrainLoop(experiment, on_evaluation)
+    ready = _start_up(experiment, loop, workdir, finetune_source)
     # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
     ready.writer.truncate_after(ready.restored_step)
     try:
-        results = ready.loop.run(ready.state, ready.position, ready.best_accuracy, ready.checkpointer, ready.writer)
+        results = loop.run(ready)
     finally:
         ready.writer.close()
         ready.checkpointer.close()
@@ -349,28 +354,26 @@ def train_and_evaluate(
 
 @dataclasses.dataclass
 class _Ready:
-    """A run at the start of its loop: every program compiled, the state initialised or restored."""
+    """A run at the start of its loop: its data on the devices, its state initialised or restored, every program
+    compiled."""
 
-    loop: _TrainLoop
     state: TrainState
     position: pipeline.DataPosition
     best_accuracy: float
     restored_step: int  # 0 when starting over
+    train_split: pipeline.DeviceSplit
+    test_split: pipeline.DeviceSplit
     checkpointer: checkpoint_lib.Checkpointer
     writer: MetricWriter
 
 
-def _start_up(
-    experiment: Experiment,
-    workdir: Path,
-    finetune_source: Path | None,
-    on_evaluation: Callable[[int, dict[str, float]], None] | None,
-) -> _Ready:
-    """Loads the data, restores or initialises the state, and compiles every program the loop will call.
+def _start_up(experiment: Experiment, loop: _TrainLoop, workdir: Path, finetune_source: Path | None) -> _Ready:
+    """Restores or initialises the state, loads the data and compiles every program `loop` will call.
 
-    XLA compiles without holding the GIL: the programs compile in threads while this one loads the data, restores
-    and opens the metric writer; only shapes are needed to compile. On the CPU they also compile side by side. An
-    accelerator's compiles take turns: each autotunes its kernels by timing them on the device.
+    Programs compile from shapes alone, and XLA compiles without holding the GIL: the init program compiles while
+    this thread restores a checkpoint, and the train and evaluation programs while it loads the data and opens the
+    metric writer. On the CPU the programs also compile side by side. An accelerator's compiles take turns, since
+    each autotunes its kernels by timing them on the device (the data upload can still add noise to those timings).
     """
     started = time.perf_counter()
     config, mesh = experiment.config, experiment.mesh
@@ -378,15 +381,38 @@ def _start_up(
     compiler = concurrent.futures.ThreadPoolExecutor(
         max_workers=4 if on_cpu else 1, thread_name_prefix="resnet_jax-compile"
     )
+    opened: list[checkpoint_lib.Checkpointer | MetricWriter] = []  # closed again if the start-up fails
     try:
         init_program = experiment.lower_new_state()
         initialized = compiler.submit(_timed_compile, init_program)
         abstract_state: TrainState = init_program.out_info
+        test_examples, test_rows = experiment.eval_split_rows("test")
+        checkpointer = checkpoint_lib.Checkpointer(
+            workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+        )
+        opened.append(checkpointer)
+        position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0
+        restored = checkpointer.restore_newest_good(checkpoint_lib.abstract_tree(abstract_state.checkpoint_tree()))
+        if restored is not None:
+            step, tree, meta = restored
+            position = pipeline.DataPosition.from_dict(meta["position"])
+            best_accuracy = meta.get("best_test_accuracy", best_accuracy)
+            logger.info(
+                "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
+            )
+        programs = loop.compile_programs(
+            compiler,
+            abstract_state,
+            pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh),
+            pipeline.abstract_split(test_rows, experiment.input_shape, mesh),
+            position,
+            step,
+        )
         data_started = time.perf_counter()
         train_split = pipeline.put_split(
             _loader(config, "train"), experiment.train_examples, experiment.train_examples, mesh
         )
-        test_split, test_examples = experiment.load_eval_split("test")
+        test_split = pipeline.put_split(_loader(config, "test"), test_examples, test_rows, mesh)
         data_seconds = time.perf_counter() - data_started
         logger.info(
             "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
@@ -398,21 +424,8 @@ def _start_up(
             experiment.steps_per_epoch,
             experiment.total_steps,
         )
-        checkpointer = checkpoint_lib.Checkpointer(
-            workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
-        )
-        position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0
-        restored = checkpointer.restore_newest_good(checkpoint_lib.abstract_tree(abstract_state.checkpoint_tree()))
-        if restored is not None:
-            step, tree, meta = restored
-            position = pipeline.DataPosition.from_dict(meta["position"])
-            best_accuracy = meta.get("best_test_accuracy", best_accuracy)
-            logger.info(
-                "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
-            )
-        loop = _TrainLoop(experiment, train_split, test_split, on_evaluation)
-        programs = loop.compile_programs(compiler, abstract_state, position, step)
         writer = MetricWriter(workdir)
+        opened.append(writer)
         init_compiled, init_seconds = initialized.result()
         state = init_compiled()
         if restored is not None:
@@ -420,11 +433,15 @@ def _start_up(
         elif finetune_source is not None:
             state = _finetune_start(state, finetune_source)
         compile_seconds = {"init": init_seconds} | {name: done.result()[1] for name, done in programs.items()}
+        # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
+        # inside a collective with a short timeout (gloo's, on CPUs).
+        _wait_for_all_processes("resnet_jax:compiled")
+    except BaseException:
+        for resource in reversed(opened):
+            resource.close()
+        raise
     finally:
         compiler.shutdown(cancel_futures=True)
-    # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
-    # inside a collective with a short timeout (gloo's, on CPUs).
-    _wait_for_all_processes("resnet_jax:compiled")
     logger.info(
         "start-up took %.1f s, data %.1f s; compile seconds (%s): %s",
         time.perf_counter() - started,
@@ -432,18 +449,16 @@ def _start_up(
         "side by side" if on_cpu else "one at a time",
         ", ".join(f"{name} {seconds:.1f}" for name, seconds in compile_seconds.items()),
     )
-    return _Ready(loop, state, position, best_accuracy, step, checkpointer, writer)
+    return _Ready(state, position, best_accuracy, step, train_split, test_split, checkpointer, writer)
 
 
 class _TrainLoop:
     """The epoch loop's moving parts; `run` is the loop itself."""
 
-    def __init__(self, experiment: Experiment, train_split, test_split, on_evaluation):
+    def __init__(self, experiment: Experiment, on_evaluation: Callable[[int, dict[str, float]], None] | None):
         self.experiment = experiment
         self.on_evaluation = on_evaluation
         self.config = experiment.config
-        self.train_split = train_split
-        self.test_split = test_split
         mesh = experiment.mesh
         batch_per_device = self.config.train.batch_size // mesh.devices.size
         self.train_loop = steps.make_train_loop(steps.make_train_step(experiment.step_config), mesh, batch_per_device)
@@ -523,42 +538,43 @@ class _TrainLoop:
         self,
         compiler: concurrent.futures.Executor,
         state: TrainState,
+        train_split: pipeline.DeviceSplit,
+        test_split: pipeline.DeviceSplit,
         position: pipeline.DataPosition,
         step: int,
     ) -> dict[str, concurrent.futures.Future]:
         """Lowers, here, every program the run will call from `step` on, and compiles each in `compiler`'s threads:
-        the train loop for each chunk length, the evaluation, the epoch permutation and the metric window. Returns
-        their futures by name; each gives `(compiled, seconds)`.
+        the train loop (for each chunk length when it scans), the evaluation, the epoch permutation and the metric
+        window. Returns their futures by name; each gives `(compiled, seconds)`.
 
-        Only shapes are needed: `state` may be abstract, and every other argument is, so that the longest compile,
-        the train loop's, starts first. Lowering holds the GIL and compiling does not: done here, the lowering is
-        not slowed by the threads' Python. A compiled program serves every later call with those shapes.
+        The arguments may be abstract (`jax.ShapeDtypeStruct`s with shardings), and here every other one is: a
+        program compiled from shapes serves every later call with those shapes. Lowering holds the GIL and
+        compiling does not, so the lowering is done here, unslowed by the threads' Python.
         """
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         permutation = jax.eval_shape(self.permutation, scalar)
         totals = jax.eval_shape(self.zero_totals)
+        counts = sorted(self._chunk_sizes(position, step))
+        scan = self.train_loop.scan
+
+        def train(count: int) -> Callable[[], Any]:
+            return functools.partial(self.train_loop.lower, state, totals, train_split, permutation, scalar, count)
+
+        # Stepping one dispatch at a time, every chunk length runs the same one-step program: compile it once.
         lowerings = {
-            **{
-                f"train x{count}": functools.partial(
-                    self.train_loop.lower, state, totals, self.train_split, permutation, scalar, count
-                )
-                for count in sorted(self._chunk_sizes(position, step))
-            },
-            "evaluation": functools.partial(self.evaluate.lower, state.eval_variables, self.test_split),
+            (f"train x{count}" if scan else "train step"): train(count) for count in counts[: None if scan else 1]
+        }
+        lowerings |= {
+            "evaluation": functools.partial(self.evaluate.lower, state.eval_variables, test_split),
             "permutation": functools.partial(self.permutation.lower, scalar),
             "metric window": self.zero_totals.lower,
         }
         return {name: compiler.submit(_timed_compile, lower()) for name, lower in lowerings.items()}
 
-    def run(
-        self,
-        state: TrainState,
-        position: pipeline.DataPosition,
-        best_accuracy: float,
-        checkpointer: checkpoint_lib.Checkpointer,
-        writer: MetricWriter,
-    ) -> dict[str, float]:
-        self.checkpointer, self.writer = checkpointer, writer
+    def run(self, ready: _Ready) -> dict[str, float]:
+        self.checkpointer, self.writer = ready.checkpointer, ready.writer
+        self.train_split, self.test_split = ready.train_split, ready.test_split
+        state, position, best_accuracy = ready.state, ready.position, ready.best_accuracy
         experiment, config = self.experiment, self.config
         steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
         step = int(jax.device_get(state.step))
