@@ -89,15 +89,3 @@ def lower_train_state(
     if compiler_options is None and mesh.devices.flat[0].platform == "cpu":
         compiler_options = CPU_INIT_COMPILER_OPTIONS
     return jax.jit(init, out_shardings=replicated(mesh), compiler_options=compiler_options or None).lower()
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    seed: int,
-    input_shape: Sequence[int],
-    mesh: Mesh,
-    use_ema: bool = False,
-) -> TrainState:
-    """Initialises the model and optimizer on every device of `mesh`, replicated."""
-    return lower_train_state(model, tx, seed, input_shape, mesh, use_ema).compile()()

@@ -10,7 +10,7 @@ import pytest
 from resnet_jax import models, optim, parallel, pipeline, steps
 from resnet_jax.data import SplitArrays
 from resnet_jax.parallel import replicated
-from resnet_jax.state import create_train_state, lower_train_state
+from resnet_jax.state import lower_train_state
 
 IMAGE_SHAPE = (8, 8, 3)
 EXAMPLES = 48
@@ -32,7 +32,7 @@ class Setup:
         self.model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, widths=(4,), shortcut="A")
         self.tx = optim.make_optimizer("sgd", 0.1, momentum=0.9, weight_decay=5e-4)
         step_config = steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2)
-        initial = create_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh)
+        initial = lower_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh).compile()()
         self.initial = jax.device_get(initial)
         self.scan_traces = 0
         self.scan_lengths: set[int] = set()
