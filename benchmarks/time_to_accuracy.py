@@ -33,7 +33,8 @@ FASHION_MNIST_DIRS = (".data/fashion-mnist", "/usr/share/datasets/fashion-mnist"
 def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.ConfigDict:
     """ResNet-20 on Fashion-MNIST (28x28 padded to 32x32), set for speed: batch 512, one-cycle SGD with Nesterov
     momentum, label smoothing, an EMA of the weights, flip test-time augmentation; bfloat16 on accelerators.
-    117 steps per epoch, run as 3 dispatches of 39; metrics fetched once per epoch."""
+    117 steps per epoch, run as 3 dispatches of 39; metrics fetched once per epoch. 32 epochs: over 16 this recipe
+    ended at 0.9449, short of 0.95 (benchmarks/RESULTS.md); an H200 runs an epoch in about 0.45 s."""
     config = configuration.base_config()
     config.model.name = "resnet20"
     config.model.dtype = "bfloat16" if accelerator else "float32"
@@ -42,7 +43,7 @@ def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.Co
     config.data.files_dir = files_dir
     config.train.batch_size = 512
     config.train.num_steps = 0
-    config.train.num_epochs = 16
+    config.train.num_epochs = 32
     config.train.steps_per_call = 39
     config.train.log_every_steps = 117
     config.train.label_smoothing = 0.1
