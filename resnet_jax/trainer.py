@@ -360,7 +360,7 @@ class _Ready:
     state: TrainState
     position: pipeline.DataPosition
     best_accuracy: float
-    restored_step: int  # 0 when starting over
+    restored_step: int  # the state's step: 0 when starting over or fine-tuning
     train_split: pipeline.DeviceSplit
     test_split: pipeline.DeviceSplit
     checkpointer: checkpoint_lib.Checkpointer
@@ -577,7 +577,7 @@ class _TrainLoop:
         state, position, best_accuracy = ready.state, ready.position, ready.best_accuracy
         experiment, config = self.experiment, self.config
         steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
-        step = int(jax.device_get(state.step))
+        step = ready.restored_step  # the state's own step: a fine-tune starts at 0
         last_eval: dict[str, float] = {}
         with _StopRequests() as stop:
             epoch = position.epoch
