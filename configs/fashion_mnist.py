@@ -1,18 +1,23 @@
-"""Fashion-MNIST from the original files (Debian's dataset-fashion-mnist): ResNet-20 on 28x28 grey images padded
-to 32x32, SGD 0.1 with warm-up and cosine decay, 3 epochs. Real data that needs no network."""
+"""The README's first run: Fashion-MNIST from the original files (Debian's dataset-fashion-mnist) to over 0.90 test
+accuracy in about five minutes on a 2-core CPU. ResNet-8 (the CIFAR family with one block per stage) at the native
+28x28, one-cycle SGD with Nesterov momentum and label smoothing, 4 epochs. Real data that needs no network."""
 
 from resnet_jax.configuration import base_config
 
 
 def get_config():
     config = base_config()
+    config.model.name = "resnet8"
     config.data.dataset = "fashion_mnist"
     config.data.source = "files"
     config.data.files_dir = "/usr/share/datasets/fashion-mnist"
+    config.data.image_size = 0  # the native 28x28: 23% fewer pixels than padding to 32x32
     config.train.num_steps = 0
-    config.train.num_epochs = 3
+    config.train.num_epochs = 4
+    config.train.label_smoothing = 0.1
+    config.optimizer.learning_rate = 0.2
+    config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
-    config.schedule.name = "warmup_cosine"
-    config.schedule.warmup_steps = 200
-    config.eval.every_epochs = 1
+    config.schedule.name = "onecycle"
+    config.schedule.pct_start = 0.25
     return config

@@ -257,7 +257,7 @@ def _wide_resnet(depth: int, widen: int) -> Callable[..., ResNet]:
 
 
 MODEL_REGISTRY: dict[str, Callable[..., ResNet]] = {
-    **{f"resnet{depth}": _cifar_resnet(depth) for depth in (20, 32, 44, 56, 110, 1202)},
+    **{f"resnet{depth}": _cifar_resnet(depth) for depth in (8, 20, 32, 44, 56, 110, 1202)},
     "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
     "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
     "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock),

@@ -44,6 +44,18 @@ def test_parameter_counts_match_published_figures(name, published):
     assert models.count_params(shapes["params"]) == published
 
 
+def test_resnet8_is_the_cifar_family_with_one_block_per_stage():
+    # Not in He et al.'s table; counted by hand: stem conv + BN 464, stage 1 4,672, stage 2 13,952 (no projection
+    # with option A), stage 3 55,552, head 650.
+    shapes = models.init_shapes(models.get_model("resnet8", num_classes=10))
+    assert models.count_params(shapes["params"]) == 464 + 4_672 + 13_952 + 55_552 + 650 == 75_290
+    assert sorted(name for name in shapes["params"] if name.startswith("stage")) == [
+        "stage1_block1",
+        "stage2_block1",
+        "stage3_block1",
+    ]
+
+
 def test_shortcut_b_adds_exactly_the_projection_parameters():
     a = models.count_params(models.init_shapes(models.get_model("resnet20"))["params"])
     b = models.count_params(models.init_shapes(models.get_model("resnet20", shortcut="B"))["params"])

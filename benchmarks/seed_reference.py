@@ -1,0 +1,255 @@
+"""The seed article's own PyTorch program on Fashion-MNIST, side by side with this project's recipes, in ONE
+invocation on the same machine: each run's test accuracy after every epoch, the wall time from its start, and the
+time each needs to reach 0.90 and 0.92.
+
+    python -m benchmarks.seed_reference                         # our README recipe, configs/seed_article.py, the seed
+    python -m benchmarks.seed_reference --runs seed_torch --epochs 20 --stop-at 1.0    # the seed's whole 20 epochs
+
+The seed program is the article's code unchanged except for the data: Fashion-MNIST from the Debian files (one input
+channel), on the CPU instead of 'cuda', the article's missing `import torch.nn.functional as F` added, and a test
+pass after each epoch (in eval mode, which the article's final test forgot). Adam at its defaults, batch 128,
+normalisation (0.5, 0.5), no augmentation, 20 epochs. Our runs are `train.py` itself, as a user starts it, timed from
+the command to each evaluation. PyTorch is the optional extra `bench` (`pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn, optim
+except ImportError:
+    raise SystemExit("seed_reference.py needs PyTorch, which is not installed: pip install -e '.[bench]'") from None
+
+from benchmarks import common
+from benchmarks.time_to_accuracy import FASHION_MNIST_DIRS, MetricsWatcher
+from resnet_jax import data
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = (0.90, 0.92)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The seed article's network, as printed (§4), with a parameter for the input channels.
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x):
+        y = self.conv1(x)
+        y = self.bn1(y)
+        y = self.relu(y)
+        y = self.conv2(y)
+        y = self.bn2(y)
+
+        if hasattr(self, "shortcut"):
+            x = self.shortcut(x)
+
+        y += x
+        y = self.relu(y)
+        return y
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, nblocks, num_classes=10, in_channels=3):
+        super().__init__()
+        self.in_planes = 16
+
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._make_layer(block, 16, nblocks[0], stride=1)
+        self.layer2 = self._make_layer(block, 32, nblocks[1], stride=2)
+        self.layer3 = self._make_layer(block, 64, nblocks[2], stride=2)
+        self.linear = nn.Linear(64, num_classes)
+
+    def _make_layer(self, block, planes, num_blocks, stride):
+        strides = [stride] + [1] * (num_blocks - 1)
+        layers = []
+        for stride in strides:
+            layers.append(block(self.in_planes, planes, stride))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer1(out)
+        out = self.layer2(out)
+        out = self.layer3(out)
+        out = F.avg_pool2d(out, out.shape[-2:])
+        out = out.view(out.size(0), -1)
+        out = self.linear(out)
+        return out
+
+
+class FashionMNISTFiles(torch.utils.data.Dataset):
+    """One split of the Debian files through the article's transform (ToTensor, then Normalize 0.5/0.5), item by
+    item as torchvision's datasets apply it."""
+
+    def __init__(self, files_dir: str, split: str):
+        arrays = data.load_split("fashion_mnist", split, source="files", files_dir=files_dir, image_size=0)
+        self.images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2)  # uint8 NCHW
+        self.labels = torch.from_numpy(arrays.labels).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.images[index].float() / 255 - 0.5) / 0.5, self.labels[index]
+
+
+def run_seed_program(files_dir: str, epochs: int, stop_at: float, seed: int) -> list[dict[str, float]]:
+    """The article's training loop; returns one record per epoch, `seconds` counted from this function's start."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    trainset = FashionMNISTFiles(files_dir, "train")
+    testset = FashionMNISTFiles(files_dir, "test")
+    trainloader = torch.utils.data.DataLoader(trainset, batch_size=128, shuffle=True, num_workers=2)
+    testloader = torch.utils.data.DataLoader(testset, batch_size=128, shuffle=False, num_workers=2)
+    net = ResNet(BasicBlock, [2, 2, 2], in_channels=1)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.Adam(net.parameters())
+
+    records = []
+    for epoch in range(epochs):
+        net.train()
+        running_loss, batches = 0.0, 0
+        for inputs, labels in trainloader:
+            optimizer.zero_grad()
+            outputs = net(inputs)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            batches += 1
+        net.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for images, labels in testloader:
+                predicted = torch.argmax(net(images), dim=-1)
+                correct += (predicted == labels).sum().item()
+                total += labels.numel()
+        record = {
+            "epoch": epoch + 1,
+            "seconds": time.perf_counter() - start,
+            "train_loss": running_loss / batches,
+            "test_accuracy": correct / total,
+        }
+        records.append(record)
+        print(f"[seed_torch] {record}", flush=True)
+        if record["test_accuracy"] >= stop_at:
+            break
+    return records
+
+
+def run_train_py(name: str, config: str, overrides: Sequence[str], stop_at: float) -> list[dict[str, Any]]:
+    """`train.py` as a user runs it, in a fresh workdir; SIGTERM (a pre-emption: it saves and exits) once an
+    evaluation reaches `stop_at`. Returns its evaluation records, `seconds` counted from the command's start."""
+    with tempfile.TemporaryDirectory(prefix=f"seed_reference_{name}_") as workdir:
+        command = [sys.executable, "train.py", "--workdir", workdir, "--config", config, *overrides]
+        print(f"[{name}] {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        watcher = MetricsWatcher(Path(workdir), start)
+        watcher.start()
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+        while process.poll() is None:
+            time.sleep(0.05)
+            if any((record.get("test_accuracy") or 0.0) >= stop_at for record in watcher.records):
+                process.send_signal(signal.SIGTERM)
+                process.wait()
+        watcher.stop()
+        if process.returncode:
+            raise SystemExit(f"[{name}] train.py exited with status {process.returncode}")
+    return [record for record in watcher.records if record.get("test_accuracy") is not None]
+
+
+def seconds_to(records: Sequence[dict[str, Any]], target: float) -> float | None:
+    return next((record["seconds"] for record in records if record["test_accuracy"] >= target), None)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.seed_reference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files-dir", default="", help="Fashion-MNIST files; default .data/fashion-mnist or Debian's")
+    parser.add_argument("--runs", default="ours,seed_article_jax,seed_torch", help="which runs, in this order")
+    parser.add_argument("--config", default="configs/fashion_mnist.py", help="our recipe, the README's main job")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the two seed-recipe runs")
+    parser.add_argument("--stop-at", type=float, default=max(TARGETS), help="end each run once it reaches this")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    files_dir = args.files_dir or next((d for d in FASHION_MNIST_DIRS if Path(d).is_dir()), FASHION_MNIST_DIRS[-1])
+    files_dir = str(Path(files_dir).resolve())
+    # The seed program uses every core, as PyTorch does by default; so do our runs.
+    torch.set_num_threads(os.cpu_count() or 1)
+    seed_article_overrides = [
+        "--config.data.dataset=fashion_mnist",
+        "--config.data.source=files",
+        f"--config.data.files_dir={files_dir}",
+        "--config.data.image_size=0",  # 28x28, as the seed program sees it
+        f"--config.train.num_epochs={args.epochs}",
+        f"--config.seed={args.seed}",
+    ]
+    runners: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "ours": lambda: run_train_py(
+            "ours", args.config, [f"--config.data.files_dir={files_dir}", f"--config.seed={args.seed}"], args.stop_at
+        ),
+        "seed_article_jax": lambda: run_train_py(
+            "seed_article_jax", "configs/seed_article.py", seed_article_overrides, args.stop_at
+        ),
+        "seed_torch": lambda: run_seed_program(files_dir, args.epochs, args.stop_at, args.seed),
+    }
+    names = common.parse_list(args.runs)
+    unknown = set(names) - set(runners)
+    if unknown:
+        parser.error(f"unknown runs {sorted(unknown)}; choose from {', '.join(runners)}")
+    env = common.environment()
+    results = {name: runners[name]() for name in names}
+
+    print("\n### The seed program side by side (benchmarks/seed_reference.py)\n")
+    print(common.environment_line(env))
+    print(f"our recipe: {args.config}; each run ends once it reaches {args.stop_at} or after its epochs\n")
+    for name, records in results.items():
+        print(f"{name}:\n")
+        rows = [[r["epoch"], f"{r['seconds']:.1f}", f"{r['test_accuracy']:.4f}"] for r in records]
+        print(common.markdown_table(("epoch", "seconds", "test accuracy"), rows) + "\n")
+    summary = []
+    for name, records in results.items():
+        times = [seconds_to(records, target) for target in TARGETS]
+        best = max((r["test_accuracy"] for r in records), default=float("nan"))
+        summary.append(
+            [name, *[f"{t:.0f}" if t is not None else "not reached" for t in times], f"{best:.4f}", len(records)]
+        )
+    headers = ("run", *(f"seconds to {target:.2f}" for target in TARGETS), "best test accuracy", "epochs")
+    print(common.markdown_table(headers, summary))
+    if "ours" in results and "seed_torch" in results:
+        ours, theirs = seconds_to(results["ours"], TARGETS[0]), seconds_to(results["seed_torch"], TARGETS[0])
+        if ours is not None and theirs is not None:
+            print(f"\nours / seed program, time to {TARGETS[0]:.2f}: {ours / theirs:.2f} (goal: at most 0.5)")
+    common.write_json(args.json, {"environment": env, "runs": results})
+
+
+if __name__ == "__main__":
+    main()
