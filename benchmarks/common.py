@@ -136,13 +136,22 @@ def interleaved_timings(
 # The trainer's train loop on synthetic data.
 
 
-def bench_config(model: str, batch: int, dtype: str, steps_per_call: int, examples: int) -> ml_collections.ConfigDict:
-    """The He et al. recipe (SGD 0.1, momentum 0.9, wd 1e-4, pad-crop + flip) for `model` on synthetic
-    CIFAR-shaped data."""
+def bench_config(
+    model: str,
+    batch: int,
+    dtype: str,
+    steps_per_call: int,
+    examples: int,
+    dataset: str = "cifar10",
+    image_size: int = 32,
+) -> ml_collections.ConfigDict:
+    """The He et al. recipe (SGD 0.1, momentum 0.9, wd 1e-4, pad-crop + flip) for `model` on synthetic data in
+    `dataset`'s shape (`image_size` 0: its native size)."""
     config = configuration.base_config()
     config.model.name = model
     config.model.dtype = dtype
-    config.data.dataset = "cifar10"
+    config.data.dataset = dataset
+    config.data.image_size = image_size
     config.data.source = "synthetic"
     config.data.synthetic_train_examples = examples
     config.data.synthetic_test_examples = batch
@@ -170,13 +179,17 @@ class JaxTrainLoop:
     scan: bool | None = None
     images: data.SplitArrays | None = None
     compiler_options: dict[str, Any] | None = None  # None: the trainer's; {}: XLA's defaults
+    dataset: str = "cifar10"
+    image_size: int = 32
     calls: int = field(default=0, init=False)
 
     def __post_init__(self):
-        config = bench_config(self.model, self.batch, self.dtype, self.steps_per_call, self.examples)
+        config = bench_config(
+            self.model, self.batch, self.dtype, self.steps_per_call, self.examples, self.dataset, self.image_size
+        )
         self.experiment = trainer.build_experiment(config)
         mesh = self.experiment.mesh
-        arrays = self.images or synthetic_images(self.examples)
+        arrays = self.images or data.synthetic_split(self.experiment.input_shape, 10, self.examples, 0, "train")
         rows = pipeline.train_rows(len(arrays), mesh)
         self.split = pipeline.put_split(
             lambda index: data.SplitArrays(arrays.images[index], arrays.labels[index]), rows, rows, mesh

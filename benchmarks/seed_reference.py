@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,8 @@ class FashionMNISTFiles(torch.utils.data.Dataset):
 
     def __init__(self, files_dir: str, split: str):
         arrays = data.load_split("fashion_mnist", split, source="files", files_dir=files_dir, image_size=0)
-        self.images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2)  # uint8 NCHW
-        self.labels = torch.from_numpy(arrays.labels).long()
+        self.images = torch.tensor(arrays.images).permute(0, 3, 1, 2)  # uint8 NCHW
+        self.labels = torch.tensor(arrays.labels).long()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,6 +125,9 @@ class FashionMNISTFiles(torch.utils.data.Dataset):
 def run_seed_program(files_dir: str, epochs: int, stop_at: float, seed: int) -> list[dict[str, float]]:
     """The article's training loop; returns one record per epoch, `seconds` counted from this function's start."""
     start = time.perf_counter()
+    # The article's two loader workers are forked from this process, which has JAX loaded (for the environment
+    # line) but runs nothing of it: the children never touch JAX's threads, so its fork warning does not apply.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     torch.manual_seed(seed)
     trainset = FashionMNISTFiles(files_dir, "train")
     testset = FashionMNISTFiles(files_dir, "test")

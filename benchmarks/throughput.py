@@ -2,6 +2,7 @@
 call, on synthetic data resident on the device; each figure is set against the device's compute and memory floors.
 
     python -m benchmarks.throughput --models resnet20,resnet18 --batches 128,512 --dtypes float32,bfloat16
+    python -m benchmarks.throughput --dataset fashion_mnist --configs resnet20:128:float32:1:32,resnet8:128:float32:1:0
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ HEADERS = (
     "model",
     "batch",
     "dtype",
+    "image",
     "steps/call",
     "images/s",
     "ms/step",
@@ -33,9 +35,18 @@ HEADERS = (
 )
 
 
-def measure(args: argparse.Namespace, model: str, batch: int, dtype: str, steps_per_call: int, ceilings) -> dict:
+def measure(
+    args: argparse.Namespace, model: str, batch: int, dtype: str, steps_per_call: int, image_size: int, ceilings
+) -> dict:
     bench = common.JaxTrainLoop(
-        model, batch, dtype, steps_per_call, args.examples, scan=common.parse_scan(args.scan), images=args.images
+        model,
+        batch,
+        dtype,
+        steps_per_call,
+        args.examples,
+        scan=common.parse_scan(args.scan),
+        dataset=args.dataset,
+        image_size=image_size,
     )
     first_call = bench.first_call_seconds()
     timing = common.interleaved_timings({"jax": bench}, args.windows, args.min_window_seconds)["jax"]
@@ -44,6 +55,7 @@ def measure(args: argparse.Namespace, model: str, batch: int, dtype: str, steps_
         "model": model,
         "batch": batch,
         "dtype": dtype,
+        "input_shape": bench.experiment.input_shape,
         "steps_per_call": steps_per_call,
         "images_per_second": batch / timing.seconds_per_step,
         "seconds_per_step": timing.seconds_per_step,
@@ -67,6 +79,7 @@ def row(result: dict) -> list:
         result["model"],
         result["batch"],
         result["dtype"],
+        "x".join(map(str, result["input_shape"])),
         result["steps_per_call"],
         result["images_per_second"],
         step * 1e3,
@@ -87,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--steps-per-call", default="", help="comma list; default 50 on accelerators, 1 on the CPU")
     parser.add_argument(
-        "--configs", default="", help="MODEL:BATCH:DTYPE:STEPS_PER_CALL,... in this order, instead of the grid"
+        "--configs",
+        default="",
+        help="MODEL:BATCH:DTYPE:STEPS_PER_CALL[:IMAGE_SIZE],... in this order, instead of the grid",
     )
+    parser.add_argument("--dataset", default="cifar10", help="synthetic images in this dataset's shape")
+    parser.add_argument("--image-sizes", default="32", help="comma list; 0 keeps the dataset's native size")
     parser.add_argument("--scan", default="auto", choices=("auto", "on", "off"), help="steps.make_train_loop(scan=)")
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--min-window-seconds", type=float, default=0.0, help="default 1 (accelerator), 3 (CPU)")
@@ -103,15 +120,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     accelerator = common.on_accelerator()
     args.min_window_seconds = args.min_window_seconds or (1.0 if accelerator else 3.0)
     steps_per_call = common.parse_list(args.steps_per_call or ("50" if accelerator else "1"), int)
-    args.images = common.synthetic_images(args.examples)
 
     start = time.perf_counter()
     env = common.environment()
     ceilings = common.measure_ceilings() if args.costs else None
     if args.configs:
-        configs = [
-            (m, int(b), d, int(c)) for m, b, d, c in (item.split(":") for item in common.parse_list(args.configs))
-        ]
+        default_size = common.parse_list(args.image_sizes, int)[0]
+        configs = []
+        for item in common.parse_list(args.configs):
+            model, batch, dtype, per_call, *size = item.split(":")
+            configs.append((model, int(batch), dtype, int(per_call), int(size[0]) if size else default_size))
     else:
         configs = list(
             itertools.product(
@@ -119,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 common.parse_list(args.batches, int),
                 common.parse_list(args.dtypes),
                 steps_per_call,
+                common.parse_list(args.image_sizes, int),
             )
         )
     results, skipped = [], []
