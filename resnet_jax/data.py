@@ -1,7 +1,8 @@
 """Datasets as uint8 NHWC images and int32 labels: the registry, and the tfds, files and synthetic sources.
 
-Also the tools: `python -m resnet_jax.data download` fetches the official files (see `download`), `prepare` builds
-tfds data from official archives a user already has, and `info` describes a split. tfds is imported lazily.
+Also the tools: `python -m resnet_jax.data download` fetches the official files (with `resnet_jax.download`),
+`prepare` builds tfds data from official archives a user already has, and `info` describes a split. tfds is imported
+lazily.
 """
 
 from __future__ import annotations
