@@ -251,6 +251,29 @@ def test_a_whole_part_left_by_a_stopped_run_is_verified_and_renamed(tmp_path, ci
     assert [path.read_bytes() for path in tmp_path.iterdir()] == [archive]
 
 
+def test_processes_sharing_a_folder_each_fetch_into_their_own_part(tmp_path, cifar10, official_cifar10):
+    archive = cifar10[0]
+    with FileServer({ARCHIVE: archive}) as server:
+        server.cuts, server.cut_after = 2, 1000  # both transfers break once, so they overlap in the folder
+        results = []
+        fetchers = [
+            threading.Thread(
+                target=lambda suffix=suffix: results.append(
+                    download.fetch_files(
+                        official_cifar10, tmp_path, mirror=server.url, part_suffix=suffix, backoff_s=0.05
+                    )
+                )
+            )
+            for suffix in (".part0", ".part1")
+        ]
+        for fetcher in fetchers:
+            fetcher.start()
+        for fetcher in fetchers:
+            fetcher.join()
+    assert len(results) == 2 and all(result.keys() == {ARCHIVE} for result in results)
+    assert [path.read_bytes() for path in tmp_path.iterdir()] == [archive]  # one verified file, no part left
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 4. Offline: no answer from the host ends in one line within seconds, without retries.
 
