@@ -1,7 +1,7 @@
 """CIFAR-100 Wide-ResNet-28-10 (Zagoruyko & Komodakis 2016): SGD Nesterov 0.1, wd 5e-4, batch 128, 200 epochs,
 lr x0.2 at epochs 60, 120 and 160, dropout 0.3."""
 
-from resnet_jax.configuration import base_config
+from resnet_jax.configuration import base_config, use_official_files
 
 STEPS_PER_EPOCH = 50_000 // 128
 
@@ -17,4 +17,4 @@ def get_config():
     config.optimizer.weight_decay = 5e-4
     config.schedule.boundaries = tuple(epoch * STEPS_PER_EPOCH for epoch in (60, 120, 160))
     config.schedule.decay_factor = 0.2
-    return config
+    return use_official_files(config)

@@ -18,6 +18,8 @@ from resnet_jax import augment, data, models, optim
 CONFIG_FILE = "config.json"
 # The parts of a config that define what is trained on what: a workdir never silently mixes two of them.
 IDENTITY_SECTIONS = ("model", "data")
+# Where the data is read or fetched from, not what it is: moving the files does not make another run.
+LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -49,11 +51,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _choice("model.shortcut", config.model.shortcut, ("A", "B"))
     _choice("data.dataset", config.data.dataset, data.DATASETS)
     _choice("data.source", config.data.source, data.SOURCES)
+    # .get: configs saved before these keys existed (a workdir's config.json) still load.
+    download = config.data.get("download", False)
+    _choice("data.download", download, (False, True))
     if config.data.source == "files":
         files_dir = config.data.files_dir
-        if not files_dir or not Path(files_dir).expanduser().is_dir():
+        if download and not files_dir:
+            raise ConfigError("data.files_dir='' is empty; set it to the folder to download the official files into")
+        if not download and (not files_dir or not Path(files_dir).expanduser().is_dir()):
             raise ConfigError(
-                f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files"
+                f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files, "
+                "or add --config.data.download=True to download them there"
             )
     if config.data.image_size:
         native = data.get_dataset_info(config.data.dataset).image_shape[0]
@@ -127,10 +135,20 @@ def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """`key: old -> new` for every model or data key that differs between two configs."""
+    """`key: old -> new` for every model or data key that differs between two configs (locations aside)."""
     old = dict(_flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS}))
     new = dict(_flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS}))
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old | new) if old.get(key) != new.get(key)]
+    keys = sorted((old | new).keys() - set(LOCATION_KEYS))
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+
+
+def use_official_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Reads `config.data.dataset` from its official files, downloaded (and verified) into the user's cache when
+    missing: what the CIFAR configs do, as preparing CIFAR with tfds needs TensorFlow."""
+    config.data.source = "files"
+    config.data.download = True
+    config.data.files_dir = data.default_files_dir(config.data.dataset)
+    return config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -145,7 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             dataset="cifar10",
             source="tfds",
-            files_dir="",
+            files_dir="",  # the `files` source's folder (~ is expanded)
+            download=False,  # True: download the official files files_dir lacks, verified by sha256
+            download_mirror="",  # a base URL serving the official file names; empty: the official hosts
             data_dir="",
             image_size=32,  # grey 28x28 sets are zero-padded to this; 0 keeps the native size
             channels=0,  # 0: native; 3 repeats a grey channel

@@ -1,7 +1,8 @@
 """Datasets as uint8 NHWC images and int32 labels: the registry, and the tfds, files and synthetic sources.
 
-Also the offline tools: `python -m resnet_jax.data prepare` builds tfds data from official archives a user already
-has, and `python -m resnet_jax.data info` describes a split. tfds is imported lazily, only where data is prepared.
+Also the tools: `python -m resnet_jax.data download` fetches the official files (with `resnet_jax.download`),
+`prepare` builds tfds data from official archives a user already has, and `info` describes a split. tfds is imported
+lazily.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +23,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+
+from resnet_jax import download
 
 SOURCES = ("tfds", "files", "synthetic")
 logger = logging.getLogger(__name__)
@@ -272,13 +276,41 @@ def _cifar_files(info: DatasetInfo, folder: Path, split: str) -> SplitArrays:
     raise DataError(f"{folder} holds none of the official {info.name} files: {', '.join(info.official_files)}")
 
 
+def default_files_dir(dataset: str) -> str:
+    """Where the official files of `dataset` are downloaded when no folder is given."""
+    return f"~/.cache/resnet-jax/data/{dataset}"
+
+
+def fetch_official_files(
+    dataset: str, files_dir: str | os.PathLike, mirror: str | None = None, part_suffix: str = ".part"
+) -> dict[str, bool]:
+    """Downloads the official files of `dataset` that `files_dir` lacks, verified against their sha256 (see
+    `download.fetch_files`). Returns, per file name, whether it was downloaded."""
+    if dataset not in download.OFFICIAL_FILES:
+        raise DataError(
+            f"{dataset!r} has no official files to download; choose one of {', '.join(download.OFFICIAL_FILES)}"
+        )
+    files = download.OFFICIAL_FILES[dataset]
+    try:
+        return download.fetch_files(files, files_dir, mirror=mirror, part_suffix=part_suffix)
+    except download.HostUnreachable as error:
+        raise DataError(
+            f"{dataset}: {error}, so its official files cannot be downloaded into {files_dir}. Copy "
+            f"{', '.join(files.sha256)} there yourself, download them from a mirror (--mirror URL, or "
+            "data.download_mirror), or train on random data: --config.data.source=synthetic"
+        ) from error
+    except download.DownloadError as error:
+        raise DataError(str(error)) from error
+
+
 def _load_files(info: DatasetInfo, split: str, files_dir: str | os.PathLike | None) -> SplitArrays:
     if not files_dir:
         raise DataError(f"data.files_dir is empty; set it to a folder holding {', '.join(info.official_files)}")
     folder = Path(files_dir).expanduser()
     if not folder.is_dir():
         raise DataError(
-            f"data.files_dir {str(folder)!r} does not exist; point it at the folder with the {info.name} files"
+            f"data.files_dir {str(folder)!r} does not exist; point it at the folder with the {info.name} files, or "
+            f"download them there: python -m resnet_jax.data download --dataset {info.name} --files-dir {folder}"
         )
     if info.name in ("cifar10", "cifar100"):
         arrays = _cifar_files(info, folder, split)
@@ -529,6 +561,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     info_parser = commands.add_parser("info", help="print splits, counts, class histogram and mean/std")
     prepare_parser = commands.add_parser("prepare", help="prepare tfds data from official archives, offline")
+    download_parser = commands.add_parser("download", help="download the official files, verified by sha256")
+    download_parser.add_argument("--dataset", default="cifar10", choices=list(download.OFFICIAL_FILES))
+    download_parser.add_argument(
+        "--files-dir", default=None, help=f"where to put them (default: {default_files_dir('DATASET')})"
+    )
+    download_parser.add_argument("--mirror", default=None, help="a base URL serving the same file names")
     for sub in (info_parser, prepare_parser):
         sub.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
         sub.add_argument(
@@ -540,6 +578,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     info_parser.add_argument("--image-size", type=int, default=None, help="pad images to this size (default: native)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "download":
+            files_dir = args.files_dir or default_files_dir(args.dataset)
+            for name, fetched in fetch_official_files(args.dataset, files_dir, args.mirror).items():
+                print(f"{name}: {'downloaded and verified' if fetched else 'already there, verified'}")
+            print(f"{args.dataset} files are in {Path(files_dir).expanduser()}")
+            return
         if args.command == "prepare":
             print(f"prepared {args.dataset} in {prepare(args.dataset, args.manual_dir, args.data_dir)}")
             return
@@ -557,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             print(f"{split} (read in {time.perf_counter() - start:.2f} s):\n{describe(arrays, info)}")
     except DataError as error:
-        raise SystemExit(f"error: {error}") from None
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None  # bad input or data, as the trainer's command line
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Experiment:
     def load_eval_split(self, split: str = "test") -> tuple[pipeline.DeviceSplit, int]:
         """A split for evaluation, padded to whole global batches, on the mesh; and its true size."""
         num_examples, rows = self.eval_split_rows(split)
+        _fetch_official_files_if_asked(self.config)
         return pipeline.put_split(_loader(self.config, split), num_examples, rows, self.mesh), num_examples
 
     def lower_new_state(self) -> jax.stages.Lowered:
@@ -100,6 +101,16 @@ class Experiment:
         flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
         eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
         return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
+
+
+def _fetch_official_files_if_asked(config: ml_collections.ConfigDict) -> None:
+    """Downloads the official files `data.files_dir` lacks when `data.download` is set (a no-op once they are
+    there). Every process fetches for itself, into its own part file: processes that share the folder never write
+    one file, and each renames only a verified copy into place."""
+    if config.data.source == "files" and config.data.get("download", False):
+        part_suffix = ".part" if jax.process_count() == 1 else f".part{jax.process_index()}"
+        mirror = config.data.get("download_mirror", "") or None
+        data.fetch_official_files(config.data.dataset, config.data.files_dir, mirror, part_suffix)
 
 
 def _loader(config: ml_collections.ConfigDict, split: str) -> Callable[[slice], data.SplitArrays]:
@@ -336,6 +347,8 @@ def train_and_evaluate(
     )
     experiment = build_experiment(config)
     finetune_source = _prepare_workdir(config, workdir, mode)
+    # Before anything compiles: offline, the run stops in seconds.
+    _fetch_official_files_if_asked(config)
     loop = _TrainLoop(experiment, on_evaluation)
     ready = _start_up(experiment, loop, workdir, finetune_source)
     # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.

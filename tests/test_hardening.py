@@ -129,7 +129,8 @@ def test_bad_workdir_is_refused(tmp_path, kind):
 
 @pytest.mark.timeout(60)
 def test_missing_data_offline_fails_fast_through_the_trainer(tmp_path):
-    result = run(train_command(tmp_path / "run", "default", f"data.data_dir={tmp_path / 'tfds'}"), timeout=50)
+    command = train_command(tmp_path / "run", "default", "data.source=tfds", f"data.data_dir={tmp_path / 'tfds'}")
+    result = run(command, timeout=50)
     assert result.returncode != 0
     assert "no prepared tfds data" in result.stderr
     assert "data.source=files" in result.stderr

@@ -1,0 +1,244 @@
+"""Fetching the official dataset files: their hosts and sha256 sums, and a verified, resumable HTTP download.
+
+A file takes its final name only once its checksum matches. A leaf: it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tqdm import tqdm
+
+CHUNK_BYTES = 1 << 20
+RETRIES = 5  # after a transfer has started; a host that never answered is not retried (offline fails fast)
+TIMEOUT_S = 10.0  # per connect and per read: an unreachable host fails in seconds, a stalled transfer is retried
+BACKOFF_S = 1.0  # doubled after each failed try
+
+
+class DownloadError(RuntimeError):
+    """A file that could not be fetched, or is not the official one; the message is one line with the fix."""
+
+
+class HostUnreachable(DownloadError):
+    """No answer from the host at all (offline, unknown name, refused, timed out); nothing was retried."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialFiles:
+    """A dataset's official files: each one is at `base_url + name` and has the sha256 given."""
+
+    base_url: str
+    sha256: Mapping[str, str]  # file name -> hex digest
+
+
+# Each sha256 is confirmed by two sources. [tfds]: tensorflow-datasets 4.9.10's url_checksums/<dataset>.txt.
+OFFICIAL_FILES: dict[str, OfficialFiles] = {
+    # [tfds] and gomlx/gomlx examples/cifar/cifar.go (also ankane/torchvision-ruby's cifar10.rb / cifar100.rb).
+    "cifar10": OfficialFiles(
+        "https://www.cs.toronto.edu/~kriz/",
+        {"cifar-10-binary.tar.gz": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"},
+    ),
+    "cifar100": OfficialFiles(
+        "https://www.cs.toronto.edu/~kriz/",
+        {"cifar-100-binary.tar.gz": "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"},
+    ),
+    # [tfds], and computed here from Debian's dataset-fashion-mnist files with their original gzip header restored
+    # (tests/test_data.py rebuilds them so and checks them against [tfds]).
+    "fashion_mnist": OfficialFiles(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+    ),
+    # torchvision's host for LeCun's files (his own site now refuses downloads). [tfds] lists the same files, sizes
+    # and sums at storage.googleapis.com/cvdf-datasets/mnist/; ankane/torchvision-ruby's mnist.rb lists them for
+    # this host.
+    "mnist": OfficialFiles(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    ),
+}
+
+
+class _BrokenTransfer(Exception):
+    """A transfer that ended early or answered wrongly: worth another try from where it stopped."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _copy_body(response: http.client.HTTPResponse, part: Path, offset: int, expected: int | None, bar: tqdm) -> None:
+    """Writes the response body into `part` from byte `offset` on; raises `_BrokenTransfer` when it ends short."""
+    received = 0
+    try:
+        file = open(part, "r+b" if offset else "wb")  # noqa: SIM115  (closed below; its errors are the disk's)
+        file.truncate(offset)
+        file.seek(offset)
+    except OSError as error:
+        raise DownloadError(f"cannot write {part}: {error.strerror}; choose a folder you can write") from None
+    with file:
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as error:
+                raise _BrokenTransfer(f"{error.__class__.__name__} after {offset + received:,} bytes") from error
+            if not chunk:
+                break
+            try:
+                file.write(chunk)
+            except OSError as error:
+                raise DownloadError(f"cannot write {part}: {error.strerror}; free some space, then run again") from None
+            received += len(chunk)
+            bar.update(len(chunk))
+    if expected is not None and received < expected:
+        # http.client returns a short body without an error when the connection closes early.
+        raise _BrokenTransfer(f"the connection closed after {offset + received:,} bytes")
+
+
+def _content_range_start(response: http.client.HTTPResponse) -> int | None:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _transfer(url: str, part: Path, retries: int, timeout_s: float, backoff_s: float) -> None:
+    """Downloads `url` into `part`, resuming what `part` holds with a Range request, with bounded retries."""
+    host = urlparse(url).hostname
+    answered = False  # a host that never answered is not retried: offline ends in seconds
+    failure = ""
+    name = Path(urlparse(url).path).name
+    with tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, disable=None) as bar:
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+            offset = _size(part)
+            request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    answered = True
+                    length = response.headers.get("Content-Length")
+                    if response.status == 206 and _content_range_start(response) != offset:
+                        part.unlink()
+                        raise _BrokenTransfer("the server resumed at the wrong byte")
+                    if response.status != 206:
+                        offset = 0  # the server sent the whole file
+                    expected = int(length) if length is not None else None
+                    bar.reset(total=offset + expected if expected is not None else None)
+                    bar.update(offset)
+                    _copy_body(response, part, offset, expected, bar)
+                return
+            except urllib.error.HTTPError as error:
+                answered = True
+                if error.code == 416 and offset:
+                    return  # `part` is already whole (a run stopped before renaming it): the checksum decides
+                if error.code < 500:
+                    raise DownloadError(
+                        f"{url}: HTTP {error.code} {error.reason}; check the address or mirror"
+                    ) from None
+                failure = f"HTTP {error.code} {error.reason}"
+            except (OSError, http.client.HTTPException) as error:
+                reason = getattr(error, "reason", error)
+                if not answered:
+                    raise HostUnreachable(f"cannot reach {host} ({reason})") from None
+                failure = f"{reason.__class__.__name__}: {reason}"
+            except _BrokenTransfer as error:
+                failure = str(error)
+    raise DownloadError(
+        f"{url} broke off {retries + 1} times (last: {failure}); {_size(part):,} bytes are kept in {part}: "
+        "run the same command again to resume"
+    )
+
+
+def fetch_file(
+    url: str,
+    target: Path,
+    sha256: str,
+    *,
+    part_suffix: str = ".part",
+    retries: int = RETRIES,
+    timeout_s: float = TIMEOUT_S,
+    backoff_s: float = BACKOFF_S,
+) -> bool:
+    """Makes `target` the file at `url` whose sha256 is `sha256`. Returns False when it was already there.
+
+    The transfer goes to `target + part_suffix` (one suffix per process when several share a folder) and is
+    renamed only once verified, so `target` is either absent or the official file. A file already at `target`
+    that is not the official one is refused, never replaced.
+    """
+    if target.exists():
+        actual = sha256_of(target)
+        if actual == sha256:
+            return False
+        raise DownloadError(
+            f"{target} is there but is not the official file (sha256 {actual}, expected {sha256}); "
+            "move it away or delete it, then run again"
+        )
+    part = target.with_name(target.name + part_suffix)
+    _transfer(url, part, retries, timeout_s, backoff_s)
+    actual = sha256_of(part)
+    if actual != sha256:
+        part.unlink()
+        raise DownloadError(
+            f"{url} is not the official {target.name} (sha256 {actual}, expected {sha256}); nothing was kept: "
+            "check the host or mirror, and run again"
+        )
+    os.replace(part, target)
+    return True
+
+
+def fetch_files(
+    files: OfficialFiles,
+    folder: str | os.PathLike,
+    *,
+    mirror: str | None = None,
+    part_suffix: str = ".part",
+    retries: int = RETRIES,
+    timeout_s: float = TIMEOUT_S,
+    backoff_s: float = BACKOFF_S,
+) -> dict[str, bool]:
+    """Fetches every file of `files` into `folder` (created when missing), from `mirror` when given (a base URL
+    serving the same file names). Returns, per file name, whether it was downloaded (False: already there)."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DownloadError(f"cannot create {folder}: {error.strerror}; choose a folder you can write") from None
+    base_url = mirror.rstrip("/") + "/" if mirror else files.base_url
+    return {
+        name: fetch_file(
+            base_url + name,
+            folder / name,
+            sha256,
+            part_suffix=part_suffix,
+            retries=retries,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+        )
+        for name, sha256 in files.sha256.items()
+    }
