@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--config.data.dataset=fashion_mnist",
         "--config.data.source=files",
         f"--config.data.files_dir={files_dir}",
+        "--config.data.download=False",  # Debian's files: the originals in a gzip with another header
         "--config.data.image_size=0",  # 28x28, as the seed program sees it
         f"--config.train.num_epochs={args.epochs}",
         f"--config.seed={args.seed}",
