@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,19 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+@contextlib.contextmanager
+def stage(description: str, enabled: bool | None = None) -> Iterator[None]:
+    """Logs a long stage that has no steps of its own to count (a whole split scored in one dispatch) as it starts
+    and with its duration when it ends, where progress goes into log lines (`wants_log_lines`)."""
+    enabled = wants_log_lines() if enabled is None else enabled
+    started = time.perf_counter()
+    if enabled:
+        logger.info("%s ...", description)
+    yield
+    if enabled:
+        logger.info("%s: done in %s", description, format_duration(time.perf_counter() - started))
 
 
 class ItemProgress:

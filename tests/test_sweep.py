@@ -78,6 +78,20 @@ def smoke_config(repo_root):
 # The search space, refused before anything runs.
 
 
+def test_a_config_file_without_get_config_is_refused_in_one_line(tmp_path, capsys):
+    config_file = tmp_path / "settings.py"
+    config_file.write_text("LEARNING_RATE = 0.1\n")
+    workdir = tmp_path / "sweep"
+    code = sweep.main(["--config", str(config_file), "--workdir", str(workdir), "--grid", "seed=0,1"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error == (
+        f"error: --config={config_file} has no get_config(); define one that returns an ml_collections.ConfigDict, "
+        "as configs/smoke.py does"
+    )
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
