@@ -239,6 +239,14 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
         assert 8 in [int(path.name) for path in (trial_dir / "checkpoints").iterdir()]  # the final step
         assert evaluated_epochs(trial_dir) == [1.0, 2.0]
     assert trained == set(itertools.product(LEARNING_RATES, WEIGHT_DECAYS))
+    # Its output is captured (not a terminal): a line as each trial starts and ends, with i/N and the ETA (unknown
+    # until one trial has finished), and the trials' own progress lines.
+    started = re.findall(r"trial (\d)/4 started: \S+ \(ETA (\S+)\)", result.stderr)
+    ended = re.findall(r"trial (\d)/4 complete in \S+: \S+ \(ETA (\S+)\)", result.stderr)
+    assert [index for index, _ in started] == [index for index, _ in ended] == ["1", "2", "3", "4"], result.stderr
+    assert started[0][1] == "?" and all(eta != "?" for _, eta in started[1:])
+    assert ended[-1][1] == "0s"
+    assert re.search(r"step 8/8 \(epoch 2/2\) loss \S+ acc \S+ \S+ img/s ETA 0s", result.stderr)
 
     rows = read_csv(workdir / sweep.RESULTS_CSV)
     assert {(float(r["optimizer.learning_rate"]), float(r["optimizer.weight_decay"])) for r in rows} == trained
