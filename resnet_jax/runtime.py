@@ -44,7 +44,7 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value: Any) -> None:
-        pass  # always the current sys.stderr
+        del value
 
 
 class _OrbaxThreadTracebacks(logging.Filter):
