@@ -15,7 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import runtime
+from resnet_jax import configuration, runtime
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
@@ -75,9 +75,15 @@ def _run(argv: Sequence[str]) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a mistyped or unknown flag or config key reported in one line instead of a traceback."""
+    """absl's parser, with a bad --config file, a mistyped or unknown flag or config key reported in one line
+    instead of a traceback."""
+    config_file = configuration.config_file_argument(argv)
     try:
+        if config_file is not None:
+            configuration.check_config_file(config_file)
         return FLAGS(argv)
+    except ConfigError as error:
+        _exit(f"error: {error}", BAD_INPUT)
     except flags.Error as error:
         _exit(f"error: {error}", BAD_INPUT)
     except (AttributeError, KeyError, TypeError, ValueError) as error:

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, metrics, models
+from resnet_jax import configuration, data, metrics, models, runtime
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
@@ -354,14 +354,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    runtime.setup_logging()
+    progress = metrics.ItemProgress("model", len(names), enabled=metrics.wants_log_lines())
     measurements = []
     for name in names:
         config = measurement_config(base, name, args.batch, args.steps, args.dtype)
+        progress.start(name)
         try:
             measurements.append(measure_isolated(config, args.repeats))
         except configuration.ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        progress.finish(name, "measured")
         m = measurements[-1]
         print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {_rate(m.images_per_second)} images/s", flush=True)
     config = measurement_config(base, names[0], args.batch, args.steps, args.dtype)

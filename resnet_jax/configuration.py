@@ -1,13 +1,16 @@
-"""Run configuration: validation before anything compiles, and the comparison with a workdir's earlier run.
-
-Every problem is reported as one `ConfigError` line that names the key, the bad value and what is allowed.
+"""Run configuration: the `--config` file's check, validation before anything compiles, and the comparison with a
+workdir's earlier run. Every problem is reported as one `ConfigError` line that names the key (or the file), the bad
+value and what is allowed.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
-from collections.abc import Iterator, Mapping
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,72 @@ def _positive(key: str, value: Any, integer: bool = False) -> None:
 def _in_range(key: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
         raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
+
+
+def config_file_argument(argv: Sequence[str], flag: str = "config") -> str | None:
+    """The file of the last `--config=PATH` or `--config PATH` in `argv` (absl's last one wins), or None."""
+    found, args = None, iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            break
+        for prefix in (f"--{flag}", f"-{flag}"):
+            if arg == prefix:
+                found = next(args, "")
+            elif arg.startswith(f"{prefix}="):
+                found = arg[len(prefix) + 1 :]
+    return found
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
+
+
+def _line_in(path: str, error: BaseException) -> str:
+    """` (line N)` of the deepest frame of `error`'s traceback that ran in the file at `path`, if any."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == path]
+    return f" (line {lines[-1]})" if lines else ""
+
+
+def check_config_file(argument: str) -> None:
+    """Loads a `--config` file as `ml_collections.config_flags` will (`PATH` or `PATH:ARG`, `get_config(ARG)`) and
+    raises a one-line ConfigError naming the file and the fix when that cannot give a ConfigDict.
+
+    config_flags would report these as a traceback, or not until the config is first read, or not at all (a dict
+    from get_config fails later, in validation, as an AttributeError).
+    """
+    path, *args = argument.split(":", 1)
+    flag, example = f"--config={argument}", "give the path of a config file, e.g. --config=configs/smoke.py"
+    if not path or not os.path.exists(path):
+        raise ConfigError(f"{flag}: no such file; {example}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}: a folder, not a file; {example}")
+    loader = importlib.machinery.SourceFileLoader("resnet_jax_config_file", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    try:
+        loader.exec_module(module)
+    except SyntaxError as error:
+        if error.filename != path:  # in a module the file imports
+            raise ConfigError(f"{flag} does not import: {_one_line(error)}; fix what it imports") from None
+        raise ConfigError(f"{flag} does not import: line {error.lineno}: {error.msg}; fix the file's syntax") from None
+    except Exception as error:  # anything the file's own code raises is the file's problem
+        raise ConfigError(
+            f"{flag} does not import: {_one_line(error)}{_line_in(path, error)}; fix the file or what it imports"
+        ) from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(
+            f"{flag} has no get_config(); define one that returns an ml_collections.ConfigDict, as configs/smoke.py "
+            "does"
+        )
+    try:
+        config = get_config(*args)
+    except Exception as error:  # as above: the file's own code
+        raise ConfigError(f"{flag}: get_config() raised {_one_line(error)}{_line_in(path, error)}; fix it") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{flag}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict; return one: "
+            "start from resnet_jax.configuration.base_config(), as configs/smoke.py does"
+        )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

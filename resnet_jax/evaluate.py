@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, parallel, pipeline, plots, steps, trainer
+from resnet_jax import configuration, metrics, parallel, pipeline, plots, runtime, steps, trainer
 from resnet_jax.checkpoint import Checkpointer, CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
@@ -293,9 +293,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", default=None, help="output folder (default: DIR/eval/<checkpoint>[-split][-tta_flip])")
     args = parser.parse_args(argv)
+    runtime.setup_logging()
     try:
         run = restore_run(args.workdir, args.checkpoint)
-        evaluation = evaluate_split(run, args.split, resolve_tta(run, args.tta))
+        examples, _ = run.experiment.eval_split_rows(args.split)
+        devices = run.experiment.mesh.devices.size
+        with metrics.stage(f"scoring {examples:,} {args.split} examples on {devices} device(s), compile included"):
+            evaluation = evaluate_split(run, args.split, resolve_tta(run, args.tta))
         report, paths = write_outputs(run, evaluation, args.out)
     except TOOL_ERRORS as error:
         exit_on_tool_error(error)

@@ -1,21 +1,25 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard event files and a per-epoch progress bar.
-
-Only process 0 writes. Values arrive as host floats; the trainer fetches them from the device only when it logs.
+"""Where metrics and progress go: `metrics.jsonl`, TensorBoard event files, and for a person a progress bar on a
+terminal or progress lines (step, loss, images/s, ETA) in a log. Only process 0 writes. Values arrive as host
+floats; the trainer fetches them from the device only when it logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import statistics
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -88,29 +92,153 @@ class MetricWriter:
             self._tensorboard.close()
 
 
-class ProgressBar:
-    """A tqdm bar per epoch with loss, accuracy and images/s; silent when stdout is not a terminal."""
+def format_duration(seconds: float) -> str:
+    """A time span for a person, two units at most: 42s, 4m12s, 2h05m, 3d04h."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
-    def __init__(self, enabled: bool | None = None):
-        self.enabled = (jax.process_index() == 0 and sys.stdout.isatty()) if enabled is None else enabled
+
+def _count(value: float) -> str:
+    """A number of epochs without trailing zeros: 3, 1.85, 164.1."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def wants_log_lines() -> bool:
+    """Whether progress goes into log lines: on process 0 when stdout is not a terminal (a file, a pipe, a batch
+    scheduler's capture), where a progress bar would be unreadable or lost."""
+    return jax.process_index() == 0 and not sys.stdout.isatty()
+
+
+class Progress:
+    """A training run's progress for a person. On a terminal: a tqdm bar per epoch with loss, accuracy and images/s.
+    Elsewhere: one log line per log window, e.g.
+    `step 400/1407 (epoch 1.85/3) loss 0.4123 acc 0.8511 1,234 img/s ETA 4m12s`.
+
+    The ETA is the steps left at the loop's measured wall time per step in this process: from its first step on, so
+    compiling (done before) is left out and evaluations and checkpoints (part of the wait) are counted; it settles
+    once the first evaluation has run.
+    """
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, bar: bool | None = None, lines: bool | None = None):
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.bar = (jax.process_index() == 0 and sys.stdout.isatty()) if bar is None else bar
+        self.lines = wants_log_lines() if lines is None else lines
         self._bar = None
+        self._first: tuple[int, float] | None = None  # (step, time) when this process's loop began
 
-    def start_epoch(self, epoch: int, total_steps: int, initial: int = 0) -> None:
-        if not self.enabled:
+    def start_epoch(self, epoch: int, step: int, initial: int = 0) -> None:
+        """An epoch begins at global `step`, `initial` steps into it (a resumed run)."""
+        if self._first is None:
+            self._first = (step, time.perf_counter())
+        if not self.bar:
             return
         from tqdm.auto import tqdm
 
         self.close()
-        self._bar = tqdm(total=total_steps, initial=initial, desc=f"epoch {epoch + 1}", unit="step", leave=False)
+        self._bar = tqdm(
+            total=self.steps_per_epoch, initial=initial, desc=f"epoch {epoch + 1}", unit="step", leave=False
+        )
 
-    def update(self, steps: int, postfix: Mapping[str, float] | None = None) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(steps)
-        if postfix:
-            self._bar.set_postfix({key: f"{value:.4g}" for key, value in postfix.items()}, refresh=False)
+    def advance(self, steps: int) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Seconds left at the measured rate; None before a step was measured."""
+        if self._first is None or step <= self._first[0]:
+            return None
+        first_step, started = self._first
+        return (self.total_steps - step) * (time.perf_counter() - started) / (step - first_step)
+
+    def window(self, step: int, values: Mapping[str, float]) -> None:
+        """A log window's train metrics (`train_loss`, `train_accuracy`, `images_per_second`), reported at `step`."""
+        if self._bar is not None:
+            shown = {"loss": "train_loss", "acc": "train_accuracy", "img/s": "images_per_second"}
+            self._bar.set_postfix({k: f"{values[v]:.4g}" for k, v in shown.items() if v in values}, refresh=False)
+        if self.lines:
+            logger.info("%s", self.line(step, values, self.eta_seconds(step)))
+
+    def line(self, step: int, values: Mapping[str, float], eta_seconds: float | None) -> str:
+        """The log line of a window: step, epoch, loss, accuracy, images/s and ETA."""
+        epochs = f"epoch {_count(step / self.steps_per_epoch)}/{_count(self.total_steps / self.steps_per_epoch)}"
+        parts = [f"step {step}/{self.total_steps} ({epochs})"]
+        # A window of only skipped (non-finite) steps has no loss or accuracy.
+        parts.append(f"loss {values['train_loss']:.4f}" if "train_loss" in values else "loss n/a")
+        parts.append(f"acc {values['train_accuracy']:.4f}" if "train_accuracy" in values else "acc n/a")
+        parts.append(f"{values.get('images_per_second', 0.0):,.0f} img/s")
+        parts.append("ETA " + ("?" if eta_seconds is None else format_duration(eta_seconds)))
+        return " ".join(parts)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+@contextlib.contextmanager
+def stage(description: str, enabled: bool | None = None) -> Iterator[None]:
+    """Logs a long stage that has no steps of its own to count (a whole split scored in one dispatch) as it starts
+    and with its duration when it ends, where progress goes into log lines (`wants_log_lines`)."""
+    enabled = wants_log_lines() if enabled is None else enabled
+    started = time.perf_counter()
+    if enabled:
+        logger.info("%s ...", description)
+    yield
+    if enabled:
+        logger.info("%s: done in %s", description, format_duration(time.perf_counter() - started))
+
+
+class ItemProgress:
+    """Progress through the items of a long job (a sweep's trials, the models of a comparison) as log lines on
+    process 0: `trial 2/6 started: NAME (ETA 9m12s)` and `trial 2/6 complete in 3m05s: NAME (ETA 6m10s)`. The ETA
+    is the items left at the mean time of those done in this process."""
+
+    def __init__(self, noun: str, total: int, done: int = 0, enabled: bool | None = None):
+        self.noun, self.total, self.done = noun, total, done
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._times: list[float] = []
+        self._started: float | None = None
+
+    def eta_seconds(self, left: int) -> float | None:
+        return statistics.fmean(self._times) * left if self._times else None
+
+    def _eta(self, left: int) -> str:
+        eta = self.eta_seconds(left)
+        return "ETA ?" if eta is None else f"ETA {format_duration(eta)}"
+
+    def start(self, name: str) -> None:
+        self._started = time.perf_counter()
+        if self.enabled:
+            logger.info(
+                "%s %d/%d started: %s (%s)",
+                self.noun,
+                self.done + 1,
+                self.total,
+                name,
+                self._eta(self.total - self.done),
+            )
+
+    def finish(self, name: str, outcome: str = "done") -> None:
+        seconds = time.perf_counter() - self._started
+        self._times.append(seconds)
+        self.done += 1
+        if self.enabled:
+            logger.info(
+                "%s %d/%d %s in %s: %s (%s)",
+                self.noun,
+                self.done,
+                self.total,
+                outcome,
+                format_duration(seconds),
+                name,
+                self._eta(self.total - self.done),
+            )

@@ -27,11 +27,24 @@ def setup_logging() -> None:
         sys.unraisablehook = _QuietAbandonedWrites(sys.unraisablehook)
     package_logger = logging.getLogger("resnet_jax")
     if not package_logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is at each record, not as it was at set-up: a tool run inside another program
+    (a test's captured output, a notebook) may swap stderr between runs and close the old one."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
 
 
 class _OrbaxThreadTracebacks(logging.Filter):

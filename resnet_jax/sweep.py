@@ -416,14 +416,18 @@ def _open_study(workdir: Path, spec: SweepSpec, config: ml_collections.ConfigDic
 
 
 def _run_trial(
-    study: optuna.Study, spec: SweepSpec, config: ml_collections.ConfigDict, workdir: Path
+    study: optuna.Study,
+    spec: SweepSpec,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    progress: metrics.ItemProgress,
 ) -> optuna.trial.FrozenTrial:
     trial = study.ask({d.key: d.distribution() for d in spec.dimensions})
     overrides = {key: trial.params[key] for key in spec.keys}
     name = trial_name(overrides)
     trial.set_user_attr("name", name)
     trial_dir = workdir / TRIALS_DIR / name
-    logger.info("trial %d: %s", trial.number, name)
+    progress.start(name)
     # A resumed trial's earlier evaluations count for the pruner as if it had never stopped.
     reported: set[int] = set()
     report_evaluations(trial, trial_dir, reported)
@@ -442,6 +446,7 @@ def _run_trial(
         logger.info("trial %s %s", name, pruned)
     trial.set_user_attr("wall_seconds", trial.user_attrs.get("wall_seconds", 0.0) + time.perf_counter() - start)
     report_evaluations(trial, trial_dir, reported)
+    progress.finish(name, "failed" if state == FAILED else state.name.lower())
     return study.tell(trial, value, state=state)
 
 
@@ -464,10 +469,11 @@ def run_sweep(
     if finished:
         logger.info("%d of %d trials already finished in %s", min(finished, spec.trials), spec.trials, workdir)
     waiting = (optuna.trial.TrialState.WAITING,)
+    progress = metrics.ItemProgress("trial", spec.trials, done=min(finished, spec.trials))
     while len(_counted_trials(study)) < spec.trials:
         if spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=waiting):
             break
-        _run_trial(study, spec, config, workdir)
+        _run_trial(study, spec, config, workdir, progress)
         write_results(workdir, spec, collect_results(study, spec, workdir), top)
     results = collect_results(study, spec, workdir)
     write_results(workdir, spec, results, top)
@@ -705,6 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _define_flags(flag_values)
     argv = list(sys.argv if argv is None else ["sweep", *argv])
     try:
+        config_file = configuration.config_file_argument(argv)
+        if config_file is not None:
+            configuration.check_config_file(config_file)
         rest = flag_values(argv)
         if len(rest) > 1:
             raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")

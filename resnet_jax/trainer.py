@@ -30,7 +30,7 @@ from orbax.checkpoint import multihost as orbax_multihost
 
 from resnet_jax import checkpoint as checkpoint_lib
 from resnet_jax import configuration, data, models, optim, parallel, pipeline, steps
-from resnet_jax.metrics import MetricWriter, ProgressBar
+from resnet_jax.metrics import MetricWriter, Progress
 from resnet_jax.state import TrainState, lower_train_state
 
 logger = logging.getLogger(__name__)
@@ -486,7 +486,7 @@ class _TrainLoop:
 
         # Its sharding declared, so that its abstract value (to compile the loop ahead of time) carries it.
         self.permutation = jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh))
-        self.progress = ProgressBar()
+        self.progress = Progress(experiment.total_steps, experiment.steps_per_epoch)
         # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
         self.zero_totals = jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh))
         # One program for the logged learning rate, not a dozen eager ops (each compiled on its first use).
@@ -527,9 +527,7 @@ class _TrainLoop:
                 "skipped %d step(s) with non-finite values, the first at step %d", host["nonfinite_steps"], first
             )
         self.writer.write(step, self._epoch_float(step), values)
-        self.progress.update(
-            0, {k: v for k, v in values.items() if k in ("train_loss", "train_accuracy", "images_per_second")}
-        )
+        self.progress.window(step, values)
         return values
 
     def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best: float, metrics=None):
@@ -597,7 +595,7 @@ class _TrainLoop:
             while step < total_steps:
                 permutation = self.permutation(jnp.int32(epoch))
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
-                self.progress.start_epoch(epoch, steps_per_epoch, in_epoch)
+                self.progress.start_epoch(epoch, step, in_epoch)
                 totals, window_start, next_log = self.zero_totals(), time.perf_counter(), step
                 next_log += config.train.log_every_steps
                 while in_epoch < steps_per_epoch and step < total_steps:
@@ -607,7 +605,7 @@ class _TrainLoop:
                     )
                     in_epoch += count
                     step += count
-                    self.progress.update(count)
+                    self.progress.advance(count)
                     epoch_done = in_epoch == steps_per_epoch or step == total_steps
                     log_now = step >= next_log or epoch_done
                     if log_now:

@@ -99,6 +99,37 @@ def test_bad_config_is_refused_in_one_line(tmp_path, case):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# A --config file that cannot give a config: (file name, its text or None for no file, the fix the line names).
+BAD_CONFIG_FILES = {
+    "missing": ("missing.py", None, "no such file"),
+    "folder": ("folder", "", "a folder, not a file"),
+    "syntax error": ("syntax.py", "def get_config(:\n", "line 1: invalid syntax; fix the file's syntax"),
+    "raises at import": ("raises.py", "import json\nraise RuntimeError('boom')\n", "RuntimeError: boom (line 2)"),
+    "imports a missing module": ("imports.py", "import not_a_module_xyz\n", "No module named 'not_a_module_xyz'"),
+    "no get_config": ("empty.py", "SEED = 1\n", "has no get_config(); define one"),
+    "get_config raises": ("fails.py", "def get_config():\n    return 1 / 0\n", "ZeroDivisionError"),
+    "returns a dict": ("plain.py", "def get_config():\n    return {'seed': 0}\n", "returned dict, not an ml_colle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG_FILES))
+def test_bad_config_file_is_refused_in_one_line_naming_it(tmp_path, case):
+    name, text, fix = BAD_CONFIG_FILES[case]
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    elif text is not None:
+        path.write_text(text)
+    command = [*train_command(tmp_path / "run", "smoke")[:-1], f"--config={path}"]
+    result = run(command, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --config={path}")
+    assert fix in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_batch_that_does_not_divide_by_the_devices(tmp_path):
     command = train_command(tmp_path / "run", "smoke", "train.batch_size=63")
     result = subprocess.run(

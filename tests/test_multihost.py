@@ -1,5 +1,6 @@
 """Multi-host data parallelism on one machine: two processes (gloo collectives, 2 CPU devices each) form one 4-device
-mesh and must train exactly like one process with 4 devices."""
+mesh and must train like one process with 4 devices, to rounding: gloo's cross-process all-reduce sums in another
+order than XLA's in-process one."""
 
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, metrics
-from tests.conftest import REPO_ROOT, subprocess_env, train_command
+from tests.conftest import REASSOCIATION, REPO_ROOT, assert_eval_records_close, subprocess_env, train_command
 
 
 def free_port() -> int:
@@ -65,12 +66,13 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         capture_output=True,
     )
 
+    # Same devices and batches, but the gradients' all-reduce runs through gloo: equal up to reassociation.
     for a, b in zip(jax.tree.leaves(params_at(two_hosts, 16)), jax.tree.leaves(params_at(one_host, 16)), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, **REASSOCIATION)
     # One metrics file and one set of checkpoints, written once (by process 0 and by orbax).
     evals = [r for r in metrics.read_metrics(two_hosts) if "test_accuracy" in r]
     assert [r["step"] for r in evals] == [8, 16]
-    assert evals == [r for r in metrics.read_metrics(one_host) if "test_accuracy" in r]
+    assert_eval_records_close(evals, [r for r in metrics.read_metrics(one_host) if "test_accuracy" in r])
     assert sorted(p.name for p in (two_hosts / "checkpoints").iterdir()) == ["16", "8"]
 
 

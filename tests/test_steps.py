@@ -11,6 +11,7 @@ from resnet_jax import models, optim, parallel, pipeline, steps
 from resnet_jax.data import SplitArrays
 from resnet_jax.parallel import replicated
 from resnet_jax.state import lower_train_state
+from tests.conftest import REASSOCIATION
 
 IMAGE_SHAPE = (8, 8, 3)
 EXAMPLES = 48
@@ -78,7 +79,7 @@ def test_several_steps_per_call_match_one_step_per_call(setup, loop):
     chunked_state, chunked_totals = setup.run([3, 2], loop=loop)
     assert int(chunked_state.step) == 5
     for part in ("params", "batch_stats", "opt_state"):
-        chex.assert_trees_all_close(getattr(chunked_state, part), getattr(one_by_one_state, part), rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(getattr(chunked_state, part), getattr(one_by_one_state, part), **REASSOCIATION)
     chex.assert_trees_all_close(chunked_totals, one_by_one_totals, rtol=1e-5)
     assert float(chunked_totals["count"]) == 5 * BATCH
     assert float(chunked_totals["steps"]) == 5
@@ -118,18 +119,21 @@ def test_ahead_of_time_compiled_loop_runs_the_same_steps(setup, scan):
 
 
 def test_train_compiler_options_change_speed_not_results(setup):
+    # Other options are other machine code (another dot library, another LLVM level): equal up to reassociation.
     tuned_state, tuned_totals = setup.run([3], loop="per_step")
     default_state, default_totals = setup.run([3], loop="xla_defaults")
-    chex.assert_trees_all_close(tuned_state.params, default_state.params, rtol=1e-4, atol=1e-5)
-    chex.assert_trees_all_close(tuned_totals, default_totals, rtol=1e-4)
+    chex.assert_trees_all_close(tuned_state.params, default_state.params, **REASSOCIATION)
+    chex.assert_trees_all_close(tuned_totals, default_totals, **REASSOCIATION)
 
 
 def test_init_compiler_options_change_compile_time_not_weights(setup):
     arguments = (setup.model, setup.tx, 0, IMAGE_SHAPE, setup.mesh)
     tuned = lower_train_state(*arguments).compile()()
     default = lower_train_state(*arguments, compiler_options={}).compile()()
-    chex.assert_trees_all_equal(tuned.params, default.params)
-    chex.assert_trees_all_equal(tuned.opt_state, default.opt_state)
+    # The same HLO, but LLVM at -O2 and -O3 may vectorise or contract the initialisers' float arithmetic (the
+    # truncated normal's erfinv polynomial) differently: bit-identical here, guaranteed only to rounding.
+    chex.assert_trees_all_close(tuned.params, default.params, **REASSOCIATION)
+    chex.assert_trees_all_close(tuned.opt_state, default.opt_state, **REASSOCIATION)
 
 
 def test_scan_is_used_off_the_cpu_only(setup):

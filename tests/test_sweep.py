@@ -78,6 +78,20 @@ def smoke_config(repo_root):
 # The search space, refused before anything runs.
 
 
+def test_a_config_file_without_get_config_is_refused_in_one_line(tmp_path, capsys):
+    config_file = tmp_path / "settings.py"
+    config_file.write_text("LEARNING_RATE = 0.1\n")
+    workdir = tmp_path / "sweep"
+    code = sweep.main(["--config", str(config_file), "--workdir", str(workdir), "--grid", "seed=0,1"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error == (
+        f"error: --config={config_file} has no get_config(); define one that returns an ml_collections.ConfigDict, "
+        "as configs/smoke.py does"
+    )
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
@@ -225,6 +239,14 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
         assert 8 in [int(path.name) for path in (trial_dir / "checkpoints").iterdir()]  # the final step
         assert evaluated_epochs(trial_dir) == [1.0, 2.0]
     assert trained == set(itertools.product(LEARNING_RATES, WEIGHT_DECAYS))
+    # Its output is captured (not a terminal): a line as each trial starts and ends, with i/N and the ETA (unknown
+    # until one trial has finished), and the trials' own progress lines.
+    started = re.findall(r"trial (\d)/4 started: \S+ \(ETA (\S+)\)", result.stderr)
+    ended = re.findall(r"trial (\d)/4 complete in \S+: \S+ \(ETA (\S+)\)", result.stderr)
+    assert [index for index, _ in started] == [index for index, _ in ended] == ["1", "2", "3", "4"], result.stderr
+    assert started[0][1] == "?" and all(eta != "?" for _, eta in started[1:])
+    assert ended[-1][1] == "0s"
+    assert re.search(r"step 8/8 \(epoch 2/2\) loss \S+ acc \S+ \S+ img/s ETA 0s", result.stderr)
 
     rows = read_csv(workdir / sweep.RESULTS_CSV)
     assert {(float(r["optimizer.learning_rate"]), float(r["optimizer.weight_decay"])) for r in rows} == trained

@@ -84,13 +84,22 @@ def _train_images(run, count):
     return split.images[:count]
 
 
+def near_ties(logits: np.ndarray, within: float) -> int:
+    """How many examples have their top two logits within `within`: where logits computed in another order (the
+    same model, other kernels or batch splits) may change the prediction."""
+    top_two = np.sort(logits, axis=-1)[:, -2:]
+    return int(np.sum(top_two[:, 1] - top_two[:, 0] <= within))
+
+
 def test_evaluation_equals_a_direct_computation_on_every_example(run, evaluation):
     split = _test_split(run)
     logits = _direct_logits(run, split.images)
     assert evaluation.num_examples == TEST_EXAMPLES
     np.testing.assert_array_equal(evaluation.labels, split.labels)
     chex.assert_trees_all_close(evaluation.logits, logits, atol=1e-4, rtol=1e-4)
-    assert evaluation.accuracy == pytest.approx(np.mean(logits.argmax(-1) == split.labels), abs=1e-9)
+    # Accuracy counts argmaxes: only an example whose top logits are within the logits' tolerance may differ.
+    allowed = near_ties(logits, 2 * (1e-4 + 1e-4 * float(np.abs(logits).max()))) / TEST_EXAMPLES
+    assert abs(evaluation.accuracy - np.mean(logits.argmax(-1) == split.labels)) <= allowed + 1e-9
     loss = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(split.labels)).mean()
     assert evaluation.loss == pytest.approx(float(loss), rel=1e-5)
 
@@ -263,7 +272,10 @@ def test_evaluate_cli_on_two_devices_gives_the_single_device_report(run_dir, run
     assert completed.returncode == 0, completed.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["devices"] == 2
-    assert report["accuracy"] == pytest.approx(evaluation.accuracy, abs=1e-9)
+    # Two devices split each batch in two, so XLA sums in another order: equal to rounding, and the accuracy
+    # equal but for examples whose top logits are within that rounding.
+    allowed = near_ties(evaluation.logits, 1e-4) / TEST_EXAMPLES
+    assert abs(report["accuracy"] - evaluation.accuracy) <= allowed + 1e-9
     assert report["loss"] == pytest.approx(evaluation.loss, rel=1e-5)
     assert "per-class accuracy" in completed.stdout
     assert run.class_names[0] in completed.stdout

@@ -70,8 +70,14 @@ def test_smoke_config_learns(smoke_run):
     workdir, results, _ = smoke_run
     losses = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
     assert len(losses) == 8  # 32 steps logged every 4
+    # Thresholds that every seed from 0 to 11 met on a 2-core AMD EPYC, so that they do not lean on seed 0's luck
+    # (its trajectory, and so its test accuracy, shifts with any change in rounding: another CPU, another device
+    # count). There the train loss fell by 0.48 to 0.89 and the test loss ended at 1.38 to 2.07, below the 2.30 of
+    # a uniform guess; test accuracy ranged from 0.155 to 0.51, so accuracy is only checked against chance: 0.14 is
+    # two standard errors above 0.1 on 200 examples.
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.3
-    assert results["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert results["test_loss"] < np.log(10) - 0.1
+    assert results["test_accuracy"] > 0.14
     assert results["step"] == 32
 
 
