@@ -1,5 +1,5 @@
 """The README's first run: Fashion-MNIST from the original files (Debian's dataset-fashion-mnist) to over 0.90 test
-accuracy in about five minutes on a 2-core CPU. ResNet-8 (the CIFAR family with one block per stage) at the native
+accuracy in about four minutes on a 2-core CPU. ResNet-8 (the CIFAR family with one block per stage) at the native
 28x28, one-cycle SGD with Nesterov momentum and label smoothing, 4 epochs. Real data that needs no network."""
 
 from resnet_jax.configuration import base_config

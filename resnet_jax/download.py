@@ -5,7 +5,9 @@ A file takes its final name only once its checksum matches. A leaf: it imports n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import http.client
 import os
@@ -13,7 +15,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -175,6 +177,20 @@ def _transfer(url: str, part: Path, retries: int, timeout_s: float, backoff_s: f
     )
 
 
+@contextlib.contextmanager
+def _exclusive(target: Path) -> Iterator[None]:
+    """Holds an advisory lock beside `target`, so that runs on one machine fetching the same file (two trainings, or
+    a training and `data download`) take turns: the second finds the first one's verified file."""
+    try:
+        lock = open(target.with_name(target.name + ".lock"), "a")  # noqa: SIM115  (closed below)
+    except OSError as error:
+        message = f"cannot write in {target.parent}: {error.strerror}; choose a folder you can write"
+        raise DownloadError(message) from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_file(
     url: str,
     target: Path,
@@ -191,6 +207,15 @@ def fetch_file(
     renamed only once verified, so `target` is either absent or the official file. A file already at `target`
     that is not the official one is refused, never replaced.
     """
+    if urlparse(url).scheme not in ("http", "https"):
+        raise DownloadError(f"{url} is not an http(s) address; give a mirror as http://HOST/PATH/ or https://...")
+    with _exclusive(target):
+        return _fetch_unlocked(url, target, sha256, part_suffix, retries, timeout_s, backoff_s)
+
+
+def _fetch_unlocked(
+    url: str, target: Path, sha256: str, part_suffix: str, retries: int, timeout_s: float, backoff_s: float
+) -> bool:
     if target.exists():
         actual = sha256_of(target)
         if actual == sha256:

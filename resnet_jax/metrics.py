@@ -121,7 +121,7 @@ def wants_log_lines() -> bool:
 class Progress:
     """A training run's progress for a person. On a terminal: a tqdm bar per epoch with loss, accuracy and images/s.
     Elsewhere: one log line per log window, e.g.
-    `step 400/1407 (epoch 1.85/3) loss 0.4123 acc 0.8511 1,234 img/s ETA 4m12s`.
+    `step 400/1407 (epoch 0.85/3) loss 0.4123 acc 0.8511 1,234 img/s ETA 4m12s`.
 
     The ETA is the steps left at the loop's measured wall time per step in this process: from its first step on, so
     compiling (done before) is left out and evaluations and checkpoints (part of the wait) are counted; it settles

@@ -346,9 +346,10 @@ def train_and_evaluate(
         config.distributed.coordinator_address, config.distributed.num_processes, config.distributed.process_id
     )
     experiment = build_experiment(config)
-    finetune_source = _prepare_workdir(config, workdir, mode)
-    # Before anything compiles: offline, the run stops in seconds.
+    # Before the workdir is touched (a --fresh or --finetune run archives the old run) and before anything compiles:
+    # offline, the run stops in seconds and the same command can be run again.
     _fetch_official_files_if_asked(config)
+    finetune_source = _prepare_workdir(config, workdir, mode)
     loop = _TrainLoop(experiment, on_evaluation)
     ready = _start_up(experiment, loop, workdir, finetune_source)
     # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.

@@ -15,6 +15,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real Fashion-MNIST files that Debian's dataset-fashion-mnist installs (scripts/setup.sh does).
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_files = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

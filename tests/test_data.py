@@ -13,10 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax import data
-from tests.conftest import PYTHON, subprocess_env
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion_files = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+from tests.conftest import FASHION_DIR, PYTHON, needs_fashion_files, subprocess_env
 
 
 def random_split(count: int, shape=(32, 32, 3), classes: int = 10, seed: int = 0):
