@@ -77,14 +77,10 @@ def _run(argv: Sequence[str]) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a bad --config file, a mistyped or unknown flag or config key reported in one line
     instead of a traceback."""
-    config_file = configuration.config_file_argument(argv)
     try:
-        if config_file is not None:
-            configuration.check_config_file(config_file)
+        configuration.check_config_argument(argv)
         return FLAGS(argv)
-    except ConfigError as error:
-        _exit(f"error: {error}", BAD_INPUT)
-    except flags.Error as error:
+    except (ConfigError, flags.Error) as error:
         _exit(f"error: {error}", BAD_INPUT)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         # config_flags raises these for --config.key=value that names no key or has the wrong type.

@@ -46,13 +46,20 @@ def _in_range(key: str, value: Any, low: float, high: float) -> None:
         raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
 
 
-def config_file_argument(argv: Sequence[str], flag: str = "config") -> str | None:
+def check_config_argument(argv: Sequence[str]) -> None:
+    """`check_config_file` on the file of `argv`'s `--config`, if it has one, before absl loads it."""
+    config_file = _config_file_argument(argv)
+    if config_file is not None:
+        check_config_file(config_file)
+
+
+def _config_file_argument(argv: Sequence[str]) -> str | None:
     """The file of the last `--config=PATH` or `--config PATH` in `argv` (absl's last one wins), or None."""
     found, args = None, iter(argv[1:])
     for arg in args:
         if arg == "--":
             break
-        for prefix in (f"--{flag}", f"-{flag}"):
+        for prefix in ("--config", "-config"):
             if arg == prefix:
                 found = next(args, "")
             elif arg.startswith(f"{prefix}="):

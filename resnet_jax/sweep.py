@@ -711,9 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _define_flags(flag_values)
     argv = list(sys.argv if argv is None else ["sweep", *argv])
     try:
-        config_file = configuration.config_file_argument(argv)
-        if config_file is not None:
-            configuration.check_config_file(config_file)
+        configuration.check_config_argument(argv)
         rest = flag_values(argv)
         if len(rest) > 1:
             raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
