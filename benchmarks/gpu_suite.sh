@@ -22,9 +22,19 @@ rm -rf "$WORK/results"
 mkdir -p "$WORK/results" "$RESULTS"
 R=$WORK/results
 
+# The device image has jax in python3 or ../venv; here the README's setup puts it in .venv.
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import jax" 2>/dev/null && [ -z "${PYTHON:-}" ] && [ -x ../venv/bin/python ]; then
-  PY=../venv/bin/python
+if [ -z "${PYTHON:-}" ] && ! "$PY" -c "import jax" 2>/dev/null; then
+  for candidate in .venv/bin/python ../venv/bin/python; do
+    if [ -x "$candidate" ] && "$candidate" -c "import jax" 2>/dev/null; then
+      PY=$candidate
+      break
+    fi
+  done
+fi
+if ! "$PY" -c "import jax" 2>/dev/null; then
+  echo "error: $PY cannot import jax; run 'bash scripts/setup.sh' first, or set PYTHON to an interpreter that has it" >&2
+  exit 2
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
