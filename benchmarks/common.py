@@ -189,7 +189,9 @@ class JaxTrainLoop:
         )
         self.experiment = trainer.build_experiment(config)
         mesh = self.experiment.mesh
-        arrays = self.images or data.synthetic_split(self.experiment.input_shape, 10, self.examples, 0, "train")
+        arrays = self.images or data.synthetic_split(
+            self.experiment.input_shape, self.experiment.info.num_classes, self.examples, 0, "train"
+        )
         rows = pipeline.train_rows(len(arrays), mesh)
         self.split = pipeline.put_split(
             lambda index: data.SplitArrays(arrays.images[index], arrays.labels[index]), rows, rows, mesh

@@ -35,7 +35,7 @@ except ImportError:
     raise SystemExit("seed_reference.py needs PyTorch, which is not installed: pip install -e '.[bench]'") from None
 
 from benchmarks import common
-from benchmarks.time_to_accuracy import FASHION_MNIST_DIRS, MetricsWatcher
+from benchmarks.time_to_accuracy import MetricsWatcher, fashion_mnist_dir
 from resnet_jax import data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,8 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the seed of the two seed-recipe runs")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    files_dir = args.files_dir or next((d for d in FASHION_MNIST_DIRS if Path(d).is_dir()), FASHION_MNIST_DIRS[-1])
-    files_dir = str(Path(files_dir).resolve())
+    files_dir = fashion_mnist_dir(args.files_dir)
     # The seed program uses every core, as PyTorch does by default; so do our runs.
     torch.set_num_threads(os.cpu_count() or 1)
     seed_article_overrides = [

@@ -30,6 +30,12 @@ from resnet_jax import configuration, metrics, trainer
 FASHION_MNIST_DIRS = (".data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
 
 
+def fashion_mnist_dir(given: str = "") -> str:
+    """The Fashion-MNIST files' folder as an absolute path: `given`, else the first of FASHION_MNIST_DIRS there."""
+    found = given or next((d for d in FASHION_MNIST_DIRS if Path(d).is_dir()), FASHION_MNIST_DIRS[-1])
+    return str(Path(found).resolve())
+
+
 def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.ConfigDict:
     """ResNet-20 on Fashion-MNIST (28x28 padded to 32x32), set for speed: batch 512, one-cycle SGD with Nesterov
     momentum, label smoothing, an EMA of the weights, flip test-time augmentation; bfloat16 on accelerators.
@@ -169,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("resnet_jax").setLevel(logging.INFO)
     accelerator = common.on_accelerator()
     if args.task == "fashion_mnist":
-        files_dir = args.files_dir or next((d for d in FASHION_MNIST_DIRS if Path(d).is_dir()), FASHION_MNIST_DIRS[-1])
-        config = fashion_mnist_config(str(Path(files_dir).resolve()), accelerator)
+        config = fashion_mnist_config(fashion_mnist_dir(args.files_dir), accelerator)
     else:
         config = he_resnet20_config(accelerator)
     config.update_from_flattened_dict(dict(args.overrides))
