@@ -1,10 +1,8 @@
 """CIFAR-100 Wide-ResNet-28-10 (Zagoruyko & Komodakis 2016): SGD Nesterov 0.1, wd 5e-4, batch 128, 200 epochs,
 lr x0.2 at epochs 60, 120 and 160, dropout 0.3."""
 
-from resnet_jax.configuration import base_config, use_official_files
-
-STEPS_PER_EPOCH = 50_000 // 128
-
+from resnet_jax.data import use_official_files
+from resnet_jax.experiment import base_config
 
 def get_config():
     config = base_config()
@@ -15,6 +13,8 @@ def get_config():
     config.train.num_epochs = 200
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
-    config.schedule.boundaries = tuple(epoch * STEPS_PER_EPOCH for epoch in (60, 120, 160))
+    config.schedule.boundaries = (60, 120, 160)
+    config.schedule.boundary_unit = "epochs"
     config.schedule.decay_factor = 0.2
-    return use_official_files(config)
+    use_official_files(config.data)
+    return config

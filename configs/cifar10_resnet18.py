@@ -1,6 +1,7 @@
 """CIFAR-10 ResNet-18 (the seed's §3): 3x3 stem, option-B shortcuts; SGD 0.1, wd 5e-4, cosine over 200 epochs."""
 
-from resnet_jax.configuration import base_config, use_official_files
+from resnet_jax.data import use_official_files
+from resnet_jax.experiment import base_config
 
 
 def get_config():
@@ -10,4 +11,5 @@ def get_config():
     config.train.num_epochs = 200
     config.optimizer.weight_decay = 5e-4
     config.schedule.name = "cosine"
-    return use_official_files(config)
+    use_official_files(config.data)
+    return config

@@ -2,7 +2,7 @@
 accuracy in about four minutes on a 2-core CPU. ResNet-8 (the CIFAR family with one block per stage) at the native
 28x28, one-cycle SGD with Nesterov momentum and label smoothing, 4 epochs. Real data that needs no network."""
 
-from resnet_jax.configuration import base_config
+from resnet_jax.experiment import base_config
 
 
 def get_config():

@@ -1,7 +1,8 @@
 """The seed article's own recipe: its ResNet (BasicBlock [2, 2, 2] over 16/32/64), Adam at 1e-3, 20 epochs,
 batch 128, inputs normalised with mean 0.5 and std 0.5, and no augmentation."""
 
-from resnet_jax.configuration import base_config, use_official_files
+from resnet_jax.data import use_official_files
+from resnet_jax.experiment import base_config
 
 
 def get_config():
@@ -17,4 +18,5 @@ def get_config():
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 0.0
     config.schedule.name = "constant"
-    return use_official_files(config)
+    use_official_files(config.data)
+    return config

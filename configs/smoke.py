@@ -1,6 +1,6 @@
 """A tiny network on synthetic data: a whole run with eval and checkpoints in seconds on a CPU."""
 
-from resnet_jax.configuration import base_config
+from resnet_jax.experiment import base_config
 
 
 def get_config():

@@ -1,18 +1,41 @@
-"""On-device augmentation in pure jnp: pad-and-crop, flips, cutout, normalisation.
-
-Every function takes a whole uint8/float batch and ONE PRNG key, is jittable and vmappable, and gives the same
-output for the same key. Per-example randomness is drawn from that key, so results do not depend on sharding.
+"""On-device augmentation in pure jnp: pad-and-crop, flips, cutout, normalisation; and the config's `augment`
+section (its defaults and checks). Every function takes a whole uint8/float batch and ONE PRNG key, is jittable,
+and gives the same output for the same key, so results do not depend on sharding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from resnet_jax import configuration
 
 PAD_MODES = ("constant", "reflect")
+DEFAULTS = {"crop_padding": 4, "pad_mode": "constant", "flip": True, "cutout_size": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation a config's `augment` section asks for."""
+
+    crop_padding: int
+    pad_mode: str
+    flip: bool
+    cutout_size: int
+
+    @classmethod
+    def from_config(cls, augment_config: ml_collections.ConfigDict) -> Augmentation:
+        """The section, checked: one ConfigError line for the first key that cannot work."""
+        for key in ("crop_padding", "cutout_size"):
+            configuration.check_at_least(f"augment.{key}", augment_config[key], 0, "0 turns it off")
+        configuration.check_choice("augment.pad_mode", augment_config.pad_mode, PAD_MODES)
+        configuration.check_choice("augment.flip", augment_config.flip, (False, True))
+        return cls(**{field.name: augment_config[field.name] for field in dataclasses.fields(cls)})
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int = 4, mode: str = "constant") -> jax.Array:
@@ -58,18 +81,10 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float], dt
     return ((images.astype(jnp.float32) - shift) / scale).astype(dtype)
 
 
-def augment_batch(
-    key: jax.Array,
-    images: jax.Array,
-    *,
-    crop_padding: int = 4,
-    pad_mode: str = "constant",
-    flip: bool = True,
-    cutout_size: int = 0,
-) -> jax.Array:
+def augment_batch(key: jax.Array, images: jax.Array, augmentation: Augmentation) -> jax.Array:
     """The training augmentation: random crop, horizontal flip, cutout, on uint8 images (before normalisation)."""
     crop_key, flip_key, cutout_key = jax.random.split(key, 3)
-    images = random_crop(crop_key, images, crop_padding, pad_mode)
-    if flip:
+    images = random_crop(crop_key, images, augmentation.crop_padding, augmentation.pad_mode)
+    if augmentation.flip:
         images = random_flip(flip_key, images)
-    return cutout(cutout_key, images, cutout_size)
+    return cutout(cutout_key, images, augmentation.cutout_size)

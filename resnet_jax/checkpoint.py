@@ -11,16 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from resnet_jax import configuration
+
 BEST_METRIC = "test_accuracy"
+DEFAULTS = {"every_epochs": 1, "keep": 3, "async_save": True}
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that cannot be written; the message names what and why."""
+
+
+def check_config(checkpoint_config: ml_collections.ConfigDict) -> None:
+    configuration.check_positive("checkpoint.every_epochs", checkpoint_config.every_epochs, integer=True)
+    configuration.check_positive("checkpoint.keep", checkpoint_config.keep, integer=True)
+    configuration.check_choice("checkpoint.async_save", checkpoint_config.async_save, (False, True))
 
 
 class Checkpointer:

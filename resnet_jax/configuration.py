@@ -1,70 +1,61 @@
-"""Run configuration: the `--config` file's check, validation before anything compiles, and the comparison with a
-workdir's earlier run. Every problem is reported as one `ConfigError` line that names the key (or the file), the bad
-value and what is allowed.
+"""Configs as data: loading a `--config` file, `--config.key=value` overrides, `config.json` and the identity check.
+
+It knows no section's meaning: each consumer (models, data, optim, ...) owns its section's defaults and checks and
+uses the `check_*` helpers here, so every problem is one `ConfigError` line naming the key, the value and the fix.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.machinery
 import importlib.util
 import json
 import os
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-
-from resnet_jax import augment, data, models, optim
 
 CONFIG_FILE = "config.json"
 # The parts of a config that define what is trained on what: a workdir never silently mixes two of them.
 IDENTITY_SECTIONS = ("model", "data")
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
-NONFINITE_POLICIES = ("stop", "skip")
+OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message is one line naming key, value and what is allowed."""
 
 
-def _choice(key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = tuple(allowed)
+    if isinstance(value, bool) != any(isinstance(option, bool) for option in allowed) or value not in allowed:
         raise ConfigError(f"{key}={value!r} is not known; allowed: {', '.join(map(str, allowed))}")
 
 
-def _positive(key: str, value: Any, integer: bool = False) -> None:
+def check_positive(key: str, value: Any, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
         raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
 
 
-def _in_range(key: str, value: Any, low: float, high: float) -> None:
+def check_at_least(key: str, value: Any, low: int, meaning: str) -> None:
+    """An integer key that must be at least `low`; `meaning` says what `low` stands for."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}={value!r} must be an integer of at least {low} ({meaning})")
+
+
+def check_in_range(key: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
         raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
 
 
-def check_config_argument(argv: Sequence[str]) -> None:
-    """`check_config_file` on the file of `argv`'s `--config`, if it has one, before absl loads it."""
-    config_file = _config_file_argument(argv)
-    if config_file is not None:
-        check_config_file(config_file)
-
-
-def _config_file_argument(argv: Sequence[str]) -> str | None:
-    """The file of the last `--config=PATH` or `--config PATH` in `argv` (absl's last one wins), or None."""
-    found, args = None, iter(argv[1:])
-    for arg in args:
-        if arg == "--":
-            break
-        for prefix in ("--config", "-config"):
-            if arg == prefix:
-                found = next(args, "")
-            elif arg.startswith(f"{prefix}="):
-                found = arg[len(prefix) + 1 :]
-    return found
+# ----------------------------------------------------------------------------------------------------------------
+# The --config file.
 
 
 def _one_line(error: BaseException) -> str:
@@ -77,13 +68,9 @@ def _line_in(path: str, error: BaseException) -> str:
     return f" (line {lines[-1]})" if lines else ""
 
 
-def check_config_file(argument: str) -> None:
-    """Loads a `--config` file as `ml_collections.config_flags` will (`PATH` or `PATH:ARG`, `get_config(ARG)`) and
-    raises a one-line ConfigError naming the file and the fix when that cannot give a ConfigDict.
-
-    config_flags would report these as a traceback, or not until the config is first read, or not at all (a dict
-    from get_config fails later, in validation, as an AttributeError).
-    """
+def load_config_file(argument: str) -> ml_collections.ConfigDict:
+    """The config of a `--config` argument: `PATH` or `PATH:ARG`, whose `get_config([ARG])` returns a ConfigDict
+    (the convention of the Flax examples). Raises a one-line ConfigError naming the file and the fix."""
     path, *args = argument.split(":", 1)
     flag, example = f"--config={argument}", "give the path of a config file, e.g. --config=configs/smoke.py"
     if not path or not os.path.exists(path):
@@ -115,79 +102,115 @@ def check_config_file(argument: str) -> None:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
             f"{flag}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict; return one: "
-            "start from resnet_jax.configuration.base_config(), as configs/smoke.py does"
+            "start from resnet_jax.experiment.base_config(), as configs/smoke.py does"
         )
+    return config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks everything that can be checked without devices or data; raises ConfigError on the first problem."""
-    _choice("model.name", config.model.name, models.MODEL_REGISTRY)
-    _choice("model.dtype", config.model.dtype, models.DTYPES)
-    if config.model.shortcut:
-        _choice("model.shortcut", config.model.shortcut, ("A", "B"))
-    _choice("data.dataset", config.data.dataset, data.DATASETS)
-    _choice("data.source", config.data.source, data.SOURCES)
-    # .get: configs saved before these keys existed (a workdir's config.json) still load.
-    download = config.data.get("download", False)
-    _choice("data.download", download, (False, True))
-    if config.data.source == "files":
-        files_dir = config.data.files_dir
-        if download and not files_dir:
-            raise ConfigError("data.files_dir='' is empty; set it to the folder to download the official files into")
-        if not download and (not files_dir or not Path(files_dir).expanduser().is_dir()):
-            raise ConfigError(
-                f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files, "
-                "or add --config.data.download=True to download them there"
-            )
-    if config.data.image_size:
-        native = data.get_dataset_info(config.data.dataset).image_shape[0]
-        if config.data.image_size < native:
-            raise ConfigError(f"data.image_size={config.data.image_size} is smaller than the images ({native})")
-    _choice("data.channels", config.data.channels, (0, 1, 3))
-    _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-    _positive("optimizer.learning_rate", config.optimizer.learning_rate)
-    _in_range("optimizer.momentum", config.optimizer.momentum, 0.0, 1.0)
-    _in_range("optimizer.weight_decay", config.optimizer.weight_decay, 0.0, 1.0)
-    _choice("schedule.name", config.schedule.name, optim.SCHEDULES)
-    _choice("schedule.warmup_mode", config.schedule.warmup_mode, optim.WARMUP_MODES)
-    _positive("train.batch_size", config.train.batch_size, integer=True)
-    if config.train.num_steps < 0:
-        raise ConfigError(f"train.num_steps={config.train.num_steps!r} must be positive (or 0 to use num_epochs)")
-    if config.train.num_steps == 0:
-        _positive("train.num_epochs", config.train.num_epochs, integer=True)
-    if config.train.steps_per_call < 0:
-        raise ConfigError(f"train.steps_per_call={config.train.steps_per_call!r} must be positive, or 0 for automatic")
-    _positive("train.log_every_steps", config.train.log_every_steps, integer=True)
-    _in_range("train.label_smoothing", config.train.label_smoothing, 0.0, 1.0)
-    _in_range("train.ema_decay", config.train.ema_decay, 0.0, 1.0)
-    _choice("train.on_nonfinite", config.train.on_nonfinite, NONFINITE_POLICIES)
-    _choice("augment.pad_mode", config.augment.pad_mode, augment.PAD_MODES)
-    _positive("eval.batch_size", config.eval.batch_size, integer=True)
-    _positive("eval.every_epochs", config.eval.every_epochs, integer=True)
-    _positive("checkpoint.every_epochs", config.checkpoint.every_epochs, integer=True)
-    _positive("checkpoint.keep", config.checkpoint.keep, integer=True)
+# ----------------------------------------------------------------------------------------------------------------
+# Overrides: `key=value` texts (the command lines' --config.key=value) and typed values (a sweep's trials).
 
 
-def check_workdir(workdir: str | os.PathLike) -> Path:
-    """The workdir must be a folder this process can write (it is created when missing)."""
-    path = Path(workdir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
-    return path
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"section.key": value}` for every leaf of a nested mapping (tuples as lists, as JSON holds them)."""
+    flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            yield from _flatten(value, f"{prefix}{key}.")
+            flat |= flatten(value, f"{prefix}{key}.")
         else:
-            yield f"{prefix}{key}", list(value) if isinstance(value, tuple) else value
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def leaf_value(config: ml_collections.ConfigDict, key: str, flag: str) -> Any:
+    """The value of a dotted leaf key, or a ConfigError naming the key and the nearest real one."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see resnet_jax.experiment.base_config() for the keys"
+            raise ConfigError(f"{flag}: the config has no key {key!r}{hint}")
+        node = node[part]
+    if isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{flag}: {key!r} is a section of the config; set one of its keys: "
+            + ", ".join(f"{key}.{name}" for name in node)
+        )
+    if not isinstance(node, OVERRIDABLE_TYPES):
+        raise ConfigError(f"{flag}: the key holds a {type(node).__name__}, which cannot be set from text")
+    return node
+
+
+def _number(text: str) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return None if isinstance(value, bool) else value
+
+
+def parse_value(key: str, text: str, current: Any, flag: str) -> Any:
+    """Reads `text` as a value of `current`'s type: true/false for a bool, whole numbers for an int, numbers for a
+    float, a comma-separated list (brackets optional) for a tuple, the text itself for a string."""
+    text = text.strip()
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(f"{flag}: {key} is a bool; give true or false")
+        return text.lower() == "true"
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        inner = text.strip("()[] ")
+        items = [item for item in inner.split(",") if item.strip()] if inner else []
+        values = [_number(item.strip()) for item in items]
+        if any(not isinstance(value, (int, float)) for value in values):
+            raise ConfigError(f"{flag}: {key} is a list of numbers; give them comma-separated, e.g. 0.5,0.75")
+        return type(current)(values) if isinstance(current, list) else tuple(values)
+    value = _number(text)
+    if isinstance(current, int) and not isinstance(value, int):
+        raise ConfigError(f"{flag}: {key} is an integer; give a whole number")
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"{flag}: {key} is a number; give a number")
+    return type(current)(value)
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], flag: str = "--config"
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with dotted keys set to values of their type (ints widen to floats where a float is)."""
+    updated = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        current = leaf_value(updated, key, f"{flag}.{key}")
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(current) and not (isinstance(current, (tuple, list)) and isinstance(value, (tuple, list))):
+            raise ConfigError(
+                f"{flag}.{key}={value!r}: the key holds a {type(current).__name__}, not a {type(value).__name__}"
+            )
+        *sections, leaf = key.split(".")
+        node = updated
+        for section in sections:
+            node = node[section]
+        node[leaf] = tuple(value) if isinstance(current, tuple) else value
+    return updated
+
+
+def apply_override_texts(
+    config: ml_collections.ConfigDict, texts: Sequence[str], flag: str = "--config"
+) -> ml_collections.ConfigDict:
+    """`config` with `key=value` texts applied in order (the last one of a key wins, as on a command line)."""
+    values = {}
+    for text in texts:
+        key, separator, value = text.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"{flag}.{text}: give a value, e.g. {flag}.train.num_epochs=3")
+        current = leaf_value(config, key, f"{flag}.{key}")
+        values[key] = parse_value(key, value, current, f"{flag}.{key}={value}")
+    return apply_overrides(config, values, flag)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config.json and the identity of a run.
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -206,94 +229,28 @@ def write_json(config: ml_collections.ConfigDict, path: str | os.PathLike) -> No
     os.replace(partial, path)
 
 
-def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+def from_saved(saved: Mapping[str, Any], defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A saved config (a workdir's config.json) over today's `defaults`: keys added since it was written take their
+    defaults, and keys that no longer exist are dropped (so an older run's tools still rebuild its model)."""
+    known = flatten(defaults.to_dict())
+    values = {key: value for key, value in flatten(saved).items() if key in known}
+    config = defaults.copy_and_resolve_references()
+    for key, value in values.items():
+        *sections, leaf = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+    return config
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
 
 
 def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`key: old -> new` for every model or data key that differs between two configs (locations aside)."""
-    old = dict(_flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS}))
-    new = dict(_flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS}))
+    old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
+    new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
     keys = sorted((old | new).keys() - set(LOCATION_KEYS))
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
-
-
-def use_official_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Reads `config.data.dataset` from its official files, downloaded (and verified) into the user's cache when
-    missing: what the CIFAR configs do, as preparing CIFAR with tfds needs TensorFlow."""
-    config.data.source = "files"
-    config.data.download = True
-    config.data.files_dir = data.default_files_dir(config.data.dataset)
-    return config
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """Every key a run reads, with the He et al. CIFAR-10 ResNet-20 recipe; configs/*.py start from this."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.model = ml_collections.ConfigDict(
-        # shortcut "" keeps the registry's choice (A for the CIFAR family, B for ResNet-18 and up).
-        dict(name="resnet20", dtype="float32", shortcut="", zero_init_residual=False, dropout_rate=0.0)
-    )
-    config.data = ml_collections.ConfigDict(
-        dict(
-            dataset="cifar10",
-            source="tfds",
-            files_dir="",  # the `files` source's folder (~ is expanded)
-            download=False,  # True: download the official files files_dir lacks, verified by sha256
-            download_mirror="",  # a base URL serving the official file names; empty: the official hosts
-            data_dir="",
-            image_size=32,  # grey 28x28 sets are zero-padded to this; 0 keeps the native size
-            channels=0,  # 0: native; 3 repeats a grey channel
-            mean=(),  # empty: the dataset's own statistics
-            std=(),
-            synthetic_train_examples=0,  # 0: the registry's size
-            synthetic_test_examples=0,
-        )
-    )
-    config.augment = ml_collections.ConfigDict(dict(crop_padding=4, pad_mode="constant", flip=True, cutout_size=0))
-    config.train = ml_collections.ConfigDict(
-        dict(
-            batch_size=128,  # global, over all devices
-            num_epochs=0,
-            num_steps=64_000,  # > 0 wins over num_epochs
-            # Steps per call (one lax.scan on accelerators, which hides Python and launch overhead; on CPUs the
-            # steps are dispatched one by one, as XLA:CPU runs convolutions far slower inside loops).
-            # 0: automatic, 50 on accelerators, 1 on CPUs (where a call gains nothing and logs come sooner).
-            steps_per_call=0,
-            log_every_steps=100,
-            label_smoothing=0.0,
-            ema_decay=0.0,  # > 0 keeps an EMA of the weights and evaluates it
-            on_nonfinite="stop",  # or "skip": drop steps with a NaN/Inf loss or gradient and go on
-        )
-    )
-    config.optimizer = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.1,
-            momentum=0.9,
-            nesterov=False,
-            weight_decay=1e-4,
-            decay_all_params=False,  # True also decays BN parameters and biases
-            clip_grad_norm=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-        )
-    )
-    config.schedule = ml_collections.ConfigDict(
-        dict(
-            name="piecewise",
-            boundaries=(32_000, 48_000),  # steps, for piecewise
-            decay_factor=0.1,
-            warmup_steps=0,
-            warmup_mode="linear",
-            warmup_factor=0.0,
-            end_factor=0.0,
-            pct_start=0.3,
-        )
-    )
-    config.eval = ml_collections.ConfigDict(dict(every_epochs=1, batch_size=1000, tta_flip=False))
-    config.checkpoint = ml_collections.ConfigDict(dict(every_epochs=1, keep=3, async_save=True))
-    config.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1))
-    return config

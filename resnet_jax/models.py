@@ -1,7 +1,6 @@
-"""The residual-network zoo in Flax linen: blocks, the configurable `ResNet`, and the registry.
-
-BatchNorm state lives in the `batch_stats` collection; parameters and BN statistics stay float32 while the
-convolutions compute in `dtype` (e.g. bfloat16).
+"""The residual-network zoo in Flax linen: blocks, the configurable `ResNet`, the registry, and the `model` section
+of a config (its defaults, its checks, and `build_model`). BatchNorm state lives in the `batch_stats` collection;
+parameters and BN statistics stay float32 while the convolutions compute in `dtype` (e.g. bfloat16).
 """
 
 from __future__ import annotations
@@ -14,6 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from resnet_jax import configuration
 
 ModuleDef = Any
 Dtype = Any
@@ -41,7 +43,8 @@ def shortcut_a(x: jax.Array, features: int, strides: int) -> jax.Array:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with BN and ReLU; post-activation (He et al. 2015)."""
+    """Two 3x3 convolutions with BN and ReLU; post-activation (He et al. 2015). Dropout, when asked for, sits
+    between the two convolutions, where Wide-ResNets put it (every block here places it so)."""
 
     features: int
     conv: ModuleDef
@@ -49,6 +52,7 @@ class BasicBlock(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     zero_init_last: bool = False
+    dropout_rate: float = 0.0
     expansion = 1
 
     @nn.compact
@@ -56,6 +60,7 @@ class BasicBlock(nn.Module):
         residual = x
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(x)
         y = nn.relu(self.norm()(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features, (3, 3), padding=_pad_1(3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
         return nn.relu(y + _project(residual, self.features, self.strides, self.shortcut, self.conv, self.norm))
@@ -70,6 +75,7 @@ class BottleneckBlock(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     zero_init_last: bool = False
+    dropout_rate: float = 0.0
     expansion = 4
 
     @nn.compact
@@ -78,6 +84,7 @@ class BottleneckBlock(nn.Module):
         y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
         y = nn.relu(self.norm()(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
         out_features = self.features * 4
@@ -134,6 +141,7 @@ class PreActBottleneckBlock(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     zero_init_last: bool = False
+    dropout_rate: float = 0.0
     expansion = 4
 
     @nn.compact
@@ -146,6 +154,7 @@ class PreActBottleneckBlock(nn.Module):
         y = nn.relu(self.norm()(y))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
         y = nn.relu(self.norm()(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(out_features, (1, 1), kernel_init=last_init)(y)
         return y + _project(residual, out_features, self.strides, self.shortcut, self.conv, None)
@@ -215,7 +224,6 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad_1(3))
 
-        block_kwargs = {"dropout_rate": self.dropout_rate} if self.dropout_rate else {}
         block_conv = functools.partial(conv, use_bias=self.conv_bias)
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for index in range(num_blocks):
@@ -226,8 +234,8 @@ class ResNet(nn.Module):
                     strides=2 if stage > 0 and index == 0 else 1,
                     shortcut=self.shortcut,
                     zero_init_last=self.zero_init_residual,
+                    dropout_rate=self.dropout_rate,
                     name=f"stage{stage + 1}_block{index + 1}",
-                    **block_kwargs,
                 )(x, train=train)
         if preactivation:
             x = nn.relu(norm(name="final_bn")(x))
@@ -278,7 +286,14 @@ MODEL_REGISTRY: dict[str, Callable[..., ResNet]] = {
     ),
 }
 
-DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# No float16: it needs loss scaling to train (its gradients underflow), while bfloat16 has float32's range and
+# runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
+DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SHORTCUTS = ("A", "B")
+
+# The `model` section of a config. shortcut "" keeps the registry's choice (A for the CIFAR family, B for
+# ResNet-18 and up).
+DEFAULTS = {"name": "resnet20", "dtype": "float32", "shortcut": "", "zero_init_residual": False, "dropout_rate": 0.0}
 
 
 def get_dtype(name: str) -> Dtype:
@@ -286,6 +301,31 @@ def get_dtype(name: str) -> Dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def check_config(model_config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line ConfigError for the first `model` key that cannot work."""
+    configuration.check_choice("model.name", model_config.name, MODEL_REGISTRY)
+    if model_config.dtype == "float16":
+        raise configuration.ConfigError(
+            "model.dtype='float16' is not offered: float16 trains only with loss scaling; use bfloat16, which needs "
+            "none and runs as fast"
+        )
+    configuration.check_choice("model.dtype", model_config.dtype, DTYPES)
+    if model_config.shortcut:
+        configuration.check_choice("model.shortcut", model_config.shortcut, SHORTCUTS)
+    configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
+    """The network a config's `model` section describes, checked first."""
+    check_config(model_config)
+    overrides = {"dtype": get_dtype(model_config.dtype), "zero_init_residual": model_config.zero_init_residual}
+    if model_config.shortcut:
+        overrides["shortcut"] = model_config.shortcut
+    return MODEL_REGISTRY[model_config.name](
+        num_classes=num_classes, dropout_rate=model_config.dropout_rate, **overrides
+    )
 
 
 def get_model(name: str, num_classes: int = 10, **overrides: Any) -> ResNet:
@@ -310,13 +350,17 @@ def count_params(params: Any) -> int:
 
 
 def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), batch: int = 1) -> float:
-    """Forward FLOPs per image in eval mode, from XLA's cost analysis of the jitted forward pass.
+    """Forward FLOPs per image in eval mode (a multiply-add counts two), from XLA's cost analysis of the jitted
+    forward pass, lowered for the CPU: a count of the network as written, the same whatever device trains it.
 
     The analysis runs on the lowered (pre-optimisation) HLO: it counts the convolutions as written, and it costs
     milliseconds where compiling ResNet-1202 on a CPU costs minutes.
     """
-    variables = init_shapes(model, image_shape)
-    images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+    on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    variables = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu), init_shapes(model, image_shape)
+    )
+    images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=on_cpu)
     lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
     # Some jax releases (0.11) return no analysis before compiling; the compiled count is then the fallback.
     cost = lowered.cost_analysis() or lowered.compile().cost_analysis()

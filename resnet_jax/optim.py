@@ -1,72 +1,135 @@
-"""Optimisers, learning-rate schedules and the weight-decay mask, all from optax.
+"""How parameters move: the optimizer and the learning-rate schedule from their config sections (their defaults and
+checks live here), the weight-decay mask, the loss with label smoothing, and the EMA of weights, all from optax.
 
-Also the loss (cross-entropy with optional label smoothing) and the EMA of weights, so that everything that
-decides how parameters move lives in one place.
+Schedule boundaries and warm-up are given in epochs or fractions of the run, so a change of batch keeps the recipe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from resnet_jax import configuration
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine", "onecycle")
 WARMUP_MODES = ("linear", "constant")
+BOUNDARY_UNITS = ("fraction", "epochs", "steps")
+
+OPTIMIZER_DEFAULTS = {
+    "name": "sgd",
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "decay_all_params": False,  # True also decays BN parameters and biases
+    "clip_grad_norm": 0.0,
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+}
+SCHEDULE_DEFAULTS = {
+    "name": "piecewise",
+    # He et al.'s drops at 32k and 48k of 64k steps; in boundary_unit, so a change of batch keeps the recipe.
+    "boundaries": (0.5, 0.75),
+    "boundary_unit": "fraction",
+    "decay_factor": 0.1,
+    "warmup_epochs": 0.0,
+    "warmup_mode": "linear",
+    "warmup_factor": 0.0,
+    "end_factor": 0.0,
+    "pct_start": 0.3,
+}
+
+
+def check_optimizer_config(optimizer_config: ml_collections.ConfigDict) -> None:
+    configuration.check_choice("optimizer.name", optimizer_config.name, OPTIMIZERS)
+    configuration.check_positive("optimizer.learning_rate", optimizer_config.learning_rate)
+    configuration.check_in_range("optimizer.momentum", optimizer_config.momentum, 0.0, 1.0)
+    configuration.check_in_range("optimizer.weight_decay", optimizer_config.weight_decay, 0.0, 1.0)
+    if optimizer_config.clip_grad_norm < 0:
+        raise configuration.ConfigError(
+            f"optimizer.clip_grad_norm={optimizer_config.clip_grad_norm!r} must be positive, or 0 for no clipping"
+        )
+    for key in ("b1", "b2"):
+        configuration.check_in_range(f"optimizer.{key}", optimizer_config[key], 0.0, 1.0)
+    configuration.check_positive("optimizer.eps", optimizer_config.eps)
+
+
+def check_schedule_config(schedule_config: ml_collections.ConfigDict) -> None:
+    configuration.check_choice("schedule.name", schedule_config.name, SCHEDULES)
+    configuration.check_choice("schedule.warmup_mode", schedule_config.warmup_mode, WARMUP_MODES)
+    configuration.check_choice("schedule.boundary_unit", schedule_config.boundary_unit, BOUNDARY_UNITS)
+    boundaries = tuple(schedule_config.boundaries)
+    if schedule_config.name == "piecewise":
+        if any(b <= 0 for b in boundaries) or list(boundaries) != sorted(boundaries):
+            raise configuration.ConfigError(
+                f"schedule.boundaries={boundaries} must be positive and increasing (in {schedule_config.boundary_unit})"
+            )
+        if schedule_config.boundary_unit == "fraction" and any(b >= 1 for b in boundaries):
+            raise configuration.ConfigError(
+                f"schedule.boundaries={boundaries} are fractions of the run and must be below 1; set "
+                "schedule.boundary_unit=epochs or steps to give them so"
+            )
+    if schedule_config.warmup_epochs < 0:
+        raise configuration.ConfigError(f"schedule.warmup_epochs={schedule_config.warmup_epochs!r} must be 0 or more")
+    configuration.check_in_range("schedule.pct_start", schedule_config.pct_start, 0.0, 1.0)
+
+
+def _to_steps(value: float, unit: str, total_steps: int, steps_per_epoch: int) -> int:
+    scale = {"fraction": total_steps, "epochs": steps_per_epoch, "steps": 1}[unit]
+    return round(value * scale)
 
 
 def make_schedule(
-    name: str,
-    base_lr: float,
-    total_steps: int,
-    *,
-    boundaries: Sequence[int] = (),
-    decay_factor: float = 0.1,
-    warmup_steps: int = 0,
-    warmup_mode: str = "linear",
-    warmup_factor: float = 0.0,
-    end_factor: float = 0.0,
-    pct_start: float = 0.3,
+    schedule_config: ml_collections.ConfigDict, base_lr: float, total_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
-    """A learning-rate schedule over absolute steps.
+    """The learning rate at each step of a run of `total_steps` (`steps_per_epoch` a pass over the data).
 
     - constant: `base_lr` throughout.
-    - piecewise: multiply by `decay_factor` at each of `boundaries` (He et al.: x0.1 at 32k and 48k).
-    - cosine: cosine decay from `base_lr` to `base_lr * end_factor` over `total_steps`.
-    - warmup_cosine: linear warm-up from 0 over `warmup_steps`, then cosine decay.
+    - piecewise: multiply by `decay_factor` at each of `boundaries` (He et al.: x0.1 at 1/2 and 3/4 of the run).
+    - cosine: cosine decay from `base_lr` to `base_lr * end_factor` over the run.
+    - warmup_cosine: linear warm-up from 0 over `warmup_epochs`, then cosine decay.
     - onecycle: Smith's one-cycle (cosine up for `pct_start` of the steps, then down).
-    Any schedule but onecycle may start with `warmup_steps` of warm-up: "linear" from `base_lr * warmup_factor`,
+    Any schedule but onecycle may start with `warmup_epochs` of warm-up: "linear" from `base_lr * warmup_factor`,
     or "constant" at `base_lr * warmup_factor` (He et al.'s ResNet-110 warm-up at 0.01).
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if warmup_mode not in WARMUP_MODES:
-        raise ValueError(f"unknown warm-up mode {warmup_mode!r}; choose one of {', '.join(WARMUP_MODES)}")
+    check_schedule_config(schedule_config)
+    name = schedule_config.name
+    warmup_steps = round(schedule_config.warmup_epochs * steps_per_epoch)
     if name == "onecycle":
-        return optax.cosine_onecycle_schedule(total_steps, base_lr, pct_start=pct_start)
+        return optax.cosine_onecycle_schedule(total_steps, base_lr, pct_start=schedule_config.pct_start)
     if name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1), end_value=base_lr * end_factor
+            0.0,
+            base_lr,
+            warmup_steps,
+            max(total_steps, warmup_steps + 1),
+            end_value=base_lr * schedule_config.end_factor,
         )
     # The main schedule is written over absolute steps; join_schedules hands it steps counted from the warm-up's
     # end, so shift them back.
     if name == "piecewise":
+        unit = schedule_config.boundary_unit
+        drops = [_to_steps(b, unit, total_steps, steps_per_epoch) for b in schedule_config.boundaries]
         main = optax.piecewise_constant_schedule(
-            base_lr, {int(boundary) - warmup_steps: decay_factor for boundary in boundaries}
+            base_lr, {step - warmup_steps: schedule_config.decay_factor for step in drops}
         )
     elif name == "cosine":
-        main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1), alpha=end_factor)
+        main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1), alpha=schedule_config.end_factor)
     else:
         main = optax.constant_schedule(base_lr)
     if warmup_steps <= 0:
         return main
-    if warmup_mode == "constant":
-        warmup = optax.constant_schedule(base_lr * warmup_factor)
+    start = base_lr * schedule_config.warmup_factor
+    if schedule_config.warmup_mode == "constant":
+        warmup = optax.constant_schedule(start)
     else:
-        warmup = optax.linear_schedule(base_lr * warmup_factor, base_lr, warmup_steps)
+        warmup = optax.linear_schedule(start, base_lr, warmup_steps)
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
@@ -75,38 +138,50 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
+def scale_by_schedule_at_step(schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+    """Scales updates by `-schedule(step)`, `step` given to `update` (the train state's own step).
+
+    optax's own schedules count the updates in the optimizer state, and a step dropped for non-finite values
+    keeps the state it came from: its count would then lag the run by the steps dropped.
+    """
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None, *, step: jax.Array, **extra: Any):
+        del params, extra
+        rate = -schedule(step)
+        return jax.tree.map(lambda update: (rate * update).astype(update.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def make_optimizer(
-    name: str,
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    decay_all_params: bool = False,
-    clip_grad_norm: float = 0.0,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-) -> optax.GradientTransformation:
-    """SGD (momentum, Nesterov), Adam or AdamW, with weight decay and optional global-norm clipping.
+    optimizer_config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformationExtraArgs:
+    """SGD (momentum, Nesterov), Adam or AdamW at `schedule`'s rate, with weight decay and optional global-norm
+    clipping. `update` takes the train state's step: `tx.update(grads, opt_state, params, step=step)`.
 
     For sgd and adam the weight decay is an L2 term added to the gradient, as in PyTorch's optimisers and the
     papers; adamw decouples it. Unless `decay_all_params`, BN parameters and biases are not decayed.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    mask = None if decay_all_params else decay_mask
-    parts = [optax.clip_by_global_norm(clip_grad_norm)] if clip_grad_norm > 0 else []
-    if name == "adamw":
-        parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask))
-        return optax.chain(*parts)
-    if weight_decay > 0:
-        parts.append(optax.add_decayed_weights(weight_decay, mask))
-    if name == "sgd":
-        parts.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+    check_optimizer_config(optimizer_config)
+    config = optimizer_config
+    mask = None if config.decay_all_params else decay_mask
+    parts = [optax.clip_by_global_norm(config.clip_grad_norm)] if config.clip_grad_norm > 0 else []
+    if config.name == "adamw":
+        parts += [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)]
+        parts += [optax.add_decayed_weights(config.weight_decay, mask)]
     else:
-        parts.append(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
-    return optax.chain(*parts)
+        if config.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(config.weight_decay, mask))
+        if config.name == "sgd":
+            if config.momentum:
+                parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
+        else:
+            parts.append(optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps))
+    return optax.chain(*parts, scale_by_schedule_at_step(schedule))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

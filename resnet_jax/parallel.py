@@ -7,7 +7,8 @@ replicated, so under `jax.jit` BatchNorm reduces over the global batch with no `
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -15,16 +16,20 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+# The config's `distributed` section: empty, a single process unless the environment says otherwise.
+DEFAULTS = {"coordinator_address": "", "num_processes": 0, "process_id": -1}
 
 
-def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> bool:
-    """Starts JAX's multi-process runtime when the config or the environment asks for it.
+def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
+    """Starts JAX's multi-process runtime when the config's `distributed` section or the environment asks for it.
 
     Returns whether it was started. With nothing configured and no cluster environment (SLURM, Open MPI, ...),
     the run stays single-process.
     """
     if jax.distributed.is_initialized():
         return True
+    coordinator_address = distributed_config["coordinator_address"]
+    num_processes, process_id = distributed_config["num_processes"], distributed_config["process_id"]
     launched_by_cluster = (
         bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1

@@ -23,22 +23,21 @@ from resnet_jax.state import TrainState
 
 Metrics = dict[str, jax.Array]
 NO_NONFINITE_STEP = int(jnp.iinfo(jnp.int32).max)
-TRAIN_SUMS = ("loss_sum", "correct", "count", "grad_norm_sum", "steps", "nonfinite_steps")
+# count, loss_sum and correct cover the applied steps; examples every step's batch (for images/s).
+TRAIN_SUMS = ("loss_sum", "correct", "count", "examples", "grad_norm_sum", "steps", "nonfinite_steps")
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """What the steps need to know beyond the model: input statistics, augmentation, loss and EMA."""
+    """What the steps need to know beyond the model: input statistics, augmentation, loss and EMA (built from the
+    config by `experiment.build`)."""
 
     mean: Sequence[float]
     std: Sequence[float]
-    dtype: Any = jnp.float32
-    crop_padding: int = 4
-    pad_mode: str = "constant"
-    flip: bool = True
-    cutout_size: int = 0
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0
+    dtype: Any
+    augmentation: augment.Augmentation
+    label_smoothing: float
+    ema_decay: float
 
 
 def _tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
@@ -47,19 +46,13 @@ def _tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
 
 def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """One optimizer step on a uint8 batch. A step whose loss or gradients are not finite changes nothing but
-    the step counter, and is counted in the metrics (`nonfinite_steps`, `first_nonfinite_step`)."""
+    the step counter, and is counted in the metrics (`nonfinite_steps`, `first_nonfinite_step`) but not in the
+    loss or accuracy. The learning rate is the schedule's at `state.step`, so a dropped step shifts nothing."""
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, Metrics]:
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         augment_key, dropout_key = jax.random.split(step_key)
-        images = augment.augment_batch(
-            augment_key,
-            images,
-            crop_padding=config.crop_padding,
-            pad_mode=config.pad_mode,
-            flip=config.flip,
-            cutout_size=config.cutout_size,
-        )
+        images = augment.augment_batch(augment_key, images, config.augmentation)
         inputs = augment.normalize(images, config.mean, config.std, config.dtype)
 
         def loss_fn(params):
@@ -74,7 +67,7 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
             return loss, (logits, updates["batch_stats"])
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, step=state.step)
         params = jax.tree.map(jnp.add, state.params, updates)
         grad_norm = optim.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -92,11 +85,12 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
             opt_state=_tree_where(finite, opt_state, state.opt_state),
             ema=ema,
         )
-        count = jnp.asarray(labels.shape[0], jnp.float32)
+        examples = jnp.asarray(labels.shape[0], jnp.float32)
         metrics = {
-            "loss_sum": jnp.where(finite, loss, 0.0) * count,
-            "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
-            "count": count,
+            "loss_sum": jnp.where(finite, loss, 0.0) * examples,
+            "correct": jnp.where(finite, jnp.sum(jnp.argmax(logits, -1) == labels), 0).astype(jnp.float32),
+            "count": jnp.where(finite, examples, 0.0),
+            "examples": examples,
             "grad_norm_sum": jnp.where(finite, grad_norm, 0.0),
             "steps": jnp.ones((), jnp.float32),
             "nonfinite_steps": (~finite).astype(jnp.float32),

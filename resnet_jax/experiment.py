@@ -1,0 +1,271 @@
+"""The experiment a config describes, assembled: `build(config, mesh)` gives the model, optimizer, schedule, steps,
+shapes and split sizes, and `Experiment.make_train_program()` the one train program that the trainer, the tools and
+the benchmarks all run. No I/O happens here, and no loop; `base_config()` gathers every section's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_jax import augment, checkpoint, configuration, data, models, optim, parallel, pipeline, steps
+from resnet_jax.state import TrainState, lower_train_state
+
+NONFINITE_POLICIES = ("stop", "skip")
+TRAIN_DEFAULTS = {
+    "batch_size": 128,  # global, over all devices
+    "num_epochs": 0,
+    "num_steps": 64_000,  # > 0 wins over num_epochs
+    # Steps per call (one lax.scan on accelerators, which hides Python and launch overhead; on CPUs the steps are
+    # dispatched one by one, as XLA:CPU runs convolutions far slower inside loops). 0: automatic, 50 on
+    # accelerators, 1 on CPUs (where a call gains nothing and logs come sooner).
+    "steps_per_call": 0,
+    "log_every_steps": 100,
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,  # > 0 keeps an EMA of the weights and evaluates it
+    "on_nonfinite": "stop",  # or "skip": drop steps with a NaN/Inf loss or gradient and go on
+}
+EVAL_DEFAULTS = {"every_epochs": 1, "batch_size": 1000, "tta_flip": False}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with the He et al. CIFAR-10 ResNet-20 recipe; configs/*.py start from this. Each
+    section's defaults belong to the module that reads it."""
+    sections = {
+        "seed": 0,
+        "model": models.DEFAULTS,
+        "data": data.DEFAULTS,
+        "augment": augment.DEFAULTS,
+        "train": TRAIN_DEFAULTS,
+        "optimizer": optim.OPTIMIZER_DEFAULTS,
+        "schedule": optim.SCHEDULE_DEFAULTS,
+        "eval": EVAL_DEFAULTS,
+        "checkpoint": checkpoint.DEFAULTS,
+        "distributed": parallel.DEFAULTS,
+    }
+    return ml_collections.ConfigDict(
+        {name: dict(section) if isinstance(section, dict) else section for name, section in sections.items()}
+    )
+
+
+def check_train_config(train_config: ml_collections.ConfigDict) -> None:
+    configuration.check_positive("train.batch_size", train_config.batch_size, integer=True)
+    if isinstance(train_config.num_steps, bool) or not isinstance(train_config.num_steps, int) or train_config.num_steps < 0:
+        raise configuration.ConfigError(
+            f"train.num_steps={train_config.num_steps!r} must be positive (or 0 to use num_epochs)"
+        )
+    if train_config.num_steps == 0:
+        configuration.check_positive("train.num_epochs", train_config.num_epochs, integer=True)
+    configuration.check_at_least("train.steps_per_call", train_config.steps_per_call, 0, "0 for automatic")
+    configuration.check_positive("train.log_every_steps", train_config.log_every_steps, integer=True)
+    configuration.check_in_range("train.label_smoothing", train_config.label_smoothing, 0.0, 1.0)
+    configuration.check_in_range("train.ema_decay", train_config.ema_decay, 0.0, 1.0)
+    configuration.check_choice("train.on_nonfinite", train_config.on_nonfinite, NONFINITE_POLICIES)
+
+
+def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
+    configuration.check_positive("eval.batch_size", eval_config.batch_size, integer=True)
+    configuration.check_positive("eval.every_epochs", eval_config.every_epochs, integer=True)
+    configuration.check_choice("eval.tta_flip", eval_config.tta_flip, (False, True))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every section checked by the module that reads it, without devices or data; one ConfigError line."""
+    models.check_config(config.model)
+    data.check_config(config.data)
+    augment.Augmentation.from_config(config.augment)
+    check_train_config(config.train)
+    optim.check_optimizer_config(config.optimizer)
+    optim.check_schedule_config(config.schedule)
+    check_eval_config(config.eval)
+    checkpoint.check_config(config.checkpoint)
+
+
+def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str, float]:
+    """An evaluation's sums as means: `<prefix>_loss`, `_accuracy`, `_top5_accuracy` and `_examples`."""
+    host = {key: float(value) for key, value in jax.device_get(sums).items()}
+    count = max(host["count"], 1.0)
+    return {
+        f"{prefix}_loss": host["loss_sum"] / count,
+        f"{prefix}_accuracy": host["correct"] / count,
+        f"{prefix}_top5_accuracy": host["correct_top5"] / count,
+        f"{prefix}_examples": host["count"],
+    }
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    """The train program of a run: the loop of steps over the device-resident split, the epoch permutation, the
+    metric window it accumulates into, and the learning rate at a step. Each is one jitted program."""
+
+    loop: steps.TrainLoop
+    permutation: Callable[[jax.Array], jax.Array]  # epoch -> each device's shuffle of its shard
+    zero_totals: Callable[[], steps.Metrics]
+    learning_rate: Callable[[jax.Array], jax.Array]
+    steps_per_call: int
+    steps_per_epoch: int
+    total_steps: int
+
+    def chunk_sizes(self, position: pipeline.DataPosition, step: int) -> list[int]:
+        """Every `num_steps` the loop dispatches from `step` on (at most three distinct values), sorted."""
+        sizes, in_epoch = set(), position.step_in_epoch
+        while step < self.total_steps:
+            count = min(self.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
+            sizes.add(count)
+            step, in_epoch = step + count, (in_epoch + count) % self.steps_per_epoch
+        return sorted(sizes)
+
+    def lowerings(
+        self, state: Any, train_split: pipeline.DeviceSplit, position: pipeline.DataPosition, step: int
+    ) -> dict[str, Callable[[], Any]]:
+        """By name, a function lowering each program the run calls from `step` on, for arguments that may be
+        abstract: the train loop (once per chunk length when it scans), the permutation and the metric window."""
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        permutation = jax.eval_shape(self.permutation, scalar)
+        totals = jax.eval_shape(self.zero_totals)
+        counts = self.chunk_sizes(position, step)
+
+        def train(count: int) -> Callable[[], Any]:
+            return lambda: self.loop.lower(state, totals, train_split, permutation, scalar, count)
+
+        # Stepping one dispatch at a time, every chunk length runs the same one-step program: lower it once.
+        scan = self.loop.scan
+        lowerings = {
+            (f"train x{count}" if scan else "train step"): train(count) for count in counts[: None if scan else 1]
+        }
+        return lowerings | {"permutation": lambda: self.permutation.lower(scalar), "metric window": self.zero_totals.lower}
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run builds from its config before any data is read: what the trainer and every tool use."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    info: data.DatasetInfo
+    input_shape: tuple[int, int, int]
+    model: models.ResNet
+    schedule: optax.Schedule
+    tx: optax.GradientTransformationExtraArgs
+    step_config: steps.StepConfig
+    steps_per_epoch: int
+    total_steps: int
+    train_examples: int
+
+    @property
+    def eval_batch_per_device(self) -> int:
+        return max(1, math.ceil(self.config.eval.batch_size / self.mesh.devices.size))
+
+    @property
+    def steps_per_call(self) -> int:
+        """`train.steps_per_call`, with 0 resolved for the mesh's platform (see TRAIN_DEFAULTS)."""
+        if self.config.train.steps_per_call:
+            return self.config.train.steps_per_call
+        return 1 if self.mesh.devices.flat[0].platform == "cpu" else 50
+
+    def eval_split_rows(self, split: str = "test") -> tuple[int, int]:
+        """A split's size, and its rows for evaluation: padded to whole global batches."""
+        num_examples = data.config_split_size(self.config.data, split)
+        global_batch = self.eval_batch_per_device * self.mesh.devices.size
+        return num_examples, pipeline.eval_rows(num_examples, global_batch)
+
+    def load_train_split(self) -> pipeline.DeviceSplit:
+        """The training split on the mesh (this reads the data)."""
+        loader = data.config_loader(self.config.data, "train", self.config.seed)
+        return pipeline.put_split(loader, self.train_examples, self.train_examples, self.mesh)
+
+    def load_eval_split(self, split: str = "test") -> tuple[pipeline.DeviceSplit, int]:
+        """A split for evaluation, padded to whole global batches, on the mesh; and its true size (this reads)."""
+        num_examples, rows = self.eval_split_rows(split)
+        loader = data.config_loader(self.config.data, split, self.config.seed)
+        return pipeline.put_split(loader, num_examples, rows, self.mesh), num_examples
+
+    def lower_new_state(self) -> jax.stages.Lowered:
+        """The init program, lowered: its `out_info` is the state's shapes, and `.compile()()` the state."""
+        use_ema = self.config.train.ema_decay > 0
+        return lower_train_state(self.model, self.tx, self.config.seed, self.input_shape, self.mesh, use_ema)
+
+    def new_state(self) -> TrainState:
+        return self.lower_new_state().compile()()
+
+    def make_evaluate(self, tta_flip: bool | None = None, return_logits: bool = False) -> Callable:
+        """`evaluate(variables, split) -> (sums, logits)` over every example of a padded split, in one dispatch."""
+        flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
+        eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
+        return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
+
+    def make_train_program(self, scan: bool | None = None) -> TrainProgram:
+        """The train program; `scan` defaults to `steps.scan_is_fast` for the mesh."""
+        mesh, seed = self.mesh, self.config.seed
+        batch_per_device = self.config.train.batch_size // mesh.devices.size
+        loop = steps.make_train_loop(steps.make_train_step(self.step_config), mesh, batch_per_device, scan=scan)
+        rows_per_device = self.train_examples // mesh.devices.size
+
+        def permutation(epoch: jax.Array) -> jax.Array:
+            # The data key is derived inside: made eagerly, its four random ops would each compile on their own.
+            data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+            return pipeline.epoch_permutation(data_key, epoch, rows_per_device, mesh)
+
+        return TrainProgram(
+            loop=loop,
+            # Its sharding declared, so that its abstract value (to compile the loop ahead of time) carries it.
+            permutation=jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh)),
+            # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
+            zero_totals=jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh)),
+            # One program for the logged learning rate, not a dozen eager ops (each compiled on its first use).
+            learning_rate=jax.jit(self.schedule),
+            steps_per_call=self.steps_per_call,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+    """Checks the config and builds model, optimizer, schedule and step settings; reads no data, compiles nothing."""
+    check_config(config)
+    mesh = mesh or parallel.make_mesh()
+    try:
+        parallel.check_batch_divides(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise configuration.ConfigError(str(error)) from None
+    info = data.get_dataset_info(config.data.dataset)
+    input_shape = data.config_input_shape(config.data)
+    mean, std = data.config_normalization(config.data)
+    model = models.build_model(config.model, info.num_classes)
+    train_examples = pipeline.train_rows(data.config_split_size(config.data, "train"), mesh)
+    batch_per_device = config.train.batch_size // mesh.devices.size
+    steps_per_epoch = train_examples // mesh.devices.size // batch_per_device
+    if steps_per_epoch == 0:
+        raise configuration.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training set ({train_examples})"
+        )
+    total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+    schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
+    step_config = steps.StepConfig(
+        mean=mean,
+        std=std,
+        dtype=models.get_dtype(config.model.dtype),
+        augmentation=augment.Augmentation.from_config(config.augment),
+        label_smoothing=config.train.label_smoothing,
+        ema_decay=config.train.ema_decay,
+    )
+    return Experiment(
+        config=config,
+        mesh=mesh,
+        info=info,
+        input_shape=input_shape,
+        model=model,
+        schedule=schedule,
+        tx=optim.make_optimizer(config.optimizer, schedule),
+        step_config=step_config,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        train_examples=train_examples,
+    )

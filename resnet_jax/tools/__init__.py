@@ -1,0 +1,2 @@
+"""The commands around a run (train, evaluate, predict, export, plots, models, compare, sweep, data), built on the
+library, which knows nothing of them. One flag convention (`common`), one `resnet-jax` entry point (`main`)."""

@@ -1,0 +1,83 @@
+"""The tools' one flag convention: argparse, `--config FILE` with `--config.key=value` overrides loaded by the
+project's own `configuration`, and every bad input ended in one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import ml_collections
+
+from resnet_jax import configuration
+from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.configuration import ConfigError
+from resnet_jax.data import DataError
+
+BAD_INPUT = 2  # exit status for a config, flag, file or data problem; 1 is a run that had to stop
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
+CONFIG_OVERRIDE_PREFIX = "--config."
+
+
+def fail(message: object) -> NoReturn:
+    """Ends a command with `message` as one line on stderr, exit status 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+    raise SystemExit(BAD_INPUT)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (argparse's own print the usage first), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message} (--help lists the options)")
+
+
+def parser(name: str, description: str) -> ArgumentParser:
+    """The parser of `resnet-jax NAME`; `description` is the tool's module docstring (its first paragraph shows)."""
+    return ArgumentParser(
+        prog=f"resnet-jax {name}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE[:ARG]",
+        help="a configs/*.py file whose get_config() returns the run's ConfigDict; override any key with "
+        "--config.section.key=value (e.g. --config.train.num_epochs=3)",
+    )
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`argv` without its `--config.key=value` (or `--config.key value`) arguments, and those as `key=value`."""
+    rest, overrides, args = [], [], iter(argv)
+    for arg in args:
+        if arg.startswith(CONFIG_OVERRIDE_PREFIX):
+            text = arg[len(CONFIG_OVERRIDE_PREFIX) :]
+            if "=" not in text:
+                value = next(args, None)
+                if value is None:
+                    fail(f"{arg}: give a value, e.g. {arg}=VALUE")
+                text = f"{text}={value}"
+            overrides.append(text)
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def parse_with_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+    """Parses `argv` (default: the command line) and loads `--config` with its overrides; a bad file or override
+    ends in one line."""
+    rest, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    try:
+        config = configuration.load_config_file(args.config)
+        config = configuration.apply_override_texts(config, overrides)
+    except ConfigError as error:
+        fail(error)
+    return args, config

@@ -1,0 +1,47 @@
+"""`resnet-jax COMMAND ...`: one entry point for every tool, as `tfds` and `huggingface-cli` have; each command is
+also `python -m resnet_jax.tools.COMMAND`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from resnet_jax.tools import common
+
+# command -> (module, what it does)
+COMMANDS = {
+    "train": ("resnet_jax.tools.train", "train (or resume) a run in a workdir from a config file"),
+    "evaluate": ("resnet_jax.tools.evaluate", "score a checkpoint on every example of a split"),
+    "predict": ("resnet_jax.tools.predict", "predict the classes of image files"),
+    "export": ("resnet_jax.tools.export", "export the inference function with jax.export"),
+    "plots": ("resnet_jax.tools.plots", "plot the training curves of one or more runs"),
+    "models": ("resnet_jax.tools.models", "list the model zoo, or summarise one model"),
+    "compare": ("resnet_jax.tools.compare", "compare architectures: cost, speed, memory and accuracy"),
+    "sweep": ("resnet_jax.tools.sweep", "a hyper-parameter grid or Optuna search of training runs"),
+    "data": ("resnet_jax.tools.data", "describe, download or prepare a dataset"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: resnet-jax COMMAND [--help] ...", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "resnet-jax COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        common.fail(f"resnet-jax: unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
