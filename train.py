@@ -1,6 +1,9 @@
-"""Trains a residual network: `python train.py --workdir DIR --config configs/NAME.py [--config.key=value ...]`."""
+"""Trains a residual network: `python train.py --workdir DIR --config configs/NAME.py [--config.key=value ...]`
+(the same command as `resnet-jax train`)."""
 
-from resnet_jax.cli import main
+import sys
+
+from resnet_jax.tools.train import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,7 @@ lr x0.2 at epochs 60, 120 and 160, dropout 0.3."""
 from resnet_jax.data import use_official_files
 from resnet_jax.experiment import base_config
 
+
 def get_config():
     config = base_config()
     config.model.name = "wrn28_10"

@@ -1,24 +1,32 @@
-"""Checkpoints with orbax: asynchronous saves, the last N kept plus the best, and restores that survive damage.
-
-A checkpoint holds the train state's arrays (`state`) and a small JSON record (`meta`: data position, epoch,
-metrics). Restoring walks back from the newest step past any checkpoint that fails to read, and deletes nothing.
+"""Checkpoints with orbax: asynchronous saves, the last N kept plus the best, restores that survive damage, and
+the weight transplant that starts a run from another one's weights. A checkpoint holds the train state's arrays
+(`state`) and a small JSON record (`meta`: data position, metrics, state format). Nothing is ever deleted.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from resnet_jax import configuration
+from resnet_jax import configuration, parallel
 
 BEST_METRIC = "test_accuracy"
 DEFAULTS = {"every_epochs": 1, "keep": 3, "async_save": True}
+# The train state's layout in `meta["state_format"]`. 2: the learning rate is applied at the state's step by a
+# stateless transform (earlier checkpoints kept optax's schedule count in the optimizer state).
+STATE_FORMAT = 2
+# Errors that say the storage could not be read just now, not that the checkpoint is damaged.
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EACCES, errno.EPERM, errno.ESTALE, errno.EBUSY}
+# Errors that say this code cannot read a sound checkpoint (an incompatible orbax or project version).
+VERSION_ERRORS = (TypeError, AttributeError, ImportError, NameError, NotImplementedError)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ class Checkpointer:
         """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""
         if step in self.manager.all_steps():
             return
+        meta = meta | {"state_format": STATE_FORMAT}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta))
         try:
             self.manager.save(step, args=args, metrics=metrics)
@@ -101,28 +110,49 @@ class Checkpointer:
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.meta)
 
-    def restore_newest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """Restores the newest checkpoint that reads back whole, or returns None when there is none.
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-        A checkpoint that fails to restore (a truncated or missing file) is skipped with a warning naming it and
-        set aside; nothing is deleted. One that reads but holds another kind of state (the optimizer or the EMA
-        setting changed) stops the restore with an error instead: it is not damaged.
+    def _check_restorable(self, step: int, abstract_state: Any) -> None:
+        """Refuses, in one line that says how to go on, a sound checkpoint that holds another kind of state."""
+        if self.restore_meta(step).get("state_format", 1) != STATE_FORMAT:
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} was written by an earlier resnet-jax whose optimizer state is "
+                "laid out differently, so it cannot resume: pass --finetune to start from its weights, or --fresh "
+                "to start over (resnet-jax evaluate, predict and export still read it)"
+            )
+        saved = self.manager.item_metadata(step)["state"]
+        if _layout(saved) != _layout(abstract_state):
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} holds a different train state than this config builds "
+                f"(leaves per part: saved {_layout(saved)}, now {_layout(abstract_state)}): the optimizer or "
+                "train.ema_decay changed. Restore the old setting, or pass --fresh or --finetune."
+            )
+
+    def restore_newest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """Restores the newest checkpoint that reads back whole into `abstract_state` (None: as saved), or returns
+        None when there is none.
+
+        Only damage (missing, truncated or garbled files) makes a checkpoint be skipped, with a warning naming it,
+        and set aside in `checkpoints_damaged/`. A read that fails for a passing reason (an I/O error), or because
+        this code cannot read it (another orbax version), or a sound checkpoint of another kind of state, stops
+        with a CheckpointError that leaves everything in place.
         """
         skipped = []
         for step in reversed(self.steps()):
             try:
-                saved = self.manager.item_metadata(step)["state"]
-                if abstract_state is not None and _layout(saved) != _layout(abstract_state):
-                    raise CheckpointError(
-                        f"checkpoint {step} in {self.directory} holds a different train state than this config builds "
-                        f"(leaves per part: saved {_layout(saved)}, now {_layout(abstract_state)}): the optimizer or "
-                        "train.ema_decay changed. Restore the old setting, or pass --fresh or --finetune."
-                    )
+                if abstract_state is not None:
+                    self._check_restorable(step, abstract_state)
                 state, meta = self.restore(step, abstract_state)
             except CheckpointError:
                 raise
             except Exception as error:  # orbax and tensorstore raise many types for damaged files
-                reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+                reason = _reason(error)
+                if _is_transient(error) or isinstance(error, VERSION_ERRORS):
+                    raise CheckpointError(
+                        f"checkpoint {step} in {self.directory} could not be read ({type(error).__name__}: {reason}); "
+                        "nothing was moved. Check the storage and the installed orbax version, then run again."
+                    ) from error
                 logger.warning("checkpoint %d in %s is unreadable and was skipped: %s", step, self.directory, reason)
                 skipped.append(step)
                 continue
@@ -157,10 +187,62 @@ class Checkpointer:
                 while target.exists():
                     target, suffix = self.damaged_directory / f"{step}.{suffix}", suffix + 1
                 source.rename(target)
+        # The other processes reload only once process 0 has moved every folder.
+        parallel.barrier("resnet_jax:damaged-set-aside")
         self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+
+
+def _is_transient(error: BaseException) -> bool:
+    """An OS-level failure to read that may pass (I/O error, permissions, a stale network mount), anywhere in the
+    chain of causes orbax and tensorstore wrap it in."""
+    while error is not None:
+        if isinstance(error, (PermissionError, TimeoutError)):
+            return True
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def transplant_weights(state: Any, source: Path) -> Any:
+    """`state` with the weights of the newest good checkpoint in `source` wherever a parameter's path and shape
+    agree; the rest keep their fresh initialisation, each named in a warning. The source's averaged weights are
+    taken when it kept an EMA (what its evaluations scored). An EMA of `state` starts from the same weights."""
+    restored = Checkpointer(source, async_save=False, create=False).restore_newest_good(None)
+    if restored is None:
+        raise CheckpointError(f"--finetune: no readable checkpoint in {source}")
+    _, tree, _ = restored
+    weights = tree.get("ema") or {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    saved = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(weights)}
+    kept, fresh = 0, []
+
+    def pick(path, new):
+        nonlocal kept
+        name = jax.tree_util.keystr(path)
+        old = saved.get(name)
+        if old is None or tuple(old.shape) != tuple(new.shape):
+            fresh.append(f"{name} {tuple(new.shape)} (saved: {'none' if old is None else tuple(old.shape)})")
+            return new
+        kept += 1
+        # Each process holds the whole restored array; it fills its own devices' shards of the global one.
+        host = np.asarray(old, new.dtype)
+        return jax.make_array_from_callback(new.shape, new.sharding, lambda index: host[index])
+
+    variables = jax.tree_util.tree_map_with_path(pick, state.variables)
+    for line in fresh:
+        logger.warning("fine-tune: %s starts fresh", line)
+    if kept == 0:
+        raise CheckpointError(f"--finetune: no parameter of {source} fits this model; give --fresh to start over")
+    logger.info("fine-tune: %d arrays taken from %s, %d start fresh", kept, source, len(fresh))
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    return state.replace(ema=variables) if state.ema is not None else state
 
 
 def _layout(tree: Any) -> dict[str, int]:

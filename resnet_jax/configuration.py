@@ -183,7 +183,9 @@ def apply_overrides(
         current = leaf_value(updated, key, f"{flag}.{key}")
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if type(value) is not type(current) and not (isinstance(current, (tuple, list)) and isinstance(value, (tuple, list))):
+        if type(value) is not type(current) and not (
+            isinstance(current, (tuple, list)) and isinstance(value, (tuple, list))
+        ):
             raise ConfigError(
                 f"{flag}.{key}={value!r}: the key holds a {type(current).__name__}, not a {type(value).__name__}"
             )

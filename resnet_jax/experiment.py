@@ -57,7 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def check_train_config(train_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("train.batch_size", train_config.batch_size, integer=True)
-    if isinstance(train_config.num_steps, bool) or not isinstance(train_config.num_steps, int) or train_config.num_steps < 0:
+    if (
+        isinstance(train_config.num_steps, bool)
+        or not isinstance(train_config.num_steps, int)
+        or train_config.num_steps < 0
+    ):
         raise configuration.ConfigError(
             f"train.num_steps={train_config.num_steps!r} must be positive (or 0 to use num_epochs)"
         )
@@ -140,7 +144,10 @@ class TrainProgram:
         lowerings = {
             (f"train x{count}" if scan else "train step"): train(count) for count in counts[: None if scan else 1]
         }
-        return lowerings | {"permutation": lambda: self.permutation.lower(scalar), "metric window": self.zero_totals.lower}
+        return lowerings | {
+            "permutation": lambda: self.permutation.lower(scalar),
+            "metric window": self.zero_totals.lower,
+        }
 
 
 @dataclasses.dataclass

@@ -120,7 +120,9 @@ def make_schedule(
             base_lr, {step - warmup_steps: schedule_config.decay_factor for step in drops}
         )
     elif name == "cosine":
-        main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1), alpha=schedule_config.end_factor)
+        main = optax.cosine_decay_schedule(
+            base_lr, max(total_steps - warmup_steps, 1), alpha=schedule_config.end_factor
+        )
     else:
         main = optax.constant_schedule(base_lr)
     if warmup_steps <= 0:

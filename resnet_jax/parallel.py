@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost as orbax_multihost
 
 DATA_AXIS = "data"
 # The config's `distributed` section: empty, a single process unless the environment says otherwise.
@@ -48,6 +49,13 @@ def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
     # stands at the same point, rather than first inside a training step that one process reaches late.
     multihost_utils.sync_global_devices("resnet_jax:distributed-start")
     return True
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process reaches `name`, through JAX's coordination service (no device collectives, so no
+    collective timeouts); a no-op for one process."""
+    if jax.process_count() > 1:
+        orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ def setup_logging() -> None:
     """This package's progress at INFO on stderr; the libraries' (orbax logs every file it writes) from WARNING."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxThreadTracebacks) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxThreadTracebacks())
+    if not any(isinstance(f, _BackgroundThreadTracebacks) for f in absl_logger.filters):
+        absl_logger.addFilter(_BackgroundThreadTracebacks())
     if not isinstance(sys.unraisablehook, _QuietAbandonedWrites):
         sys.unraisablehook = _QuietAbandonedWrites(sys.unraisablehook)
     package_logger = logging.getLogger("resnet_jax")
@@ -47,12 +48,13 @@ class _StderrHandler(logging.StreamHandler):
         del value
 
 
-class _OrbaxThreadTracebacks(logging.Filter):
-    """Drops the tracebacks orbax's background save threads log when a write fails (a full disk): each thread keeps
-    its exception and re-raises it to `Checkpointer.wait`, which reports it to the user once, in one line."""
+class _BackgroundThreadTracebacks(logging.Filter):
+    """Drops the tracebacks that libraries' background threads log through absl (orbax's save threads, when a write
+    fails on a full disk): each such thread keeps its exception and re-raises it to `Checkpointer.wait`, which
+    reports it to the user once, in one line. Records of the main thread pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+        return not (record.exc_info and record.thread != threading.main_thread().ident)
 
 
 class _QuietAbandonedWrites:

@@ -1,0 +1,130 @@
+"""A run's start-up: the state restored (or initialised, or fine-tuned), the data on the devices, and every program
+the loop will call compiled ahead of time, side by side, while the data loads. `start` returns it all as `Ready`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from resnet_jax import checkpoint, parallel, pipeline
+from resnet_jax.experiment import Experiment, TrainProgram
+from resnet_jax.metrics import MetricWriter
+from resnet_jax.state import TrainState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Ready:
+    """A run at the start of its loop: its data on the devices, its state initialised or restored, every program
+    compiled, and the checkpointer and metric writer open (`close` closes them)."""
+
+    state: TrainState
+    position: pipeline.DataPosition
+    best_accuracy: float
+    restored_step: int  # the state's step: 0 when starting over or fine-tuning
+    train_split: pipeline.DeviceSplit
+    test_split: pipeline.DeviceSplit
+    program: TrainProgram
+    evaluate: Any
+    checkpointer: checkpoint.Checkpointer
+    writer: MetricWriter
+
+    def close(self) -> None:
+        self.writer.close()
+        self.checkpointer.close()
+
+
+def _timed_compile(lowered: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - started
+
+
+def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -> Ready:
+    """Restores or initialises the state, loads the data and compiles every program the loop will call.
+
+    Programs compile from shapes alone, and XLA compiles without holding the GIL: the init program compiles while
+    this thread restores a checkpoint, and the train and evaluation programs while it loads the data and opens the
+    metric writer. On the CPU the programs also compile side by side. An accelerator's compiles take turns, since
+    each autotunes its kernels by timing them on the device (the data upload can still add noise to those timings).
+    """
+    started = time.perf_counter()
+    config, mesh = experiment.config, experiment.mesh
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    compiler = concurrent.futures.ThreadPoolExecutor(
+        max_workers=4 if on_cpu else 1, thread_name_prefix="resnet_jax-compile"
+    )
+    opened: list[checkpoint.Checkpointer | MetricWriter] = []  # closed again if the start-up fails
+    try:
+        init_program = experiment.lower_new_state()
+        initialized = compiler.submit(_timed_compile, init_program)
+        abstract_state: TrainState = init_program.out_info
+        test_examples, test_rows = experiment.eval_split_rows("test")
+        checkpointer = checkpoint.Checkpointer(
+            workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+        )
+        opened.append(checkpointer)
+        position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0
+        restored = checkpointer.restore_newest_good(checkpoint.abstract_tree(abstract_state.checkpoint_tree()))
+        if restored is not None:
+            step, tree, meta = restored
+            position = pipeline.DataPosition.from_dict(meta["position"])
+            best_accuracy = meta.get("best_test_accuracy", best_accuracy)
+            logger.info(
+                "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
+            )
+        program = experiment.make_train_program()
+        evaluate = experiment.make_evaluate()
+        train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
+        test_shapes = pipeline.abstract_split(test_rows, experiment.input_shape, mesh)
+        # Lowering holds the GIL and compiling does not: lower here, compile in the threads.
+        lowerings = program.lowerings(abstract_state, train_shapes, position, step)
+        lowerings["evaluation"] = functools.partial(evaluate.lower, abstract_state.eval_variables, test_shapes)
+        compiles = {name: compiler.submit(_timed_compile, lower()) for name, lower in lowerings.items()}
+        data_started = time.perf_counter()
+        train_split = experiment.load_train_split()
+        test_split, _ = experiment.load_eval_split("test")
+        data_seconds = time.perf_counter() - data_started
+        logger.info(
+            "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
+            config.model.name,
+            config.data.dataset,
+            experiment.train_examples,
+            test_examples,
+            mesh.devices.size,
+            experiment.steps_per_epoch,
+            experiment.total_steps,
+        )
+        writer = MetricWriter(workdir)
+        opened.append(writer)
+        init_compiled, init_seconds = initialized.result()
+        state = init_compiled()
+        if restored is not None:
+            state = state.replace_from_checkpoint(tree)
+        elif finetune_source is not None:
+            state = checkpoint.transplant_weights(state, finetune_source)
+        compile_seconds = {"init": init_seconds} | {name: done.result()[1] for name, done in compiles.items()}
+        # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
+        # inside a collective with a short timeout (gloo's, on CPUs).
+        parallel.barrier("resnet_jax:compiled")
+    except BaseException:
+        for resource in reversed(opened):
+            resource.close()
+        raise
+    finally:
+        compiler.shutdown(cancel_futures=True)
+    logger.info(
+        "start-up took %.1f s, data %.1f s; compile seconds (%s): %s",
+        time.perf_counter() - started,
+        data_seconds,
+        "side by side" if on_cpu else "one at a time",
+        ", ".join(f"{name} {seconds:.1f}" for name, seconds in compile_seconds.items()),
+    )
+    return Ready(state, position, best_accuracy, step, train_split, test_split, program, evaluate, checkpointer, writer)

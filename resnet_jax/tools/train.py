@@ -1,0 +1,55 @@
+"""Trains a residual network in a workdir from a config file, and evaluates it as it goes.
+
+Running the same command again resumes from the newest checkpoint. --fresh archives a previous run in the workdir
+(to DIR/archive/<time>/) and starts from a new initialisation; --finetune archives it and starts from its weights.
+Bad input ends in one line and exit status 2; a run that had to stop exits 1; a pre-empted run saves and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+
+from resnet_jax import plots, runtime, trainer
+from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.tools import common
+
+STOPPED = 1  # exit status of a run that had to stop (non-finite values, a failed save)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser("train", __doc__)
+    parser.add_argument("--workdir", required=True, help="folder for config.json, metrics, TensorBoard, checkpoints")
+    common.add_config_argument(parser)
+    restart = parser.add_mutually_exclusive_group()
+    restart.add_argument("--fresh", action="store_true", help="archive a previous run in --workdir and start over")
+    restart.add_argument("--finetune", action="store_true", help="archive a previous run and start from its weights")
+    args, config = common.parse_with_config(parser, argv)
+    runtime.setup_logging()
+    runtime.use_compile_cache()
+    mode = "fresh" if args.fresh else "finetune" if args.finetune else "resume"
+    try:
+        results = trainer.train_and_evaluate(config, args.workdir, mode)
+    except (trainer.TrainingError, CheckpointError) as error:
+        print(f"training stopped: {error}", file=sys.stderr, flush=True)
+        return STOPPED
+    except common.INPUT_ERRORS as error:
+        common.fail(error)
+    except trainer.Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
+        return 0
+    if jax.process_index() == 0:
+        plots.write_curves(args.workdir, Path(args.workdir) / plots.CURVES_FILE)
+    print(
+        f"done: step {results['step']}, test accuracy {results['test_accuracy']:.4f} "
+        f"(best {results['best_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
