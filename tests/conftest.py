@@ -52,6 +52,35 @@ def assert_eval_records_close(actual: list[dict], expected: list[dict]) -> None:
                 np.testing.assert_allclose(got[key], value, **REASSOCIATION, err_msg=key)
 
 
+def optimizer(schedule=0.1, **overrides):
+    """An optax transformation from the default `optimizer` section with `overrides`, at `schedule` (a schedule or
+    a constant rate)."""
+    import ml_collections
+    import optax
+
+    from resnet_jax import optim
+
+    config = ml_collections.ConfigDict(optim.OPTIMIZER_DEFAULTS | overrides)
+    rate = schedule if callable(schedule) else optax.constant_schedule(schedule)
+    return optim.make_optimizer(config, rate)
+
+
+def step_config(**augmentation):
+    """Step settings for 3-channel tests: mean 0.5, std 0.25, float32, the default augmentation with overrides."""
+    import jax.numpy as jnp
+
+    from resnet_jax import augment, steps
+
+    return steps.StepConfig(
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        dtype=jnp.float32,
+        augmentation=augment.Augmentation(**(augment.DEFAULTS | augmentation)),
+        label_smoothing=0.0,
+        ema_decay=0.0,
+    )
+
+
 def load_config(name: str, **overrides):
     """A configs/<name>.py config with dotted-key overrides, e.g. load_config("smoke", **{"train.num_epochs": 1})."""
     config = runpy.run_path(str(REPO_ROOT / "configs" / f"{name}.py"))["get_config"]()

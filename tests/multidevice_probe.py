@@ -9,15 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import data, models, optim, parallel, pipeline, steps
+from resnet_jax import data, models, parallel, pipeline, steps
 from resnet_jax.state import lower_train_state
+from tests.conftest import optimizer, step_config
 
 
 def one_step(mesh, images, labels):
     model = models.get_model("resnet8_tiny", num_classes=10)
-    tx = optim.make_optimizer("sgd", 0.1, weight_decay=5e-4)
+    tx = optimizer(0.1, weight_decay=5e-4)
     state = lower_train_state(model, tx, seed=0, input_shape=(32, 32, 3), mesh=mesh).compile()()
-    step = steps.make_train_step(steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3))
+    step = steps.make_train_step(step_config())
     batch = parallel.batch_sharded(mesh)
     state, _ = jax.jit(step)(state, jax.device_put(images, batch), jax.device_put(labels, batch))
     return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})

@@ -11,6 +11,11 @@ from hypothesis import strategies as st
 from resnet_jax import augment
 
 
+def augmentation(**overrides) -> augment.Augmentation:
+    """The default augmentation (pad-4 crop, flip, no cutout) with `overrides`."""
+    return augment.Augmentation(**(augment.DEFAULTS | overrides))
+
+
 def distinct_images(batch: int, size: int = 6, channels: int = 2, seed: int = 0) -> jax.Array:
     # Distinct pixel values make every window of the padded image unique, so a match identifies the crop.
     values = np.random.default_rng(seed).permutation(256)[: size * size * channels]
@@ -33,7 +38,7 @@ def windows(image: np.ndarray, padding: int, mode: str):
 @given(seed=st.integers(0, 2**31 - 1), padding=st.integers(0, 3), mode=st.sampled_from(augment.PAD_MODES))
 def test_every_output_is_a_shifted_or_flipped_window_of_the_padded_input(seed, padding, mode):
     images = distinct_images(4)
-    out = augment.augment_batch(jax.random.key(seed), images, crop_padding=padding, pad_mode=mode, flip=True)
+    out = augment.augment_batch(jax.random.key(seed), images, augmentation(crop_padding=padding, pad_mode=mode))
     chex.assert_shape(out, images.shape)
     chex.assert_type(out, jnp.uint8)
     for image, result in zip(np.asarray(images), np.asarray(out), strict=True):
@@ -44,9 +49,9 @@ def test_every_output_is_a_shifted_or_flipped_window_of_the_padded_input(seed, p
 def test_same_key_same_output_and_different_keys_different_crops():
     images = distinct_images(16, size=8)
     key = jax.random.key(7)
-    first = augment.augment_batch(key, images)
-    chex.assert_trees_all_equal(first, augment.augment_batch(key, images))
-    other = augment.augment_batch(jax.random.key(8), images)
+    first = augment.augment_batch(key, images, augmentation())
+    chex.assert_trees_all_equal(first, augment.augment_batch(key, images, augmentation()))
+    other = augment.augment_batch(jax.random.key(8), images, augmentation())
     assert not np.array_equal(first, other)
     # Crops differ per example within a batch too: not one offset for all.
     crops = augment.random_crop(key, images, padding=4)
@@ -88,6 +93,6 @@ def test_normalize_per_channel_into_compute_dtype(dtype):
 def test_augmentation_jits_and_vmaps_over_keys():
     images = distinct_images(3)
     keys = jax.random.split(jax.random.key(0), 5)
-    batched = jax.jit(jax.vmap(lambda key: augment.augment_batch(key, images, crop_padding=2)))(keys)
+    batched = jax.jit(jax.vmap(lambda key: augment.augment_batch(key, images, augmentation(crop_padding=2))))(keys)
     chex.assert_shape(batched, (5, *images.shape))
-    chex.assert_trees_all_equal(batched[2], augment.augment_batch(keys[2], images, crop_padding=2))
+    chex.assert_trees_all_equal(batched[2], augment.augment_batch(keys[2], images, augmentation(crop_padding=2)))

@@ -1,25 +1,129 @@
-"""Every recipe in configs/ loads, passes the trainer's validation and builds its model for its data's shape."""
-
-import runpy
+"""Every recipe in configs/ loads and builds, through `experiment.build`, the model the trainer trains; every
+documented model option works with every block; schedule boundaries keep their place when the batch changes."""
 
 import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 
-from resnet_jax import configuration, data, models
-from tests.conftest import REPO_ROOT, needs_fashion_files
+from resnet_jax import configuration, experiment, models
+from tests.conftest import REPO_ROOT, load_config, needs_fashion_files
 
 CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 
 
-# The Fashion-MNIST recipes validate only where Debian's files are (scripts/setup.sh installs them).
+# The Fashion-MNIST recipes build only where Debian's files are (scripts/setup.sh installs them).
 @pytest.mark.parametrize(
     "name", [pytest.param(name, marks=needs_fashion_files) if "fashion" in name else name for name in CONFIGS]
 )
-def test_recipe_validates_and_builds_its_model(name):
-    config = runpy.run_path(str(REPO_ROOT / "configs" / f"{name}.py"))["get_config"]()
-    configuration.validate(config)
-    info = data.get_dataset_info(config.data.dataset)
-    shape = data.input_shape(info, config.data.image_size, config.data.channels)
-    model = models.get_model(config.model.name, num_classes=info.num_classes, dtype=config.model.dtype)
-    logits = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jax.numpy.zeros((2, *shape)))[0])
-    assert logits.shape == (2, info.num_classes)
+def test_recipe_builds_the_model_the_trainer_trains(name):
+    config = configuration.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
+    built = experiment.build(config)
+    assert built.model.dtype == models.get_dtype(config.model.dtype)
+    assert built.model.dropout_rate == config.model.dropout_rate
+    if config.model.shortcut:
+        assert built.model.shortcut == config.model.shortcut
+    images = jnp.zeros((2, *built.input_shape))
+    logits = jax.eval_shape(lambda: built.model.init_with_output(jax.random.key(0), images, train=False)[0])
+    assert logits.shape == (2, built.info.num_classes)
+
+
+# One model of each block and stem: basic (CIFAR option A, ImageNet-size option B), bottleneck, pre-activation basic
+# (ResNet-18 and Wide-ResNet), and the seed's net with conv biases.
+FAMILIES = ("resnet8_tiny", "resnet8", "resnet18", "resnet50", "preact_resnet18", "wrn16_8", "seed_resnet")
+MODEL_OPTIONS = {
+    "dropout": {"model.dropout_rate": 0.3},
+    "zero-initialised residuals": {"model.zero_init_residual": True},
+    "projection shortcuts": {"model.shortcut": "B"},
+    "bfloat16": {"model.dtype": "bfloat16"},
+}
+
+
+@pytest.mark.parametrize("option", sorted(MODEL_OPTIONS))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_model_option_builds_and_trains_with_every_model(name, option):
+    config = load_config("smoke", **{"model.name": name, **MODEL_OPTIONS[option]})
+    built = experiment.build(config)
+    images = jnp.zeros((1, *built.input_shape))
+    variables = jax.eval_shape(lambda: built.model.init(jax.random.key(0), images, train=False))
+
+    def train_logits(variables, key):
+        return built.model.apply(
+            variables, jnp.zeros((2, *built.input_shape)), train=True, mutable=["batch_stats"], rngs={"dropout": key}
+        )[0]
+
+    assert jax.eval_shape(train_logits, variables, jax.random.key(1)).shape == (2, 10)
+
+
+def test_dropout_drops_in_training_and_not_in_evaluation():
+    config = load_config("smoke", **{"model.name": "resnet8_tiny", "model.dropout_rate": 0.5})
+    model = experiment.build(config).model
+    images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(1), images, train=False)
+
+    def train_logits(seed):
+        return model.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
+        )[0]
+
+    assert not np.allclose(train_logits(2), train_logits(3))  # the dropout key matters in training
+    np.testing.assert_array_equal(
+        model.apply(variables, images, train=False), model.apply(variables, images, train=False)
+    )
+
+
+@pytest.mark.parametrize("batch", [128, 512])
+def test_he_recipe_drops_at_half_and_three_quarters_of_the_run_at_any_batch(batch):
+    config = configuration.load_config_file(str(REPO_ROOT / "configs" / "default.py"))
+    config = configuration.apply_overrides(config, {"data.source": "synthetic", "train.batch_size": batch})
+    config.data.synthetic_train_examples = 50_000
+    built = experiment.build(config)
+    assert built.total_steps == 64_000
+    rates = {step: float(built.schedule(step)) for step in (31_999, 32_000, 47_999, 48_000)}
+    assert rates == pytest.approx({31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001})
+
+
+@pytest.mark.parametrize("batch", [128, 512])
+def test_wide_resnet_recipe_drops_at_its_epochs_at_any_batch(batch):
+    config = configuration.load_config_file(str(REPO_ROOT / "configs" / "cifar100_wrn28_10.py"))
+    config = configuration.apply_overrides(config, {"data.source": "synthetic", "train.batch_size": batch})
+    config.data.synthetic_train_examples = 50_000
+    built = experiment.build(config)
+    per_epoch = built.steps_per_epoch
+    assert per_epoch == 50_000 // batch
+    for epoch, rate in ((59, 0.1), (60, 0.02), (119, 0.02), (120, 0.004), (160, 0.0008)):
+        assert float(built.schedule(epoch * per_epoch)) == pytest.approx(rate), epoch
+
+
+def test_a_saved_config_loads_over_todays_defaults():
+    saved = load_config("smoke").to_dict()
+    del saved["schedule"]["boundary_unit"]  # written before the key existed
+    saved["schedule"]["warmup_steps"] = 0  # a key that no longer exists
+    config = configuration.from_saved(saved, experiment.base_config())
+    assert config.schedule.boundary_unit == "fraction"
+    assert "warmup_steps" not in config.schedule
+    assert config.model.name == "resnet8_tiny"
+    assert isinstance(config, ml_collections.ConfigDict)
+
+
+def test_overrides_are_typed_and_refused_in_one_line():
+    config = load_config("smoke")
+    updated = configuration.apply_override_texts(
+        config,
+        ["optimizer.learning_rate=1", "schedule.boundaries=0.25,0.5", "eval.tta_flip=true", "model.name=resnet20"],
+    )
+    assert updated.optimizer.learning_rate == 1.0 and isinstance(updated.optimizer.learning_rate, float)
+    assert updated.schedule.boundaries == (0.25, 0.5)
+    assert updated.eval.tta_flip is True
+    assert updated.model.name == "resnet20"
+    assert config.model.name == "resnet8_tiny"  # a copy: the given config is untouched
+    for text, named in (
+        ("train.batch_size=1.5", "train.batch_size is an integer"),
+        ("eval.tta_flip=yes", "give true or false"),
+        ("train", "give a value"),
+        ("optimizer", "give a value"),
+        ("optimizer=1", "is a section of the config"),
+    ):
+        with pytest.raises(configuration.ConfigError, match=named):
+            configuration.apply_override_texts(config, [text])

@@ -1,5 +1,6 @@
 """Hardening: bad input is refused in one line, and kills, pre-emption, damage, NaNs and full disks lose nothing."""
 
+import errno
 import json
 import os
 import random
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, configuration, metrics, trainer
+from resnet_jax import checkpoint, configuration, experiment, metrics, trainer
 from tests.conftest import REPO_ROOT, load_config, subprocess_env, train_command
 
 # 1,024 examples in batches of 64: 16 steps an epoch, 3 epochs, a checkpoint after each.
@@ -79,7 +80,9 @@ BAD_CONFIGS = {
     "zero epochs": (["train.num_epochs=0"], "train.num_epochs=0"),
     "negative steps": (["train.num_steps=-5"], "train.num_steps=-5"),
     "bad dtype": (["model.dtype=float64"], "model.dtype='float64'"),
-    "unknown key": (["model.nmae=resnet20"], "'nmae'"),
+    "unknown key": (["model.nmae=resnet20"], "no key 'model.nmae'; did you mean model.name?"),
+    "float16": (["model.dtype=float16"], "use bfloat16"),
+    "boundary past the run": (["schedule.boundaries=(0.5,1.5)"], "schedule.boundaries=(0.5, 1.5)"),
     "wrong type": (["train.batch_size=abc"], "train.batch_size=abc"),
     "missing files dir": (["data.source=files", "data.files_dir=/nonexistent/fmnist"], "/nonexistent/fmnist"),
     "bad pad mode": (["augment.pad_mode=wrap"], "augment.pad_mode='wrap'"),
@@ -328,7 +331,12 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
 # ---------------------------------------------------------------------------------------------------------------
 # 5. Non-finite values stop the run (or are skipped), and never reach a checkpoint.
 
-EXPLODE_AT_STEP_10 = ("schedule.name=piecewise", "schedule.boundaries=(10,)", "schedule.decay_factor=1e30")
+EXPLODE_AT_STEP_10 = (
+    "schedule.name=piecewise",
+    "schedule.boundaries=(10,)",
+    "schedule.boundary_unit=steps",
+    "schedule.decay_factor=1e30",
+)
 
 
 def test_nonfinite_loss_stops_with_the_step_and_the_last_checkpoint_intact(tmp_path):
@@ -393,3 +401,71 @@ def test_a_different_optimizer_on_resume_is_refused_not_taken_for_damage(tmp_pat
         trainer.train_and_evaluate(load_config("smoke", **{"optimizer.name": "adam"}), workdir)
     assert complete_steps(workdir) == [8]
     assert not (workdir / "checkpoints_damaged").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Restart modes mean what they say, and only damage moves a checkpoint aside.
+
+
+@pytest.mark.parametrize("model", ["resnet8_tiny", "resnet8"])
+def test_fresh_equals_a_run_in_a_new_workdir_bit_for_bit(tmp_path, model):
+    reused, new = tmp_path / "reused", tmp_path / "new"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), reused)
+    config = load_config("smoke", **{"train.num_epochs": 1, "model.name": model})
+    trainer.train_and_evaluate(config, reused, mode="fresh")
+    trainer.train_and_evaluate(config, new)
+    chex.assert_trees_all_equal(final_state(reused)[0], final_state(new)[0])
+    assert eval_records(reused) == eval_records(new)
+    (archived,) = (reused / "archive").iterdir()
+    assert complete_steps(archived) == [8]
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(errno.EIO, "Input/output error"), TypeError("unexpected keyword (another orbax version)")]
+)
+def test_a_restore_that_fails_for_a_passing_reason_or_a_version_moves_nothing(tmp_path, monkeypatch, error):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+
+    def failing_restore(self, step, abstract_state):
+        raise error
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore", failing_restore)
+    with pytest.raises(checkpoint.CheckpointError, match="nothing was moved"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 3}), workdir)
+    assert complete_steps(workdir) == [8, 16]
+    assert not (workdir / "checkpoints_damaged").exists()
+
+
+def test_finetune_takes_what_fits_by_path_and_the_averaged_weights(tmp_path):
+    source = tmp_path / "source"
+    overrides = {"model.name": "resnet8", "train.num_epochs": 1, "train.ema_decay": 0.5}
+    trainer.train_and_evaluate(load_config("smoke", **overrides), source)
+    saved = final_state(source)[0]
+    deeper = experiment.build(load_config("smoke", **{"model.name": "resnet20", "train.ema_decay": 0.9}))
+    fresh = deeper.new_state()
+    started = jax.device_get(checkpoint.transplant_weights(fresh, source / "checkpoints"))
+    fresh = jax.device_get(fresh)
+    # In both networks: the averaged weights, which the source's evaluations scored, not its raw ones.
+    chex.assert_trees_all_equal(started.params["stage1_block1"], saved["ema"]["params"]["stage1_block1"])
+    chex.assert_trees_all_equal(started.batch_stats["stem_bn"], saved["ema"]["batch_stats"]["stem_bn"])
+    assert not np.array_equal(saved["ema"]["params"]["head"]["kernel"], saved["params"]["head"]["kernel"])
+    # Only in the deeper one: its own initialisation. Its EMA starts from the weights it starts from.
+    chex.assert_trees_all_equal(started.params["stage1_block2"], fresh.params["stage1_block2"])
+    chex.assert_trees_all_equal(started.ema["params"], started.params)
+
+
+def test_an_older_checkpoint_format_is_refused_in_one_line_that_says_how_to_go_on(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    meta_file = workdir / "checkpoints" / "8" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["state_format"]  # as written before the format was recorded
+    meta_file.write_text(json.dumps(meta))
+    result = run(train_command(workdir, "smoke", "train.num_epochs=2"), timeout=120)
+    assert result.returncode == 1
+    assert "written by an earlier resnet-jax" in result.stderr.strip().splitlines()[-1]
+    assert "--finetune" in result.stderr
+    assert complete_steps(workdir) == [8]
+    finetuned = run([*train_command(workdir, "smoke", "train.num_epochs=1"), "--finetune"], timeout=120)
+    assert finetuned.returncode == 0, finetuned.stderr[-2000:]

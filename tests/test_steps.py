@@ -5,13 +5,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from resnet_jax import models, optim, parallel, pipeline, steps
+from resnet_jax import models, parallel, pipeline, steps
 from resnet_jax.data import SplitArrays
 from resnet_jax.parallel import replicated
 from resnet_jax.state import lower_train_state
-from tests.conftest import REASSOCIATION
+from tests.conftest import REASSOCIATION, optimizer, step_config
 
 IMAGE_SHAPE = (8, 8, 3)
 EXAMPLES = 48
@@ -31,18 +32,18 @@ class Setup:
         key_data = jax.random.key_data(jax.random.key(3))
         self.permutation = pipeline.epoch_permutation(key_data, jnp.int32(0), EXAMPLES, self.mesh)
         self.model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, widths=(4,), shortcut="A")
-        self.tx = optim.make_optimizer("sgd", 0.1, momentum=0.9, weight_decay=5e-4)
-        step_config = steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2)
+        self.tx = optimizer(0.1, weight_decay=5e-4)
+        train_config = step_config(crop_padding=2)
         initial = lower_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh).compile()()
         self.initial = jax.device_get(initial)
         self.scan_traces = 0
         self.scan_lengths: set[int] = set()
-        per_step = chex.assert_max_traces(steps.make_train_step(step_config), n=1)
+        per_step = chex.assert_max_traces(steps.make_train_step(train_config), n=1)
         self.loops = {
-            "scan": steps.make_train_loop(self._counted(steps.make_train_step(step_config)), self.mesh, BATCH, True),
+            "scan": steps.make_train_loop(self._counted(steps.make_train_step(train_config)), self.mesh, BATCH, True),
             "per_step": steps.make_train_loop(per_step, self.mesh, BATCH, scan=False),
             "xla_defaults": steps.make_train_loop(
-                steps.make_train_step(step_config), self.mesh, BATCH, scan=False, compiler_options={}
+                steps.make_train_step(train_config), self.mesh, BATCH, scan=False, compiler_options={}
             ),
         }
 
@@ -107,8 +108,7 @@ def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
 
 @pytest.mark.parametrize("scan", [True, False])
 def test_ahead_of_time_compiled_loop_runs_the_same_steps(setup, scan):
-    step_config = steps.StepConfig(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2)
-    loop = steps.make_train_loop(steps.make_train_step(step_config), setup.mesh, BATCH, scan=scan)
+    loop = steps.make_train_loop(steps.make_train_step(step_config(crop_padding=2)), setup.mesh, BATCH, scan=scan)
     args = (setup.split, setup.permutation, jnp.int32(1))
     compiled = loop.lower(setup.fresh_state(), steps.zero_train_metrics(), *args, 3).compile()
     assert compiled.as_text()
@@ -140,3 +140,27 @@ def test_scan_is_used_off_the_cpu_only(setup):
     on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
     assert steps.scan_is_fast(setup.mesh) is not on_cpu
     assert (steps.train_compiler_options(setup.mesh) is not None) is on_cpu
+
+
+def test_a_dropped_step_keeps_the_schedule_in_place_and_out_of_the_metrics(setup):
+    # SGD without momentum at 0.1 for steps 0 and 1, then 0 from step 2. Step 1 is not finite (a label past the
+    # last class makes the loss NaN) and is dropped: step 2 must then apply the schedule's rate at step 2, 0.
+    schedule = optax.piecewise_constant_schedule(0.1, {2: 0.0})
+    tx = optimizer(schedule, momentum=0.0, weight_decay=0.0)
+    state = lower_train_state(setup.model, tx, seed=0, input_shape=IMAGE_SHAPE, mesh=setup.mesh).compile()()
+    train_step = jax.jit(steps.make_train_step(step_config(crop_padding=0, flip=False)))
+    images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (BATCH, *IMAGE_SHAPE), dtype=np.uint8))
+    labels = jnp.arange(BATCH, dtype=jnp.int32) % 10
+    trained, good = train_step(state, images, labels)
+    dropped, bad = train_step(trained, images, labels.at[0].set(10))
+    after, _ = train_step(dropped, images, labels)
+
+    assert float(bad["nonfinite_steps"]) == 1 and int(bad["first_nonfinite_step"]) == 1
+    assert float(bad["count"]) == float(bad["correct"]) == float(bad["loss_sum"]) == 0  # no accuracy, no loss
+    assert float(bad["examples"]) == float(good["count"]) == BATCH  # images/s still counts the batch
+    chex.assert_trees_all_equal(dropped.params, trained.params)
+    assert int(dropped.step) == 2
+    assert not np.allclose(
+        jax.device_get(trained.params["head"]["kernel"]), jax.device_get(state.params["head"]["kernel"])
+    )
+    chex.assert_trees_all_equal(after.params, dropped.params)  # rate 0 at step 2, not the lagging count's 0.1

@@ -27,10 +27,19 @@ def eval_records(workdir):
 
 @contextlib.contextmanager
 def traced_once_and_compiles_recorded():
-    """Wraps the train step so that a second trace fails the run, and yields the list that backend compiles are
-    recorded in, as (program, thread name)."""
+    """Wraps the train step so that a second trace fails the run, and yields `(compiles, traces)`: the lists that
+    backend compiles are recorded in, as (program, thread name), and the train step's traces."""
     original = steps.make_train_step
-    compiles = []
+    compiles, traces = [], []
+
+    def counted(config):
+        step = original(config)
+
+        def traced(*args):
+            traces.append(threading.current_thread().name)
+            return step(*args)
+
+        return chex.assert_max_traces(traced, n=1)
 
     def record(event, seconds, **details):
         if event == "/jax/core/compile/backend_compile_duration":
@@ -39,8 +48,8 @@ def traced_once_and_compiles_recorded():
     jax.monitoring.register_event_duration_secs_listener(record)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(steps, "make_train_step", lambda config: chex.assert_max_traces(original(config), n=1))
-            yield compiles
+            patch.setattr(steps, "make_train_step", counted)
+            yield compiles, traces
     finally:
         jax.monitoring.unregister_event_duration_listener(record)
 
@@ -61,13 +70,13 @@ def assert_compiled_once_each_in_start_up_threads(compiles):
 def smoke_run(tmp_path_factory):
     """One smoke run, traced once and its compiles recorded (see `traced_once_and_compiles_recorded`)."""
     workdir = tmp_path_factory.mktemp("smoke")
-    with traced_once_and_compiles_recorded() as compiles:
+    with traced_once_and_compiles_recorded() as (compiles, traces):
         results = trainer.train_and_evaluate(load_config("smoke"), workdir)
-    return workdir, results, compiles
+    return workdir, results, compiles, traces
 
 
 def test_smoke_config_learns(smoke_run):
-    workdir, results, _ = smoke_run
+    workdir, results, _, _ = smoke_run
     losses = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
     assert len(losses) == 8  # 32 steps logged every 4
     # Thresholds that every seed from 0 to 11 met on a 2-core AMD EPYC, so that they do not lean on seed 0's luck
@@ -82,7 +91,7 @@ def test_smoke_config_learns(smoke_run):
 
 
 def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
-    workdir, _, _ = smoke_run
+    workdir, _, _, _ = smoke_run
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["name"] == "resnet8_tiny"
     assert saved["train"]["batch_size"] == 64
@@ -96,19 +105,20 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
 
 
 def test_train_step_traced_once_across_epochs(smoke_run):
-    # The fixture wrapped make_train_step in chex.assert_max_traces(n=1): reaching here after 4 epochs, 32 calls
-    # and 4 evaluations means the step compiled once.
-    _, results, _ = smoke_run
+    # 4 epochs of 8 steps, each a dispatch on the CPU, and 4 evaluations: the step was traced once, ahead of time.
+    _, results, _, traces = smoke_run
     assert results["step"] == 32
+    assert len(traces) == 1, traces
+    assert traces[0] == threading.main_thread().name  # lowered from shapes at start-up, before the loop
 
 
 def test_init_train_and_eval_programs_compile_once_in_the_start_up_threads(smoke_run):
-    _, _, compiles = smoke_run
+    _, _, compiles, _ = smoke_run
     assert_compiled_once_each_in_start_up_threads(compiles)
 
 
 def test_evaluation_counts_every_example_when_the_batch_does_not_divide(smoke_run):
-    workdir, _, _ = smoke_run
+    workdir, _, _, _ = smoke_run
     # 200 test examples, eval batch 64: the last batch is padded and masked, nothing is dropped.
     assert {r["test_examples"] for r in eval_records(workdir)} == {200.0}
 
@@ -128,12 +138,18 @@ def test_best_checkpoint_is_kept_apart_from_the_last_n(tmp_path):
 
 def test_stopped_and_resumed_equals_straight_through(tmp_path):
     # A schedule that does not depend on the run length, so that the 1-epoch run is a prefix of the 2-epoch one.
-    overrides = {"schedule.name": "piecewise", "schedule.boundaries": (12,), "train.ema_decay": 0.9}
+    overrides = {
+        "schedule.name": "piecewise",
+        "schedule.boundaries": (12,),
+        "schedule.boundary_unit": "steps",
+        "train.ema_decay": 0.9,
+    }
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), straight)
     trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 1}), resumed)
-    with traced_once_and_compiles_recorded() as compiles:
+    with traced_once_and_compiles_recorded() as (compiles, traces):
         trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), resumed)
+    assert len(traces) == 1
     # Resumed at an epoch's end with an EMA: the programs compiled from shapes still serve the loop.
     assert_compiled_once_each_in_start_up_threads(compiles)
     chex.assert_trees_all_equal(final_params(straight), final_params(resumed))
