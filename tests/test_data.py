@@ -1,19 +1,34 @@
-"""The data layer: official file formats written by the tests, tfds through mock_data, fail-fast errors, real data."""
+"""The data package and its command: official file formats written by the tests, tfds through mock_data (and
+without tfds installed), fail-fast errors, real data."""
 
 import gzip
 import hashlib
 import io
 import pickle
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from resnet_jax import data
+from resnet_jax.data import tfds_source
+from resnet_jax.tools import data as data_tool
 from tests.conftest import FASHION_DIR, PYTHON, needs_fashion_files, subprocess_env
+from tests.test_download import official_fashion_archives
+
+
+def data_command(*args: str) -> subprocess.CompletedProcess:
+    """`resnet-jax data ARGS...` in a child process, as a user runs it."""
+    return subprocess.run(
+        [PYTHON, "-m", "resnet_jax.tools.main", "data", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
 
 
 def random_split(count: int, shape=(32, 32, 3), classes: int = 10, seed: int = 0):
@@ -147,8 +162,9 @@ def test_synthetic_source_is_seeded_and_shaped():
 
 
 def test_tfds_source_through_mock_data(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
     # mock_data replaces preparation; the network probe is what would refuse first offline.
-    monkeypatch.setattr(data, "_host_reachable", lambda url: True)
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda url: True)
     with tfds.testing.mock_data(num_examples=12):
         split = data.load_split("cifar10", "train", source="tfds")
         rows = data.load_split("cifar10", "train", source="tfds", rows=slice(4, 9))
@@ -161,18 +177,59 @@ def test_tfds_source_through_mock_data(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_offline_without_prepared_data_fails_fast_naming_three_ways(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
     result = subprocess.run(
-        [PYTHON, "-m", "resnet_jax.data", "info", "--dataset", "cifar10", "--data-dir", str(tmp_path)],
+        [PYTHON, "-m", "resnet_jax.tools.data", "info", "--dataset", "cifar10", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         env=subprocess_env(),
         timeout=50,
     )
-    assert result.returncode != 0
-    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]  # tfds may log a warning first
+    assert message.startswith("error: ")
     assert "no prepared tfds data" in message
-    for way in ("resnet_jax.data prepare", "data.source=files", "data.source=synthetic"):
+    for way in ("resnet-jax data prepare", "data.source=files", "data.source=synthetic"):
         assert way in message
+
+
+def test_without_tfds_installed_the_tfds_source_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import tensorflow_datasets` now fails
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28)))  # a manual dir prepare accepts
+    for read in (
+        lambda: data.load_split("cifar10", "train", source="tfds"),
+        lambda: data.split_size("cifar10", "train", source="tfds"),
+        lambda: data.prepare("fashion_mnist", str(tmp_path)),
+    ):
+        with pytest.raises(data.DataError, match=r'needs tensorflow-datasets .*: pip install -e "\.\[tfds\]"'):
+            read()
+    with pytest.raises(SystemExit) as stopped:
+        data_tool.main(["info", "--dataset", "cifar10"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: the tfds source needs tensorflow-datasets"), err
+    assert err.endswith('pip install -e ".[tfds]"'), err
+    # The other sources do not need it.
+    assert len(data.load_split("cifar10", "test", source="synthetic", synthetic_examples=3)) == 3
+
+
+def test_importing_the_data_package_imports_no_tfds():
+    check = "import sys, resnet_jax.data, resnet_jax.tools.data; assert 'tensorflow_datasets' not in sys.modules"
+    subprocess.run([PYTHON, "-c", check], env=subprocess_env(), check=True, timeout=60)
+
+
+def test_the_command_describes_a_split_and_refuses_bad_flags_in_one_line():
+    result = data_command("info", "--dataset", "synthetic", "--source", "synthetic")
+    assert result.returncode == 0, result.stderr
+    assert "synthetic: 10 classes" in result.stdout and "examples: 2,048" in result.stdout
+    assert "examples: 512" in result.stdout
+    for bad in (["info", "--dataset", "imagenet"], ["nonsense"], [], ["download", "--mirror"]):
+        result = data_command(*bad)
+        assert result.returncode == 2, bad
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (bad, result.stderr)
+    missing = data_command("info", "--dataset", "cifar10", "--source", "files", "--files-dir", "/nonexistent/x")
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "resnet-jax data download --dataset cifar10" in missing.stderr
 
 
 def test_prepare_checks_the_manual_dir_first(tmp_path):
@@ -187,14 +244,8 @@ def test_prepare_checks_the_manual_dir_first(tmp_path):
 
 @needs_fashion_files
 def test_real_fashion_mnist_files():
-    result = subprocess.run(
-        [PYTHON, "-m", "resnet_jax.data", "info", "--dataset", "fashion_mnist", "--source", "files"]
-        + ["--files-dir", str(FASHION_DIR)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        check=True,
-    )
+    result = data_command("info", "--dataset", "fashion_mnist", "--source", "files", "--files-dir", str(FASHION_DIR))
+    assert result.returncode == 0, result.stderr
     assert "examples: 60,000" in result.stdout and "examples: 10,000" in result.stdout
     train = data.load_split("fashion_mnist", "train", source="files", files_dir=str(FASHION_DIR))
     test = data.load_split("fashion_mnist", "test", source="files", files_dir=str(FASHION_DIR))
@@ -206,38 +257,25 @@ def test_real_fashion_mnist_files():
     assert pixels.std() == pytest.approx(0.353, abs=1e-3)
 
 
-# The original Fashion-MNIST archives differ from Debian's only in the gzip header (file name and time), so the
-# official files, checksums included, can be rebuilt from the package: a real manual dir for `prepare`.
-FASHION_ARCHIVE_TIMES = {
-    "train-images-idx3-ubyte.gz": 1504176606,
-    "train-labels-idx1-ubyte.gz": 1504176606,
-    "t10k-images-idx3-ubyte.gz": 1504176627,
-    "t10k-labels-idx1-ubyte.gz": 1504176627,
-}
-
-
-def rebuild_official_fashion_archives(folder: Path) -> None:
-    for name, mtime in FASHION_ARCHIVE_TIMES.items():
-        debian = (FASHION_DIR / name).read_bytes()
-        header = b"\x1f\x8b\x08\x08" + int(mtime).to_bytes(4, "little") + b"\x00\x03" + name[:-3].encode() + b"\x00"
-        (folder / name).write_bytes(header + debian[10:])
-
-
 @needs_fashion_files
-def test_the_rebuilt_archives_carry_the_official_checksums(tmp_path):
-    rebuild_official_fashion_archives(tmp_path)
+def test_the_rebuilt_archives_carry_tfds_checksums(tmp_path):
+    # The official archives rebuilt from Debian's files (tests/test_download.py) are byte for byte the ones tfds
+    # knows: the second source for the registry's sums.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    archives = official_fashion_archives()
     checksums = Path(tfds.__file__).parent / "url_checksums" / "fashion_mnist.txt"
     for line in checksums.read_text().splitlines():
         _, _, sha256, name = line.split()
-        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == sha256, name
+        assert hashlib.sha256(archives[name]).hexdigest() == sha256, name
 
 
 @needs_fashion_files
 def test_prepare_from_a_manual_dir_of_official_archives(tmp_path):
-    pytest.importorskip("tensorflow", reason="preparing with tfds needs TensorFlow: pip install -e '.[prepare]'")
+    pytest.importorskip("tensorflow", reason='preparing with tfds needs TensorFlow: pip install -e ".[tfds,prepare]"')
     manual = tmp_path / "manual"
     manual.mkdir()
-    rebuild_official_fashion_archives(manual)
+    for name, payload in official_fashion_archives().items():
+        (manual / name).write_bytes(payload)
     prepared = data.prepare("fashion_mnist", str(manual), str(tmp_path / "tfds"))
     assert Path(prepared).is_dir()
     # Read back through the tfds source (no TensorFlow needed for that) and compare with the files themselves;

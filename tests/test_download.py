@@ -1,9 +1,12 @@
-"""Downloads of the official files from a local HTTP server: verification, refusals, resume, offline, trainer."""
+"""Downloads of the official files from a local HTTP server: verification, refusals, resume, offline, files
+already in place (Debian's among them), the command, and the trainer."""
 
 import dataclasses
+import gzip
 import hashlib
 import http.server
 import io
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -13,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_jax import configuration, data, download, metrics, trainer
+from resnet_jax import configuration, data, metrics
+from resnet_jax.data import download
+from resnet_jax.data.download import Fetched
 from tests.conftest import FASHION_DIR, PYTHON, load_config, needs_fashion_files, subprocess_env, train_command
 
 # The original Fashion-MNIST archives differ from Debian's only in the gzip header's file name and time.
@@ -165,14 +170,14 @@ def test_good_archive_is_downloaded_verified_and_readable(tmp_path, cifar10, off
     archive, train, test = cifar10
     folder = tmp_path / "new" / "cifar10"  # created on the way
     with FileServer({ARCHIVE: archive}) as server:
-        assert data.fetch_official_files("cifar10", folder, mirror=server.url) == {ARCHIVE: True}
+        assert data.fetch_official_files("cifar10", folder, mirror=server.url) == {ARCHIVE: Fetched.DOWNLOADED}
         assert server.requests == [("/mirror/" + ARCHIVE, None)]
         assert sorted(path.name for path in data_files(folder)) == [ARCHIVE]  # no part file left
 
         # Valid files already there: verified on disk, no request at all.
-        assert data.fetch_official_files("cifar10", folder, mirror=server.url) == {ARCHIVE: False}
+        assert data.fetch_official_files("cifar10", folder, mirror=server.url) == {ARCHIVE: Fetched.VERIFIED}
         assert len(server.requests) == 1
-    assert data.fetch_official_files("cifar10", folder, mirror=closed_port_url()) == {ARCHIVE: False}
+    assert data.fetch_official_files("cifar10", folder, mirror=closed_port_url()) == {ARCHIVE: Fetched.VERIFIED}
 
     loaded_train = data.load_split("cifar10", "train", source="files", files_dir=str(folder))
     loaded_test = data.load_split("cifar10", "test", source="files", files_dir=str(folder))
@@ -202,7 +207,7 @@ def test_a_file_already_there_is_never_replaced(tmp_path, cifar10, official_cifa
     (tmp_path / ARCHIVE).write_bytes(kept)
     with FileServer({ARCHIVE: foreign if already_there == "good" else good}) as server:
         if already_there == "good":
-            assert data.fetch_official_files("cifar10", tmp_path, mirror=server.url) == {ARCHIVE: False}
+            assert data.fetch_official_files("cifar10", tmp_path, mirror=server.url) == {ARCHIVE: Fetched.VERIFIED}
         else:
             with pytest.raises(data.DataError) as refused:
                 data.fetch_official_files("cifar10", tmp_path, mirror=server.url)
@@ -229,7 +234,7 @@ def test_a_cut_transfer_is_resumed_with_a_range_request(tmp_path, cifar10, offic
     with FileServer({ARCHIVE: archive}) as server:
         server.cuts, server.cut_after = 1, len(archive) // 2
         fetched = download.fetch_files(official_cifar10, tmp_path, mirror=server.url, backoff_s=0.01)
-    assert fetched == {ARCHIVE: True}
+    assert fetched == {ARCHIVE: Fetched.DOWNLOADED}
     assert [ranges for _, ranges in server.requests] == [None, f"bytes={len(archive) // 2}-"]
     assert (tmp_path / ARCHIVE).read_bytes() == archive
     assert [path.name for path in data_files(tmp_path)] == [ARCHIVE]
@@ -246,7 +251,7 @@ def test_a_transfer_that_keeps_breaking_stops_keeps_its_part_and_resumes_later(t
         assert part.stat().st_size == 3000
         assert not (tmp_path / ARCHIVE).exists()
 
-        assert download.fetch_files(official_cifar10, tmp_path, mirror=server.url) == {ARCHIVE: True}
+        assert download.fetch_files(official_cifar10, tmp_path, mirror=server.url) == {ARCHIVE: Fetched.DOWNLOADED}
     assert [ranges for _, ranges in server.requests] == [None, "bytes=1000-", "bytes=2000-", "bytes=3000-"]
     assert (tmp_path / ARCHIVE).read_bytes() == archive
     assert not part.exists()
@@ -256,7 +261,7 @@ def test_a_whole_part_left_by_a_stopped_run_is_verified_and_renamed(tmp_path, ci
     archive = cifar10[0]
     (tmp_path / (ARCHIVE + ".part")).write_bytes(archive)
     with FileServer({ARCHIVE: archive}) as server:
-        assert download.fetch_files(official_cifar10, tmp_path, mirror=server.url) == {ARCHIVE: True}
+        assert download.fetch_files(official_cifar10, tmp_path, mirror=server.url) == {ARCHIVE: Fetched.DOWNLOADED}
     assert server.requests == [("/mirror/" + ARCHIVE, f"bytes={len(archive)}-")]  # answered 416: nothing left
     assert [path.read_bytes() for path in data_files(tmp_path)] == [archive]
 
@@ -281,7 +286,8 @@ def test_two_runs_fetching_one_file_take_turns(tmp_path, cifar10, official_cifar
             fetcher.start()
         for fetcher in fetchers:
             fetcher.join()
-    assert sorted(result[ARCHIVE] for result in results) == [False, True]  # one downloaded, one found it there
+    # One downloaded, the other found it there.
+    assert sorted(result[ARCHIVE].name for result in results) == ["DOWNLOADED", "VERIFIED"]
     assert [path.read_bytes() for path in data_files(tmp_path)] == [archive]  # one verified file, no part left
 
 
@@ -320,7 +326,7 @@ def test_a_host_that_never_answers_times_out(tmp_path, official_cifar10, backoff
 def download_command(folder: Path, mirror: str, dataset: str = "fashion_mnist") -> subprocess.CompletedProcess:
     dead = closed_port_url()
     return subprocess.run(
-        [PYTHON, "-m", "resnet_jax.data", "download", "--dataset", dataset, "--files-dir", str(folder)]
+        [PYTHON, "-m", "resnet_jax.tools.data", "download", "--dataset", dataset, "--files-dir", str(folder)]
         + ["--mirror", mirror],
         capture_output=True,
         text=True,
@@ -356,17 +362,63 @@ def test_the_command_refuses_a_damaged_file_in_one_line_with_status_2(tmp_path):
 
 
 def test_the_command_offline_fails_fast_with_status_2(tmp_path):
-    result = download_command(tmp_path, closed_port_url(), dataset="cifar10")
+    mirror = closed_port_url()
+    result = download_command(tmp_path, mirror, dataset="cifar10")
     assert result.returncode == 2
     assert_one_line(result.stderr, "error: cifar10: cannot reach 127.0.0.1", "cifar-10-binary.tar.gz")
+    assert f"check the mirror {mirror}" in result.stderr and "--mirror URL" not in result.stderr  # it was given
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 6. The trainer: data.download fetches the missing files (from data.download_mirror) before it reads them.
+# 6. Debian's Fashion-MNIST files: the official content under another gzip header, accepted where they lie.
+
+SAME_CONTENT = "already there, verified (same content as the official file, another gzip header)"
+
+
+@needs_fashion_files
+def test_the_recorded_digests_are_the_official_files_and_their_content():
+    official = download.OFFICIAL_FILES["fashion_mnist"]
+    for name, payload in official_fashion_archives().items():
+        assert sha256(payload) == official.sha256[name], name
+        assert sha256(gzip.decompress(payload)) == official.content_sha256[name], name
+        debian = FASHION_DIR / name
+        assert download.sha256_of(debian) != official.sha256[name]  # another header: the plain digest differs
+        assert download.content_sha256_of(debian) == official.content_sha256[name]
+
+
+@needs_fashion_files
+def test_debians_files_in_place_are_accepted_and_kept(tmp_path):
+    for name in download.OFFICIAL_FILES["fashion_mnist"].sha256:
+        shutil.copy(FASHION_DIR / name, tmp_path / name)
+    before = {path.name: path.read_bytes() for path in data_files(tmp_path)}
+    with FileServer({}) as server:  # nothing to serve: any request would be a 404
+        result = download_command(tmp_path, server.url)
+        assert server.requests == []
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(SAME_CONTENT) == 4, result.stdout
+    assert {path.name: path.read_bytes() for path in data_files(tmp_path)} == before  # never replaced
+    # What data.download=True runs before training.
+    fetched = data.fetch_official_files("fashion_mnist", tmp_path, mirror=closed_port_url())
+    assert set(fetched.values()) == {Fetched.SAME_CONTENT}
+
+
+def test_a_gzip_file_of_other_content_is_still_refused(tmp_path):
+    name = next(iter(download.OFFICIAL_FILES["fashion_mnist"].sha256))  # the first one fetched
+    (tmp_path / name).write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(12) + b"not fashion"))
+    with FileServer({}) as server, pytest.raises(data.DataError) as refused:
+        data.fetch_official_files("fashion_mnist", tmp_path, mirror=server.url)
+    assert_one_line(str(refused.value), str(tmp_path / name), "not the official file", "move it away or delete it")
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. The trainer: data.download fetches the missing files (from data.download_mirror) before it reads them.
 
 
 @needs_fashion_files
 def test_the_trainer_downloads_missing_files_then_trains(tmp_path, monkeypatch):
+    from resnet_jax import trainer  # only this test trains
+
     official = download.OFFICIAL_FILES["fashion_mnist"]  # its real checksums, and a host that cannot be reached
     monkeypatch.setitem(
         download.OFFICIAL_FILES, "fashion_mnist", dataclasses.replace(official, base_url=closed_port_url())
@@ -398,12 +450,12 @@ def test_the_trainer_downloads_missing_files_then_trains(tmp_path, monkeypatch):
 
 
 def test_validation_wants_a_folder_to_download_into_not_an_existing_one(tmp_path):
-    configuration.validate(load_config("default", **{"data.files_dir": str(tmp_path / "missing")}))
+    data.check_config(load_config("default", **{"data.files_dir": str(tmp_path / "missing")}).data)
     assert not (tmp_path / "missing").exists()  # validation creates nothing; the download does
     with pytest.raises(configuration.ConfigError, match="data.files_dir='' is empty"):
-        configuration.validate(load_config("default", **{"data.files_dir": ""}))
+        data.check_config(load_config("default", **{"data.files_dir": ""}).data)
     with pytest.raises(configuration.ConfigError, match="data.download=True"):
-        configuration.validate(load_config("default", **{"data.files_dir": "", "data.download": False}))
+        data.check_config(load_config("default", **{"data.files_dir": "", "data.download": False}).data)
 
 
 def test_the_cifar_configs_download_the_official_files_into_the_cache():

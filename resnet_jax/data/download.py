@@ -1,13 +1,15 @@
 """Fetching the official dataset files: their hosts and sha256 sums, and a verified, resumable HTTP download.
 
-A file takes its final name only once its checksum matches. A leaf: it imports nothing of the project.
+A file takes its final name only once its checksum matches; one already in place is verified, never replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import fcntl
+import gzip
 import hashlib
 import http.client
 import os
@@ -21,13 +23,15 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from resnet_jax.data.registry import DataError
+
 CHUNK_BYTES = 1 << 20
 RETRIES = 5  # after a transfer has started; a host that never answered is not retried (offline fails fast)
 TIMEOUT_S = 10.0  # per connect and per read: an unreachable host fails in seconds, a stalled transfer is retried
 BACKOFF_S = 1.0  # doubled after each failed try
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError):
     """A file that could not be fetched, or is not the official one; the message is one line with the fix."""
 
 
@@ -41,6 +45,17 @@ class OfficialFiles:
 
     base_url: str
     sha256: Mapping[str, str]  # file name -> hex digest
+    # file name -> hex digest of the DECOMPRESSED content of a .gz file: a copy gzipped again elsewhere (another
+    # header, same data) is accepted when it is already in place.
+    content_sha256: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Fetched(enum.Enum):
+    """What became of one file; the value is what the command prints."""
+
+    DOWNLOADED = "downloaded and verified"
+    VERIFIED = "already there, verified"
+    SAME_CONTENT = "already there, verified (same content as the official file, another gzip header)"
 
 
 # Each sha256 is confirmed by two sources. [tfds]: tensorflow-datasets 4.9.10's url_checksums/<dataset>.txt.
@@ -55,7 +70,7 @@ OFFICIAL_FILES: dict[str, OfficialFiles] = {
         {"cifar-100-binary.tar.gz": "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"},
     ),
     # [tfds], and computed here from Debian's dataset-fashion-mnist files with their original gzip header restored
-    # (tests/test_data.py rebuilds them so and checks them against [tfds]).
+    # (tests/test_download.py rebuilds them so and checks them against [tfds]).
     "fashion_mnist": OfficialFiles(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         {
@@ -63,6 +78,15 @@ OFFICIAL_FILES: dict[str, OfficialFiles] = {
             "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+        # Computed here from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1 files (zcat | sha256sum):
+        # the official content, since those files with their original header restored carry [tfds]'s sums above
+        # (tests/test_download.py checks both).
+        content_sha256={
+            "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
     ),
     # torchvision's host for LeCun's files (his own site now refuses downloads). [tfds] lists the same files, sizes
@@ -89,6 +113,18 @@ def sha256_of(path: Path) -> str:
     with open(path, "rb") as file:
         while chunk := file.read(CHUNK_BYTES):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_sha256_of(path: Path) -> str | None:
+    """The sha256 of a gzip file's decompressed content; None when it is not a whole gzip file."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as file:
+            while chunk := file.read(CHUNK_BYTES):
+                digest.update(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
     return digest.hexdigest()
 
 
@@ -196,30 +232,41 @@ def fetch_file(
     target: Path,
     sha256: str,
     *,
+    content_sha256: str | None = None,
     part_suffix: str = ".part",
     retries: int = RETRIES,
     timeout_s: float = TIMEOUT_S,
     backoff_s: float = BACKOFF_S,
-) -> bool:
-    """Makes `target` the file at `url` whose sha256 is `sha256`. Returns False when it was already there.
+) -> Fetched:
+    """Makes `target` the file at `url` whose sha256 is `sha256`, and says how.
 
     The transfer goes to `target + part_suffix` (one suffix per process when several share a folder) and is
-    renamed only once verified, so `target` is either absent or the official file. A file already at `target`
-    that is not the official one is refused, never replaced.
+    renamed only once verified, so `target` is either absent or the official file. A file already at `target` is
+    kept when it is the official one, or (given `content_sha256`) a gzip file of the official content; any other is
+    refused, never replaced.
     """
     if urlparse(url).scheme not in ("http", "https"):
         raise DownloadError(f"{url} is not an http(s) address; give a mirror as http://HOST/PATH/ or https://...")
     with _exclusive(target):
-        return _fetch_unlocked(url, target, sha256, part_suffix, retries, timeout_s, backoff_s)
+        return _fetch_unlocked(url, target, sha256, content_sha256, part_suffix, retries, timeout_s, backoff_s)
 
 
 def _fetch_unlocked(
-    url: str, target: Path, sha256: str, part_suffix: str, retries: int, timeout_s: float, backoff_s: float
-) -> bool:
+    url: str,
+    target: Path,
+    sha256: str,
+    content_sha256: str | None,
+    part_suffix: str,
+    retries: int,
+    timeout_s: float,
+    backoff_s: float,
+) -> Fetched:
     if target.exists():
         actual = sha256_of(target)
         if actual == sha256:
-            return False
+            return Fetched.VERIFIED
+        if content_sha256 is not None and content_sha256_of(target) == content_sha256:
+            return Fetched.SAME_CONTENT
         raise DownloadError(
             f"{target} is there but is not the official file (sha256 {actual}, expected {sha256}); "
             "move it away or delete it, then run again"
@@ -234,7 +281,7 @@ def _fetch_unlocked(
             "check the host or mirror, and run again"
         )
     os.replace(part, target)
-    return True
+    return Fetched.DOWNLOADED
 
 
 def fetch_files(
@@ -246,9 +293,9 @@ def fetch_files(
     retries: int = RETRIES,
     timeout_s: float = TIMEOUT_S,
     backoff_s: float = BACKOFF_S,
-) -> dict[str, bool]:
+) -> dict[str, Fetched]:
     """Fetches every file of `files` into `folder` (created when missing), from `mirror` when given (a base URL
-    serving the same file names). Returns, per file name, whether it was downloaded (False: already there)."""
+    serving the same file names). Returns what became of each file, by name."""
     folder = Path(folder).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -260,6 +307,7 @@ def fetch_files(
             base_url + name,
             folder / name,
             sha256,
+            content_sha256=files.content_sha256.get(name),
             part_suffix=part_suffix,
             retries=retries,
             timeout_s=timeout_s,
@@ -267,3 +315,26 @@ def fetch_files(
         )
         for name, sha256 in files.sha256.items()
     }
+
+
+def fetch_official_files(
+    dataset: str, files_dir: str | os.PathLike, mirror: str | None = None, part_suffix: str = ".part"
+) -> dict[str, Fetched]:
+    """Fetches the official files of `dataset` that `files_dir` lacks (see `fetch_files`); every failure is a
+    one-line DataError that says how to go on."""
+    if dataset not in OFFICIAL_FILES:
+        raise DataError(f"{dataset!r} has no official files to download; choose one of {', '.join(OFFICIAL_FILES)}")
+    files = OFFICIAL_FILES[dataset]
+    try:
+        return fetch_files(files, files_dir, mirror=mirror, part_suffix=part_suffix)
+    except HostUnreachable as error:
+        elsewhere = (
+            f"check the mirror {mirror}"
+            if mirror
+            else "download them from a mirror (--mirror URL, or data.download_mirror)"
+        )
+        raise DataError(
+            f"{dataset}: {error}, so its official files cannot be downloaded into {files_dir}. Copy "
+            f"{', '.join(files.sha256)} there yourself, {elsewhere}, or train on random data: "
+            "--config.data.source=synthetic"
+        ) from error

@@ -1,0 +1,56 @@
+"""Datasets as uint8 NHWC images and int32 labels: the registry, the sources (official files, tfds, synthetic), the
+official files' download, and the config's `data` section. The names below are the package's public face.
+"""
+
+from resnet_jax.data.download import fetch_official_files
+from resnet_jax.data.registry import (
+    DATASETS,
+    SOURCES,
+    SPLITS,
+    DataError,
+    DatasetInfo,
+    SplitArrays,
+    get_dataset_info,
+)
+from resnet_jax.data.section import (
+    DEFAULTS,
+    check_config,
+    config_input_shape,
+    config_loader,
+    config_normalization,
+    config_split_size,
+    default_files_dir,
+    fetch_if_asked,
+    use_official_files,
+)
+from resnet_jax.data.splits import describe, input_shape, load_split, normalization, split_size, to_input_shape
+from resnet_jax.data.synthetic import synthetic_split
+from resnet_jax.data.tfds_source import prepare
+
+__all__ = [
+    "DATASETS",
+    "DEFAULTS",
+    "SOURCES",
+    "SPLITS",
+    "DataError",
+    "DatasetInfo",
+    "SplitArrays",
+    "check_config",
+    "config_input_shape",
+    "config_loader",
+    "config_normalization",
+    "config_split_size",
+    "default_files_dir",
+    "describe",
+    "fetch_if_asked",
+    "fetch_official_files",
+    "get_dataset_info",
+    "input_shape",
+    "load_split",
+    "normalization",
+    "prepare",
+    "split_size",
+    "synthetic_split",
+    "to_input_shape",
+    "use_official_files",
+]
