@@ -8,11 +8,12 @@ import runpy
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 
-from resnet_jax import configuration, metrics
+from resnet_jax import configuration, metrics, trainer
 from resnet_jax.tools import main as resnet_jax_main
 from resnet_jax.tools import sweep
 from resnet_jax.tools.sweep import report, run, spec
@@ -270,6 +271,106 @@ def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median
         hook(2, {"test_accuracy": 0.1})
     assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}
     assert reported == {1, 2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sweep's own loop and results over a stand-in trainer: what the sweep does between trials, in milliseconds.
+
+
+class StandInTrainer:
+    """`trainer.train_and_evaluate` as the sweep sees it: a config.json and one train and one eval record per
+    epoch in the trial's folder, `on_evaluation` after each evaluation, and a TrainingError where told to fail.
+    Each trial's test accuracy is `accuracy(config, epoch, call)`."""
+
+    def __init__(self, accuracy, fail_at_learning_rate=None):
+        self.accuracy, self.fail_at_learning_rate, self.calls = accuracy, fail_at_learning_rate, []
+
+    def __call__(self, config, workdir, mode="resume", on_evaluation=None):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+        call = len(self.calls)
+        self.calls.append(workdir.name)
+        if config.optimizer.learning_rate == self.fail_at_learning_rate:
+            raise trainer.TrainingError("non-finite loss at step 3")
+        writer = metrics.MetricWriter(workdir, enabled=True)
+        try:
+            for epoch in range(1, config.train.num_epochs + 1):
+                accuracy = self.accuracy(config, epoch, call)
+                writer.write(10 * epoch, epoch, {"train_loss": 1.0 / epoch, "images_per_second": 100.0 * epoch})
+                writer.write(10 * epoch, epoch, {"test_accuracy": accuracy, "test_loss": 1.0 - accuracy})
+                if on_evaluation:
+                    on_evaluation(epoch, {"test_accuracy": accuracy})
+        finally:
+            writer.close()
+        return {"test_accuracy": accuracy}
+
+
+def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_path, smoke_config, monkeypatch):
+    # Accuracy rises with the learning rate and falls with weight decay; lr 0.3 fails.
+    def accuracy(config, epoch, call):
+        return round(0.5 + config.optimizer.learning_rate - config.optimizer.weight_decay * 10 + 0.01 * epoch, 6)
+
+    stand_in = StandInTrainer(accuracy, fail_at_learning_rate=0.3)
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2})
+    grid = ["optimizer.learning_rate=0.05,0.2,0.3", "optimizer.weight_decay=0,0.001"]
+    sweep_spec = spec.make_spec(config, grids=grid)
+    workdir = tmp_path / "sweep"
+
+    results = run.run_sweep(config, workdir, sweep_spec, top=2)
+
+    assert len(stand_in.calls) == 6
+    assert [(r.name, r.state) for r in results] == [
+        ("learning_rate=0.2,weight_decay=0", "complete"),
+        ("learning_rate=0.2,weight_decay=0.001", "complete"),
+        ("learning_rate=0.05,weight_decay=0", "complete"),
+        ("learning_rate=0.05,weight_decay=0.001", "complete"),
+        ("learning_rate=0.3,weight_decay=0", "failed"),
+        ("learning_rate=0.3,weight_decay=0.001", "failed"),
+    ]
+    best = results[0]
+    assert (best.final_test_accuracy, best.best_test_accuracy, best.epochs) == (0.72, 0.72, 2)
+    assert best.images_per_second == 150.0  # the median of the train records
+    assert best.directory == workdir / run.TRIALS_DIR / best.name
+    assert best.overrides == {"optimizer.learning_rate": 0.2, "optimizer.weight_decay": 0.0}
+    trained = configuration.read_json(best.directory / configuration.CONFIG_FILE)
+    assert (trained["optimizer"]["learning_rate"], trained["train"]["num_epochs"]) == (0.2, 2)
+    assert results[-1].error == "non-finite loss at step 3"
+    assert results[-1].final_test_accuracy is None
+
+    rows = read_csv(workdir / report.RESULTS_CSV)
+    assert [row["trial"] for row in rows] == [r.name for r in results]
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert (rows[0]["optimizer.learning_rate"], rows[0]["final_test_accuracy"]) == ("0.2", "0.72")
+    assert rows[-1]["error"] == "non-finite loss at step 3"
+    markdown = (workdir / report.RESULTS_MD).read_text()
+    assert "6 of 6 trials (4 complete, 2 failed)" in markdown
+    assert "| 1 | 0.2 | 0 | complete | 0.7200 | 0.7200 | 2.00 |" in markdown
+    assert "- learning_rate=0.3,weight_decay=0.001 failed: non-finite loss at step 3" in markdown
+    assert (workdir / report.PLOT_FILE).stat().st_size > 10_000
+
+    # Again: every trial counted (a failure on its own uses up its budget), so nothing runs.
+    again = run.run_sweep(config, workdir, sweep_spec, top=2)
+    assert len(stand_in.calls) == 6
+    assert [r.name for r in again] == [r.name for r in results]
+
+
+def test_a_search_prunes_a_trial_below_the_median_after_its_checkpoint(tmp_path, smoke_config, monkeypatch):
+    # Each trial scores worse than the one before: once two have finished, the third is below their median.
+    stand_in = StandInTrainer(lambda config, epoch, call: 0.9 - 0.1 * call + 0.01 * epoch)
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 4})
+    search = ["optimizer.learning_rate=loguniform:0.01:0.5"]
+    sweep_spec = spec.make_spec(config, searches=search, trials=3, sampler="random", prune=True, prune_after_epochs=2)
+
+    results = run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+
+    assert [r.state for r in results] == ["complete", "complete", "pruned"]
+    assert [r.epochs for r in results] == [4, 4, 2]  # pruned at the first epoch it could be
+    study = optuna.load_study(study_name=run.STUDY_NAME, storage=f"sqlite:///{tmp_path / 'sweep' / run.STUDY_FILE}")
+    assert [trial.intermediate_values for trial in study.trials][2] == {1: 0.71, 2: 0.72}
+    assert "1 pruned" in (tmp_path / "sweep" / report.RESULTS_MD).read_text()
 
 
 # ----------------------------------------------------------------------------------------------------------------
