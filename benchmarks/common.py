@@ -1,6 +1,6 @@
-"""What the benchmarks share: the environment they ran in, interleaved timed windows, the trainer's own jitted
-train loop on synthetic device-resident data, XLA's FLOP and byte counts, the device's measured ceilings
-(matrix-product rate, copy bandwidth) and the floors they give, and the JSON/Markdown output."""
+"""What the benchmarks share: the environment they ran in, interleaved timed windows, the runs' own train program
+(`Experiment.make_train_program`) on synthetic device-resident data, XLA's FLOP and byte counts, the device's
+measured ceilings (matrix-product rate, copy bandwidth) and the floors they give, and the JSON/Markdown output."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jaxlib
 import ml_collections
 
-from resnet_jax import configuration, data, pipeline, steps, trainer
+from resnet_jax import data, experiment, steps
 
 MODELS = ("resnet20", "resnet56", "resnet18", "seed_resnet")
 IMAGE_SHAPE = (32, 32, 3)
@@ -133,7 +133,17 @@ def interleaved_timings(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The trainer's train loop on synthetic data.
+# The runs' own train program on synthetic data.
+
+# What XLA:CPU takes for the options the train program sets (`steps.CPU_TRAIN_COMPILER_OPTIONS`) when it is not given
+# them (checked on jaxlib 0.10.2: a train step compiled with these is the same program as one compiled without). The
+# train program carries its own options, and a compile can only add to them or override them, not remove them.
+XLA_CPU_DEFAULT_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"
+    ),
+    "xla_backend_optimization_level": 3,
+}
 
 
 def bench_config(
@@ -147,7 +157,7 @@ def bench_config(
 ) -> ml_collections.ConfigDict:
     """The He et al. recipe (SGD 0.1, momentum 0.9, wd 1e-4, pad-crop + flip) for `model` on synthetic data in
     `dataset`'s shape (`image_size` 0: its native size)."""
-    config = configuration.base_config()
+    config = experiment.base_config()
     config.model.name = model
     config.model.dtype = dtype
     config.data.dataset = dataset
@@ -161,14 +171,15 @@ def bench_config(
 
 
 def synthetic_images(examples: int, seed: int = 0) -> data.SplitArrays:
-    """CIFAR-shaped uint8 images and labels, the same for every framework."""
+    """CIFAR-shaped uint8 images and labels, the same for every framework: with seed 0, the very training split a
+    `JaxTrainLoop` of `examples` CIFAR-10 examples reads."""
     return data.synthetic_split(IMAGE_SHAPE, 10, examples, seed, "train")
 
 
 @dataclass
 class JaxTrainLoop:
-    """`steps.make_train_loop(steps.make_train_step(...))`, exactly as the trainer builds it, over a split that
-    lives on the device. One unit of work is one call: `steps_per_call` steps in one dispatch (or, on the CPU,
+    """`Experiment.make_train_program()`, the program every run trains with, over its synthetic training split on
+    the device. One unit of work is one call: `steps_per_call` steps in one dispatch (or, on the CPU,
     `steps_per_call` asynchronous per-step dispatches)."""
 
     model: str
@@ -177,8 +188,7 @@ class JaxTrainLoop:
     steps_per_call: int = 1
     examples: int = 50_000
     scan: bool | None = None
-    images: data.SplitArrays | None = None
-    compiler_options: dict[str, Any] | None = None  # None: the trainer's; {}: XLA's defaults
+    compiler_options: dict[str, Any] | None = None  # over the train program's own
     dataset: str = "cifar10"
     image_size: int = 32
     calls: int = field(default=0, init=False)
@@ -187,41 +197,32 @@ class JaxTrainLoop:
         config = bench_config(
             self.model, self.batch, self.dtype, self.steps_per_call, self.examples, self.dataset, self.image_size
         )
-        self.experiment = trainer.build_experiment(config)
-        mesh = self.experiment.mesh
-        arrays = self.images or data.synthetic_split(
-            self.experiment.input_shape, self.experiment.info.num_classes, self.examples, 0, "train"
-        )
-        rows = pipeline.train_rows(len(arrays), mesh)
-        self.split = pipeline.put_split(
-            lambda index: data.SplitArrays(arrays.images[index], arrays.labels[index]), rows, rows, mesh
-        )
-        self.steps_per_epoch = rows // self.batch
-        if self.steps_per_epoch < self.steps_per_call:
+        self.experiment = experiment.build(config)
+        self.program = self.experiment.make_train_program(scan=self.scan)
+        if self.program.steps_per_epoch < self.steps_per_call:
             raise ValueError(f"{self.examples} examples hold fewer than steps_per_call={self.steps_per_call} batches")
-        self.batch_per_device = self.batch // mesh.devices.size
-        self.train_step = steps.make_train_step(self.experiment.step_config)
-        self.loop = steps.make_train_loop(
-            self.train_step, mesh, self.batch_per_device, scan=self.scan, compiler_options=self.compiler_options
-        )
-        key_data = jax.random.key_data(jax.random.key(1))
-        self.permutation = jax.jit(pipeline.epoch_permutation, static_argnums=(2, 3))(
-            key_data, jnp.int32(0), rows // mesh.devices.size, mesh
-        )
+        self.split = self.experiment.load_train_split()
+        self.permutation = self.program.permutation(jnp.int32(0))
         self.state = self.experiment.new_state()
-        self.totals = steps.zero_train_metrics()
+        self.totals = self.program.zero_totals()
         self.steps_per_unit = self.steps_per_call
+        self._compiled: Any = None
 
     def _call(self) -> None:
-        positions = self.steps_per_epoch - self.steps_per_call + 1
+        if self._compiled is None:
+            lowered = self.program.loop.lower(
+                self.state, self.totals, self.split, self.permutation, jnp.int32(0), self.steps_per_call
+            )
+            self._compiled = lowered.compile(self.compiler_options)
+        positions = self.program.steps_per_epoch - self.steps_per_call + 1
         first = (self.calls * self.steps_per_call) % positions
-        self.state, self.totals = self.loop(
-            self.state, self.totals, self.split, self.permutation, jnp.int32(first), self.steps_per_call
+        self.state, self.totals = self._compiled(
+            self.state, self.totals, self.split, self.permutation, jnp.int32(first)
         )
         self.calls += 1
 
     def first_call_seconds(self) -> float:
-        """Wall time of the first call: tracing, compiling and one run."""
+        """Wall time of the first call: lowering, compiling and one run."""
         start = time.perf_counter()
         self._call()
         jax.block_until_ready((self.state, self.totals))
@@ -241,14 +242,15 @@ class JaxTrainLoop:
         as written, counting only kernel taps that land inside the image), and the fewest bytes it must move
         (`conv_io_bytes`). With `compiled_bytes`, also XLA's estimate of the bytes its fused step moves (this
         compiles the step once more)."""
+        train_step = steps.make_train_step(self.experiment.step_config)
         images = jax.ShapeDtypeStruct((self.batch, *self.experiment.input_shape), jnp.uint8)
         labels = jax.ShapeDtypeStruct((self.batch,), jnp.int32)
-        lowered = jax.jit(self.train_step).lower(self.state, images, labels)
+        lowered = jax.jit(train_step).lower(self.state, images, labels)
         # Some jax releases (0.11) give no analysis before compiling: the compiled count is then the fallback.
         analysis = lowered.cost_analysis() or lowered.compile().cost_analysis()
         cost = {
             "flops": _cost(analysis, "flops"),
-            "bytes": conv_io_bytes(self.train_step, self.state, images, labels),
+            "bytes": conv_io_bytes(train_step, self.state, images, labels),
         }
         if compiled_bytes:
             cost["xla_bytes_estimate"] = _cost(lowered.compile().cost_analysis(), "bytes accessed")
@@ -360,10 +362,10 @@ def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
     return [kind(item.strip()) for item in text.split(",") if item.strip()]
 
 
-def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, images: data.SplitArrays) -> JaxTrainLoop:
-    """A JAX runner from `DTYPE[+xla_defaults][+scan][+no_scan][+OPTION=VALUE ...]`: the trainer's loop in that
-    dtype, optionally compiled with XLA's default options instead of the trainer's, with the scan forced on or off,
-    or with XLA compiler options on top (`float32+xla_cpu_prefer_vector_width=512`)."""
+def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, examples: int) -> JaxTrainLoop:
+    """A JAX runner from `DTYPE[+xla_defaults][+scan][+no_scan][+OPTION=VALUE ...]`: the train program in that
+    dtype, optionally compiled with XLA's default options instead of the train program's, with the scan forced on
+    or off, or with XLA compiler options on top (`float32+xla_cpu_prefer_vector_width=512`)."""
     dtype, *flags = spec.split("+")
     options = {key: _option_value(value) for key, _, value in (flag.partition("=") for flag in flags if "=" in flag)}
     flags = [flag for flag in flags if "=" not in flag]
@@ -371,11 +373,8 @@ def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, images: d
     if unknown:
         raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
     scan = True if "scan" in flags else False if "no_scan" in flags else None
-    compiler_options = None  # the trainer's own
-    if options or "xla_defaults" in flags:
-        base = {} if "xla_defaults" in flags or on_accelerator() else steps.CPU_TRAIN_COMPILER_OPTIONS
-        compiler_options = {**base, **options}
-    return JaxTrainLoop(model, batch, dtype, steps_per_call, len(images), scan, images, compiler_options)
+    defaults = XLA_CPU_DEFAULT_OPTIONS if "xla_defaults" in flags and not on_accelerator() else {}
+    return JaxTrainLoop(model, batch, dtype, steps_per_call, examples, scan, {**defaults, **options} or None)
 
 
 def _option_value(text: str) -> bool | int | str:

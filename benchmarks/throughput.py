@@ -1,4 +1,4 @@
-"""Train-step throughput and compile time of the trainer's own jitted loop, over model x batch x dtype x steps per
+"""Train-step throughput and compile time of the runs' own train program, over model x batch x dtype x steps per
 call, on synthetic data resident on the device; each figure is set against the device's compute and memory floors.
 
     python -m benchmarks.throughput --models resnet20,resnet18 --batches 128,512 --dtypes float32,bfloat16
@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--dataset", default="cifar10", help="synthetic images in this dataset's shape")
     parser.add_argument("--image-sizes", default="32", help="comma list; 0 keeps the dataset's native size")
-    parser.add_argument("--scan", default="auto", choices=("auto", "on", "off"), help="steps.make_train_loop(scan=)")
+    parser.add_argument(
+        "--scan", default="auto", choices=("auto", "on", "off"), help="Experiment.make_train_program(scan=)"
+    )
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--min-window-seconds", type=float, default=0.0, help="default 1 (accelerator), 3 (CPU)")
     parser.add_argument("--examples", type=int, default=50_000, help="synthetic training examples on the device")

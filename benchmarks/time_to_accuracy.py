@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from benchmarks import common
-from resnet_jax import configuration, metrics, trainer
+from resnet_jax import experiment, metrics, trainer
 
 FASHION_MNIST_DIRS = (".data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
 
@@ -41,7 +41,7 @@ def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.Co
     momentum, label smoothing, an EMA of the weights, flip test-time augmentation; bfloat16 on accelerators.
     117 steps per epoch, run as 3 dispatches of 39; metrics fetched once per epoch. 32 epochs: over 16 this recipe
     ended at 0.9449, short of 0.95 (benchmarks/RESULTS.md); an H200 runs an epoch in about 0.45 s."""
-    config = configuration.base_config()
+    config = experiment.base_config()
     config.model.name = "resnet20"
     config.model.dtype = "bfloat16" if accelerator else "float32"
     config.data.dataset = "fashion_mnist"
@@ -68,7 +68,7 @@ def he_resnet20_config(accelerator: bool) -> ml_collections.ConfigDict:
     """He et al.'s ResNet-20 recipe unchanged (batch 128, 64k steps, SGD 0.1 /10 at 32k and 48k) on synthetic
     CIFAR-10-shaped data (50k/10k): a wall-time measurement, not an accuracy one. Evaluation every 16 epochs,
     390 steps (one epoch) per dispatch on accelerators."""
-    config = configuration.base_config()
+    config = experiment.base_config()
     config.data.source = "synthetic"
     config.data.synthetic_train_examples = 50_000
     config.data.synthetic_test_examples = 10_000
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             alarm.cancel()
         watcher.stop()
     total = time.perf_counter() - start
-    total_steps = trainer.build_experiment(config).total_steps
+    total_steps = experiment.build(config).total_steps
     summary = summarize(watcher.records, args.target, total_steps) | {
         "task": args.task,
         "total_seconds": total,

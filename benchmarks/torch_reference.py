@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from benchmarks import common
 from resnet_jax import augment, data, models, optim
@@ -182,12 +183,14 @@ def check_equivalence(name: str, device: str, batch: int = 16) -> dict[str, Any]
         )
         return optim.cross_entropy(logits, labels).mean(), logits
 
-    tx = optim.make_optimizer("sgd", 0.1, momentum=0.9, weight_decay=WEIGHT_DECAY)
+    optimizer_config = common.bench_config(name, batch, "float32", 1, batch).optimizer
+    optimizer_config.weight_decay = WEIGHT_DECAY
+    tx = optim.make_optimizer(optimizer_config, optax.constant_schedule(optimizer_config.learning_rate))
     with jax.default_matmul_precision("highest"):
         (loss_before, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             variables["params"], variables["batch_stats"]
         )
-        updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
+        updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"], step=jnp.int32(0))
         params = jax.tree.map(jnp.add, variables["params"], updates)
         loss_after = loss_fn(params, variables["batch_stats"])[0]
 
@@ -330,7 +333,7 @@ def compare(args: argparse.Namespace, name: str, batch: int, device: str, arrays
     errors: dict[str, str] = {}
     for spec in args.jax:
         label = f"jax {spec}"
-        runners[label] = common.jax_runner(spec, name, batch, args.steps_per_call, arrays)
+        runners[label] = common.jax_runner(spec, name, batch, args.steps_per_call, len(arrays))
         first_calls[label] = runners[label].first_call_seconds()
     for variant in args.variants:
         label = f"torch {variant}"

@@ -1,4 +1,4 @@
-"""Architecture comparison: the table's figures come from the registry and the trainer's own program, and trained
+"""Architecture comparison: the table's figures come from the registry and the runs' own train program, and trained
 runs add their accuracy."""
 
 import json
@@ -6,8 +6,10 @@ import json
 import jax
 import pytest
 
-from resnet_jax import compare, configuration, models
+from resnet_jax import configuration, experiment, models
 from resnet_jax.metrics import MetricWriter
+from resnet_jax.tools import compare
+from resnet_jax.tools import main as resnet_jax_main
 
 
 def table_rows(markdown: str) -> dict[str, dict[str, str]]:
@@ -23,7 +25,7 @@ def registry_params(name: str) -> int:
 
 def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10"):
     """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records."""
-    config = configuration.base_config()
+    config = experiment.base_config()
     config.model.name = model
     config.data.dataset = dataset
     workdir.mkdir(parents=True)
@@ -127,18 +129,24 @@ def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):
         ([], "give --models"),
         (["--models", "resnet20", "--batch", "0"], "must be positive"),
         (["--models", "resnet20", "--dtype", "float64"], "model.dtype='float64' is not known"),
+        (["--models", "resnet20", "--dtype", "float16"], "model.dtype='float16' is not offered"),
+        (["--models", "resnet20", "--batch", "many"], "argument --batch: invalid int value: 'many'"),
+        (["--runs", "no/such/run"], "--runs 'no/such/run' holds no config.json"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
-    assert compare.main([*argv, "--outdir", str(tmp_path / "out")]) == 2
+    with pytest.raises(SystemExit) as stop:
+        compare.main([*argv, "--outdir", str(tmp_path / "out")])
+    assert stop.value.code == 2
     error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ")
     assert message in error
     assert len(error.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_measurement_config_keeps_the_runs_data_shape_on_synthetic_data():
-    base = configuration.base_config()
+    base = experiment.base_config()
     base.data.dataset = "fashion_mnist"
     base.data.source = "files"
     base.data.image_size = 32
@@ -147,5 +155,13 @@ def test_measurement_config_keeps_the_runs_data_shape_on_synthetic_data():
     assert (config.data.dataset, config.data.source, config.data.image_size) == ("fashion_mnist", "synthetic", 32)
     assert (config.train.batch_size, config.train.steps_per_call, config.data.synthetic_train_examples) == (16, 3, 48)
     assert base.model.name == "resnet20"  # the base is untouched
-    configuration.validate(config)
+    experiment.check_config(config)
     assert json.loads(configuration.to_json(config))["train"]["num_steps"] == 3
+
+
+def test_resnet_jax_compare_is_the_same_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        resnet_jax_main.main(["compare", "--models", "resnet9", "--outdir", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --models: unknown resnet9; choose from resnet")
+    assert not (tmp_path / "out").exists()

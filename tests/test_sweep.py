@@ -8,11 +8,15 @@ import runpy
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 
-from resnet_jax import configuration, metrics, sweep
+from resnet_jax import configuration, metrics, trainer
+from resnet_jax.tools import main as resnet_jax_main
+from resnet_jax.tools import sweep
+from resnet_jax.tools.sweep import report, run, spec
 from tests.conftest import PYTHON, subprocess_env
 
 # Two 4-step epochs of the smoke network on 128 synthetic images: a trial is mostly compilation, which the
@@ -39,7 +43,7 @@ def sweep_command(repo_root, workdir):
     return [
         PYTHON,
         "-m",
-        "resnet_jax.sweep",
+        "resnet_jax.tools.sweep",
         "--config",
         str(repo_root / "configs/smoke.py"),
         "--workdir",
@@ -69,6 +73,15 @@ def compile_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("compile_cache")
 
 
+def run_main(capsys, *argv):
+    """`resnet-jax sweep ARGV` in this process: its exit status and its stderr."""
+    try:
+        code = sweep.main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err.strip()
+
+
 @pytest.fixture
 def smoke_config(repo_root):
     return runpy.run_path(str(repo_root / "configs/smoke.py"))["get_config"]()
@@ -82,8 +95,7 @@ def test_a_config_file_without_get_config_is_refused_in_one_line(tmp_path, capsy
     config_file = tmp_path / "settings.py"
     config_file.write_text("LEARNING_RATE = 0.1\n")
     workdir = tmp_path / "sweep"
-    code = sweep.main(["--config", str(config_file), "--workdir", str(workdir), "--grid", "seed=0,1"])
-    error = capsys.readouterr().err.strip()
+    code, error = run_main(capsys, "--config", str(config_file), "--workdir", str(workdir), "--grid", "seed=0,1")
     assert code == 2
     assert error == (
         f"error: --config={config_file} has no get_config(); define one that returns an ml_collections.ConfigDict, "
@@ -97,9 +109,12 @@ def test_a_config_file_without_get_config_is_refused_in_one_line(tmp_path, capsy
     [
         ("optimizer.learnin_rate=0.1,0.2", "no key 'optimizer.learnin_rate'; did you mean optimizer.learning_rate"),
         ("optimizer=0.1", "'optimizer' is a section"),
-        ("optimizer.learning_rate=0.1,fast", "optimizer.learning_rate='fast': the key is a number"),
-        ("train.batch_size=32,48.5", "train.batch_size='48.5': the key is an integer"),
-        ("eval.tta_flip=true,maybe", "eval.tta_flip='maybe': the key is a bool"),
+        (
+            "optimizer.learning_rate=0.1,fast",
+            "--grid optimizer.learning_rate=fast: optimizer.learning_rate is a number",
+        ),
+        ("train.batch_size=32,48.5", "--grid train.batch_size=48.5: train.batch_size is an integer"),
+        ("eval.tta_flip=true,maybe", "--grid eval.tta_flip=maybe: eval.tta_flip is a bool"),
         ("schedule.boundaries=1,2", "schedule.boundaries: the key holds a tuple"),
         ("optimizer.learning_rate=0.1,-0.1", "optimizer.learning_rate=-0.1 must be a positive number"),
         ("model.name=resnet8_tiny,resnet9", "model.name='resnet9' is not known"),
@@ -107,12 +122,53 @@ def test_a_config_file_without_get_config_is_refused_in_one_line(tmp_path, capsy
 )
 def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, repo_root, capsys, argument, message):
     workdir = tmp_path / "sweep"
-    code = sweep.main(["--config", str(repo_root / "configs/smoke.py"), "--workdir", str(workdir), "--grid", argument])
-    error = capsys.readouterr().err.strip()
+    code, error = run_main(
+        capsys, "--config", str(repo_root / "configs/smoke.py"), "--workdir", str(workdir), "--grid", argument
+    )
     assert code == 2
     assert message in error
     assert len(error.splitlines()) == 1
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grid", "seed=0,1", "--prune-after-epochs", "0"], "error: --prune-after-epochs=0 must be at least 1"),
+        (["--grid", "seed=0,1", "--prune_after_epochs", "0"], "error: --prune-after-epochs=0 must be at least 1"),
+        (["--grid", "seed=0,1", "--trials", "3"], "error: --trials is for --search"),
+        (
+            ["--grid", "seed=0,1", "--search", "seed=choice:0,1"],
+            "error: give --grid KEY=V1,V2 (repeatable) or --search",
+        ),
+        (["--search", "seed=choice:0,1", "--trials", "2", "--sampler", "grid"], "argument --sampler: invalid choice"),
+        (["--grid", "seed=0,1", "--trials", "many"], "argument --trials: invalid int value: 'many'"),
+        (
+            ["--grid", "seed=0,1", "--config.train.num_epoch=3"],
+            "no key 'train.num_epoch'; did you mean train.num_epochs",
+        ),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line_and_the_old_spelling_still_works(
+    tmp_path, repo_root, capsys, flags, message
+):
+    workdir = tmp_path / "sweep"
+    code, error = run_main(capsys, "--config", str(repo_root / "configs/smoke.py"), "--workdir", str(workdir), *flags)
+    assert code == 2
+    assert message in error
+    assert error.startswith("error: ")
+    assert len(error.splitlines()) == 1
+    assert not workdir.exists()
+
+
+def test_resnet_jax_sweep_is_the_same_command_and_needs_a_workdir(repo_root, capsys):
+    with pytest.raises(SystemExit) as stop:
+        resnet_jax_main.main(["sweep", "--config", str(repo_root / "configs/smoke.py"), "--grid", "seed=0,1"])
+    error = capsys.readouterr().err.strip()
+    assert stop.value.code == 2
+    assert error == (
+        "error: resnet-jax sweep: the following arguments are required: --workdir (--help lists the options)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,11 +184,11 @@ def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, 
 )
 def test_a_bad_search_is_refused(smoke_config, searches, trials, message):
     with pytest.raises(configuration.ConfigError, match=re.escape(message)):
-        sweep.make_spec(smoke_config, searches=searches, trials=trials)
+        spec.make_spec(smoke_config, searches=searches, trials=trials)
 
 
 def test_a_search_space_maps_to_optuna_distributions_of_the_keys_types(smoke_config):
-    spec = sweep.make_spec(
+    sweep_spec = spec.make_spec(
         smoke_config,
         searches=[
             "optimizer.learning_rate=loguniform:1e-3:0.3",
@@ -142,35 +198,35 @@ def test_a_search_space_maps_to_optuna_distributions_of_the_keys_types(smoke_con
         trials=5,
         sampler="random",
     )
-    learning_rate, batch_size, nesterov = (d.distribution() for d in spec.dimensions)
+    learning_rate, batch_size, nesterov = (d.distribution() for d in sweep_spec.dimensions)
     assert learning_rate == optuna.distributions.FloatDistribution(1e-3, 0.3, log=True)
     assert batch_size == optuna.distributions.IntDistribution(16, 64)
     assert nesterov == optuna.distributions.CategoricalDistribution((True, False))
-    assert (spec.sampler, spec.trials) == ("random", 5)
+    assert (sweep_spec.sampler, sweep_spec.trials) == ("random", 5)
 
 
 def test_grid_values_take_the_keys_types_and_overrides_land_in_the_config(smoke_config):
-    spec = sweep.make_spec(smoke_config, grids=["train.batch_size=16,32", "optimizer.learning_rate=1,0.5"])
-    assert spec.grid_points() == [
+    sweep_spec = spec.make_spec(smoke_config, grids=["train.batch_size=16,32", "optimizer.learning_rate=1,0.5"])
+    assert sweep_spec.grid_points() == [
         {"train.batch_size": 16, "optimizer.learning_rate": 1.0},
         {"train.batch_size": 16, "optimizer.learning_rate": 0.5},
         {"train.batch_size": 32, "optimizer.learning_rate": 1.0},
         {"train.batch_size": 32, "optimizer.learning_rate": 0.5},
     ]
-    assert isinstance(spec.grid_points()[0]["optimizer.learning_rate"], float)
-    trial_config = sweep.apply_overrides(smoke_config, spec.grid_points()[3])
+    assert isinstance(sweep_spec.grid_points()[0]["optimizer.learning_rate"], float)
+    trial_config = configuration.apply_overrides(smoke_config, sweep_spec.grid_points()[3])
     assert (trial_config.train.batch_size, trial_config.optimizer.learning_rate) == (32, 0.5)
     assert smoke_config.train.batch_size == 64  # the base is untouched
 
 
 def test_trial_names_are_readable_distinct_and_stable():
-    assert sweep.trial_name({"optimizer.learning_rate": 0.1, "optimizer.weight_decay": 5e-4}) == (
+    assert run.trial_name({"optimizer.learning_rate": 0.1, "optimizer.weight_decay": 5e-4}) == (
         "learning_rate=0.1,weight_decay=0.0005"
     )
-    assert sweep.trial_name({"model.name": "resnet20", "eval.tta_flip": True}) == "name=resnet20,tta_flip=true"
-    close = [sweep.trial_name({"optimizer.learning_rate": value}) for value in (0.0123451, 0.0123452)]
+    assert run.trial_name({"model.name": "resnet20", "eval.tta_flip": True}) == "name=resnet20,tta_flip=true"
+    close = [run.trial_name({"optimizer.learning_rate": value}) for value in (0.0123451, 0.0123452)]
     assert close[0] != close[1]  # rounded alike in the name, told apart by the hash
-    assert close[0] == sweep.trial_name({"optimizer.learning_rate": 0.0123451})
+    assert close[0] == run.trial_name({"optimizer.learning_rate": 0.0123451})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,7 +244,7 @@ def test_an_interrupted_trial_is_queued_again_with_its_parameters(tmp_path):
     failed.set_user_attr("error", "non-finite loss")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
 
-    sweep._resume_interrupted(study)
+    run._resume_interrupted(study)
 
     states = [trial.state for trial in study.trials]
     assert states[1] == optuna.trial.TrialState.FAIL
@@ -196,7 +252,7 @@ def test_an_interrupted_trial_is_queued_again_with_its_parameters(tmp_path):
     retry = study.ask(distributions)
     assert retry.params == interrupted.params
     assert retry.user_attrs["attempts"] == 2
-    assert [trial.number for trial in sweep._counted_trials(study)] == [0, 2]
+    assert [trial.number for trial in run._counted_trials(study)] == [0, 2]
 
 
 def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median():
@@ -209,12 +265,112 @@ def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median
     trial = study.ask()
     reported = {1}  # a resumed trial: epoch 1 was reported before the interruption
     trial.report(0.1, 1)
-    hook = sweep._pruning_hook(trial, reported)
+    hook = run._pruning_hook(trial, reported)
     hook(1, {"test_accuracy": 0.1})  # already reported: not again; below warm-up: no pruning yet
     with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
         hook(2, {"test_accuracy": 0.1})
     assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}
     assert reported == {1, 2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sweep's own loop and results over a stand-in trainer: what the sweep does between trials, in milliseconds.
+
+
+class StandInTrainer:
+    """`trainer.train_and_evaluate` as the sweep sees it: a config.json and one train and one eval record per
+    epoch in the trial's folder, `on_evaluation` after each evaluation, and a TrainingError where told to fail.
+    Each trial's test accuracy is `accuracy(config, epoch, call)`."""
+
+    def __init__(self, accuracy, fail_at_learning_rate=None):
+        self.accuracy, self.fail_at_learning_rate, self.calls = accuracy, fail_at_learning_rate, []
+
+    def __call__(self, config, workdir, mode="resume", on_evaluation=None):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+        call = len(self.calls)
+        self.calls.append(workdir.name)
+        if config.optimizer.learning_rate == self.fail_at_learning_rate:
+            raise trainer.TrainingError("non-finite loss at step 3")
+        writer = metrics.MetricWriter(workdir, enabled=True)
+        try:
+            for epoch in range(1, config.train.num_epochs + 1):
+                accuracy = self.accuracy(config, epoch, call)
+                writer.write(10 * epoch, epoch, {"train_loss": 1.0 / epoch, "images_per_second": 100.0 * epoch})
+                writer.write(10 * epoch, epoch, {"test_accuracy": accuracy, "test_loss": 1.0 - accuracy})
+                if on_evaluation:
+                    on_evaluation(epoch, {"test_accuracy": accuracy})
+        finally:
+            writer.close()
+        return {"test_accuracy": accuracy}
+
+
+def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_path, smoke_config, monkeypatch):
+    # Accuracy rises with the learning rate and falls with weight decay; lr 0.3 fails.
+    def accuracy(config, epoch, call):
+        return round(0.5 + config.optimizer.learning_rate - config.optimizer.weight_decay * 10 + 0.01 * epoch, 6)
+
+    stand_in = StandInTrainer(accuracy, fail_at_learning_rate=0.3)
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2})
+    grid = ["optimizer.learning_rate=0.05,0.2,0.3", "optimizer.weight_decay=0,0.001"]
+    sweep_spec = spec.make_spec(config, grids=grid)
+    workdir = tmp_path / "sweep"
+
+    results = run.run_sweep(config, workdir, sweep_spec, top=2)
+
+    assert len(stand_in.calls) == 6
+    assert [(r.name, r.state) for r in results] == [
+        ("learning_rate=0.2,weight_decay=0", "complete"),
+        ("learning_rate=0.2,weight_decay=0.001", "complete"),
+        ("learning_rate=0.05,weight_decay=0", "complete"),
+        ("learning_rate=0.05,weight_decay=0.001", "complete"),
+        ("learning_rate=0.3,weight_decay=0", "failed"),
+        ("learning_rate=0.3,weight_decay=0.001", "failed"),
+    ]
+    best = results[0]
+    assert (best.final_test_accuracy, best.best_test_accuracy, best.epochs) == (0.72, 0.72, 2)
+    assert best.images_per_second == 150.0  # the median of the train records
+    assert best.directory == workdir / run.TRIALS_DIR / best.name
+    assert best.overrides == {"optimizer.learning_rate": 0.2, "optimizer.weight_decay": 0.0}
+    trained = configuration.read_json(best.directory / configuration.CONFIG_FILE)
+    assert (trained["optimizer"]["learning_rate"], trained["train"]["num_epochs"]) == (0.2, 2)
+    assert results[-1].error == "non-finite loss at step 3"
+    assert results[-1].final_test_accuracy is None
+
+    rows = read_csv(workdir / report.RESULTS_CSV)
+    assert [row["trial"] for row in rows] == [r.name for r in results]
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert (rows[0]["optimizer.learning_rate"], rows[0]["final_test_accuracy"]) == ("0.2", "0.72")
+    assert rows[-1]["error"] == "non-finite loss at step 3"
+    markdown = (workdir / report.RESULTS_MD).read_text()
+    assert "6 of 6 trials (4 complete, 2 failed)" in markdown
+    assert "| 1 | 0.2 | 0 | complete | 0.7200 | 0.7200 | 2.00 |" in markdown
+    assert "- learning_rate=0.3,weight_decay=0.001 failed: non-finite loss at step 3" in markdown
+    assert (workdir / report.PLOT_FILE).stat().st_size > 10_000
+
+    # Again: every trial counted (a failure on its own uses up its budget), so nothing runs.
+    again = run.run_sweep(config, workdir, sweep_spec, top=2)
+    assert len(stand_in.calls) == 6
+    assert [r.name for r in again] == [r.name for r in results]
+
+
+def test_a_search_prunes_a_trial_below_the_median_after_its_checkpoint(tmp_path, smoke_config, monkeypatch):
+    # Each trial scores worse than the one before: once two have finished, the third is below their median.
+    stand_in = StandInTrainer(lambda config, epoch, call: 0.9 - 0.1 * call + 0.01 * epoch)
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 4})
+    search = ["optimizer.learning_rate=loguniform:0.01:0.5"]
+    sweep_spec = spec.make_spec(config, searches=search, trials=3, sampler="random", prune=True, prune_after_epochs=2)
+
+    results = run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+
+    assert [r.state for r in results] == ["complete", "complete", "pruned"]
+    assert [r.epochs for r in results] == [4, 4, 2]  # pruned at the first epoch it could be
+    study = optuna.load_study(study_name=run.STUDY_NAME, storage=f"sqlite:///{tmp_path / 'sweep' / run.STUDY_FILE}")
+    assert [trial.intermediate_values for trial in study.trials][2] == {1: 0.71, 2: 0.72}
+    assert "1 pruned" in (tmp_path / "sweep" / report.RESULTS_MD).read_text()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,7 +385,7 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
     result = run_sweep_cli(repo_root, workdir, compile_cache, *TINY_ARGS, *GRID)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    trial_dirs = sorted((workdir / sweep.TRIALS_DIR).iterdir())
+    trial_dirs = sorted((workdir / run.TRIALS_DIR).iterdir())
     assert len(trial_dirs) == 4
     trained = set()
     for trial_dir in trial_dirs:
@@ -248,38 +404,38 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
     assert ended[-1][1] == "0s"
     assert re.search(r"step 8/8 \(epoch 2/2\) loss \S+ acc \S+ \S+ img/s ETA 0s", result.stderr)
 
-    rows = read_csv(workdir / sweep.RESULTS_CSV)
+    rows = read_csv(workdir / report.RESULTS_CSV)
     assert {(float(r["optimizer.learning_rate"]), float(r["optimizer.weight_decay"])) for r in rows} == trained
     finals = [float(r["final_test_accuracy"]) for r in rows]
     assert finals == sorted(finals, reverse=True)
     for row in rows:
-        summary = metrics.summarize_run(workdir / sweep.TRIALS_DIR / row["trial"])
+        summary = metrics.summarize_run(workdir / run.TRIALS_DIR / row["trial"])
         assert float(row["final_test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
         assert float(row["best_test_accuracy"]) >= float(row["final_test_accuracy"])
         assert row["state"] == "complete"
         assert float(row["wall_seconds"]) > 0
         assert float(row["images_per_second"]) > 0
-    assert (workdir / sweep.RESULTS_MD).read_text().count("| complete |") == 4
-    assert (workdir / sweep.PLOT_FILE).stat().st_size > 10_000
+    assert (workdir / report.RESULTS_MD).read_text().count("| complete |") == 4
+    assert (workdir / report.PLOT_FILE).stat().st_size > 10_000
 
     # The same sweep again, in-process: nothing trains, nothing changes.
-    config = sweep.apply_overrides(smoke_config, TINY)
-    spec = sweep.make_spec(config, grids=[GRID[1], GRID[3]])
+    config = configuration.apply_overrides(smoke_config, TINY)
+    sweep_spec = spec.make_spec(config, grids=[GRID[1], GRID[3]])
     metrics_before = {path: path.read_text() for path in workdir.glob("trials/*/metrics.jsonl")}
-    results = sweep.run_sweep(config, workdir, spec)
+    results = run.run_sweep(config, workdir, sweep_spec)
     assert [r.name for r in results] == [row["trial"] for row in rows]
     assert {path: path.read_text() for path in metrics_before} == metrics_before
-    study = optuna.load_study(study_name=sweep.STUDY_NAME, storage=f"sqlite:///{workdir / sweep.STUDY_FILE}")
+    study = optuna.load_study(study_name=run.STUDY_NAME, storage=f"sqlite:///{workdir / run.STUDY_FILE}")
     assert len(study.trials) == 4
-    assert len(read_csv(workdir / sweep.RESULTS_CSV)) == 4
+    assert len(read_csv(workdir / report.RESULTS_CSV)) == 4
 
     # The workdir holds this sweep: another grid, or another base config, is refused.
-    other_grid = sweep.make_spec(config, grids=["optimizer.learning_rate=0.05,0.3", GRID[3]])
+    other_grid = spec.make_spec(config, grids=["optimizer.learning_rate=0.05,0.3", GRID[3]])
     with pytest.raises(configuration.ConfigError, match="holds a different sweep"):
-        sweep.run_sweep(config, workdir, other_grid)
-    longer = sweep.apply_overrides(config, {"train.num_epochs": 3})
+        run.run_sweep(config, workdir, other_grid)
+    longer = configuration.apply_overrides(config, {"train.num_epochs": 3})
     with pytest.raises(configuration.ConfigError, match=re.escape("train.num_epochs: 2 -> 3")):
-        sweep.run_sweep(longer, workdir, spec)
+        run.run_sweep(longer, workdir, sweep_spec)
 
 
 @pytest.mark.slow
@@ -294,7 +450,7 @@ def test_a_sweep_killed_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_pat
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    first_checkpoint = workdir / sweep.TRIALS_DIR / "learning_rate=0.1" / "checkpoints" / "4"
+    first_checkpoint = workdir / run.TRIALS_DIR / "learning_rate=0.1" / "checkpoints" / "4"
     deadline = time.monotonic() + 500
     while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -307,6 +463,6 @@ def test_a_sweep_killed_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_pat
     assert "was interrupted; it resumes from its newest checkpoint" in result.stderr
     resumed_at = int(result.stderr.split("resumed from checkpoint ")[1].split()[0])
     assert 4 <= resumed_at < 24
-    (row,) = read_csv(workdir / sweep.RESULTS_CSV)
+    (row,) = read_csv(workdir / report.RESULTS_CSV)
     assert (row["state"], row["attempts"], float(row["epochs"])) == ("complete", "2", 6.0)
-    assert evaluated_epochs(workdir / sweep.TRIALS_DIR / row["trial"]) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert evaluated_epochs(workdir / run.TRIALS_DIR / row["trial"]) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

@@ -1,14 +1,12 @@
 """Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
-the accuracy of trained runs. `python -m resnet_jax.compare --models resnet18,resnet34 [--runs DIR ...]` writes
-compare.md, compare.png and compare.json (the raw measurements).
+the accuracy of trained runs. `resnet-jax compare --models resnet18,resnet34 [--runs DIR ...]` writes compare.md,
+compare.png and compare.json (the raw measurements) into --outdir.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import multiprocessing
 import statistics
@@ -21,7 +19,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, metrics, models, runtime
+from resnet_jax import configuration, data, experiment, metrics, models, runtime
+from resnet_jax.configuration import ConfigError
+from resnet_jax.tools import common
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
@@ -91,63 +91,23 @@ def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
     return jax.device_put(jax.tree.map(fill, abstract_state), replicated(mesh))
 
 
-def forward_gflops(model: Any, input_shape: Sequence[int]) -> float:
-    """Forward GFLOPs per image (a multiply-add counts two) from XLA's cost analysis of the forward pass on the
-    CPU: a count of the network as written, the same whatever device runs it. jax 0.11 gives no cost analysis
-    before compilation (so `models.forward_flops` fails there); the compiled program's count is then used."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import SingleDeviceSharding
-
-    on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-    variables = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
-        models.init_shapes(model, input_shape),
-    )
-    images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32, sharding=on_cpu)
-    lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
-    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
-    return float(cost["flops"]) / 1e9
-
-
 def measure_model(config_json: str, repeats: int) -> Measurement:
-    """Compiles the trainer's own train program (a `lax.scan` of `train.steps_per_call` steps over device-resident
-    data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
+    """Compiles the run's own train program (`Experiment.make_train_program`: `train.steps_per_call` steps over
+    device-resident data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
     import jax
     import jax.numpy as jnp
 
-    from resnet_jax import pipeline, steps, trainer
-
-    config = ml_collections.ConfigDict(json.loads(config_json))
-    experiment = trainer.build_experiment(config)
-    mesh, num_steps = experiment.mesh, config.train.steps_per_call
-    variables = models.init_shapes(experiment.model, experiment.input_shape)
-    gflops = forward_gflops(experiment.model, experiment.input_shape)
-    state = _host_random_state(experiment.lower_new_state().out_info, mesh)
-    rows = experiment.train_examples
-    split = pipeline.put_split(
-        lambda rows_slice: data.load_split(
-            config.data.dataset,
-            "train",
-            rows=rows_slice,
-            source="synthetic",
-            image_size=config.data.image_size or None,
-            channels=config.data.channels or None,
-            synthetic_examples=rows,
-        ),
-        rows,
-        rows,
-        mesh,
-    )
-    permutation = jax.jit(
-        functools.partial(pipeline.epoch_permutation, rows_per_device=rows // mesh.devices.size, mesh=mesh)
-    )(jax.random.key_data(jax.random.key(0)), jnp.int32(0))
-    batch_per_device = config.train.batch_size // mesh.devices.size
-    train_loop = steps.make_train_loop(steps.make_train_step(experiment.step_config), mesh, batch_per_device)
-    totals, first_step = steps.zero_train_metrics(), jnp.int32(0)
+    config = configuration.from_saved(json.loads(config_json), experiment.base_config())
+    built = experiment.build(config)
+    program = built.make_train_program()
+    abstract_state = built.lower_new_state().out_info
+    state = _host_random_state(abstract_state, built.mesh)
+    split = built.load_train_split()
+    permutation = program.permutation(jnp.int32(0))
+    totals, first_step, num_steps = program.zero_totals(), jnp.int32(0), program.steps_per_call
 
     start = time.perf_counter()
-    compiled = train_loop.lower(state, totals, split, permutation, first_step, num_steps).compile()
+    compiled = program.loop.lower(state, totals, split, permutation, first_step, num_steps).compile()
     compile_seconds = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     xla_step_bytes = (
@@ -170,8 +130,8 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
     stats = device.memory_stats()
     return Measurement(
         model=config.model.name,
-        params=models.count_params(variables["params"]),
-        gflops=gflops,
+        params=models.count_params(abstract_state.params),
+        gflops=models.forward_flops(built.model, built.input_shape) / 1e9,
         compile_seconds=compile_seconds,
         images_per_second=config.train.batch_size * num_steps / call_seconds,
         step_milliseconds=1000 * call_seconds / num_steps,
@@ -199,16 +159,16 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], m
     for run_dir in map(Path, run_dirs):
         config_path = run_dir / configuration.CONFIG_FILE
         if not config_path.exists():
-            raise configuration.ConfigError(f"--runs {str(run_dir)!r} holds no {configuration.CONFIG_FILE}")
-        config = configuration.load_json(config_path)
+            raise ConfigError(f"--runs {str(run_dir)!r} holds no {configuration.CONFIG_FILE}")
+        config = configuration.from_saved(configuration.read_json(config_path), experiment.base_config())
         summary = metrics.summarize_run(run_dir)
         if summary["final_test_accuracy"] is None:
-            raise configuration.ConfigError(f"--runs {str(run_dir)!r} has no evaluation in its metrics yet")
+            raise ConfigError(f"--runs {str(run_dir)!r} has no evaluation in its metrics yet")
         first_config = first_config or config
         datasets.add(config.data.dataset)
         per_model.setdefault(config.model.name, []).append(summary)
     if len(datasets) > 1:
-        raise configuration.ConfigError(f"--runs mixes datasets ({', '.join(sorted(datasets))}); compare one at a time")
+        raise ConfigError(f"--runs mixes datasets ({', '.join(sorted(datasets))}); compare one at a time")
     accuracies = {
         model: RunAccuracy(
             best=statistics.mean(s["best_test_accuracy"] for s in summaries),
@@ -236,19 +196,12 @@ def compare_markdown(
     repeats: int,
 ) -> str:
     first = measurements[0]
-    shape = "x".join(
-        map(
-            str,
-            data.input_shape(
-                data.get_dataset_info(config.data.dataset), config.data.image_size or None, config.data.channels or None
-            ),
-        )
-    )
+    shape = "x".join(map(str, data.config_input_shape(config.data)))
     lines = [
         f"Models on {first.device_kind} ({first.platform}, {first.device_count} device(s), jax {first.jax_version}); "
         f"{config.data.dataset} inputs {shape}, train step at batch {config.train.batch_size}, {config.model.dtype}.",
         "",
-        f"Train images/s: the trainer's own jitted program ({config.train.steps_per_call} steps per call on "
+        f"Train images/s: the train program every run runs ({config.train.steps_per_call} steps per call on "
         f"device-resident data), the median of {repeats} timed calls after one warm-up call. Compile: lowering and "
         "XLA compilation of that program. GFLOPs: XLA's cost analysis of the forward pass per image, a multiply-add "
         "counting two. "
@@ -318,11 +271,8 @@ def plot_compare(
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_jax.compare",
-        description="Compare architectures: parameters, GFLOPs, train speed, memory, compile time, accuracy.",
-    )
+def _parser() -> common.ArgumentParser:
+    parser = common.parser("compare", __doc__)
     parser.add_argument("--models", default="", help="comma-separated registry names (default: the runs' models)")
     parser.add_argument("--runs", nargs="+", default=[], help="trained workdirs (config.json + metrics.jsonl)")
     parser.add_argument("--dataset", default="cifar10", help="input shape and classes when no --runs are given")
@@ -330,49 +280,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (after one warm-up call)")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the run's, else float32)")
-    parser.add_argument("--outdir", default=".", help="where compare.md and compare.png go")
-    args = parser.parse_args(argv)
+    parser.add_argument("--outdir", default=".", help="where compare.md, compare.png and compare.json go")
+    return parser
+
+
+def _checked_configs(args: Any) -> tuple[dict[str, RunAccuracy], list[ml_collections.ConfigDict]]:
+    """The runs' accuracies, and the measurement config of each model to compare, each one built once."""
+    accuracies, run_config = read_runs(args.runs)
+    names = [name.strip() for name in args.models.split(",") if name.strip()] or list(accuracies)
+    names += [name for name in accuracies if name not in names]
+    if not names:
+        raise ConfigError("give --models a,b,... or --runs DIR ...")
+    unknown = [name for name in names if name not in models.MODEL_REGISTRY]
+    if unknown:
+        raise ConfigError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(models.MODEL_REGISTRY)}")
+    if min(args.batch, args.steps, args.repeats) < 1:
+        raise ConfigError("--batch, --steps and --repeats must be positive")
+    base = run_config or experiment.base_config()
+    if run_config is None:
+        base.data.dataset = args.dataset
+    configs = [measurement_config(base, name, args.batch, args.steps, args.dtype) for name in names]
+    for config in configs:
+        experiment.build(config)
+    return accuracies, configs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        accuracies, run_config = read_runs(args.runs)
-        names = [name.strip() for name in args.models.split(",") if name.strip()] or list(accuracies)
-        names += [name for name in accuracies if name not in names]
-        if not names:
-            raise configuration.ConfigError("give --models a,b,... or --runs DIR ...")
-        unknown = [name for name in names if name not in models.MODEL_REGISTRY]
-        if unknown:
-            raise configuration.ConfigError(
-                f"--models: unknown {', '.join(unknown)}; choose from {', '.join(models.MODEL_REGISTRY)}"
-            )
-        if min(args.batch, args.steps, args.repeats) < 1:
-            raise configuration.ConfigError("--batch, --steps and --repeats must be positive")
-        base = run_config or configuration.base_config()
-        if run_config is None:
-            base.data.dataset = args.dataset
-        configuration.validate(measurement_config(base, names[0], args.batch, args.steps, args.dtype))
-    except (configuration.ConfigError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        accuracies, configs = _checked_configs(args)
+    except (ConfigError, data.DataError) as error:
+        common.fail(error)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     runtime.setup_logging()
-    progress = metrics.ItemProgress("model", len(names), enabled=metrics.wants_log_lines())
+    progress = metrics.ItemProgress("model", len(configs), enabled=metrics.wants_log_lines())
     measurements = []
-    for name in names:
-        config = measurement_config(base, name, args.batch, args.steps, args.dtype)
+    for config in configs:
+        name = config.model.name
         progress.start(name)
         try:
             measurements.append(measure_isolated(config, args.repeats))
-        except configuration.ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        except ConfigError as error:  # raised in the measuring process, and sent back whole
+            common.fail(error)
         progress.finish(name, "measured")
         m = measurements[-1]
         print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {_rate(m.images_per_second)} images/s", flush=True)
-    config = measurement_config(base, names[0], args.batch, args.steps, args.dtype)
-    markdown = compare_markdown(measurements, accuracies, config, args.repeats)
+    markdown = compare_markdown(measurements, accuracies, configs[0], args.repeats)
     (outdir / COMPARE_MD).write_text(markdown)
     (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
-    title = f"{', '.join(names)} on {measurements[0].device_kind}, batch {args.batch}"
+    title = f"{', '.join(c.model.name for c in configs)} on {measurements[0].device_kind}, batch {args.batch}"
     plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
     print(markdown, end="")
     return 0

@@ -1,0 +1,84 @@
+"""Hyper-parameter sweeps: a grid, or an Optuna random/TPE search, of ordinary training runs, one per trial.
+
+`resnet-jax sweep --config configs/X.py --workdir DIR --grid KEY=A,B ...` (or `--search KEY=DIST:LOW:HIGH --trials
+N`). The Optuna study lives in DIR/study.db, each trial in DIR/trials/<name>/, and the same command resumes:
+finished trials are skipped, an interrupted one continues from its newest checkpoint. Results: DIR/results.{csv,md}
+and DIR/sweep.png. The parts: `spec` (the search space), `run` (the study and its trials), `report` (the results).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from resnet_jax import runtime, trainer
+from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.configuration import ConfigError
+from resnet_jax.data import DataError
+from resnet_jax.tools import common
+from resnet_jax.tools.sweep import report, run, spec
+
+
+def _parser() -> common.ArgumentParser:
+    parser = common.parser("sweep", __doc__)
+    common.add_config_argument(parser)
+    parser.add_argument("--workdir", required=True, help="the sweep's folder: study.db, trials/<name>/, results.*")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a grid dimension (repeat for more; every combination runs once)",
+    )
+    parser.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="KEY=DIST:ARGS",
+        help="a search dimension: uniform:LOW:HIGH, loguniform:LOW:HIGH or choice:A,B,C (repeat for more)",
+    )
+    parser.add_argument("--trials", type=int, default=0, help="number of trials of a --search")
+    parser.add_argument("--sampler", choices=spec.SAMPLERS, default="tpe", help="Optuna's sampler of a --search")
+    parser.add_argument("--prune", action="store_true", help="stop trials below the median of earlier ones (Optuna)")
+    parser.add_argument(
+        "--prune-after-epochs",
+        "--prune_after_epochs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="the first epoch at which a trial may be pruned",
+    )
+    parser.add_argument("--top", type=int, default=5, help="how many of the best trials' curves sweep.png overlays")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, config = common.parse_with_config(_parser(), argv)
+    try:
+        sweep = spec.make_spec(
+            config, args.grid, args.search, args.trials, args.sampler, args.prune, args.prune_after_epochs
+        )
+    except ConfigError as error:
+        common.fail(error)
+    runtime.setup_logging()
+    runtime.use_compile_cache()
+    try:
+        results = run.run_sweep(config, args.workdir, sweep, args.top)
+    except (ConfigError, DataError) as error:
+        common.fail(error)
+    except CheckpointError as error:
+        print(f"sweep stopped: {error}", file=sys.stderr)
+        return 1
+    except trainer.Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", flush=True)
+        return 130
+    done = sum(result.state != "failed" for result in results)
+    print(
+        f"done: {done} of {len(results)} trials finished; results in {Path(args.workdir) / report.RESULTS_MD}",
+        flush=True,
+    )
+    return 0

@@ -1,0 +1,7 @@
+"""`python -m resnet_jax.tools.sweep`: the same command as `resnet-jax sweep`."""
+
+import sys
+
+from resnet_jax.tools.sweep import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""Running a sweep: the Optuna study in DIR/study.db, one ordinary training run per trial in DIR/trials/<name>/,
+an interrupted trial resumed from its newest checkpoint, and the median pruner fed by each evaluation. The results
+files are rewritten after every trial (`report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import optuna
+
+from resnet_jax import configuration, metrics, trainer
+from resnet_jax.configuration import ConfigError
+from resnet_jax.tools.sweep import report
+from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
+
+logger = logging.getLogger(__name__)
+
+STUDY_FILE = "study.db"
+STUDY_NAME = "sweep"
+TRIALS_DIR = "trials"
+# The median pruner compares a trial with the finished ones, so it waits for this many before it prunes anything.
+PRUNER_STARTUP_TRIALS = 2
+FAILED = optuna.trial.TrialState.FAIL
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trials: deterministic names, so that a re-run finds an interrupted trial's folder and resumes it.
+
+
+def trial_name(overrides: Mapping[str, Any]) -> str:
+    """`learning_rate=0.1,weight_decay=0.0005`; a short hash is added where the values are rounded in the name."""
+    leaves = [key.rsplit(".", 1)[-1] for key in overrides]
+    parts = []
+    exact = True
+    for key, leaf, value in zip(overrides, leaves, overrides.values(), strict=True):
+        text = format_value(value)
+        exact &= not isinstance(value, float) or float(text) == value
+        parts.append(f"{leaf if leaves.count(leaf) == 1 else key}={text}")
+    name = "".join(c if c.isalnum() or c in "._=+-," else "-" for c in ",".join(parts))
+    if not exact:
+        digest = hashlib.sha1(json.dumps(dict(overrides), sort_keys=True).encode()).hexdigest()[:6]
+        name = f"{name}-{digest}"
+    return name
+
+
+def _pruning_hook(trial: optuna.Trial, reported: set[int]) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's `on_evaluation`: reports each evaluation to Optuna, and ends the trial (after its checkpoint)
+    when the median pruner says it is clearly worse than the others at the same epoch."""
+
+    def on_evaluation(epoch: int, values: dict[str, float]) -> None:
+        if epoch not in reported:
+            trial.report(values["test_accuracy"], epoch)
+            reported.add(epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    return on_evaluation
+
+
+def report_evaluations(trial: optuna.Trial, trial_dir: Path, reported: set[int]) -> bool:
+    """Reports each new evaluation of `trial_dir` as (epoch, test accuracy); returns whether there was one."""
+    try:
+        records = metrics.read_metrics(trial_dir)
+    except ValueError:  # a line being written right now; the next poll reads it whole
+        return False
+    new = False
+    for record in records:
+        epoch = round(record["epoch"])
+        if record.get("test_accuracy") is not None and epoch not in reported:
+            trial.report(record["test_accuracy"], epoch)
+            reported.add(epoch)
+            new = True
+    return new
+
+
+def _is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial a killed sweep left behind (marked FAIL on restart, with no error of its own)."""
+    return trial.state == FAILED and "error" not in trial.user_attrs
+
+
+def _counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that used up budget: finished, pruned, or failed on their own (non-finite loss, say)."""
+    return [
+        trial
+        for trial in study.get_trials(deepcopy=False)
+        if trial.state in FINISHED_STATES or (trial.state == FAILED and not _is_interrupted(trial))
+    ]
+
+
+def _resume_interrupted(study: optuna.Study) -> None:
+    """A trial still RUNNING belongs to a sweep that was killed: queue its parameters again (the new trial has
+    the same name, so it resumes the same folder from its newest checkpoint) and close the old record."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        attempts = trial.user_attrs.get("attempts", 1) + 1
+        study.enqueue_trial(trial.params, user_attrs={"attempts": attempts})
+        study.tell(trial.number, state=FAILED)
+        logger.info("trial %s was interrupted; it resumes from its newest checkpoint", trial.user_attrs.get("name"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The study: one per workdir, refused when a re-run asks for another space or base config.
+
+
+def _check_sweep_dir(workdir: str | os.PathLike) -> Path:
+    """The sweep's folder must be a folder this process can write (it is created when missing)."""
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
+    return path
+
+
+def _describe_stored(stored_spec: Mapping[str, Any]) -> str:
+    dimensions = [Dimension(**{**d, "values": tuple(d["values"])}) for d in stored_spec["space"]]
+    return f"{stored_spec['sampler']}: " + "; ".join(d.describe() for d in dimensions)
+
+
+def _check_same_sweep(study: optuna.Study, spec: SweepSpec, config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A workdir holds one sweep: a re-run must explore the same space from the same base config."""
+    stored_spec = study.user_attrs.get("spec")
+    stored_config = study.user_attrs.get("base_config")
+    base = configuration.flatten(json.loads(configuration.to_json(config)))
+    if stored_spec is None:
+        study.set_user_attr("spec", spec.identity())
+        study.set_user_attr("base_config", base)
+        return
+    if stored_spec != json.loads(json.dumps(spec.identity())):
+        raise ConfigError(
+            f"--workdir={str(workdir)!r} holds a different sweep ({_describe_stored(stored_spec)}); re-run its own "
+            "command to resume it, or choose another --workdir"
+        )
+    changed = [
+        f"{key}: {stored_config.get(key)!r} -> {base.get(key)!r}"
+        for key in sorted(stored_config.keys() | base.keys())
+        if stored_config.get(key) != base.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"--workdir={str(workdir)!r} holds a sweep from another base config ({'; '.join(changed)}); re-run its "
+            "own command to resume it, or choose another --workdir"
+        )
+
+
+def _make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    # Grid points are all queued, so a grid never samples; its sampler is never asked.
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _open_study(workdir: Path, spec: SweepSpec, config: ml_collections.ConfigDict) -> optuna.Study:
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=spec.prune_after_epochs)
+        if spec.prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=f"sqlite:///{workdir / STUDY_FILE}",
+        study_name=STUDY_NAME,
+        direction="maximize",
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    _check_same_sweep(study, spec, config, workdir)
+    # Seeded by the trials so far: a resumed search draws new points instead of repeating the first ones.
+    study.sampler = _make_sampler(spec, config.seed * 100_003 + len(study.trials))
+    return study
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _run_trial(
+    study: optuna.Study,
+    spec: SweepSpec,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    progress: metrics.ItemProgress,
+) -> optuna.trial.FrozenTrial:
+    trial = study.ask({d.key: d.distribution() for d in spec.dimensions})
+    overrides = {key: trial.params[key] for key in spec.keys}
+    name = trial_name(overrides)
+    trial.set_user_attr("name", name)
+    trial_dir = workdir / TRIALS_DIR / name
+    progress.start(name)
+    # A resumed trial's earlier evaluations count for the pruner as if it had never stopped.
+    reported: set[int] = set()
+    report_evaluations(trial, trial_dir, reported)
+    on_evaluation = _pruning_hook(trial, reported) if spec.prune else None
+    start = time.perf_counter()
+    state, value = optuna.trial.TrialState.COMPLETE, None
+    try:
+        trial_config = configuration.apply_overrides(config, overrides)
+        result = trainer.train_and_evaluate(trial_config, trial_dir, on_evaluation=on_evaluation)
+        value = result["test_accuracy"]
+    except trainer.TrainingError as error:
+        trial.set_user_attr("error", str(error))
+        state = FAILED
+        logger.warning("trial %s failed: %s", name, error)
+    except optuna.TrialPruned as pruned:
+        state = optuna.trial.TrialState.PRUNED
+        logger.info("trial %s %s", name, pruned)
+    trial.set_user_attr("wall_seconds", trial.user_attrs.get("wall_seconds", 0.0) + time.perf_counter() - start)
+    report_evaluations(trial, trial_dir, reported)
+    progress.finish(name, "failed" if state == FAILED else state.name.lower())
+    return study.tell(trial, value, state=state)
+
+
+def collect_results(study: optuna.Study, spec: SweepSpec, workdir: Path) -> list[report.TrialResult]:
+    """One result per trial name (a resumed trial's last attempt), best first: finished trials by final test
+    accuracy, then pruned, then failed."""
+    latest = {trial.user_attrs["name"]: trial for trial in _counted_trials(study) if "name" in trial.user_attrs}
+    results = []
+    for name, trial in latest.items():
+        trial_dir = workdir / TRIALS_DIR / name
+        results.append(
+            report.TrialResult(
+                name=name,
+                directory=trial_dir,
+                state=trial.state.name.lower().replace("fail", "failed"),
+                overrides={key: trial.params[key] for key in spec.keys},
+                wall_seconds=trial.user_attrs.get("wall_seconds"),
+                attempts=trial.user_attrs.get("attempts", 1),
+                error=trial.user_attrs.get("error", ""),
+                **metrics.summarize_run(trial_dir),
+            )
+        )
+    return report.ranked(results)
+
+
+def run_sweep(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, spec: SweepSpec, top: int = 5
+) -> list[report.TrialResult]:
+    """Runs the trials of `spec` not yet finished in `workdir` (resuming an interrupted one) and writes the
+    results; returns them, best first. Raises `trainer.Preempted` when stopped by a signal."""
+    workdir = _check_sweep_dir(workdir)
+    study = _open_study(workdir, spec, config)
+    _resume_interrupted(study)
+    if spec.sampler == "grid":
+        for point in spec.grid_points():
+            study.enqueue_trial(point, skip_if_exists=True)
+    finished = len(_counted_trials(study))
+    if finished:
+        logger.info("%d of %d trials already finished in %s", min(finished, spec.trials), spec.trials, workdir)
+    waiting = (optuna.trial.TrialState.WAITING,)
+    progress = metrics.ItemProgress("trial", spec.trials, done=min(finished, spec.trials))
+    while len(_counted_trials(study)) < spec.trials:
+        if spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=waiting):
+            break
+        _run_trial(study, spec, config, workdir, progress)
+        report.write_results(workdir, spec, collect_results(study, spec, workdir), top)
+    results = collect_results(study, spec, workdir)
+    report.write_results(workdir, spec, results, top)
+    return results
