@@ -1,5 +1,5 @@
-"""Exporting a trained run's inference function with `jax.export`: weights folded in, the batch dimension
-symbolic, normalisation included. The file is loaded with jax alone, without this package:
+"""A trained run's inference function as a `jax.export` artefact: weights folded in, the batch dimension
+symbolic, normalisation included, so that jax alone (without this package) loads and runs it:
 
     exported = jax.export.deserialize(open("model.bin", "rb").read())
     logits = exported.call(uint8_images)  # (batch, H, W, C) in the network's input shape -> (batch, classes)
@@ -9,7 +9,6 @@ A JSON file beside it (`model.bin.json`) records the input shape, the class name
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,17 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.evaluate import (
-    TOOL_ERRORS,
-    TTA_CHOICES,
-    RunError,
-    TrainedRun,
-    add_run_arguments,
-    exit_on_tool_error,
-    make_logits_fn,
-    resolve_tta,
-    restore_run,
-)
+from resnet_jax.inference import RunError, TrainedRun, make_logits_fn
 
 # The artefact runs on CPUs and NVIDIA GPUs whichever of them exported it.
 DEFAULT_PLATFORMS = ("cpu", "cuda")
@@ -47,6 +36,7 @@ def export_run(
 
 
 def describe_export(run: TrainedRun, exported: jax.export.Exported, tta_flip: bool) -> dict[str, Any]:
+    """What `model.bin.json` records: the input and output, the classes, the platforms and the weights' origin."""
     return {
         "input": {"shape": ["batch", *run.input_shape], "dtype": "uint8", "layout": "NHWC"},
         "output": {"shape": ["batch", len(run.class_names)], "dtype": "float32", "meaning": "logits"},
@@ -67,7 +57,7 @@ def write_export(
     """Writes the serialized function to `out_path` and its description to `out_path` + ".json"."""
     out_path = Path(out_path)
     if out_path.is_dir():
-        raise RunError(f"--out {str(out_path)!r} is a folder; give a file name such as model.bin")
+        raise RunError(f"{out_path} is a folder; give a file name such as model.bin")
     exported = export_run(run, tta_flip, platforms)
     description_path = out_path.with_name(out_path.name + ".json")
     try:
@@ -77,35 +67,3 @@ def write_export(
     except OSError as error:
         raise RunError(f"cannot write {out_path}: {error.strerror or error}") from None
     return out_path, description_path
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.export", description=__doc__.splitlines()[0])
-    add_run_arguments(parser)
-    parser.add_argument("--out", required=True, help="file to write, e.g. model.bin")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default=None, help="flip: average over the mirror image")
-    parser.add_argument(
-        "--platforms",
-        default=",".join(DEFAULT_PLATFORMS),
-        help=f"comma-separated, of {', '.join(PLATFORMS)} (default {','.join(DEFAULT_PLATFORMS)})",
-    )
-    args = parser.parse_args(argv)
-    platforms = [name.strip() for name in args.platforms.split(",") if name.strip()]
-    unknown = sorted(set(platforms) - set(PLATFORMS)) if platforms else ["(none)"]
-    if unknown:
-        parser.error(f"--platforms: {', '.join(unknown)} not known; choose from {', '.join(PLATFORMS)}")
-    try:
-        run = restore_run(args.workdir, args.checkpoint)
-        tta_flip = resolve_tta(run, args.tta)
-        out_path, description_path = write_export(run, args.out, tta_flip, platforms)
-    except TOOL_ERRORS as error:
-        exit_on_tool_error(error)
-    print(
-        f"exported {run.config.model.name} (checkpoint {run.step}) for {', '.join(platforms)} to {out_path} "
-        f"({out_path.stat().st_size:,} bytes; input uint8 (batch, {', '.join(map(str, run.input_shape))})); "
-        f"description in {description_path}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,6 @@ parameters and BN statistics stay float32 while the convolutions compute in `dty
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -365,39 +364,3 @@ def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), ba
     # Some jax releases (0.11) return no analysis before compiling; the compiled count is then the fallback.
     cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
     return float(cost["flops"]) / batch
-
-
-def print_registry_table(names: Sequence[str], image_shape: Sequence[int] = (32, 32, 3)) -> None:
-    """Prints a Markdown table of parameters and forward FLOPs, a row as soon as it is measured."""
-    print("| model | params | forward GFLOPs / image |\n|---|---:|---:|", flush=True)
-    for name in names:
-        model = get_model(name)
-        params = count_params(init_shapes(model, image_shape)["params"])
-        print(f"| {name} | {params:,} | {forward_flops(model, image_shape) / 1e9:.3f} |", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_jax.models", description="Print the model registry, or one model's summary."
-    )
-    parser.add_argument("--model", help="print this model's nn.tabulate summary instead of the registry table")
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=3)
-    args = parser.parse_args(argv)
-    image_shape = (args.image_size, args.image_size, args.channels)
-    if args.model:
-        if args.model not in MODEL_REGISTRY:
-            parser.error(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_REGISTRY)}")
-        model = get_model(args.model, num_classes=args.num_classes)
-        print(
-            nn.tabulate(model, jax.random.key(0), compute_flops=True, depth=1, console_kwargs={"width": 160})(
-                jnp.zeros((1, *image_shape), jnp.float32), train=False
-            )
-        )
-        return
-    print_registry_table(list(MODEL_REGISTRY), image_shape)
-
-
-if __name__ == "__main__":
-    main()

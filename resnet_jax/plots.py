@@ -1,15 +1,11 @@
 """Figures of a run with matplotlib: training curves from `metrics.jsonl` (one run or several overlaid) and the
-confusion-matrix heat map that `evaluate` writes.
-
-`python -m resnet_jax.plots --workdir DIR [DIR2 ...]` writes the curves; the trainer calls `write_curves` too.
+confusion-matrix heat map. The trainer and the `plots` and `evaluate` tools draw with them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,25 +133,3 @@ def write_confusion_matrix(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, dpi=120)
     return out_path
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.plots", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", nargs="+", required=True, help="one or more training workdirs")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help=f"PNG to write (default: DIR/{CURVES_FILE} for one run, ./{CURVES_FILE} for several)",
-    )
-    args = parser.parse_args(argv)
-    out = args.out or (Path(args.workdir[0]) / CURVES_FILE if len(args.workdir) == 1 else Path(CURVES_FILE))
-    try:
-        path = write_curves(args.workdir, out)
-    except NoMetricsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""The model zoo: shapes, BatchNorm state, shortcuts, mixed precision and published parameter counts."""
+"""The model zoo: shapes, BatchNorm state, shortcuts, mixed precision and published parameter counts; and the
+`models` tool that lists it."""
 
 import functools
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import models
+from resnet_jax.tools import models as models_tool
 
 PUBLISHED_PARAMS = {
     "resnet20": 269_722,
@@ -190,3 +192,42 @@ def test_forward_flops_counts_the_convolutions():
     # counts only those: 2 FLOPs per MAC for the stem (3->4) and two 4->4 convs. BN, ReLU and the head add a little.
     conv_flops = 2 * 22 * 22 * (3 * 4 + 2 * 4 * 4)
     assert conv_flops <= flops < conv_flops * 1.2
+
+
+def test_registry_table_prints_the_counts_of_each_model(capsys):
+    models_tool.print_registry_table(["resnet8", "resnet20"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[:2] == ["| model | params | forward GFLOPs / image |", "|---|---:|---:|"]
+    rows = [line.strip("|").split("|") for line in lines[2:]]
+    assert [(name.strip(), params.strip()) for name, params, _ in rows] == [
+        ("resnet8", "75,290"),
+        ("resnet20", "269,722"),
+    ]
+    flops = [float(value) for *_, value in rows]
+    assert 0 < flops[0] < flops[1]
+
+
+def test_a_model_summary_has_no_terminal_colours_and_says_what_its_total_counts(capsys):
+    assert models_tool.main(["--model", "resnet8", "--image-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out
+    assert "stage1_block1" in out
+    assert out.strip().splitlines()[-1].startswith("75,290 parameters, without BatchNorm's running statistics")
+
+
+def test_models_tool_errors_are_one_line(capsys):
+    for argv, reason in ((["--model", "resnet21"], "unknown model 'resnet21'"), (["--channels", "2"], "1 or 3")):
+        with pytest.raises(SystemExit) as exit_info:
+            models_tool.main(argv)
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ")
+        assert reason in line
+
+
+def test_models_tool_description_is_whole_sentences(capsys):
+    with pytest.raises(SystemExit):
+        models_tool.main(["--help"])
+    description = " ".join(models_tool.__doc__.split())
+    assert description.endswith(".")
+    assert description in " ".join(capsys.readouterr().out.split())

@@ -1,6 +1,7 @@
-"""The tools on a trained run: evaluate, plots, predict and export, checked against direct computations.
+"""The tools on a trained run (evaluate, plots, predict, export), checked against direct computations.
 
-One tiny run is trained per test session (shared by pytest-xdist workers through a file lock).
+The workdir they read is written without the trainer, as the trainer writes one: config.json, metrics.jsonl and
+orbax checkpoints of a built experiment's state, at steps 4 and 8 with different weights.
 """
 
 import csv
@@ -10,78 +11,118 @@ import subprocess
 import textwrap
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from filelock import FileLock
 from PIL import Image
 
-from resnet_jax import data, evaluate, export, metrics, plots, predict, trainer
+from resnet_jax import checkpoint, configuration, data, experiment, export, inference, metrics, parallel, plots
+from resnet_jax.tools import evaluate as evaluate_tool
+from resnet_jax.tools import export as export_tool
+from resnet_jax.tools import main as tools_main
+from resnet_jax.tools import plots as plots_tool
+from resnet_jax.tools import predict as predict_tool
 from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
 
 TEST_EXAMPLES = 100  # not a multiple of the eval batch: the padded, masked last batch is exercised
+# Step -> the test accuracy its checkpoint recorded: the best is not the latest.
+ACCURACIES = {4: 0.3, 8: 0.2}
 
 
-def _tiny_config():
+def tiny_config(**overrides):
     config = runpy.run_path(str(REPO_ROOT / "configs" / "smoke.py"))["get_config"]()
     config.data.synthetic_train_examples = 256
     config.data.synthetic_test_examples = TEST_EXAMPLES
-    config.train.num_epochs = 2
-    return config
+    return configuration.apply_overrides(config, overrides)
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, request):
-    """A workdir trained for two epochs (checkpoints at steps 4 and 8), built once per session."""
-    under_xdist = hasattr(request.config, "workerinput")
-    root = tmp_path_factory.getbasetemp().parent if under_xdist else tmp_path_factory.getbasetemp()
-    workdir = root / "tools_run"
-    with FileLock(str(root / "tools_run.lock")):
-        if not (workdir / "trained").exists():
-            trainer.train_and_evaluate(_tiny_config(), workdir, mode="fresh")
-            (workdir / "trained").touch()
+def jitter(tree, seed, scale=0.3):
+    """`tree` with every leaf scaled by its own noise: weights unlike any other step's."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten(
+        [leaf * (1 + scale * jax.random.normal(key, leaf.shape)) for leaf, key in zip(leaves, keys, strict=True)]
+    )
+
+
+def normalized(step_config, images):
+    """uint8 images as the model sees them: (x / 255 - mean) / std."""
+    mean, std = (np.asarray(value, np.float32) for value in (step_config.mean, step_config.std))
+    return jnp.asarray((images.astype(np.float32) / 255.0 - mean) / std)
+
+
+def trained_state(built, state, seed):
+    """A state as training leaves it: moved weights, BatchNorm statistics away from their (0, 1) start, and a head
+    whose logits are centred on the training images (at initialisation every image gets the same class)."""
+    batch_stats = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf + 0.1 if "mean" in jax.tree_util.keystr(path) else leaf * 1.5, state.batch_stats
+    )
+    params = jitter(state.params, seed)
+    inputs = normalized(built.step_config, split_arrays(built.config, "train").images)
+    mean_logits = built.model.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False).mean(0)
+    params["head"]["bias"] = params["head"]["bias"] - mean_logits
+    return state.replace(params=params, batch_stats=batch_stats)
+
+
+def save_checkpoint(workdir, step, tree, accuracy=None):
+    """One checkpoint as the trainer saves it (state tree, data position, the metric orbax ranks by)."""
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
+    meta = {"position": {"epoch": 1, "step_in_epoch": 0}, "step": step}
+    checkpointer.save(step, tree, meta, None if accuracy is None else {checkpoint.BEST_METRIC: accuracy})
+    checkpointer.wait()
+    checkpointer.close()
+
+
+def write_workdir(workdir, config, trees):
+    """config.json, a metrics record per checkpoint, and the checkpoints {step: tree}."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    writer = metrics.MetricWriter(workdir, enabled=True)
+    for epoch, (step, tree) in enumerate(sorted(trees.items()), start=1):
+        accuracy = ACCURACIES.get(step, 0.1)
+        writer.write(step, epoch, {"train_loss": 2.0 / epoch, "learning_rate": 0.1 / epoch, "test_accuracy": accuracy})
+        save_checkpoint(workdir, step, tree, accuracy)
+    writer.close()
     return workdir
 
 
 @pytest.fixture(scope="session")
+def built():
+    return experiment.build(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def new_state(built):
+    return built.new_state()
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, built, new_state):
+    trees = {step: trained_state(built, new_state, seed=step).checkpoint_tree() for step in ACCURACIES}
+    return write_workdir(tmp_path_factory.mktemp("tools") / "run", built.config, trees)
+
+
+@pytest.fixture(scope="session")
 def run(run_dir):
-    return evaluate.restore_run(run_dir, "latest")
+    return inference.restore_run(run_dir, "latest")
 
 
 @pytest.fixture(scope="session")
 def evaluation(run):
-    return evaluate.evaluate_split(run, "test", tta_flip=False)
+    return inference.evaluate_split(run, "test", tta_flip=False)
 
 
-def _test_split(run):
-    config = run.config
-    return data.load_split(
-        config.data.dataset,
-        "test",
-        source=config.data.source,
-        synthetic_examples=config.data.synthetic_test_examples,
-        seed=config.seed,
+def split_arrays(config, split):
+    return data.config_loader(config.data, split, config.seed)(None)
+
+
+def direct_logits(run, images):
+    """The model applied by hand to the normalised images, inference-mode BatchNorm."""
+    return np.asarray(
+        run.experiment.model.apply(run.variables, normalized(run.experiment.step_config, images), train=False)
     )
-
-
-def _direct_logits(run, images):
-    """The model applied by hand: (x / 255 - mean) / std, inference-mode BatchNorm."""
-    mean, std = (np.asarray(v, np.float32) for v in (run.experiment.step_config.mean, run.experiment.step_config.std))
-    inputs = (images.astype(np.float32) / 255.0 - mean) / std
-    return np.asarray(run.experiment.model.apply(run.variables, jnp.asarray(inputs), train=False))
-
-
-def _train_images(run, count):
-    config = run.config
-    split = data.load_split(
-        config.data.dataset,
-        "train",
-        source=config.data.source,
-        synthetic_examples=config.data.synthetic_train_examples,
-        seed=config.seed,
-    )
-    return split.images[:count]
 
 
 def near_ties(logits: np.ndarray, within: float) -> int:
@@ -91,12 +132,23 @@ def near_ties(logits: np.ndarray, within: float) -> int:
     return int(np.sum(top_two[:, 1] - top_two[:, 0] <= within))
 
 
+def cli_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 def test_evaluation_equals_a_direct_computation_on_every_example(run, evaluation):
-    split = _test_split(run)
-    logits = _direct_logits(run, split.images)
+    split = split_arrays(run.config, "test")
+    logits = direct_logits(run, split.images)
     assert evaluation.num_examples == TEST_EXAMPLES
     np.testing.assert_array_equal(evaluation.labels, split.labels)
     chex.assert_trees_all_close(evaluation.logits, logits, atol=1e-4, rtol=1e-4)
+    assert len(set(logits.argmax(-1).tolist())) > 1  # the weights tell the images apart
     # Accuracy counts argmaxes: only an example whose top logits are within the logits' tolerance may differ.
     allowed = near_ties(logits, 2 * (1e-4 + 1e-4 * float(np.abs(logits).max()))) / TEST_EXAMPLES
     assert abs(evaluation.accuracy - np.mean(logits.argmax(-1) == split.labels)) <= allowed + 1e-9
@@ -104,17 +156,24 @@ def test_evaluation_equals_a_direct_computation_on_every_example(run, evaluation
     assert evaluation.loss == pytest.approx(float(loss), rel=1e-5)
 
 
+def test_the_restored_weights_are_the_checkpoints_replicated_on_the_mesh(run, built, new_state):
+    expected = trained_state(built, new_state, seed=8)
+    chex.assert_trees_all_close(run.variables, expected.variables)
+    for leaf in jax.tree.leaves(run.variables):
+        assert leaf.sharding.is_equivalent_to(parallel.replicated(run.experiment.mesh), leaf.ndim)
+
+
 def test_report_confusion_matrix_and_heat_map_agree(run, evaluation, tmp_path):
-    report, paths = evaluate.write_outputs(run, evaluation, tmp_path)
-    assert report["step"] == 8
-    assert report["devices"] == 1
-    assert report["num_examples"] == TEST_EXAMPLES
+    report, paths = evaluate_tool.write_outputs(run, evaluation, tmp_path)
+    assert (report["step"], report["devices"], report["num_examples"]) == (8, 1, TEST_EXAMPLES)
     with paths["confusion_matrix.csv"].open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0][1:] == list(run.class_names)
     assert [row[0] for row in rows[1:]] == list(run.class_names)
     matrix = np.asarray([[int(cell) for cell in row[1:]] for row in rows[1:]])
-    assert matrix.sum() == TEST_EXAMPLES
+    np.testing.assert_array_equal(
+        matrix, inference.confusion_matrix(evaluation.labels, evaluation.logits.argmax(-1), 10)
+    )
     np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(evaluation.labels, minlength=10))
     assert np.trace(matrix) / TEST_EXAMPLES == pytest.approx(report["accuracy"])
     for index, entry in enumerate(json.loads(paths["report.json"].read_text())["per_class"]):
@@ -126,48 +185,116 @@ def test_report_confusion_matrix_and_heat_map_agree(run, evaluation, tmp_path):
         assert min(image.size) > 300
 
 
+def test_confusion_matrix_counts_true_classes_along_rows():
+    matrix = inference.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), 3)
+    np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 1, 0], [1, 0, 0]])
+
+
 def test_flip_tta_averages_the_image_and_its_mirror(run):
-    flipped = evaluate.evaluate_split(run, "test", tta_flip=True)
-    images = _test_split(run).images
-    expected = (_direct_logits(run, images) + _direct_logits(run, images[:, :, ::-1])) / 2
+    flipped = inference.evaluate_split(run, "test", tta_flip=True)
+    images = split_arrays(run.config, "test").images
+    expected = (direct_logits(run, images) + direct_logits(run, images[:, :, ::-1])) / 2
     chex.assert_trees_all_close(flipped.logits, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_an_earlier_checkpoint_can_be_chosen_by_step(run_dir, run):
-    earlier = evaluate.restore_run(run_dir, "4")
+def test_checkpoints_are_chosen_by_step_and_best_by_recorded_accuracy(run_dir, run):
+    earlier = inference.restore_run(run_dir, "4")
     assert (earlier.step, run.step) == (4, 8)
     with pytest.raises(AssertionError):
         chex.assert_trees_all_close(earlier.variables["params"], run.variables["params"])
+    best = inference.restore_run(run_dir, "best")
+    assert best.step == max(ACCURACIES, key=ACCURACIES.get) == 4
+    chex.assert_trees_all_equal(best.variables, earlier.variables)
 
 
-def test_best_checkpoint_is_the_one_with_the_highest_test_accuracy(run_dir):
-    evals = [record for record in metrics.read_metrics(run_dir) if "test_accuracy" in record]
-    best = max(evals, key=lambda record: record["test_accuracy"])["step"]
-    assert evaluate.restore_run(run_dir, "best").step == best
+def test_a_checkpoint_in_the_old_optimizer_layout_still_evaluates(tmp_path, built, new_state):
+    # Before the learning rate was applied at the state's step, optax's schedule count lived in the optimizer
+    # state: one leaf more than today's state has.
+    state = trained_state(built, new_state, seed=3)
+    old_layout = state.checkpoint_tree() | {"opt_state": [state.opt_state, {"count": jnp.array(8, jnp.int32)}]}
+    workdir = write_workdir(tmp_path / "old", built.config, {8: old_layout})
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False, create=False)
+    with pytest.raises(ValueError, match="structures do not match"):  # restoring into today's train state
+        checkpointer.restore(8, checkpoint.abstract_tree(state.checkpoint_tree()))
+    checkpointer.close()
+    run = inference.restore_run(workdir)
+    chex.assert_trees_all_close(run.variables, state.variables)
+    images = split_arrays(run.config, "test").images
+    chex.assert_trees_all_close(inference.evaluate_split(run).logits, direct_logits(run, images), atol=1e-4, rtol=1e-4)
 
 
-def _cli_error(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    return lines[0]
+def test_a_run_with_an_ema_is_scored_on_its_averaged_weights(tmp_path):
+    config = tiny_config(**{"train.ema_decay": 0.9})
+    state = experiment.build(config).new_state()
+    averaged = {"params": jitter(state.params, seed=11), "batch_stats": state.batch_stats}
+    workdir = write_workdir(tmp_path / "ema", config, {4: state.replace(ema=averaged).checkpoint_tree()})
+    run = inference.restore_run(workdir)
+    chex.assert_trees_all_close(run.variables, averaged)
+    # The checkpoint of a run without an EMA does not fit a config that keeps one.
+    workdir = write_workdir(tmp_path / "no_ema", config, {4: state.replace(ema=None).checkpoint_tree()})
+    with pytest.raises(checkpoint.CheckpointError, match=r"ema/\S+ \(.*\) is not in the checkpoint"):
+        inference.restore_run(workdir)
+
+
+def test_weights_of_another_shape_name_the_parameter_and_both_shapes(tmp_path, built, new_state, capsys):
+    tree = new_state.checkpoint_tree()
+    features = tree["params"]["head"]["kernel"].shape[0]
+    tree["params"]["head"]["kernel"] = jnp.zeros((features, 7))
+    workdir = write_workdir(tmp_path / "other", built.config, {4: tree})
+    message = cli_error(evaluate_tool.main, ["--workdir", str(workdir)], capsys)
+    assert f"params/head/kernel is ({features}, 7) in the checkpoint but ({features}, 10) in the model" in message
+    assert "checkpoint 4" in message
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, built, new_state, capsys):
+    workdir = write_workdir(tmp_path / "damaged", built.config, {4: new_state.checkpoint_tree()})
+    for path in (workdir / "checkpoints" / "4" / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(path.read_bytes()[:100])  # a copy cut short
+    message = cli_error(evaluate_tool.main, ["--workdir", str(workdir)], capsys)
+    assert f"checkpoint 4 in {workdir / 'checkpoints'} cannot be read" in message
+
+
+def test_a_config_json_from_before_a_key_existed_still_loads(run_dir, tmp_path):
+    saved = configuration.read_json(run_dir / configuration.CONFIG_FILE)
+    del saved["train"]["label_smoothing"]
+    saved["train"]["retired_key"] = 1
+    (tmp_path / configuration.CONFIG_FILE).write_text(json.dumps(saved))
+    config = inference.load_run_config(tmp_path)
+    assert config.train.label_smoothing == experiment.TRAIN_DEFAULTS["label_smoothing"]
+    assert "retired_key" not in config.train
+    assert config.model.name == "resnet8_tiny"
 
 
 def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, tmp_path, capsys):
-    assert "not a folder" in _cli_error(evaluate.main, ["--workdir", str(tmp_path / "missing")], capsys)
-    assert "no config.json" in _cli_error(evaluate.main, ["--workdir", str(tmp_path)], capsys)
+    assert "not a folder" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path / "missing")], capsys)
+    assert "no config.json" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path)], capsys)
+    (tmp_path / "config.json").write_text("{not json")
+    assert "cannot be read as JSON" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path)], capsys)
     (tmp_path / "config.json").write_text((run_dir / "config.json").read_text())
-    assert "no checkpoints/ folder" in _cli_error(predict.main, ["--workdir", str(tmp_path), "x.png"], capsys)
+    assert "no checkpoints/ folder" in cli_error(predict_tool.main, ["--workdir", str(tmp_path), "x.png"], capsys)
     (tmp_path / "checkpoints").mkdir()
-    assert "holds no checkpoint" in _cli_error(export.main, ["--workdir", str(tmp_path), "--out", "m.bin"], capsys)
-    message = _cli_error(evaluate.main, ["--workdir", str(run_dir), "--checkpoint", "7"], capsys)
+    message = cli_error(export_tool.main, ["--workdir", str(tmp_path), "--out", "m.bin"], capsys)
+    assert "holds no checkpoint" in message
+    message = cli_error(evaluate_tool.main, ["--workdir", str(run_dir), "--checkpoint", "7"], capsys)
     assert "checkpoint step 7 is not in" in message
     assert "available: 4, 8" in message
-    with pytest.raises(SystemExit):
-        evaluate.main(["--workdir", str(run_dir), "--checkpoint", "newest"])
-    assert "not latest, best or a step number" in capsys.readouterr().err
+    message = cli_error(evaluate_tool.main, ["--workdir", str(run_dir), "--checkpoint", "newest"], capsys)
+    assert "not latest, best or a step number" in message
+    message = cli_error(
+        export_tool.main, ["--workdir", str(run_dir), "--out", "m.bin", "--platforms", "cpu,ipu"], capsys
+    )
+    assert "ipu not known" in message
+
+
+def test_tool_descriptions_are_whole_sentences(capsys):
+    for tool in (evaluate_tool, predict_tool, export_tool, plots_tool):
+        description = " ".join(tool.__doc__.split())
+        assert description.endswith("."), tool.__name__
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(["--help"])
+        assert exit_info.value.code == 0
+        assert description in " ".join(capsys.readouterr().out.split()), tool.__name__
 
 
 def test_curves_overlay_several_runs(run_dir, tmp_path, capsys):
@@ -177,35 +304,38 @@ def test_curves_overlay_several_runs(run_dir, tmp_path, capsys):
         with Image.open(path) as image:
             assert image.format == "PNG"
             assert image.size[0] > 1000
-    assert "no metrics.jsonl" in _cli_error(plots.main, ["--workdir", str(tmp_path)], capsys)
+    assert plots_tool.main(["--workdir", str(run_dir), "--out", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").is_file()
+    assert "no metrics.jsonl" in cli_error(plots_tool.main, ["--workdir", str(tmp_path)], capsys)
+
+
+def save_images(images, folder):
+    paths = [folder / f"image_{index}.png" for index in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        Image.fromarray(image).save(path)
+    return paths
 
 
 def test_predict_top1_on_training_images_is_the_models_argmax(run, tmp_path):
-    images = _train_images(run, 6)
-    paths = []
-    for index, image in enumerate(images):
-        paths.append(tmp_path / f"train_{index}.png")
-        Image.fromarray(image).save(paths[-1])
-    predictions = predict.predict_files(run, paths, top_k=3)
-    expected = _direct_logits(run, images).argmax(-1)
-    assert [p.top_k[0]["index"] for p in predictions] == expected.tolist()
-    for prediction in predictions:
+    images = split_arrays(run.config, "train").images[:6]
+    predictions = predict_tool.predict_files(run, save_images(images, tmp_path), top_k=3)
+    logits = direct_logits(run, images)
+    assert [prediction.top_k[0]["index"] for prediction in predictions] == logits.argmax(-1).tolist()
+    softmax = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+    for prediction, expected in zip(predictions, softmax, strict=True):
         probabilities = [entry["probability"] for entry in prediction.top_k]
-        assert len(probabilities) == 3
         assert probabilities == sorted(probabilities, reverse=True)
+        np.testing.assert_allclose(probabilities, np.sort(expected)[::-1][:3], rtol=1e-4)
         assert prediction.top_k[0]["class"] == run.class_names[prediction.top_k[0]["index"]]
 
 
 def test_predict_reports_bad_files_and_still_predicts_the_others(run_dir, run, tmp_path, capsys):
-    good = tmp_path / "good.png"
-    Image.fromarray(_train_images(run, 1)[0]).save(good)
+    (good,) = save_images(split_arrays(run.config, "train").images[:1], tmp_path)
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
     missing = tmp_path / "missing.jpg"
     argv = ["--workdir", str(run_dir), str(good), str(not_an_image), str(missing), "--json", "--top-k", "2"]
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(argv)
-    assert exit_info.value.code == 2
+    assert predict_tool.main(argv) == 2
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert [result["image"] for result in results] == [str(good), str(not_an_image), str(missing)]
@@ -239,12 +369,15 @@ _LOAD_WITH_JAX_ONLY = textwrap.dedent(
 )
 
 
-def test_exported_model_runs_with_jax_alone_and_matches_evaluate(run, evaluation, tmp_path):
-    model_path, description_path = export.write_export(run, tmp_path / "model.bin")
-    description = json.loads(description_path.read_text())
+def test_exported_model_runs_with_jax_alone_and_matches_evaluate(run_dir, run, evaluation, tmp_path, capsys):
+    model_path = tmp_path / "model.bin"
+    assert export_tool.main(["--workdir", str(run_dir), "--out", str(model_path), "--platforms", "cpu"]) == 0
+    assert str(model_path) in capsys.readouterr().out
+    description = json.loads(model_path.with_name("model.bin.json").read_text())
     assert description["input"]["shape"] == ["batch", *run.input_shape]
     assert description["class_names"] == list(run.class_names)
-    images = _test_split(run).images[:7]
+    assert (description["step"], description["platforms"]) == (8, ["cpu"])
+    images = split_arrays(run.config, "test").images[:7]
     np.save(tmp_path / "images.npy", images)
     script = tmp_path / "load.py"
     script.write_text(_LOAD_WITH_JAX_ONLY)
@@ -260,19 +393,26 @@ def test_exported_model_runs_with_jax_alone_and_matches_evaluate(run, evaluation
     chex.assert_trees_all_close(np.load(outputs[1]), evaluation.logits[:3], atol=1e-5, rtol=1e-5)
 
 
-def test_evaluate_cli_on_two_devices_gives_the_single_device_report(run_dir, run, evaluation, tmp_path):
+def test_export_refuses_a_folder_as_its_file(run, tmp_path):
+    with pytest.raises(inference.RunError, match="is a folder"):
+        export.write_export(run, tmp_path)
+
+
+def test_evaluate_on_three_devices_gives_the_single_device_report(run_dir, run, evaluation, tmp_path):
+    # train.batch_size=64 does not divide by 3 devices; evaluation takes no training batch, so it must not matter.
+    assert run.config.train.batch_size % 3
     out = tmp_path / "eval"
     completed = subprocess.run(
-        [PYTHON, "-m", "resnet_jax.evaluate", "--workdir", str(run_dir), "--out", str(out), "--tta", "none"],
-        env=subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        [PYTHON, "-m", tools_main.__name__, "evaluate", "--workdir", str(run_dir), "--out", str(out), "--tta", "none"],
+        env=subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=3"),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["devices"] == 2
-    # Two devices split each batch in two, so XLA sums in another order: equal to rounding, and the accuracy
+    assert (report["devices"], report["num_examples"]) == (3, TEST_EXAMPLES)
+    # Three devices split each batch in three, so XLA sums in another order: equal to rounding, and the accuracy
     # equal but for examples whose top logits are within that rounding.
     allowed = near_ties(evaluation.logits, 1e-4) / TEST_EXAMPLES
     assert abs(report["accuracy"] - evaluation.accuracy) <= allowed + 1e-9

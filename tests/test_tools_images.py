@@ -1,10 +1,10 @@
-"""predict's image reading: files become the network's input exactly as the dataset's own images do."""
+"""Image files as the network's input: files become it exactly as the dataset's own images do."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data, evaluate, predict
+from resnet_jax import data, images
 
 FASHION = data.DATASETS["fashion_mnist"]
 CIFAR = data.DATASETS["cifar10"]
@@ -13,7 +13,7 @@ CIFAR = data.DATASETS["cifar10"]
 def test_a_native_grey_image_is_padded_like_the_training_data(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "item.png")
-    image = predict.read_image(tmp_path / "item.png", FASHION, (32, 32, 1))
+    image = images.read_image(tmp_path / "item.png", FASHION, (32, 32, 1))
     np.testing.assert_array_equal(image, data.to_input_shape(pixels[None, :, :, None], 32, 1)[0])
 
 
@@ -22,7 +22,7 @@ def test_a_large_colour_jpeg_becomes_a_grey_native_size_input(tmp_path):
     pixels = np.zeros((112, 112, 3), np.uint8)
     pixels[28:84, 28:84] = (255, 255, 255)
     Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95)
-    image = predict.read_image(tmp_path / "photo.jpg", FASHION, (32, 32, 3))
+    image = images.read_image(tmp_path / "photo.jpg", FASHION, (32, 32, 3))
     assert image.shape == (32, 32, 3)
     assert image.dtype == np.uint8
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
@@ -33,16 +33,29 @@ def test_a_large_colour_jpeg_becomes_a_grey_native_size_input(tmp_path):
 
 def test_a_grey_image_is_made_rgb_for_a_colour_dataset(tmp_path):
     Image.fromarray(np.full((40, 20), 100, np.uint8)).save(tmp_path / "grey.png")
-    image = predict.read_image(tmp_path / "grey.png", CIFAR, (32, 32, 3))
+    image = images.read_image(tmp_path / "grey.png", CIFAR, (32, 32, 3))
     assert image.shape == (32, 32, 3)
     np.testing.assert_array_equal(image, np.full((32, 32, 3), 100, np.uint8))
+
+
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    # Stored sideways (bright left column) with orientation 6: a viewer turns it 90 degrees clockwise, which puts
+    # the bright column along the top.
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "sideways.png", exif=exif)
+    image = images.read_image(tmp_path / "sideways.png", CIFAR, (32, 32, 3))
+    assert image[:4].min() == 255
+    assert image[8:].max() == 0
 
 
 def test_files_that_are_not_images_name_the_file(tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     (tmp_path / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
     for name, reason in (("notes.png", "not an image"), ("truncated.png", "image"), ("missing.png", "no such file")):
-        with pytest.raises(evaluate.RunError, match=reason) as error:
-            predict.read_image(tmp_path / name, CIFAR, (32, 32, 3))
+        with pytest.raises(images.ImageError, match=reason) as error:
+            images.read_image(tmp_path / name, CIFAR, (32, 32, 3))
         assert str(tmp_path / name) in str(error.value)
         assert "\n" not in str(error.value)

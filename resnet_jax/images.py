@@ -1,0 +1,43 @@
+"""Image files as a network's input: PNG, JPEG and the other formats Pillow reads, brought to a dataset's images
+(grey or RGB, its native size) and then to the network's input shape exactly as the training data were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from resnet_jax import data
+
+
+class ImageError(ValueError):
+    """A file that cannot be read as an image; the message is one line naming it."""
+
+
+def read_image(path: str | Path, info: data.DatasetInfo, input_shape: Sequence[int]) -> np.ndarray:
+    """One file as a uint8 image of `input_shape` (H, W, C), prepared as the dataset's images were: turned upright
+    by its EXIF orientation, grey or RGB as the dataset is, resized to its native size, then padded or repeated as
+    `data.to_input_shape` does.
+
+    Raises ImageError naming the file when it is missing or not an image.
+    """
+    path = Path(path)
+    height, width, native_channels = info.image_shape
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("L" if native_channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BICUBIC)
+            pixels = np.asarray(image, np.uint8)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: cannot be read as an image ({error})") from None
+    pixels = pixels.reshape(height, width, native_channels)
+    input_height, _, channels = input_shape
+    return data.to_input_shape(pixels[None], input_height, channels)[0]

@@ -1,0 +1,256 @@
+"""A trained run put back to work: a workdir's config and one checkpoint's weights restored onto a mesh, the logits
+function that evaluation, prediction and export share (the trainer's own eval step), and the scoring of every
+example of a split. The tools on a trained run build on this module; it prints nothing and parses no flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax import configuration, experiment, models, parallel, pipeline, steps
+from resnet_jax.checkpoint import Checkpointer, CheckpointError
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_NAMES = ("latest", "best")
+
+
+class RunError(RuntimeError):
+    """A workdir, checkpoint or input file the tools cannot use; the message is one line naming it and the fix."""
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A workdir's model restored from one checkpoint, with everything needed to run it."""
+
+    workdir: Path
+    config: ml_collections.ConfigDict  # as the run was trained
+    experiment: experiment.Experiment
+    checkpoint: str  # as asked for: "latest", "best" or a step
+    step: int
+    variables: Any  # the weights the trainer evaluated (the EMA when the run kept one), replicated on the mesh
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.experiment.info.class_names
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.experiment.input_shape
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.experiment.mesh.devices.size)
+
+
+def is_checkpoint_name(text: str) -> bool:
+    """Whether `text` names a checkpoint: latest, best or a step number."""
+    return text in CHECKPOINT_NAMES or (text.isdigit() and int(text) >= 0)
+
+
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with: its config.json over today's defaults, so that a run written before
+    a key existed still loads (the key takes its default)."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise RunError(f"--workdir {str(workdir)!r} is not a folder; give the --workdir a training run used")
+    path = workdir / configuration.CONFIG_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{workdir} has no {configuration.CONFIG_FILE}, so it is not a training workdir; "
+            f"train one first: python train.py --workdir {workdir} --config configs/NAME.py"
+        )
+    try:
+        saved = configuration.read_json(path)
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path} cannot be read as JSON ({error}); it is damaged") from None
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} holds no config (a JSON object of sections); it is damaged")
+    return configuration.from_saved(saved, experiment.base_config())
+
+
+def build_for_inference(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
+) -> experiment.Experiment:
+    """`experiment.build` for a run's tools on any device count: inference takes no training batch, so the copy
+    it builds from trains with one example per device, and only `eval.batch_size` meets the mesh."""
+    mesh = mesh or parallel.make_mesh()
+    return experiment.build(configuration.apply_overrides(config, {"train.batch_size": int(mesh.devices.size)}), mesh)
+
+
+def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:
+    """The step that `checkpoint` (latest, best or a step number) names among the saved ones.
+
+    best is the checkpoint the run's checkpointer ranked highest by its recorded accuracy (`checkpoint.BEST_METRIC`).
+    """
+    available = checkpointer.steps()
+    where = checkpointer.directory
+    if not available:
+        raise RunError(f"{where} holds no checkpoint; train first, or give the --workdir of a finished run")
+    if checkpoint == "latest":
+        return available[-1]
+    if checkpoint == "best":
+        best = checkpointer.best_step()
+        if best is None:
+            raise RunError(f"no checkpoint in {where} recorded an accuracy to rank it by; use --checkpoint latest")
+        return best
+    if not is_checkpoint_name(checkpoint):
+        raise RunError(f"--checkpoint {checkpoint!r} is not latest, best or a step number")
+    step = int(checkpoint)
+    if step not in available:
+        raise RunError(
+            f"checkpoint step {step} is not in {where}; available: {', '.join(map(str, available))}, latest, best"
+        )
+    return step
+
+
+def _path_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Each leaf's shape by its path, written `params/stage1_block1/Conv_0/kernel`."""
+    return {
+        "/".join(str(getattr(key, "key", key)) for key in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _first_mismatch(saved: Any, expected: Any) -> str | None:
+    """The first weight (in path order) whose path or shape differs between a checkpoint and the model."""
+    saved_shapes, expected_shapes = _path_shapes(saved), _path_shapes(expected)
+    for path, shape in expected_shapes.items():
+        if path not in saved_shapes:
+            return f"{path} {shape} is not in the checkpoint"
+        if saved_shapes[path] != shape:
+            return f"{path} is {saved_shapes[path]} in the checkpoint but {shape} in the model"
+    extra = next((path for path in saved_shapes if path not in expected_shapes), None)
+    return None if extra is None else f"the checkpoint holds {extra} {saved_shapes[extra]}, which the model lacks"
+
+
+def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Host arrays as arrays replicated on every device of `mesh` (of every process: each gives the same copy)."""
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(
+        lambda leaf: jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index]), tree
+    )
+
+
+def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
+    """Rebuilds a workdir's model from its config.json and restores the weights of one checkpoint (latest, best or
+    a step number), replicated on `mesh` (default: every device).
+
+    Only the weights are taken: the checkpoint is read as it was saved, so one whose optimizer state has another
+    layout (an optimizer of another release, another optimizer) still loads. Weights that do not fit the config's
+    model end in a CheckpointError naming the first parameter that differs.
+    """
+    workdir = Path(workdir)
+    config = load_run_config(workdir)
+    built = build_for_inference(config, mesh)
+    directory = workdir / CHECKPOINTS_DIR
+    if not directory.is_dir():
+        raise RunError(
+            f"{workdir} holds no {CHECKPOINTS_DIR}/ folder; train first, or give the --workdir of a finished run"
+        )
+    checkpointer = Checkpointer(directory, async_save=False, create=False)
+    try:
+        step = resolve_checkpoint(checkpointer, checkpoint)
+        try:
+            tree, _ = checkpointer.restore(step, None)
+        except Exception as error:  # orbax and tensorstore raise many types for damaged files
+            reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            raise CheckpointError(
+                f"checkpoint {step} in {directory} cannot be read ({reason}); pick another with --checkpoint"
+            ) from None
+    finally:
+        checkpointer.close()
+    # The weights the run's evaluations scored: its EMA when it kept one, as `TrainState.eval_variables` says.
+    expected = models.init_shapes(built.model, built.input_shape)
+    if config.train.ema_decay > 0:
+        saved, expected = {"ema": tree.get("ema")}, {"ema": expected}
+    else:
+        saved = {part: tree.get(part) for part in expected}
+    problem = _first_mismatch(saved, expected)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {step} in {directory} does not fit {config.model.name} as config.json builds it: {problem}"
+        )
+    variables = saved.get("ema", saved)
+    return TrainedRun(workdir, config, built, checkpoint, step, _replicate(jax.device_get(variables), built.mesh))
+
+
+def make_logits_fn(run: TrainedRun, tta_flip: bool = False, variables: Any = None) -> Callable[[jax.Array], jax.Array]:
+    """`logits(uint8 images in the input shape) -> float32 (batch, classes)`: the trainer's eval step, with its
+    normalisation, on `variables` (default: the run's)."""
+    eval_step = steps.make_eval_step(run.experiment.step_config, run.experiment.model.apply, tta_flip=tta_flip)
+    variables = run.variables if variables is None else variables
+
+    def logits(images: jax.Array) -> jax.Array:
+        count = images.shape[0]
+        return eval_step(variables, images, jnp.zeros((count,), jnp.int32), jnp.ones((count,), bool))[1]
+
+    return logits
+
+
+def class_probabilities(run: TrainedRun, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, classes), float64, of N >= 1 uint8 images in the input shape, scored
+    `eval.batch_size` at a time."""
+    logits_fn = jax.jit(make_logits_fn(run, tta_flip))
+    batch = max(1, int(run.config.eval.batch_size))
+    chunks = [jax.device_get(logits_fn(images[start : start + batch])) for start in range(0, len(images), batch)]
+    logits = np.concatenate(chunks).astype(np.float64)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    return probabilities / probabilities.sum(-1, keepdims=True)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Every example of a split, scored: logits and labels in the split's order, and the trainer's summary."""
+
+    split: str
+    tta_flip: bool
+    labels: np.ndarray  # int32 (N,)
+    logits: np.ndarray  # float32 (N, classes)
+    summary: dict[str, float]  # experiment.summarize_eval: <split>_loss, <split>_accuracy, ...
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return self.summary[f"{self.split}_accuracy"]
+
+    @property
+    def loss(self) -> float:
+        return self.summary[f"{self.split}_loss"]
+
+    @property
+    def top5_accuracy(self) -> float:
+        return self.summary[f"{self.split}_top5_accuracy"]
+
+
+def evaluate_split(run: TrainedRun, split: str = "test", tta_flip: bool = False) -> Evaluation:
+    """Runs the trainer's evaluation, data parallel over the run's mesh, on every example of `split`."""
+    built = run.experiment
+    device_split, num_examples = built.load_eval_split(split)
+    evaluate = built.make_evaluate(tta_flip=tta_flip, return_logits=True)
+    sums, per_batch = evaluate(run.variables, device_split)
+    logits = pipeline.eval_outputs_in_split_order(np.asarray(jax.device_get(per_batch)), run.num_devices)
+    labels = np.asarray(jax.device_get(device_split.labels))
+    return Evaluation(
+        split,
+        tta_flip,
+        labels[:num_examples],
+        logits[:num_examples].astype(np.float32),
+        experiment.summarize_eval(sums, prefix=split),
+    )
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with true classes along rows and predicted classes along columns."""
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)

@@ -1,0 +1,127 @@
+"""Scores one checkpoint of a training run on every example of a split, data parallel over every device, with the
+trainer's own eval step. It prints accuracy, loss and per-class accuracy, and writes report.json,
+confusion_matrix.csv and confusion_matrix.png under DIR/eval/<checkpoint>[-<split>][-tta_flip]/.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_jax import inference, metrics, plots, runtime
+from resnet_jax.inference import Evaluation, TrainedRun
+from resnet_jax.tools import common, run_arguments
+
+OUTPUT_FILES = ("report.json", "confusion_matrix.csv", "confusion_matrix.png")
+
+
+def build_report(run: TrainedRun, evaluation: Evaluation, matrix: np.ndarray) -> dict[str, Any]:
+    """report.json: where the weights came from, the split's accuracy, loss and top-5 accuracy, and each class's."""
+    examples, correct = matrix.sum(axis=1), np.diag(matrix)
+    per_class = [
+        {
+            "class": name,
+            "index": index,
+            "examples": int(examples[index]),
+            "correct": int(correct[index]),
+            "accuracy": float(correct[index] / examples[index]) if examples[index] else None,
+        }
+        for index, name in enumerate(run.class_names)
+    ]
+    return {
+        "workdir": str(run.workdir),
+        "checkpoint": run.checkpoint,
+        "step": run.step,
+        "model": run.config.model.name,
+        "dataset": run.config.data.dataset,
+        "split": evaluation.split,
+        "tta_flip": evaluation.tta_flip,
+        "num_examples": evaluation.num_examples,
+        "devices": run.num_devices,
+        "accuracy": evaluation.accuracy,
+        "loss": evaluation.loss,
+        "top5_accuracy": evaluation.top5_accuracy,
+        "per_class": per_class,
+    }
+
+
+def output_dir(run: TrainedRun, split: str, tta_flip: bool) -> Path:
+    """DIR/eval/<checkpoint>, with -<split> for a split other than test and -tta_flip with flip averaging."""
+    name = run.checkpoint + ("" if split == "test" else f"-{split}") + ("-tta_flip" if tta_flip else "")
+    return run.workdir / "eval" / name
+
+
+def write_outputs(
+    run: TrainedRun, evaluation: Evaluation, out_dir: str | Path | None = None
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Writes report.json, confusion_matrix.csv and confusion_matrix.png; returns the report and the paths."""
+    out_dir = Path(out_dir) if out_dir is not None else output_dir(run, evaluation.split, evaluation.tta_flip)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = inference.confusion_matrix(evaluation.labels, evaluation.logits.argmax(-1), len(run.class_names))
+    report = build_report(run, evaluation, matrix)
+    paths = {name: out_dir / name for name in OUTPUT_FILES}
+    paths["report.json"].write_text(json.dumps(report, indent=2) + "\n")
+    with paths["confusion_matrix.csv"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true \\ predicted", *run.class_names])
+        writer.writerows([name, *map(int, row)] for name, row in zip(run.class_names, matrix, strict=True))
+    title = (
+        f"{run.config.model.name} on {run.config.data.dataset} {evaluation.split}, step {run.step}: "
+        f"accuracy {evaluation.accuracy:.4f}"
+    )
+    plots.write_confusion_matrix(matrix, run.class_names, paths["confusion_matrix.png"], title)
+    return report, paths
+
+
+def _devices(count: int) -> str:
+    return f"{count} device" + ("" if count == 1 else "s")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    tta = "flip" if report["tta_flip"] else "none"
+    lines = [
+        f"{report['workdir']}: checkpoint {report['step']} ({report['checkpoint']}), {report['split']} split, "
+        f"{report['num_examples']} examples, tta {tta}, {_devices(report['devices'])}",
+        f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}  top-5 accuracy {report['top5_accuracy']:.4f}",
+        "per-class accuracy:",
+    ]
+    width = max(len(entry["class"]) for entry in report["per_class"])
+    for entry in report["per_class"]:
+        accuracy = "   -  " if entry["accuracy"] is None else f"{entry['accuracy']:.4f}"
+        lines.append(f"  {entry['class']:<{width}}  {accuracy}  ({entry['correct']}/{entry['examples']})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser("evaluate", __doc__)
+    run_arguments.add_run_arguments(parser)
+    parser.add_argument("--split", default="test", choices=("test", "train"), help="the split to score (default test)")
+    parser.add_argument("--out", default=None, help="output folder (default: DIR/eval/<checkpoint>[-split][-tta_flip])")
+    args = parser.parse_args(argv)
+    runtime.setup_logging()
+    try:
+        run = inference.restore_run(args.workdir, args.checkpoint)
+        examples, _ = run.experiment.eval_split_rows(args.split)
+        with metrics.stage(
+            f"scoring {examples:,} {args.split} examples on {_devices(run.num_devices)}, compile included"
+        ):
+            evaluation = inference.evaluate_split(run, args.split, run_arguments.tta_flip(run, args.tta))
+    except run_arguments.ERRORS as error:
+        common.fail(error)
+    try:
+        report, paths = write_outputs(run, evaluation, args.out)
+    except OSError as error:
+        common.fail(f"cannot write the evaluation's files: {error}")
+    print(format_report(report))
+    print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Predicts the classes of image files with a training run's weights. Each PNG or JPEG file is brought to the
+dataset's images (grey or RGB, its native size), padded like the training data and scored by the trainer's eval
+step; the top classes are printed with their probabilities. A file that is missing or not an image is named on
+stderr, the others are still predicted, and the exit status is then 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_jax import images, inference
+from resnet_jax.inference import TrainedRun
+from resnet_jax.tools import common, run_arguments
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The top-k classes of one image, or the reason it could not be read."""
+
+    image: str
+    top_k: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"class", "index", "probability"}
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "error": self.error} if self.error else {"image": self.image, "top_k": self.top_k}
+
+
+def predict_files(
+    run: TrainedRun, paths: Sequence[str | Path], top_k: int = 3, tta_flip: bool = False
+) -> list[Prediction]:
+    """Top-k classes with softmax probabilities for each file, in order. A file that cannot be read gets a
+    Prediction with `error` set; the others are still predicted."""
+    predictions = [Prediction(str(path)) for path in paths]
+    readable = {}
+    for index, path in enumerate(paths):
+        try:
+            readable[index] = images.read_image(path, run.experiment.info, run.input_shape)
+        except images.ImageError as error:
+            predictions[index].error = str(error)
+    if not readable:
+        return predictions
+    probabilities = inference.class_probabilities(run, np.stack(list(readable.values())), tta_flip)
+    names = run.class_names
+    top_k = max(1, min(top_k, len(names)))
+    for index, row in zip(readable, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:top_k]
+        predictions[index].top_k = [
+            {"class": names[label], "index": int(label), "probability": float(row[label])} for label in best
+        ]
+    return predictions
+
+
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    lines = []
+    for prediction in predictions:
+        if not prediction.error:
+            ranked = "  ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in prediction.top_k)
+            lines.append(f"{prediction.image}: {ranked}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser("predict", __doc__)
+    run_arguments.add_run_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error(f"--top-k={args.top_k} must be at least 1")
+    try:
+        run = inference.restore_run(args.workdir, args.checkpoint)
+        predictions = predict_files(run, args.images, args.top_k, run_arguments.tta_flip(run, args.tta))
+    except run_arguments.ERRORS as error:
+        common.fail(error)
+    if args.json:
+        print(json.dumps([prediction.to_dict() for prediction in predictions], indent=2))
+    elif any(not prediction.error for prediction in predictions):
+        print(format_predictions(predictions))
+    failed = [prediction.error for prediction in predictions if prediction.error]
+    for error in failed:
+        print(f"error: {error}", file=sys.stderr)
+    return common.BAD_INPUT if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
