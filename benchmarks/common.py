@@ -47,7 +47,7 @@ def environment() -> dict[str, Any]:
     """Where and when a benchmark ran: device, versions, host, flags and the date."""
     device = jax.devices()[0]
     info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device.device_kind if device.platform != "cpu" else f"CPU: {_cpu_model()}",
         "platform": device.platform,
         "device_count": jax.device_count(),
@@ -135,16 +135,6 @@ def interleaved_timings(
 # ----------------------------------------------------------------------------------------------------------------
 # The runs' own train program on synthetic data.
 
-# What XLA:CPU takes for the options the train program sets (`steps.CPU_TRAIN_COMPILER_OPTIONS`) when it is not given
-# them (checked on jaxlib 0.10.2: a train step compiled with these is the same program as one compiled without). The
-# train program carries its own options, and a compile can only add to them or override them, not remove them.
-XLA_CPU_DEFAULT_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": (
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"
-    ),
-    "xla_backend_optimization_level": 3,
-}
-
 
 def bench_config(
     model: str,
@@ -188,7 +178,8 @@ class JaxTrainLoop:
     steps_per_call: int = 1
     examples: int = 50_000
     scan: bool | None = None
-    compiler_options: dict[str, Any] | None = None  # over the train program's own
+    compiler_options: dict[str, Any] | None = None  # over the train program's own (or XLA's, with xla_defaults)
+    xla_defaults: bool = False  # XLA's own options instead of the train program's tuned ones
     dataset: str = "cifar10"
     image_size: int = 32
     calls: int = field(default=0, init=False)
@@ -198,7 +189,9 @@ class JaxTrainLoop:
             self.model, self.batch, self.dtype, self.steps_per_call, self.examples, self.dataset, self.image_size
         )
         self.experiment = experiment.build(config)
-        self.program = self.experiment.make_train_program(scan=self.scan)
+        self.program = self.experiment.make_train_program(
+            scan=self.scan, compiler_options={} if self.xla_defaults else None
+        )
         if self.program.steps_per_epoch < self.steps_per_call:
             raise ValueError(f"{self.examples} examples hold fewer than steps_per_call={self.steps_per_call} batches")
         self.split = self.experiment.load_train_split()
@@ -373,8 +366,7 @@ def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, examples:
     if unknown:
         raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
     scan = True if "scan" in flags else False if "no_scan" in flags else None
-    defaults = XLA_CPU_DEFAULT_OPTIONS if "xla_defaults" in flags and not on_accelerator() else {}
-    return JaxTrainLoop(model, batch, dtype, steps_per_call, examples, scan, {**defaults, **options} or None)
+    return JaxTrainLoop(model, batch, dtype, steps_per_call, examples, scan, options or None, "xla_defaults" in flags)
 
 
 def _option_value(text: str) -> bool | int | str:

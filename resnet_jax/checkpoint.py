@@ -90,12 +90,17 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk; raises a clear error when one failed (disk full, read-only)."""
+        # orbax logs a failed save's traceback before it raises the error, which this reports once, in one line.
+        absl_logger, tracebacks = logging.getLogger("absl"), _DropTracebacks()
+        absl_logger.addFilter(tracebacks)
         try:
             self.manager.wait_until_finished()
         except Exception as error:
             raise CheckpointError(
                 f"saving a checkpoint under {self.directory} failed: {error}. Earlier checkpoints are untouched."
             ) from error
+        finally:
+            absl_logger.removeFilter(tracebacks)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores one step into `abstract_state`'s shapes and shardings (None: as saved, on one local device)."""
@@ -193,6 +198,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _DropTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
 
 
 def _reason(error: BaseException) -> str:

@@ -208,11 +208,15 @@ class Experiment:
         eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
         return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
 
-    def make_train_program(self, scan: bool | None = None) -> TrainProgram:
-        """The train program; `scan` defaults to `steps.scan_is_fast` for the mesh."""
+    def make_train_program(
+        self, scan: bool | None = None, compiler_options: dict[str, Any] | None = None
+    ) -> TrainProgram:
+        """The train program; `scan` and `compiler_options` default as `steps.make_train_loop`'s do (the tuned
+        options for the mesh's platform; `{}` is XLA's own defaults)."""
         mesh, seed = self.mesh, self.config.seed
         batch_per_device = self.config.train.batch_size // mesh.devices.size
-        loop = steps.make_train_loop(steps.make_train_step(self.step_config), mesh, batch_per_device, scan=scan)
+        train_step = steps.make_train_step(self.step_config)
+        loop = steps.make_train_loop(train_step, mesh, batch_per_device, scan=scan, compiler_options=compiler_options)
         rows_per_device = self.train_examples // mesh.devices.size
 
         def permutation(epoch: jax.Array) -> jax.Array:

@@ -17,8 +17,8 @@ import numpy as np
 
 from resnet_jax import configuration, experiment, models, parallel, pipeline, steps
 from resnet_jax.checkpoint import Checkpointer, CheckpointError
+from resnet_jax.workdir import CHECKPOINTS_DIR
 
-CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_NAMES = ("latest", "best")
 
 

@@ -16,6 +16,7 @@ from resnet_jax import checkpoint, parallel, pipeline
 from resnet_jax.experiment import Experiment, TrainProgram
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.state import TrainState
+from resnet_jax.workdir import CHECKPOINTS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         abstract_state: TrainState = init_program.out_info
         test_examples, test_rows = experiment.eval_split_rows("test")
         checkpointer = checkpoint.Checkpointer(
-            workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+            workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
         )
         opened.append(checkpointer)
         position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0

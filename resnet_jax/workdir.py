@@ -20,11 +20,12 @@ from resnet_jax.configuration import ConfigError
 
 RESTART_MODES = ("resume", "fresh", "finetune")
 ARCHIVE_DIR = "archive"
+CHECKPOINTS_DIR = "checkpoints"
 # What a run writes in its workdir; --fresh and --finetune move these into the archive.
 RUN_FILES = (
     configuration.CONFIG_FILE,
     "metrics.jsonl",
-    "checkpoints",
+    CHECKPOINTS_DIR,
     "checkpoints_damaged",
     "tensorboard",
     "curves.png",
@@ -102,9 +103,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
     archived = archive_previous_run(workdir) if mode in ("fresh", "finetune") else None
     source = None
     if mode == "finetune":
-        if archived is None or not (archived / "checkpoints").is_dir():
+        if archived is None or not (archived / CHECKPOINTS_DIR).is_dir():
             raise ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
-        source = archived / "checkpoints"
+        source = archived / CHECKPOINTS_DIR
     if jax.process_index() == 0:
         configuration.write_json(config, workdir / configuration.CONFIG_FILE)
     return source

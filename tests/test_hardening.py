@@ -82,7 +82,10 @@ BAD_CONFIGS = {
     "bad dtype": (["model.dtype=float64"], "model.dtype='float64'"),
     "unknown key": (["model.nmae=resnet20"], "no key 'model.nmae'; did you mean model.name?"),
     "float16": (["model.dtype=float16"], "use bfloat16"),
-    "boundary past the run": (["schedule.boundaries=(0.5,1.5)"], "schedule.boundaries=(0.5, 1.5)"),
+    "boundary past the run": (
+        ["schedule.name=piecewise", "schedule.boundaries=(0.5,1.5)"],
+        "schedule.boundaries=(0.5, 1.5) are fractions of the run",
+    ),
     "wrong type": (["train.batch_size=abc"], "train.batch_size=abc"),
     "missing files dir": (["data.source=files", "data.files_dir=/nonexistent/fmnist"], "/nonexistent/fmnist"),
     "bad pad mode": (["augment.pad_mode=wrap"], "augment.pad_mode='wrap'"),

@@ -133,7 +133,7 @@ def test_best_checkpoint_is_kept_apart_from_the_last_n(tmp_path):
     assert checkpoint.Checkpointer(tmp_path / "ckpt", create=False).best_step() == 2  # read back from disk
     tree, meta = checkpointer.restore(2, None)
     np.testing.assert_array_equal(tree["w"], np.full(3, 2, np.float32))
-    assert meta == {"step": 2}
+    assert meta == {"step": 2, "state_format": checkpoint.STATE_FORMAT}
 
 
 def test_stopped_and_resumed_equals_straight_through(tmp_path):

@@ -21,6 +21,7 @@ from resnet_jax import configuration, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools.sweep import report
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
+from resnet_jax.workdir import check_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +110,6 @@ def _resume_interrupted(study: optuna.Study) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The study: one per workdir, refused when a re-run asks for another space or base config.
-
-
-def _check_sweep_dir(workdir: str | os.PathLike) -> Path:
-    """The sweep's folder must be a folder this process can write (it is created when missing)."""
-    path = Path(workdir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
-    return path
 
 
 def _describe_stored(stored_spec: Mapping[str, Any]) -> str:
@@ -249,7 +236,7 @@ def run_sweep(
 ) -> list[report.TrialResult]:
     """Runs the trials of `spec` not yet finished in `workdir` (resuming an interrupted one) and writes the
     results; returns them, best first. Raises `trainer.Preempted` when stopped by a signal."""
-    workdir = _check_sweep_dir(workdir)
+    workdir = check_workdir(workdir)
     study = _open_study(workdir, spec, config)
     _resume_interrupted(study)
     if spec.sampler == "grid":
