@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, experiment, models, parallel, pipeline, steps
+from resnet_jax import configuration, data, experiment, models, parallel, pipeline, steps
 from resnet_jax.checkpoint import Checkpointer, CheckpointError
 from resnet_jax.workdir import CHECKPOINTS_DIR
 
@@ -236,6 +236,7 @@ class Evaluation:
 def evaluate_split(run: TrainedRun, split: str = "test", tta_flip: bool = False) -> Evaluation:
     """Runs the trainer's evaluation, data parallel over the run's mesh, on every example of `split`."""
     built = run.experiment
+    data.fetch_if_asked(built.config.data)  # a CIFAR run's official files, on a machine that has not got them yet
     device_split, num_examples = built.load_eval_split(split)
     evaluate = built.make_evaluate(tta_flip=tta_flip, return_logits=True)
     sums, per_batch = evaluate(run.variables, device_split)

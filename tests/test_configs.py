@@ -73,12 +73,16 @@ def test_dropout_drops_in_training_and_not_in_evaluation():
     )
 
 
+def recipe_on_cifar_shaped_data(name: str, batch: int) -> experiment.Experiment:
+    """A recipe built at another batch, over 50,000 synthetic examples in its dataset's shape (no files read)."""
+    config = configuration.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
+    overrides = {"data.source": "synthetic", "data.synthetic_train_examples": 50_000, "train.batch_size": batch}
+    return experiment.build(configuration.apply_overrides(config, overrides))
+
+
 @pytest.mark.parametrize("batch", [128, 512])
 def test_he_recipe_drops_at_half_and_three_quarters_of_the_run_at_any_batch(batch):
-    config = configuration.load_config_file(str(REPO_ROOT / "configs" / "default.py"))
-    config = configuration.apply_overrides(config, {"data.source": "synthetic", "train.batch_size": batch})
-    config.data.synthetic_train_examples = 50_000
-    built = experiment.build(config)
+    built = recipe_on_cifar_shaped_data("default", batch)
     assert built.total_steps == 64_000
     rates = {step: float(built.schedule(step)) for step in (31_999, 32_000, 47_999, 48_000)}
     assert rates == pytest.approx({31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001})
@@ -86,10 +90,7 @@ def test_he_recipe_drops_at_half_and_three_quarters_of_the_run_at_any_batch(batc
 
 @pytest.mark.parametrize("batch", [128, 512])
 def test_wide_resnet_recipe_drops_at_its_epochs_at_any_batch(batch):
-    config = configuration.load_config_file(str(REPO_ROOT / "configs" / "cifar100_wrn28_10.py"))
-    config = configuration.apply_overrides(config, {"data.source": "synthetic", "train.batch_size": batch})
-    config.data.synthetic_train_examples = 50_000
-    built = experiment.build(config)
+    built = recipe_on_cifar_shaped_data("cifar100_wrn28_10", batch)
     per_epoch = built.steps_per_epoch
     assert per_epoch == 50_000 // batch
     for epoch, rate in ((59, 0.1), (60, 0.02), (119, 0.02), (120, 0.004), (160, 0.0008)):

@@ -271,7 +271,7 @@ def test_the_rebuilt_archives_carry_tfds_checksums(tmp_path):
 
 @needs_fashion_files
 def test_prepare_from_a_manual_dir_of_official_archives(tmp_path):
-    pytest.importorskip("tensorflow", reason='preparing with tfds needs TensorFlow: pip install -e ".[tfds,prepare]"')
+    pytest.importorskip("tensorflow", reason='preparing with tfds needs TensorFlow: pip install -e ".[prepare]"')
     manual = tmp_path / "manual"
     manual.mkdir()
     for name, payload in official_fashion_archives().items():

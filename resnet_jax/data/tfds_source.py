@@ -112,7 +112,7 @@ def prepare(dataset: str, manual_dir: str, data_dir: str | None = None) -> str:
         builder.download_and_prepare(download_config=config)
     except ModuleNotFoundError as error:
         raise DataError(
-            f'preparing {dataset} with tfds needs {error.name}; install it with: pip install -e ".[tfds,prepare]"'
+            f'preparing {dataset} with tfds needs {error.name}; install it with: pip install -e ".[prepare]"'
         ) from error
     except Exception as error:
         # tfds raises its own NonMatchingChecksumError; its name is stable where its module path is not.
