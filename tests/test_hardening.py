@@ -1,6 +1,7 @@
 """Hardening: bad input is refused in one line, and kills, pre-emption, damage, NaNs and full disks lose nothing."""
 
 import errno
+import importlib
 import json
 import os
 import random
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, configuration, experiment, metrics, trainer
-from tests.conftest import REPO_ROOT, load_config, subprocess_env, train_command
+from resnet_jax.tools.main import COMMANDS
+from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
 
 # 1,024 examples in batches of 64: 16 steps an epoch, 3 epochs, a checkpoint after each.
 LONGER = ("data.synthetic_train_examples=1024", "train.num_epochs=3")
@@ -472,3 +474,39 @@ def test_an_older_checkpoint_format_is_refused_in_one_line_that_says_how_to_go_o
     assert complete_steps(workdir) == [8]
     finetuned = run([*train_command(workdir, "smoke", "train.num_epochs=1"), "--finetune"], timeout=120)
     assert finetuned.returncode == 0, finetuned.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. Help: every command's own, whole, at exit status 0.
+
+
+def test_train_help_shows_its_own_flags_first():
+    result = run([PYTHON, "train.py", "--help"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    head = "\n".join(result.stdout.splitlines()[:3])
+    for flag in ("--workdir", "--config", "--fresh", "--finetune"):
+        assert flag in head
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help_that_ends_in_a_whole_sentence(command, capsys):
+    module = importlib.import_module(COMMANDS[command][0])
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: resnet-jax {command}")
+    description = module.__doc__.split("\n\n")[0]
+    assert " ".join(description.split()) in " ".join(shown.split())
+    assert description.rstrip().endswith(".")
+
+
+def test_resnet_jax_lists_its_commands_and_refuses_an_unknown_one_in_one_line():
+    listed = run([PYTHON, "-m", "resnet_jax.tools.main", "--help"], timeout=60)
+    assert listed.returncode == 0
+    assert all(f"  {command} " in listed.stdout for command in COMMANDS)
+    unknown = run([PYTHON, "-m", "resnet_jax.tools.main", "trian"], timeout=60)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        f"error: resnet-jax: unknown command 'trian'; choose one of {', '.join(COMMANDS)}"
+    )
