@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Checkpointer:
             cleanup_tmp_directories=create,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._save_failed = False
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
@@ -96,11 +98,28 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as error:
+            self._save_failed = True
+            complete = self.complete_steps()
+            kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"
             raise CheckpointError(
-                f"saving a checkpoint under {self.directory} failed: {error}. Earlier checkpoints are untouched."
+                f"saving a checkpoint under {self.directory} failed: {' '.join(str(error).split())}. Earlier "
+                f"checkpoints are untouched: {kept}."
             ) from error
         finally:
             absl_logger.removeFilter(tracebacks)
+
+    def _remove_unfinished_saves(self) -> None:
+        """Deletes the temporary folders of saves that failed (once orbax's writers have stopped): orbax never
+        makes a checkpoint of them."""
+        if jax.process_index() == 0 and self.directory.is_dir():
+            for name in ocp.path.step.tmp_checkpoints(self.directory):
+                shutil.rmtree(self.directory / name, ignore_errors=True)
+
+    def complete_steps(self) -> list[int]:
+        """The steps whose checkpoints are complete on disk (orbax gives a save its step's name once it is)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(path.name) for path in self.directory.iterdir() if path.name.isdigit())
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores one step into `abstract_state`'s shapes and shardings (None: as saved, on one local device)."""
@@ -197,7 +216,11 @@ class Checkpointer:
         self.manager.reload()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        finally:
+            if self._save_failed:
+                self._remove_unfinished_saves()
 
 
 class _DropTracebacks(logging.Filter):

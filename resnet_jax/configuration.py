@@ -224,11 +224,14 @@ def write_json(config: ml_collections.ConfigDict, path: str | os.PathLike) -> No
     or the whole new one, never a torn one."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(partial, "w") as file:
-        file.write(to_json(config))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "w") as file:
+            file.write(to_json(config))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # a write that failed (a full disk) leaves nothing behind
 
 
 def from_saved(saved: Mapping[str, Any], defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -56,17 +56,37 @@ def _jsonable(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class MetricsError(RuntimeError):
+    """The metrics could not be written (a full disk, a read-only folder); the message names the file."""
+
+
 class MetricWriter:
-    """Appends records to `metrics.jsonl` and mirrors scalars to TensorBoard under `workdir/tensorboard`."""
+    """Appends records to `metrics.jsonl` and mirrors scalars to TensorBoard event files under
+    `workdir/tensorboard`, both written in the calling thread: a failed write (a full disk) is a `MetricsError`
+    raised where it happened, not a background thread's traceback or an exit handler's."""
 
     def __init__(self, workdir: str | Path, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(workdir) / METRICS_FILE
-        self._tensorboard = None
+        self._events = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
+            # Imported here: tensorboardX imports torch where it is installed, a second the tools need not wait.
+            from tensorboardX import summary
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto import event_pb2
 
-            self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=30)
+            self._scalar, self._event = summary.scalar, event_pb2.Event
+            events_dir = Path(workdir) / "tensorboard"
+            with self._reporting(events_dir):
+                events_dir.mkdir(parents=True, exist_ok=True)
+                self._events = EventsWriter(str(events_dir / "events"))
+
+    @contextlib.contextmanager
+    def _reporting(self, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise MetricsError(f"cannot write {path}: {error.strerror or error}") from error
 
     def truncate_after(self, step: int) -> None:
         """On resume, drops records of steps past the checkpoint: those steps run again and log again."""
@@ -74,22 +94,32 @@ class MetricWriter:
             return
         kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
         staging = self.path.with_suffix(".jsonl.tmp")
-        staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        os.replace(staging, self.path)  # atomic: a kill leaves the old file or the new one
+        try:
+            with self._reporting(self.path):
+                staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                os.replace(staging, self.path)  # atomic: a kill leaves the old file or the new one
+        finally:
+            staging.unlink(missing_ok=True)
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), "epoch": round(float(epoch), 4)}
         record |= {key: _jsonable(float(value)) for key, value in values.items()}
-        with self.path.open("a") as handle:
+        with self._reporting(self.path), self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        event = self._event(wall_time=time.time(), step=int(step))
         for key, value in values.items():
-            self._tensorboard.add_scalar(key, float(value), int(step))
+            event.summary.value.extend(self._scalar(key, float(value)).value)
+        with self._reporting(self.path.parent / "tensorboard"):
+            self._events.write_event(event)
+            self._events.flush()
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        if self._events is not None:
+            events, self._events = self._events, None
+            with self._reporting(self.path.parent / "tensorboard"):
+                events.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -26,6 +26,9 @@ def setup_logging() -> None:
         absl_logger.addFilter(_BackgroundThreadTracebacks())
     if not isinstance(sys.unraisablehook, _QuietAbandonedWrites):
         sys.unraisablehook = _QuietAbandonedWrites(sys.unraisablehook)
+    # orbax writes checkpoints in asyncio tasks; after a failed save (a full disk) the tasks it abandoned log the
+    # same error again when collected. `Checkpointer.wait` has reported it, once.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     package_logger = logging.getLogger("resnet_jax")
     if not package_logger.handlers:
         handler = _StderrHandler()

@@ -38,8 +38,22 @@ class Ready:
     writer: MetricWriter
 
     def close(self) -> None:
-        self.writer.close()
-        self.checkpointer.close()
+        """Closes the writer and the checkpointer; the first error closing them is raised once both are tried."""
+        errors = []
+        for resource in (self.writer, self.checkpointer):
+            try:
+                resource.close()
+            except Exception as error:  # each must be tried: the other may still hold a save to finish
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def close_after(self, failure: BaseException) -> None:
+        """Closes both after `failure` ended the run: an error closing them is logged, never raised over it."""
+        try:
+            self.close()
+        except Exception as error:
+            logger.warning("after %s, closing the run also failed: %s", type(failure).__name__, error)
 
 
 def _timed_compile(lowered: Any) -> tuple[Any, float]:

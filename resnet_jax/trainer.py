@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from resnet_jax import checkpoint, data, experiment, parallel, pipeline, startup
-from resnet_jax.metrics import Progress
+from resnet_jax.metrics import MetricsError, Progress
 from resnet_jax.state import TrainState
 from resnet_jax.workdir import check_workdir, prepare_workdir
 
@@ -94,9 +94,12 @@ def train_and_evaluate(
     try:
         # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
         ready.writer.truncate_after(ready.restored_step)
-        return _Loop(built, ready, on_evaluation).run()
-    finally:
-        ready.close()
+        results = _Loop(built, ready, on_evaluation).run()
+    except BaseException as failure:
+        ready.close_after(failure)
+        raise
+    ready.close()
+    return results
 
 
 class _Loop:
@@ -159,6 +162,17 @@ class _Loop:
         return experiment.summarize_eval(sums)
 
     def run(self) -> dict[str, float]:
+        """The loop; a metrics file that cannot be written (a full disk) stops it, reported as the checkpoint
+        error when a save failed too, so that the line says what became of the checkpoints."""
+        try:
+            return self._run()
+        except MetricsError as error:
+            self.checkpointer.wait()
+            complete = self.checkpointer.complete_steps()
+            kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"
+            raise TrainingError(f"{error}; {kept} in {self.checkpointer.directory}") from error
+
+    def _run(self) -> dict[str, float]:
         ready, program, config = self.ready, self.program, self.config
         state, position, best_accuracy = ready.state, ready.position, ready.best_accuracy
         step = ready.restored_step  # the state's own step: a fine-tune starts at 0

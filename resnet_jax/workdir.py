@@ -33,18 +33,31 @@ RUN_FILES = (
 )
 
 
+class WorkdirError(RuntimeError):
+    """The workdir cannot be written now (a full disk, a read-only filesystem); the message names it."""
+
+
 def check_workdir(workdir: str | os.PathLike) -> Path:
-    """The workdir must be a folder this process can write (it is created when missing)."""
-    path = Path(workdir).expanduser()
+    """The workdir must be a folder this process can write, or one it can create; nothing is created yet, so a run
+    refused before it starts (offline, bad data) leaves no empty folder behind."""
+    if not str(workdir).strip():
+        raise ConfigError("--workdir is empty; give the folder for the run (it is created when missing)")
+    path = Path(workdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--workdir={str(path)!r} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
+    return path
+
+
+def create_workdir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir={str(path)!r} is not writable; choose a folder you can write")
-    return path
 
 
 def archive_previous_run(workdir: Path) -> Path | None:
@@ -98,6 +111,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
     (mode finetune), else None: a fresh run starts from a new initialisation, as in a new workdir."""
     if mode not in RESTART_MODES:
         raise ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
+    create_workdir(workdir)
     if mode == "resume":
         check_identity(config, workdir)
     archived = archive_previous_run(workdir) if mode in ("fresh", "finetune") else None
@@ -107,5 +121,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
             raise ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
         source = archived / CHECKPOINTS_DIR
     if jax.process_index() == 0:
-        configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+        try:
+            configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+        except OSError as error:
+            raise WorkdirError(
+                f"cannot write {workdir / configuration.CONFIG_FILE}: {error.strerror or error}; free some space "
+                "or choose another --workdir"
+            ) from error
     return source

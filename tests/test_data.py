@@ -232,6 +232,16 @@ def test_the_command_describes_a_split_and_refuses_bad_flags_in_one_line():
     assert missing.stderr.count("\n") == 1 and "resnet-jax data download --dataset cifar10" in missing.stderr
 
 
+@pytest.mark.timeout(60)
+def test_info_without_data_names_its_own_flags_as_the_ways_to_go_on(tmp_path):
+    result = data_command("info", "--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"))
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "no prepared tfds data" in line
+    assert "resnet-jax data info: --source files --files-dir DIR" in line
+    assert "--dataset synthetic --source synthetic" in line
+
+
 def test_prepare_checks_the_manual_dir_first(tmp_path):
     with pytest.raises(data.DataError, match="does not exist"):
         data.prepare("cifar10", str(tmp_path / "nope"), str(tmp_path / "tfds"))

@@ -152,8 +152,10 @@ def backoffs(monkeypatch) -> list[float]:
 
 
 def data_files(folder: Path) -> list[Path]:
-    """A folder's files but the download lock files beside them."""
-    return sorted(path for path in folder.iterdir() if path.suffix != ".lock")
+    """A folder's files; a download's lock file never outlives its turn, so none may be among them."""
+    files = sorted(folder.iterdir())
+    assert not [path for path in files if path.suffix == ".lock"], files
+    return files
 
 
 def assert_one_line(message: str, *named: str) -> None:

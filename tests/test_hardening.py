@@ -175,6 +175,25 @@ def test_missing_data_offline_fails_fast_through_the_trainer(tmp_path):
     assert "data.source=files" in result.stderr
 
 
+@pytest.mark.timeout(60)
+def test_a_run_refused_before_it_starts_leaves_no_workdir_behind(tmp_path):
+    # The official files cannot be fetched (a mirror on a closed port): refused in one line, nothing created.
+    mirror = "data.download_mirror=http://127.0.0.1:9/"
+    result = run(train_command(tmp_path / "run", "default", f"data.files_dir={tmp_path / 'files'}", mirror), timeout=50)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("error: cifar10: cannot reach 127.0.0.1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_workdir_is_refused(tmp_path):
+    result = run([*train_command(tmp_path / "unused", "smoke")[:2], "--workdir=", *train_command("x", "smoke")[3:]])
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "error: --workdir is empty; give the folder for the run (it is created when missing)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. A workdir holding a different run is not silently mixed.
 
@@ -381,14 +400,18 @@ def with_file_size_limit(command: list[str], kilobytes: int = 16) -> list[str]:
 def test_disk_full_during_a_save_stops_cleanly_and_keeps_the_previous_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
-    result = run(with_file_size_limit(train_command(workdir, "smoke", "train.num_epochs=2")))
+    # Its own compile cache: under the size limit XLA's cache entries would be written truncated.
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache")}
+    command = with_file_size_limit(train_command(workdir, "smoke", "train.num_epochs=2"))
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(**cache), cwd=REPO_ROOT)
     assert result.returncode != 0
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("training stopped: saving a checkpoint under")
     assert "Traceback" not in result.stderr, "orbax's background-thread tracebacks reached the user"
     assert "File too large" in line
-    assert "Earlier checkpoints are untouched" in line
+    assert "Earlier checkpoints are untouched: the last good checkpoint is 8" in line
     assert complete_steps(workdir) == [8]
+    assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))  # the failed save's folder
     tree, meta = final_state(workdir)
     chex.assert_tree_all_finite(tree)
     assert meta["position"] == {"epoch": 1, "step_in_epoch": 0}
@@ -397,6 +420,60 @@ def test_disk_full_during_a_save_stops_cleanly_and_keeps_the_previous_checkpoint
     assert json.loads((workdir / "config.json").read_text())["train"]["num_epochs"] == 2
     assert complete_steps(workdir)[-1] == 16
     assert os.access(workdir, os.W_OK)
+
+
+# A real full disk: a 1 MiB tmpfs, mounted in a mount namespace of its own (a user namespace too, so that no root is
+# needed where the kernel allows them). The script runs a 1-epoch run, fills the disk up to about 56 KiB, asks
+# for a second epoch (its checkpoint cannot fit), then fills it to the brim and starts over with --fresh.
+FULL_DISK_SCRIPT = """
+set -u
+mount -t tmpfs -o size=1m tmpfs "$DISK" || exit 77
+"$@" --config.train.num_epochs=1 > "$OUT/first.log" 2>&1 || exit 78
+free=$(df -B1 --output=avail "$DISK" | tail -1)
+dd if=/dev/zero of="$DISK/filler" bs=1K count=$(( (free - 57344) / 1024 )) 2> /dev/null
+"$@" --config.train.num_epochs=2 > "$OUT/second.log" 2>&1; echo $? > "$OUT/second.rc"
+(cd "$DISK/run" && find . | sort) > "$OUT/second.files"
+dd if=/dev/zero of="$DISK/filler2" bs=1K count=1024 2> /dev/null
+"$@" --config.train.num_epochs=2 --fresh > "$OUT/third.log" 2>&1; echo $? > "$OUT/third.rc"
+(cd "$DISK/run" && find . | sort) > "$OUT/third.files"
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_stops_in_one_line_naming_it_and_the_last_good_checkpoint(tmp_path):
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    command = ["unshare", "-rm", "bash", "-c", FULL_DISK_SCRIPT, "bash", *train_command(disk / "run", "smoke")]
+    env = subprocess_env(DISK=str(disk), OUT=str(out), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"))
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if finished.returncode in (1, 77) and not (out / "second.rc").exists():
+        pytest.skip(f"the kernel refuses a mount namespace with a tmpfs here: {finished.stderr.strip()[:200]}")
+    assert finished.returncode == 0, (out / "first.log").read_text()[-2000:] if (out / "first.log").exists() else ""
+
+    second = (out / "second.log").read_text()
+    assert (out / "second.rc").read_text().strip() == "1"
+    assert "Traceback" not in second and "Exception" not in second, second[-3000:]
+    line = second.strip().splitlines()[-1]
+    assert line.startswith(f"training stopped: saving a checkpoint under {disk / 'run' / 'checkpoints'} failed")
+    assert "No space left on device" in line
+    assert line.endswith("Earlier checkpoints are untouched: the last good checkpoint is 8.")
+    files = (out / "second.files").read_text().split()
+    assert "./checkpoints/8/commit_success.txt" in files
+    assert not [name for name in files if "tmp" in name]  # neither orbax's nor config.json's temporary files
+
+    third = (out / "third.log").read_text()
+    assert (out / "third.rc").read_text().strip() == "1"
+    assert third.strip().splitlines() == [
+        f"training stopped: cannot write {disk / 'run' / 'config.json'}: No space left on device; free some space "
+        "or choose another --workdir"
+    ]
+    files = (out / "third.files").read_text().split()
+    assert not [name for name in files if "tmp" in name]
+    assert any(name.endswith("/checkpoints/8/commit_success.txt") for name in files)  # archived, not lost
 
 
 def test_a_different_optimizer_on_resume_is_refused_not_taken_for_damage(tmp_path):

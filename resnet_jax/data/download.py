@@ -216,15 +216,28 @@ def _transfer(url: str, part: Path, retries: int, timeout_s: float, backoff_s: f
 @contextlib.contextmanager
 def _exclusive(target: Path) -> Iterator[None]:
     """Holds an advisory lock beside `target`, so that runs on one machine fetching the same file (two trainings, or
-    a training and `data download`) take turns: the second finds the first one's verified file."""
-    try:
-        lock = open(target.with_name(target.name + ".lock"), "a")  # noqa: SIM115  (closed below)
-    except OSError as error:
-        message = f"cannot write in {target.parent}: {error.strerror}; choose a folder you can write"
-        raise DownloadError(message) from None
-    with lock:
+    a training and `data download`) take turns: the second finds the first one's verified file. The lock file is
+    removed after each turn, so that nothing is left behind; a run that was waiting on the removed file then locks
+    a new one."""
+    path = target.with_name(target.name + ".lock")
+    while True:
+        try:
+            lock = open(path, "a")  # noqa: SIM115  (closed below)
+        except OSError as error:
+            message = f"cannot write in {target.parent}: {error.strerror}; choose a folder you can write"
+            raise DownloadError(message) from None
         fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
         yield
+    finally:
+        path.unlink(missing_ok=True)  # still holding the lock: no other run can be between its open and its flock
+        lock.close()
 
 
 def fetch_file(

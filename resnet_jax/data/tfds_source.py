@@ -45,9 +45,10 @@ def no_data_message(info: DatasetInfo, data_dir: str | None) -> str:
     return (
         f"{info.name}: no prepared tfds data in {where} and no network to download it. Provide the data one of "
         f"three ways: (1) prepare it from official archives you have: resnet-jax data prepare --dataset "
-        f"{info.name} --manual-dir DIR_WITH_ARCHIVES [--data-dir D]; (2) read the official files directly: "
-        f"--config.data.source=files --config.data.files_dir=DIR (a folder with {official}); (3) train on random "
-        f"data: --config.data.source=synthetic"
+        f"{info.name} --manual-dir DIR_WITH_ARCHIVES [--data-dir D]; (2) read the official files directly from a "
+        f"folder with {official} (training: --config.data.source=files --config.data.files_dir=DIR; resnet-jax data "
+        "info: --source files --files-dir DIR); (3) use random data (training: --config.data.source=synthetic; "
+        "resnet-jax data info: --dataset synthetic --source synthetic)"
     )
 
 

@@ -15,9 +15,11 @@ import jax
 
 from resnet_jax import plots, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.metrics import MetricsError
 from resnet_jax.tools import common
+from resnet_jax.workdir import WorkdirError
 
-STOPPED = 1  # exit status of a run that had to stop (non-finite values, a failed save)
+STOPPED = 1  # exit status of a run that had to stop (non-finite values, a failed save, a full disk)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "fresh" if args.fresh else "finetune" if args.finetune else "resume"
     try:
         results = trainer.train_and_evaluate(config, args.workdir, mode)
-    except (trainer.TrainingError, CheckpointError) as error:
+    except (trainer.TrainingError, CheckpointError, MetricsError, WorkdirError) as error:
         print(f"training stopped: {error}", file=sys.stderr, flush=True)
         return STOPPED
     except common.INPUT_ERRORS as error:

@@ -21,7 +21,7 @@ from resnet_jax import configuration, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools.sweep import report
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
-from resnet_jax.workdir import check_workdir
+from resnet_jax.workdir import check_workdir, create_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ def run_sweep(
     """Runs the trials of `spec` not yet finished in `workdir` (resuming an interrupted one) and writes the
     results; returns them, best first. Raises `trainer.Preempted` when stopped by a signal."""
     workdir = check_workdir(workdir)
+    create_workdir(workdir)
     study = _open_study(workdir, spec, config)
     _resume_interrupted(study)
     if spec.sampler == "grid":
