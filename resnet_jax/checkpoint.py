@@ -229,7 +229,11 @@ class _DropTracebacks(logging.Filter):
 
 
 def _reason(error: BaseException) -> str:
-    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    """The first line of an error, without the spec dump and the bound-method pointer tensorstore appends to it."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for appendix in (" [tensorstore_spec=", " [source locations=", " See full TensorStore details"):
+        first = first.split(appendix)[0]
+    return first[:400]
 
 
 def _is_transient(error: BaseException) -> bool:

@@ -19,8 +19,10 @@ from absl import logging as absl_logging
 
 
 def setup_logging() -> None:
-    """This package's progress at INFO on stderr; the libraries' (orbax logs every file it writes) from WARNING."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    """This package's progress at INFO on stderr; the libraries' that log through absl (orbax, tfds) only from ERROR:
+    their warnings are about what this package handles and reports itself (a save without metrics to rank it by,
+    a tfds folder that is not prepared)."""
+    absl_logging.set_verbosity(absl_logging.ERROR)
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _BackgroundThreadTracebacks) for f in absl_logger.filters):
         absl_logger.addFilter(_BackgroundThreadTracebacks())

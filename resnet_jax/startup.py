@@ -108,12 +108,12 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         test_split, _ = experiment.load_eval_split("test")
         data_seconds = time.perf_counter() - data_started
         logger.info(
-            "%s on %s: %d train / %d test examples, %d devices, %d steps/epoch, %d steps",
+            "%s on %s: %d train / %d test examples, %s, %d steps/epoch, %d steps",
             config.model.name,
             config.data.dataset,
             experiment.train_examples,
             test_examples,
-            mesh.devices.size,
+            "1 device" if mesh.devices.size == 1 else f"{mesh.devices.size} devices",
             experiment.steps_per_epoch,
             experiment.total_steps,
         )

@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import json
+import struct
 import threading
 
 import chex
@@ -19,6 +20,21 @@ def final_params(workdir):
     checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", create=False)
     tree, _ = checkpointer.restore(checkpointer.latest_step(), None)
     return jax.device_get(tree["params"])
+
+
+def tensorboard_scalars(path):
+    """`{tag: [(step, value), ...]}` of a TensorBoard event file (TFRecord framing: length, its CRC, the Event
+    proto, its CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    raw, offset, scalars = path.read_bytes(), 0, collections.defaultdict(list)
+    while offset < len(raw):
+        (length,) = struct.unpack("<Q", raw[offset : offset + 8])
+        event = event_pb2.Event.FromString(raw[offset + 12 : offset + 12 + length])
+        offset += 12 + length + 4
+        for value in event.summary.value:
+            scalars[value.tag].append((event.step, value.simple_value))
+    return scalars
 
 
 def eval_records(workdir):
@@ -95,7 +111,12 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["name"] == "resnet8_tiny"
     assert saved["train"]["batch_size"] == 64
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    (events_file,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    scalars = tensorboard_scalars(events_file)
+    assert [step for step, _ in scalars["train_loss"]] == list(range(4, 33, 4))
+    assert [step for step, _ in scalars["test_accuracy"]] == [8, 16, 24, 32]
+    logged = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
+    np.testing.assert_allclose([value for _, value in scalars["train_loss"]], logged, rtol=1e-6)
     record = metrics.read_metrics(workdir)[0]
     assert {"step", "epoch", "train_loss", "train_accuracy", "learning_rate", "images_per_second"} <= set(record)
     # keep=2 keeps the last two, plus the best when it is older.
