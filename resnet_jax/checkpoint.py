@@ -248,15 +248,20 @@ def _is_transient(error: BaseException) -> bool:
     return False
 
 
-def transplant_weights(state: Any, source: Path) -> Any:
-    """`state` with the weights of the newest good checkpoint in `source` wherever a parameter's path and shape
-    agree; the rest keep their fresh initialisation, each named in a warning. The source's averaged weights are
-    taken when it kept an EMA (what its evaluations scored). An EMA of `state` starts from the same weights."""
-    restored = Checkpointer(source, async_save=False, create=False).restore_newest_good(None)
+def newest_weights(directory: Path) -> dict[str, Any]:
+    """`{"params", "batch_stats"}` of the newest good checkpoint under `directory`, as saved, on the host: the
+    averaged weights when the run kept an EMA (what its evaluations scored)."""
+    restored = Checkpointer(directory, async_save=False, create=False).restore_newest_good(None)
     if restored is None:
-        raise CheckpointError(f"--finetune: no readable checkpoint in {source}")
+        raise CheckpointError(f"no readable checkpoint in {directory} to start from")
     _, tree, _ = restored
-    weights = tree.get("ema") or {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    return jax.device_get(tree.get("ema") or {"params": tree["params"], "batch_stats": tree["batch_stats"]})
+
+
+def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
+    """`state` with `weights` (`{"params", "batch_stats"}`, from `origin`) wherever a parameter's path and shape
+    agree; the rest keep their fresh initialisation, each named in a warning (a head for another class count is
+    one). An EMA of `state` starts from the same weights."""
     saved = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(weights)}
     kept, fresh = 0, []
 
@@ -267,8 +272,10 @@ def transplant_weights(state: Any, source: Path) -> Any:
         if old is None or tuple(old.shape) != tuple(new.shape):
             fresh.append(f"{name} {tuple(new.shape)} (saved: {'none' if old is None else tuple(old.shape)})")
             return new
+        if not np.can_cast(np.asarray(old).dtype, new.dtype, casting="same_kind"):
+            raise CheckpointError(f"{origin}: {name} holds {np.asarray(old).dtype}, which cannot become {new.dtype}")
         kept += 1
-        # Each process holds the whole restored array; it fills its own devices' shards of the global one.
+        # Each process holds the whole array; it fills its own devices' shards of the global one.
         host = np.asarray(old, new.dtype)
         return jax.make_array_from_callback(new.shape, new.sharding, lambda index: host[index])
 
@@ -276,8 +283,8 @@ def transplant_weights(state: Any, source: Path) -> Any:
     for line in fresh:
         logger.warning("fine-tune: %s starts fresh", line)
     if kept == 0:
-        raise CheckpointError(f"--finetune: no parameter of {source} fits this model; give --fresh to start over")
-    logger.info("fine-tune: %d arrays taken from %s, %d start fresh", kept, source, len(fresh))
+        raise CheckpointError(f"{origin}: no parameter fits this model; check the model name, or start over")
+    logger.info("fine-tune: %d arrays taken from %s, %d start fresh", kept, origin, len(fresh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     return state.replace(ema=variables) if state.ema is not None else state
 

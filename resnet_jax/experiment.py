@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from resnet_jax import augment, checkpoint, configuration, data, models, optim, parallel, pipeline, steps
+from resnet_jax import augment, checkpoint, configuration, data, finetune, models, optim, parallel, pipeline, steps
 from resnet_jax.state import TrainState, lower_train_state
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
         "augment": augment.DEFAULTS,
         "train": TRAIN_DEFAULTS,
         "optimizer": optim.OPTIMIZER_DEFAULTS,
+        "finetune": finetune.DEFAULTS,
         "schedule": optim.SCHEDULE_DEFAULTS,
         "eval": EVAL_DEFAULTS,
         "checkpoint": checkpoint.DEFAULTS,
@@ -90,6 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     optim.check_schedule_config(config.schedule)
     check_eval_config(config.eval)
     checkpoint.check_config(config.checkpoint)
+    finetune.check_config(config.finetune)
 
 
 def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str, float]:
@@ -266,6 +268,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         augmentation=augment.Augmentation.from_config(config.augment),
         label_smoothing=config.train.label_smoothing,
         ema_decay=config.train.ema_decay,
+        frozen_statistics=finetune.statistics_frozen(config.finetune),
     )
     return Experiment(
         config=config,
@@ -274,7 +277,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         input_shape=input_shape,
         model=model,
         schedule=schedule,
-        tx=optim.make_optimizer(config.optimizer, schedule),
+        tx=finetune.wrap_optimizer(optim.make_optimizer(config.optimizer, schedule), config.finetune),
         step_config=step_config,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,

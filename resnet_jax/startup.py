@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnet_jax import checkpoint, parallel, pipeline
+from resnet_jax import checkpoint, finetune, parallel, pipeline
 from resnet_jax.experiment import Experiment, TrainProgram
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.state import TrainState
@@ -124,7 +124,10 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         if restored is not None:
             state = state.replace_from_checkpoint(tree)
         elif finetune_source is not None:
-            state = checkpoint.transplant_weights(state, finetune_source)
+            weights = checkpoint.newest_weights(finetune_source)
+            state = checkpoint.transplant_weights(state, weights, str(finetune_source))
+        elif config.finetune.source:
+            state = finetune.start_weights(state, config.finetune.source)
         compile_seconds = {"init": init_seconds} | {name: done.result()[1] for name, done in compiles.items()}
         # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
         # inside a collective with a short timeout (gloo's, on CPUs).

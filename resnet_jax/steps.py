@@ -38,6 +38,7 @@ class StepConfig:
     augmentation: augment.Augmentation
     label_smoothing: float
     ema_decay: float
+    frozen_statistics: bool  # a linear probe: BatchNorm in inference mode, its statistics kept
 
 
 def _tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
@@ -56,15 +57,16 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
         inputs = augment.normalize(images, config.mean, config.std, config.dtype)
 
         def loss_fn(params):
-            logits, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats},
-                inputs,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_key},
-            )
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            if config.frozen_statistics:
+                logits, batch_stats = state.apply_fn(variables, inputs, train=False), state.batch_stats
+            else:
+                logits, updates = state.apply_fn(
+                    variables, inputs, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+                )
+                batch_stats = updates["batch_stats"]
             loss = optim.cross_entropy(logits, labels, config.label_smoothing).mean()
-            return loss, (logits, updates["batch_stats"])
+            return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params, step=state.step)

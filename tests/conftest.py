@@ -78,6 +78,7 @@ def step_config(**augmentation):
         augmentation=augment.Augmentation(**(augment.DEFAULTS | augmentation)),
         label_smoothing=0.0,
         ema_decay=0.0,
+        frozen_statistics=False,
     )
 
 

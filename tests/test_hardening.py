@@ -526,7 +526,8 @@ def test_finetune_takes_what_fits_by_path_and_the_averaged_weights(tmp_path):
     saved = final_state(source)[0]
     deeper = experiment.build(load_config("smoke", **{"model.name": "resnet20", "train.ema_decay": 0.9}))
     fresh = deeper.new_state()
-    started = jax.device_get(checkpoint.transplant_weights(fresh, source / "checkpoints"))
+    weights = checkpoint.newest_weights(source / "checkpoints")
+    started = jax.device_get(checkpoint.transplant_weights(fresh, weights, str(source)))
     fresh = jax.device_get(fresh)
     # In both networks: the averaged weights, which the source's evaluations scored, not its raw ones.
     chex.assert_trees_all_equal(started.params["stage1_block1"], saved["ema"]["params"]["stage1_block1"])

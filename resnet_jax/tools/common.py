@@ -68,6 +68,14 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def with_overrides(config: ml_collections.ConfigDict, values: dict[str, object]) -> ml_collections.ConfigDict:
+    """`config` with typed values set, a key that does not fit ending in one line (a flag that sets a key)."""
+    try:
+        return configuration.apply_overrides(config, values)
+    except ConfigError as error:
+        fail(error)
+
+
 def parse_with_config(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None
 ) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:

@@ -29,7 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     restart = parser.add_mutually_exclusive_group()
     restart.add_argument("--fresh", action="store_true", help="archive a previous run in --workdir and start over")
     restart.add_argument("--finetune", action="store_true", help="archive a previous run and start from its weights")
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start a new run from another run's weights (a workdir, or one made by resnet-jax convert); the same "
+        "as --config.finetune.source=RUN",
+    )
     args, config = common.parse_with_config(parser, argv)
+    if args.init_from:
+        config = common.with_overrides(config, {"finetune.source": args.init_from})
     runtime.setup_logging()
     runtime.use_compile_cache()
     mode = "fresh" if args.fresh else "finetune" if args.finetune else "resume"

@@ -1,0 +1,76 @@
+"""Starting from weights trained elsewhere: the config's `finetune` section (where the weights come from, what is
+frozen, the backbone's learning rate), the optimizer that freezes or slows the backbone, and the first weights.
+The head is the `head` Dense layer; everything else is the backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from resnet_jax import checkpoint, configuration
+
+FREEZE = ("none", "backbone", "all_but_head")
+HEAD = "head"
+WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".th")
+DEFAULTS = {
+    # A run's workdir (its newest good checkpoint) or a converted run; empty: start from a new initialisation.
+    "source": "",
+    # backbone: its weights stay, its BN statistics still follow the new data; all_but_head: a linear probe, the
+    # backbone exactly as it came (BN in inference mode, statistics kept).
+    "freeze": "none",
+    "backbone_learning_rate_scale": 1.0,  # the backbone's rate, as a fraction of the head's
+}
+
+
+def check_config(finetune_config: ml_collections.ConfigDict) -> None:
+    configuration.check_choice("finetune.freeze", finetune_config.freeze, FREEZE)
+    scale = finetune_config.backbone_learning_rate_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+        raise configuration.ConfigError(
+            f"finetune.backbone_learning_rate_scale={scale!r} must be 0 or more (1: the head's rate)"
+        )
+    source = finetune_config.source
+    if source and not Path(source).expanduser().exists():
+        raise configuration.ConfigError(
+            f"finetune.source={source!r} does not exist; give a run's workdir, or convert a PyTorch file first: "
+            "resnet-jax convert --help"
+        )
+
+
+def statistics_frozen(finetune_config: ml_collections.ConfigDict) -> bool:
+    """Whether training leaves the backbone's BatchNorm in inference mode (a linear probe)."""
+    return finetune_config.freeze == "all_but_head"
+
+
+def parameter_groups(params: Any) -> Any:
+    """ "head" or "backbone" for each parameter."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: HEAD if path[0].key == HEAD else "backbone", params)
+
+
+def wrap_optimizer(
+    tx: optax.GradientTransformationExtraArgs, finetune_config: ml_collections.ConfigDict
+) -> optax.GradientTransformationExtraArgs:
+    """`tx` for the head; for the backbone nothing (frozen) or `tx` at `backbone_learning_rate_scale` of its rate."""
+    check_config(finetune_config)
+    scale = finetune_config.backbone_learning_rate_scale
+    if finetune_config.freeze == "none" and scale == 1:
+        return tx
+    backbone = optax.set_to_zero() if finetune_config.freeze != "none" else optax.chain(tx, optax.scale(scale))
+    return optax.multi_transform({HEAD: tx, "backbone": backbone}, parameter_groups)
+
+
+def start_weights(state: Any, source: str) -> Any:
+    """`state` with the weights of `source` (a run's workdir, or its checkpoints folder) where they fit."""
+    path = Path(source).expanduser()
+    if path.suffix in WEIGHT_FILES:
+        raise checkpoint.CheckpointError(
+            f"finetune.source={source!r} is a PyTorch or safetensors file; convert it into a run first "
+            f"(resnet-jax convert --help) and start from that run's folder"
+        )
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    return checkpoint.transplant_weights(state, checkpoint.newest_weights(directory), str(path))
