@@ -364,3 +364,19 @@ def test_the_models_table_is_read_from_its_cache_the_second_time(tmp_path, monke
         models.print_registry_table(["resnet8"], cache=False)
     with pytest.raises(AssertionError, match="measured again"):  # another input is another row
         models.print_registry_table(["resnet8"], image_shape=(28, 28, 1))
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    # `resnet-jax models | head -3`: the pipe closes while rows are still coming.
+    child = subprocess.Popen(
+        [PYTHON, "-m", tools_main.__name__, "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path)),
+    )
+    assert [child.stdout.readline() for _ in range(3)][2].startswith("| resnet8 |")
+    child.stdout.close()
+    assert child.wait(timeout=300) == 1
+    assert "Traceback" not in child.stderr.read()
+    child.stderr.close()
