@@ -65,5 +65,6 @@ def write_export(
         out_path.write_bytes(exported.serialize())
         description_path.write_text(json.dumps(describe_export(run, exported, tta_flip), indent=2) + "\n")
     except OSError as error:
-        raise RunError(f"cannot write {out_path}: {error.strerror or error}") from None
+        reason = error.strerror or error
+        raise RunError(f"cannot write {out_path} ({reason}); give --out a place you can write") from None
     return out_path, description_path

@@ -70,10 +70,18 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     try:
         saved = configuration.read_json(path)
     except (OSError, ValueError) as error:
-        raise RunError(f"{path} cannot be read as JSON ({error}); it is damaged") from None
-    if not isinstance(saved, dict):
-        raise RunError(f"{path} holds no config (a JSON object of sections); it is damaged")
-    return configuration.from_saved(saved, experiment.base_config())
+        raise RunError(f"{path} cannot be read as JSON ({error}); it is damaged: restore it from a copy") from None
+    defaults = experiment.base_config()
+    sections = [name for name, value in defaults.items() if isinstance(value, ml_collections.ConfigDict)]
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(name, {}), dict) for name in sections):
+        raise RunError(
+            f"{path} holds no config (a JSON object of sections: {', '.join(sections)}); it is damaged: restore it "
+            "from a copy, or train the run again"
+        )
+    try:
+        return configuration.from_saved(saved, defaults)
+    except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type than the key's
+        raise RunError(f"{path} holds a value of the wrong type ({error}); it is damaged: restore it") from None
 
 
 def build_for_inference(

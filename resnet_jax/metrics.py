@@ -24,19 +24,54 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
+class MetricsError(ValueError):
+    """A metrics.jsonl that cannot be read; the message names the file, the line and the fix."""
+
+
+def _record(path: Path, number: int, line: str) -> dict[str, Any]:
+    """Line `number` of `path` as a record: a JSON object with a step and an epoch, as MetricWriter writes."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise MetricsError(
+            f"{path} line {number} is not JSON ({error.msg}); the file is damaged: delete or repair that line"
+        ) from None
+    if not isinstance(record, dict) or not {"step", "epoch"} <= record.keys():
+        raise MetricsError(
+            f"{path} line {number} is not a metrics record (a JSON object with a step and an epoch); "
+            "the file is damaged: delete or repair that line"
+        )
+    return record
+
+
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in order (an empty list when there is none).
 
-    A torn last line (the process was killed mid-write) is left out; damage anywhere else is an error.
+    A torn last line (the process was killed mid-write) is left out; damage anywhere else is a MetricsError naming
+    the line.
     """
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
-    with contextlib.suppress(json.JSONDecodeError):
-        records += [json.loads(line) for line in lines[-1:]]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise MetricsError(f"{path} cannot be read ({reason}); give the workdir of a training run") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records = [_record(path, number, line) for number, line in lines[:-1]]
+    if lines and not _is_torn(lines[-1][1]):
+        records.append(_record(path, *lines[-1]))
     return records
+
+
+def _is_torn(line: str) -> bool:
+    """Whether the last line was cut short by a kill mid-write: it does not parse."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return True
+    return False
 
 
 def summarize_run(workdir: str | Path) -> dict[str, float | None]:

@@ -13,14 +13,21 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from resnet_jax.configuration import CONFIG_FILE
 from resnet_jax.metrics import METRICS_FILE, read_metrics
 
 CURVES_FILE = "curves.png"
+# The suffixes `savefig` writes that a person asks for; the format follows the suffix.
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
 # A heat map cell is annotated with its count up to this many classes; beyond, the numbers no longer fit.
 MAX_ANNOTATED_CLASSES = 20
 
 
-class NoMetricsError(RuntimeError):
+class PlotError(RuntimeError):
+    """A workdir whose files cannot be plotted; the message names the file and the fix."""
+
+
+class NoMetricsError(PlotError):
     """A workdir without metrics to plot; the message names it."""
 
 
@@ -32,12 +39,35 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np
     return epochs, values
 
 
-def _run_title(workdir: Path) -> str:
+def _saved_config(workdir: Path) -> dict[str, Any]:
+    """The run's config.json as saved ({} when there is none: metrics alone still plot)."""
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return {}
     try:
-        config = json.loads((workdir / "config.json").read_text())
-        return f"{config['model']['name']} on {config['data']['dataset']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PlotError(f"{path} cannot be read as JSON ({error}); it is damaged: restore it or delete it") from None
+    sections = ("model", "data", "train")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(name, {}), dict) for name in sections):
+        raise PlotError(f"{path} holds no config (a JSON object of sections); it is damaged: restore it or delete it")
+    return saved
+
+
+def _run_title(config: dict[str, Any]) -> str:
+    model, dataset = config.get("model", {}).get("name"), config.get("data", {}).get("dataset")
+    return f"{model} on {dataset}" if model and dataset else ""
+
+
+def _label_smoothing(config: dict[str, Any]) -> float:
+    smoothing = config.get("train", {}).get("label_smoothing", 0.0)
+    return float(smoothing) if isinstance(smoothing, (int, float)) else 0.0
+
+
+def _train_label(config: dict[str, Any]) -> str:
+    """The train loss's legend entry: the trainer logs the loss it minimises, label smoothing included."""
+    smoothing = _label_smoothing(config)
+    return f"train (label smoothing {smoothing:g})" if smoothing else "train"
 
 
 def _labels(workdirs: Sequence[Path]) -> list[str]:
@@ -46,13 +76,22 @@ def _labels(workdirs: Sequence[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(path) for name, path in zip(names, workdirs, strict=True)]
 
 
-def write_curves(
-    workdirs: str | Path | Sequence[str | Path], out_path: str | Path, labels: Sequence[str] | None = None
-) -> Path:
-    """Plots train/test loss, train/test accuracy and the learning rate against epoch, one colour per run
-    (train solid, test dashed), into `out_path` (PNG). Returns the path written.
+def _loss_title(configs: Sequence[dict[str, Any]]) -> str:
+    return "Loss: train with label smoothing, test without" if any(map(_label_smoothing, configs)) else "Loss"
 
-    Raises NoMetricsError when a workdir has no metrics.jsonl records.
+
+def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
+    """Whether the runs' peak learning rates differ tenfold or more: on a linear axis the lower ones lie flat."""
+    peaks = [float(np.nanmax(r)) for r in rates if r.size and np.any(np.isfinite(r)) and np.nanmax(r) > 0]
+    return len(peaks) > 1 and max(peaks) >= 10 * min(peaks)
+
+
+def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
+    """Train/test loss, train/test accuracy and the learning rate against epoch, one colour per run (train solid,
+    test dashed). The train loss is the one minimised, label smoothing included (its legend says so); the test loss
+    is plain cross-entropy. The rate axis is logarithmic where the runs' rates differ by decades.
+
+    Raises NoMetricsError when a workdir has no metrics.jsonl records, PlotError (or MetricsError) for damaged files.
     """
     if isinstance(workdirs, (str, Path)):
         workdirs = [workdirs]
@@ -63,16 +102,18 @@ def write_curves(
         records = read_metrics(workdir)
         if not records:
             raise NoMetricsError(f"{workdir} has no {METRICS_FILE} records to plot; is it a training workdir?")
-        runs.append(records)
+        runs.append((records, _saved_config(workdir)))
 
     figure = Figure(figsize=(16, 4.8), layout="constrained")
     loss_axes, accuracy_axes, rate_axes = figure.subplots(1, 3)
     several = len(runs) > 1
-    for index, (records, label) in enumerate(zip(runs, labels, strict=True)):
+    rates = []
+    for index, ((records, config), label) in enumerate(zip(runs, labels, strict=True)):
         colour = f"C{index % 10}"
         prefix = f"{label} " if several else ""
+        train_labels = {"loss": _train_label(config), "accuracy": "train"}
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-            axes.plot(*_series(records, f"train_{metric}"), color=colour, label=f"{prefix}train")
+            axes.plot(*_series(records, f"train_{metric}"), color=colour, label=prefix + train_labels[metric])
             axes.plot(
                 *_series(records, f"test_{metric}"),
                 color=colour,
@@ -81,9 +122,11 @@ def write_curves(
                 markersize=3,
                 label=f"{prefix}test",
             )
-        rate_axes.plot(*_series(records, "learning_rate"), color=colour, label=label)
+        epochs, rate = _series(records, "learning_rate")
+        rates.append(rate)
+        rate_axes.plot(epochs, rate, color=colour, label=label)
     for axes, ylabel, title in (
-        (loss_axes, "cross-entropy loss", "Loss"),
+        (loss_axes, "cross-entropy loss", _loss_title([config for _, config in runs])),
         (accuracy_axes, "accuracy", "Accuracy"),
         (rate_axes, "learning rate", "Learning rate"),
     ):
@@ -91,12 +134,24 @@ def write_curves(
         axes.set_ylabel(ylabel)
         axes.set_title(title)
         axes.grid(alpha=0.3)
+    if _spans_decades(rates):
+        rate_axes.set_yscale("log", nonpositive="mask")
+        rate_axes.set_ylabel("learning rate (log scale)")
     loss_axes.legend(fontsize="small")
     accuracy_axes.legend(fontsize="small")
     if several:
         rate_axes.legend(fontsize="small")
     else:
-        figure.suptitle(" - ".join(filter(None, [_run_title(workdirs[0]), str(workdirs[0])])))
+        figure.suptitle(" - ".join(filter(None, [_run_title(runs[0][1]), str(workdirs[0])])))
+    return figure
+
+
+def write_curves(
+    workdirs: str | Path | Sequence[str | Path], out_path: str | Path, labels: Sequence[str] | None = None
+) -> Path:
+    """`curves_figure` of the runs written to `out_path` (PNG, or another format matplotlib writes by its
+    suffix). Returns the path written."""
+    figure = curves_figure(workdirs, labels)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, dpi=120)

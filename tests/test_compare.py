@@ -84,30 +84,43 @@ def test_compare_of_two_tiny_models_times_the_train_step_and_counts_the_registry
         assert float(row["compile s"]) > 0
         assert row["peak memory"] == ("n/a" if jax.devices()[0].memory_stats() is None else row["peak memory"])
         assert row["XLA step memory"].endswith("MiB")
-    assert f"on {jax.devices()[0].device_kind} (cpu, 1 device(s), jax {jax.__version__})" in markdown
+    assert f"on {jax.devices()[0].device_kind} (cpu, 1 device, jax {jax.__version__})" in markdown
+    assert "(2 steps per call" in markdown
     assert "batch 4" in markdown
     assert (tmp_path / compare.COMPARE_PNG).stat().st_size > 10_000
 
 
-def test_runs_add_best_and_final_accuracy_averaged_per_model(tmp_path):
+def test_runs_of_one_model_show_their_mean_and_spread_and_each_run(tmp_path):
     runs = [
         fake_run(tmp_path / "a", "resnet20", [0.5, 0.7, 0.6]),
         fake_run(tmp_path / "b", "resnet20", [0.6, 0.8, 0.8]),
         fake_run(tmp_path / "c", "resnet56", [0.4, 0.9]),
     ]
     accuracies, config = compare.read_runs(runs)
-    assert accuracies["resnet20"] == compare.RunAccuracy(best=0.75, final=0.7, epochs=3, runs=2)
-    assert accuracies["resnet56"] == compare.RunAccuracy(best=0.9, final=0.9, epochs=2, runs=1)
+    assert accuracies["resnet20"] == compare.RunAccuracy(
+        workdirs=(str(runs[0]), str(runs[1])), best=(0.7, 0.8), final=(0.6, 0.8), epochs=(3, 3)
+    )
+    assert (accuracies["resnet20"].runs, accuracies["resnet20"].mean_best) == (2, pytest.approx(0.75))
+    assert accuracies["resnet56"].runs == 1
     assert config.model.name == "resnet20"
 
     table = compare.compare_markdown(
         [measurement("resnet20"), measurement("resnet56"), measurement("resnet8_tiny")], accuracies, config, 5
     )
     rows = table_rows(table)
-    assert (rows["resnet20"]["best test acc"], rows["resnet20"]["final test acc"]) == ("0.7500", "0.7000")
-    assert rows["resnet56"]["runs"] == "1"
+    # The mean ± the sample standard deviation of the two runs: 0.75 ± 0.0707 and 0.7 ± 0.1414.
+    assert (rows["resnet20"]["best test acc"], rows["resnet20"]["final test acc"]) == (
+        "0.7500 ± 0.0707",
+        "0.7000 ± 0.1414",
+    )
+    assert (rows["resnet20"]["runs"], rows["resnet56"]["runs"]) == ("2", "1")
+    assert rows["resnet56"]["best test acc"] == "0.9000"  # one run: no spread
     assert rows["resnet8_tiny"]["best test acc"] == ""  # measured, never trained
     assert rows["resnet20"]["peak memory"] == "n/a"
+    assert "mean ± the standard deviation" in table
+    assert f"- resnet20: {runs[0]} best 0.7000, final 0.6000, 3 epochs" in table
+    assert f"- resnet20: {runs[1]} best 0.8000, final 0.8000, 3 epochs" in table
+    assert "- resnet56" not in table  # a model of one run is its row
     compare.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 10_000
 

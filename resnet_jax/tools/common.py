@@ -5,8 +5,10 @@ project's own `configuration`, and every bad input ended in one line on stderr w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import ml_collections
@@ -25,6 +27,57 @@ def fail(message: object) -> NoReturn:
     """Ends a command with `message` as one line on stderr, exit status 2."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
     raise SystemExit(BAD_INPUT)
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 device`, `3 devices`: a count with its noun."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def cannot_write(path: str | os.PathLike, error: OSError, flag: str) -> str:
+    """The one line of a write that failed: the path, the system's reason, and the flag that chooses another."""
+    return f"cannot write {path} ({error.strerror or error}); give {flag} a place you can write"
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first part of `path`, from the root down, that is a file where a folder has to be."""
+    return next((part for part in (*reversed(path.parents), path) if part.exists() and not part.is_dir()), None)
+
+
+def output_folder(path: str | os.PathLike, flag: str) -> Path:
+    """A folder the tool writes into, created (with its parents) when missing; one line when it cannot be."""
+    path = Path(path).expanduser()
+    blocking = _file_in_the_way(path)
+    if blocking == path:
+        fail(f"{flag} {path} is a file; give a folder (it is created when missing)")
+    if blocking is not None:
+        fail(f"{flag} {path} cannot be created: {blocking} is a file, not a folder; give {flag} another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(cannot_write(path, error, flag))
+    # access(2) also answers EROFS for root on a read-only filesystem, where permission bits do not stop root.
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"cannot write into {path} (read-only or not yours); give {flag} a place you can write")
+    return path
+
+
+def output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] = (), example: str = "out") -> Path:
+    """A file the tool writes, its folder created when missing; one line for a folder, a suffix it cannot write
+    (`suffixes`, e.g. (".png",)), or a place it cannot write. `example` is a file name the fix suggests."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        name = example + (suffixes[0] if suffixes else "")
+        fail(f"{flag} {path} is a folder; give a file name, e.g. {path / name}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        fail(f"{flag} {path}: the file name must end in {', '.join(suffixes)}, e.g. {path.with_suffix(suffixes[0])}")
+    blocking = _file_in_the_way(path.parent)
+    if blocking is not None:
+        fail(f"{flag} {path} cannot be created: {blocking} is a file, not a folder; give {flag} another path")
+    output_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        fail(f"cannot overwrite {path} (read-only or not yours); give {flag} another file")
+    return path
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
 the accuracy of trained runs. `resnet-jax compare --models resnet18,resnet34 [--runs DIR ...]` writes compare.md,
-compare.png and compare.json (the raw measurements) into --outdir.
+compare.png and compare.json (the raw measurements) into --outdir (default ./compare/).
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.figure
+import matplotlib.ticker
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, metrics, models, runtime
+from resnet_jax import configuration, data, experiment, inference, metrics, models, runtime
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools import common
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
 COMPARE_JSON = "compare.json"
+DEFAULT_OUTDIR = "compare"  # a folder named after the tool: its files never land on another tool's
 
 
 @dataclasses.dataclass
@@ -46,14 +49,34 @@ class Measurement:
     jax_version: str
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunAccuracy:
-    """Test accuracy of a model's trained runs (a mean when there are several)."""
+    """Test accuracy of a model's trained runs, each run's in the order given; the table shows their mean and
+    standard deviation."""
 
-    best: float
-    final: float
-    epochs: float
-    runs: int
+    workdirs: tuple[str, ...]
+    best: tuple[float, ...]
+    final: tuple[float, ...]
+    epochs: tuple[float, ...]
+
+    @property
+    def runs(self) -> int:
+        return len(self.workdirs)
+
+    @property
+    def mean_best(self) -> float:
+        return statistics.fmean(self.best)
+
+
+def spread(values: Sequence[float]) -> str:
+    """`0.8571 ± 0.0725` over several runs (the sample standard deviation), `0.9084` for one."""
+    mean = statistics.fmean(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _epochs(values: Sequence[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
 def measurement_config(
@@ -153,30 +176,33 @@ def measure_isolated(config: ml_collections.ConfigDict, repeats: int) -> Measure
 
 
 def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], ml_collections.ConfigDict | None]:
-    """Accuracy per model over the given trained workdirs, and the first run's config (for the input shape)."""
-    per_model: dict[str, list[dict[str, Any]]] = {}
+    """Each model's runs' accuracy over the given trained workdirs, and the first run's config (for the input
+    shape). A damaged config.json or metrics.jsonl is a ConfigError naming the file."""
+    per_model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     first_config, datasets = None, set()
     for run_dir in map(Path, run_dirs):
-        config_path = run_dir / configuration.CONFIG_FILE
-        if not config_path.exists():
+        if not (run_dir / configuration.CONFIG_FILE).exists():
             raise ConfigError(f"--runs {str(run_dir)!r} holds no {configuration.CONFIG_FILE}")
-        config = configuration.from_saved(configuration.read_json(config_path), experiment.base_config())
-        summary = metrics.summarize_run(run_dir)
+        try:
+            config = inference.load_run_config(run_dir)
+            summary = metrics.summarize_run(run_dir)
+        except (inference.RunError, metrics.MetricsError) as error:
+            raise ConfigError(f"--runs {str(run_dir)!r}: {error}") from None
         if summary["final_test_accuracy"] is None:
             raise ConfigError(f"--runs {str(run_dir)!r} has no evaluation in its metrics yet")
         first_config = first_config or config
         datasets.add(config.data.dataset)
-        per_model.setdefault(config.model.name, []).append(summary)
+        per_model.setdefault(config.model.name, []).append((str(run_dir), summary))
     if len(datasets) > 1:
         raise ConfigError(f"--runs mixes datasets ({', '.join(sorted(datasets))}); compare one at a time")
     accuracies = {
         model: RunAccuracy(
-            best=statistics.mean(s["best_test_accuracy"] for s in summaries),
-            final=statistics.mean(s["final_test_accuracy"] for s in summaries),
-            epochs=statistics.mean(s["epochs"] for s in summaries),
-            runs=len(summaries),
+            workdirs=tuple(workdir for workdir, _ in runs),
+            best=tuple(summary["best_test_accuracy"] for _, summary in runs),
+            final=tuple(summary["final_test_accuracy"] for _, summary in runs),
+            epochs=tuple(summary["epochs"] for _, summary in runs),
         )
-        for model, summaries in per_model.items()
+        for model, runs in per_model.items()
     }
     return accuracies, first_config
 
@@ -198,13 +224,14 @@ def compare_markdown(
     first = measurements[0]
     shape = "x".join(map(str, data.config_input_shape(config.data)))
     lines = [
-        f"Models on {first.device_kind} ({first.platform}, {first.device_count} device(s), jax {first.jax_version}); "
+        f"Models on {first.device_kind} ({first.platform}, {common.plural(first.device_count, 'device')}, "
+        f"jax {first.jax_version}); "
         f"{config.data.dataset} inputs {shape}, train step at batch {config.train.batch_size}, {config.model.dtype}.",
         "",
-        f"Train images/s: the train program every run runs ({config.train.steps_per_call} steps per call on "
-        f"device-resident data), the median of {repeats} timed calls after one warm-up call. Compile: lowering and "
-        "XLA compilation of that program. GFLOPs: XLA's cost analysis of the forward pass per image, a multiply-add "
-        "counting two. "
+        f"Train images/s: the train program every run runs ({common.plural(config.train.steps_per_call, 'step')} "
+        f"per call on device-resident data), the median of {common.plural(repeats, 'timed call')} after one warm-up "
+        "call. Compile: lowering and XLA compilation of that program. GFLOPs: XLA's cost analysis of the forward "
+        "pass per image, a multiply-add counting two. "
         "Peak memory: the device's own counter, each model in a fresh process (n/a where the device keeps none); "
         "XLA step memory: the compiled program's arguments, outputs and temporaries.",
         "",
@@ -214,6 +241,12 @@ def compare_markdown(
     if accuracies:
         header += " best test acc | final test acc | epochs | runs |"
         rule += "---:|---:|---:|---:|"
+        if any(run.runs > 1 for run in accuracies.values()):
+            lines += [
+                "A model trained in several runs shows the mean ± the standard deviation of its runs' accuracies "
+                "(their number in runs; each run is listed below the table).",
+                "",
+            ]
     lines += [header, rule]
     for m in measurements:
         row = (
@@ -222,52 +255,81 @@ def compare_markdown(
         )
         if accuracies:
             run = accuracies.get(m.model)
-            row += f" {run.best:.4f} | {run.final:.4f} | {run.epochs:g} | {run.runs} |" if run else " | | | |"
+            cells = (spread(run.best), spread(run.final), _epochs(run.epochs), str(run.runs)) if run else ("",) * 4
+            row += "".join(f" {cell} |" for cell in cells)
         lines.append(row)
+    several = [(model, run) for model, run in accuracies.items() if run.runs > 1]
+    if several:
+        lines.append("")
+        lines += [
+            f"- {model}: {workdir} best {best:.4f}, final {final:.4f}, {epochs:g} epoch{'' if epochs == 1 else 's'}"
+            for model, run in several
+            for workdir, best, final, epochs in zip(run.workdirs, run.best, run.final, run.epochs, strict=True)
+        ]
     return "\n".join(lines) + "\n"
 
 
-def plot_compare(
-    measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], path: Path, title: str
-) -> Path:
-    """Accuracy against forward GFLOPs and parameters, or train throughput where there are no runs."""
-    import matplotlib
+def _short(value: float) -> str:
+    """A tick label: 0.5, 2, 20k, 10M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+def compare_figure(
+    measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], title: str
+) -> matplotlib.figure.Figure:
+    """Accuracy (the mean of a model's runs, its standard deviation as an error bar) against forward GFLOPs and
+    parameters (logarithmic), or train throughput (logarithmic too) where there are no runs."""
+    figure = matplotlib.figure.Figure(figsize=(11, 4.2), layout="constrained")
+    axes = figure.subplots(1, 2)
     for axis, (attribute, label) in zip(
         axes, (("gflops", "forward GFLOPs / image"), ("params", "parameters")), strict=True
     ):
+        legend = {"best": "best", "final": "final"}  # each entry labels the first model drawn
         for m in measurements:
             x = getattr(m, attribute)
             if accuracies:
                 run = accuracies.get(m.model)
                 if run is None:
                     continue
-                axis.scatter([x], [run.best], color="C0", label="best" if m is measurements[0] else None)
-                axis.scatter([x], [run.final], color="C1", marker="x", label="final" if m is measurements[0] else None)
-                y = run.best
+                for name, values, colour, marker in (("best", run.best, "C0", "o"), ("final", run.final, "C1", "x")):
+                    axis.errorbar(
+                        [x],
+                        [statistics.fmean(values)],
+                        yerr=statistics.stdev(values) if len(values) > 1 else None,
+                        fmt=marker,
+                        color=colour,
+                        capsize=3,
+                        label=legend.pop(name, None),
+                    )
+                y = run.mean_best
             else:
                 y = m.images_per_second
                 axis.scatter([x], [y], color="C0")
             axis.annotate(m.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
         axis.set_xscale("log")
+        # Values within one decade have no power of ten between them: 1-2-5 ticks, each labelled, keep the axis read.
+        axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _short(value)))
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.margins(0.2)
         axis.set(xlabel=label, ylabel="test accuracy" if accuracies else "train images/s")
         axis.grid(alpha=0.3, which="both")
         if accuracies:
             axis.legend(fontsize="small")
-    if not accuracies:
-        axes[0].set_yscale("log")
-        axes[1].set_yscale("log")
+        else:
+            axis.set_yscale("log")
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def plot_compare(
+    measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], path: Path, title: str
+) -> Path:
+    """`compare_figure` written to `path`."""
+    compare_figure(measurements, accuracies, title).savefig(path, dpi=110)
     return path
 
 
@@ -280,7 +342,12 @@ def _parser() -> common.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (after one warm-up call)")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the run's, else float32)")
-    parser.add_argument("--outdir", default=".", help="where compare.md, compare.png and compare.json go")
+    parser.add_argument(
+        "--outdir",
+        default=DEFAULT_OUTDIR,
+        help=f"the folder of compare.md, compare.png and compare.json (default: ./{DEFAULT_OUTDIR}/, created when "
+        "missing)",
+    )
     return parser
 
 
@@ -311,8 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracies, configs = _checked_configs(args)
     except (ConfigError, data.DataError) as error:
         common.fail(error)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = common.output_folder(args.outdir, "--outdir")  # before the long part
     runtime.setup_logging()
     progress = metrics.ItemProgress("model", len(configs), enabled=metrics.wants_log_lines())
     measurements = []
@@ -327,11 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = measurements[-1]
         print(f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {_rate(m.images_per_second)} images/s", flush=True)
     markdown = compare_markdown(measurements, accuracies, configs[0], args.repeats)
-    (outdir / COMPARE_MD).write_text(markdown)
-    (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
     title = f"{', '.join(c.model.name for c in configs)} on {measurements[0].device_kind}, batch {args.batch}"
-    plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
+    try:
+        (outdir / COMPARE_MD).write_text(markdown)
+        (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
+        plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
+    except OSError as error:
+        print(markdown, end="")  # the measurements took minutes: shown, though not saved
+        common.fail(common.cannot_write(error.filename or outdir, error, "--outdir"))
     print(markdown, end="")
+    print(f"wrote {', '.join(str(outdir / name) for name in (COMPARE_MD, COMPARE_PNG, COMPARE_JSON))}")
     return 0
 
 

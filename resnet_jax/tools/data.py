@@ -66,6 +66,11 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    manual_dir = Path(args.manual_dir).expanduser()
+    if manual_dir.exists() and not manual_dir.is_dir():
+        common.fail(f"--manual-dir {manual_dir} is a file; give the folder that holds the official archive(s)")
+    if args.data_dir is not None:
+        common.output_folder(args.data_dir, "--data-dir")
     print(f"prepared {args.dataset} in {data.prepare(args.dataset, args.manual_dir, args.data_dir)}")
 
 

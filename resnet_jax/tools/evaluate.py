@@ -79,15 +79,11 @@ def write_outputs(
     return report, paths
 
 
-def _devices(count: int) -> str:
-    return f"{count} device" + ("" if count == 1 else "s")
-
-
 def format_report(report: dict[str, Any]) -> str:
     tta = "flip" if report["tta_flip"] else "none"
     lines = [
         f"{report['workdir']}: checkpoint {report['step']} ({report['checkpoint']}), {report['split']} split, "
-        f"{report['num_examples']} examples, tta {tta}, {_devices(report['devices'])}",
+        f"{common.plural(report['num_examples'], 'example')}, tta {tta}, {common.plural(report['devices'], 'device')}",
         f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}  top-5 accuracy {report['top5_accuracy']:.4f}",
         "per-class accuracy:",
     ]
@@ -102,22 +98,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("evaluate", __doc__)
     run_arguments.add_run_arguments(parser)
     parser.add_argument("--split", default="test", choices=("test", "train"), help="the split to score (default test)")
-    parser.add_argument("--out", default=None, help="output folder (default: DIR/eval/<checkpoint>[-split][-tta_flip])")
+    parser.add_argument(
+        "--out", default=None, help="the folder of the files (default: DIR/eval/<checkpoint>[-split][-tta_flip])"
+    )
     args = parser.parse_args(argv)
     runtime.setup_logging()
     try:
         run = inference.restore_run(args.workdir, args.checkpoint)
+        tta_flip = run_arguments.tta_flip(run, args.tta)
+        # The files' folder is checked before the long part: a folder it cannot write ends the command at once.
+        out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip), "--out")
         examples, _ = run.experiment.eval_split_rows(args.split)
         with metrics.stage(
-            f"scoring {examples:,} {args.split} examples on {_devices(run.num_devices)}, compile included"
+            f"scoring {examples:,} {args.split} examples on {common.plural(run.num_devices, 'device')}, "
+            "compile included"
         ):
-            evaluation = inference.evaluate_split(run, args.split, run_arguments.tta_flip(run, args.tta))
+            evaluation = inference.evaluate_split(run, args.split, tta_flip)
     except run_arguments.ERRORS as error:
         common.fail(error)
     try:
-        report, paths = write_outputs(run, evaluation, args.out)
+        report, paths = write_outputs(run, evaluation, out_dir)
     except OSError as error:
-        common.fail(f"cannot write the evaluation's files: {error}")
+        common.fail(common.cannot_write(error.filename or out_dir, error, "--out"))
     print(format_report(report))
     print(f"wrote {', '.join(str(path) for path in paths.values())}")
     return 0

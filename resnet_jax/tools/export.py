@@ -26,10 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(platforms) - set(export.PLATFORMS)) if platforms else ["(none)"]
     if unknown:
         parser.error(f"--platforms: {', '.join(unknown)} not known; choose from {', '.join(export.PLATFORMS)}")
+    out = common.output_file(args.out, "--out", example="model.bin")
     try:
         run = inference.restore_run(args.workdir, args.checkpoint)
         tta_flip = run_arguments.tta_flip(run, args.tta)
-        out_path, description_path = export.write_export(run, args.out, tta_flip, platforms)
+        out_path, description_path = export.write_export(run, out, tta_flip, platforms)
     except run_arguments.ERRORS as error:
         common.fail(error)
     print(

@@ -4,6 +4,7 @@ also `python -m resnet_jax.tools.COMMAND`."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         common.fail(f"resnet-jax: unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest) or 0
+    try:
+        return module.main(rest) or 0
+    except BrokenPipeError:
+        # The reader left (`resnet-jax models | head`): no traceback, and none from Python's flush at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

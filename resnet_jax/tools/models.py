@@ -1,12 +1,19 @@
 """Lists the model zoo as a Markdown table of parameters and forward FLOPs per image, a row as soon as it is
-measured, or with --model NAME prints one model's layer-by-layer summary (flax's nn.tabulate).
+measured (rows are kept in a cache, so the next listing is instant), or with --model NAME prints one model's
+layer-by-layer summary (flax's nn.tabulate).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,14 +22,45 @@ from resnet_jax import models
 from resnet_jax.tools import common
 
 
-def print_registry_table(names: Sequence[str], image_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10) -> None:
-    """A Markdown table of parameters and forward FLOPs, a row printed as soon as it is measured (counting FLOPs
-    lowers each model, seconds for the deep ones)."""
+def cache_dir() -> Path:
+    """Where measured rows are kept: counting FLOPs lowers each model, 20 s for the deepest on a CPU."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-jax" / "models"
+
+
+def _row_key(name: str, image_shape: Sequence[int], num_classes: int) -> str:
+    """A row's cache key: the model, its input and head, this models.py and the jax and flax that measured it."""
+    what = json.dumps([name, list(image_shape), num_classes, jax.__version__, flax.__version__]).encode()
+    return hashlib.sha256(Path(models.__file__).read_bytes() + what).hexdigest()[:32]
+
+
+def measure_row(name: str, image_shape: Sequence[int], num_classes: int, cache: bool = True) -> tuple[int, float]:
+    """(parameters, forward FLOPs per image) of a registry model; from the cache when the same code measured it."""
+    path = cache_dir() / f"{_row_key(name, image_shape, num_classes)}.json"
+    if cache:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no row, or a damaged one: measure
+            row = json.loads(path.read_text())
+            return int(row["params"]), float(row["flops"])
+    model = models.get_model(name, num_classes=num_classes)
+    params = models.count_params(models.init_shapes(model, image_shape)["params"])
+    flops = models.forward_flops(model, image_shape)
+    if cache:
+        with contextlib.suppress(OSError):  # a cache it cannot write only costs the next call the time again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_suffix(f".{os.getpid()}.tmp")
+            staging.write_text(json.dumps({"params": params, "flops": flops}))
+            os.replace(staging, path)
+    return params, flops
+
+
+def print_registry_table(
+    names: Sequence[str], image_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10, cache: bool = True
+) -> None:
+    """A Markdown table of parameters and forward FLOPs, a row printed as soon as it is measured (or read from the
+    cache of earlier calls)."""
     print("| model | params | forward GFLOPs / image |\n|---|---:|---:|", flush=True)
     for name in names:
-        model = models.get_model(name, num_classes=num_classes)
-        params = models.count_params(models.init_shapes(model, image_shape)["params"])
-        print(f"| {name} | {params:,} | {models.forward_flops(model, image_shape) / 1e9:.3f} |", flush=True)
+        params, flops = measure_row(name, image_shape, num_classes, cache)
+        print(f"| {name} | {params:,} | {flops / 1e9:.3f} |", flush=True)
 
 
 def print_summary(name: str, image_shape: Sequence[int], num_classes: int) -> None:
@@ -43,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     parser.add_argument("--image-size", type=int, default=32, help="height and width of the input (default 32)")
     parser.add_argument("--channels", type=int, default=3, help="channels of the input (default 3)")
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help=f"measure every row again instead of reading the rows kept in {cache_dir()}",
+    )
     args = parser.parse_args(argv)
     for flag, value in (("--num-classes", args.num_classes), ("--image-size", args.image_size)):
         if value < 1:
@@ -51,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--channels={args.channels} must be 1 or 3")
     image_shape = (args.image_size, args.image_size, args.channels)
     if args.model is None:
-        print_registry_table(list(models.MODEL_REGISTRY), image_shape, args.num_classes)
+        print_registry_table(list(models.MODEL_REGISTRY), image_shape, args.num_classes, args.cache)
     elif args.model not in models.MODEL_REGISTRY:
         common.fail(f"unknown model {args.model!r}; choose one of {', '.join(models.MODEL_REGISTRY)}")
     else:

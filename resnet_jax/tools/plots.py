@@ -1,5 +1,6 @@
 """Plots the training curves of one or more runs from their metrics.jsonl: loss, accuracy and learning rate
-against epoch, several runs overlaid with a legend. With one workdir the figure goes to DIR/curves.png.
+against epoch, several runs overlaid with a legend. With one workdir the figure goes to DIR/curves.png; with
+several, to plots/NAME_vs_NAME.png under the current folder, unless --out names the file.
 """
 
 from __future__ import annotations
@@ -8,8 +9,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from resnet_jax import plots
+from resnet_jax import metrics, plots
 from resnet_jax.tools import common
+
+DEFAULT_DIR = "plots"  # several runs' figure: a folder named after the tool, one file per set of runs
+
+
+def default_out(workdirs: Sequence[str | Path]) -> Path:
+    """DIR/curves.png for one run; plots/<name>_vs_<name>....png for several, so that no two sets share a file."""
+    paths = [Path(workdir) for workdir in workdirs]
+    if len(paths) == 1:
+        return paths[0] / plots.CURVES_FILE
+    names = "_vs_".join(path.resolve().name or "root" for path in paths)
+    safe = "".join(c if c.isalnum() or c in "._+-" else "-" for c in names)
+    return Path(DEFAULT_DIR) / f"{safe[:200]}.png"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,18 +31,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         default=None,
-        help=f"PNG to write (default: DIR/{plots.CURVES_FILE} for one run, ./{plots.CURVES_FILE} for several)",
+        help=f"the figure to write, {', '.join(plots.FIGURE_SUFFIXES)} (default: DIR/{plots.CURVES_FILE} for one "
+        f"run, {DEFAULT_DIR}/NAME_vs_NAME.png for several)",
     )
     args = parser.parse_args(argv)
-    single = len(args.workdir) == 1
-    out = args.out or (Path(args.workdir[0]) / plots.CURVES_FILE if single else Path(plots.CURVES_FILE))
     try:
-        path = plots.write_curves(args.workdir, out)
-    except plots.NoMetricsError as error:
+        figure = plots.curves_figure(args.workdir)
+    except (plots.PlotError, metrics.MetricsError) as error:
         common.fail(error)
-    except (OSError, ValueError) as error:
-        common.fail(f"cannot plot {', '.join(args.workdir)} into {out}: {error}")
-    print(f"wrote {path}")
+    out = common.output_file(args.out or default_out(args.workdir), "--out", plots.FIGURE_SUFFIXES, "curves")
+    try:
+        figure.savefig(out, dpi=120)
+    except OSError as error:
+        common.fail(common.cannot_write(out, error, "--out"))
+    print(f"wrote {out}")
     return 0
 
 

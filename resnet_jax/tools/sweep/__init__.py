@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     done = sum(result.state != "failed" for result in results)
     print(
-        f"done: {done} of {len(results)} trials finished; results in {Path(args.workdir) / report.RESULTS_MD}",
+        f"done: {done} of {common.plural(len(results), 'trial')} finished; "
+        f"results in {Path(args.workdir) / report.RESULTS_MD}",
         flush=True,
     )
     return 0

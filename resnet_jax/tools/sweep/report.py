@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_jax import metrics
+from resnet_jax.tools import common
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
 
 RESULTS_CSV = "results.csv"
@@ -86,7 +87,7 @@ def results_markdown(spec: SweepSpec, results: Sequence[TrialResult]) -> str:
     lines = [
         f"Sweep ({spec.sampler}): " + "; ".join(d.describe() for d in spec.dimensions),
         "",
-        f"{len(results)} of {spec.trials} trials ({states or 'none yet'}), on {device.device_kind} "
+        f"{len(results)} of {common.plural(spec.trials, 'trial')} ({states or 'none yet'}), on {device.device_kind} "
         f"({device.platform}, jax {jax.__version__}). Sorted by final test accuracy.",
         "",
         "| rank | "
@@ -146,7 +147,7 @@ def plot_sweep(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], t
     accuracy_axis.grid(alpha=0.3)
     if curves:  # one legend: both panels draw a trial in the same colour
         loss_axis.legend(fontsize="small")
-    figure.suptitle(f"{workdir.name}: {spec.sampler} sweep, {len(results)} trials")
+    figure.suptitle(f"{workdir.name}: {spec.sampler} sweep, {common.plural(len(results), 'trial')}")
     figure.tight_layout()
     path = workdir / PLOT_FILE
     figure.savefig(path, dpi=110)

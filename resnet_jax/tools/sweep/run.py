@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 import optuna
+import sqlalchemy.exc
 
 from resnet_jax import configuration, metrics, trainer
 from resnet_jax.configuration import ConfigError
@@ -156,13 +157,17 @@ def _open_study(workdir: Path, spec: SweepSpec, config: ml_collections.ConfigDic
         if spec.prune
         else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(
-        storage=f"sqlite:///{workdir / STUDY_FILE}",
-        study_name=STUDY_NAME,
-        direction="maximize",
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    path = workdir / STUDY_FILE
+    try:
+        study = optuna.create_study(
+            storage=f"sqlite:///{path}", study_name=STUDY_NAME, direction="maximize", pruner=pruner, load_if_exists=True
+        )
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise ConfigError(
+            f"{path} is not a study database Optuna can open ({reason}); move it away to start the sweep afresh, "
+            "or choose another --workdir"
+        ) from None
     _check_same_sweep(study, spec, config, workdir)
     # Seeded by the trials so far: a resumed search draws new points instead of repeating the first ones.
     study.sampler = _make_sampler(spec, config.seed * 100_003 + len(study.trials))
