@@ -91,13 +91,13 @@ def _jsonable(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class MetricsError(RuntimeError):
+class MetricsWriteError(RuntimeError):
     """The metrics could not be written (a full disk, a read-only folder); the message names the file."""
 
 
 class MetricWriter:
     """Appends records to `metrics.jsonl` and mirrors scalars to TensorBoard event files under
-    `workdir/tensorboard`, both written in the calling thread: a failed write (a full disk) is a `MetricsError`
+    `workdir/tensorboard`, both written in the calling thread: a failed write (a full disk) is a `MetricsWriteError`
     raised where it happened, not a background thread's traceback or an exit handler's."""
 
     def __init__(self, workdir: str | Path, enabled: bool | None = None):
@@ -121,7 +121,7 @@ class MetricWriter:
         try:
             yield
         except OSError as error:
-            raise MetricsError(f"cannot write {path}: {error.strerror or error}") from error
+            raise MetricsWriteError(f"cannot write {path}: {error.strerror or error}") from error
 
     def truncate_after(self, step: int) -> None:
         """On resume, drops records of steps past the checkpoint: those steps run again and log again."""

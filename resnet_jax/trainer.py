@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from resnet_jax import checkpoint, data, experiment, parallel, pipeline, startup
-from resnet_jax.metrics import MetricsError, Progress
+from resnet_jax.metrics import MetricsWriteError, Progress
 from resnet_jax.state import TrainState
 from resnet_jax.workdir import check_workdir, prepare_workdir
 
@@ -166,7 +166,7 @@ class _Loop:
         error when a save failed too, so that the line says what became of the checkpoints."""
         try:
             return self._run()
-        except MetricsError as error:
+        except MetricsWriteError as error:
             self.checkpointer.wait()
             complete = self.checkpointer.complete_steps()
             kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"

@@ -15,7 +15,7 @@ import jax
 
 from resnet_jax import plots, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
-from resnet_jax.metrics import MetricsError
+from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
 from resnet_jax.workdir import WorkdirError
 
@@ -43,16 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "fresh" if args.fresh else "finetune" if args.finetune else "resume"
     try:
         results = trainer.train_and_evaluate(config, args.workdir, mode)
-    except (trainer.TrainingError, CheckpointError, MetricsError, WorkdirError) as error:
+    except (trainer.TrainingError, CheckpointError, MetricsWriteError, WorkdirError) as error:
         print(f"training stopped: {error}", file=sys.stderr, flush=True)
         return STOPPED
-    except common.INPUT_ERRORS as error:
+    except (*common.INPUT_ERRORS, MetricsError) as error:  # MetricsError: a damaged metrics.jsonl to resume
         common.fail(error)
     except trainer.Preempted as stop:
         print(f"pre-empted: {stop}", flush=True)
         return 0
     if jax.process_index() == 0:
-        plots.write_curves(args.workdir, Path(args.workdir) / plots.CURVES_FILE)
+        curves = Path(args.workdir) / plots.CURVES_FILE
+        try:
+            plots.write_curves(args.workdir, curves)
+        except (plots.PlotError, MetricsError, OSError) as error:  # the run itself is complete and saved
+            print(f"warning: {curves} not written: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
     print(
         f"done: step {results['step']}, test accuracy {results['test_accuracy']:.4f} "
         f"(best {results['best_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}",
