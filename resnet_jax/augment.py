@@ -29,10 +29,22 @@ class Augmentation:
     cutout_size: int
 
     @classmethod
-    def from_config(cls, augment_config: ml_collections.ConfigDict) -> Augmentation:
-        """The section, checked: one ConfigError line for the first key that cannot work."""
+    def from_config(cls, augment_config: ml_collections.ConfigDict, image_size: int) -> Augmentation:
+        """The section, checked against the `image_size` x `image_size` images it augments: one ConfigError line
+        for the first key that cannot work."""
         for key in ("crop_padding", "cutout_size"):
             configuration.check_at_least(f"augment.{key}", augment_config[key], 0, "0 turns it off")
+        # A crop from padding as wide as the image can be all padding (and reflection cannot pad that far).
+        if augment_config.crop_padding >= image_size:
+            raise configuration.ConfigError(
+                f"augment.crop_padding={augment_config.crop_padding} must be below the image size ({image_size}); "
+                "4 is the CIFAR recipe's, 0 turns cropping off"
+            )
+        if augment_config.cutout_size > image_size:
+            raise configuration.ConfigError(
+                f"augment.cutout_size={augment_config.cutout_size} is larger than the images ({image_size}), and "
+                "would blank them; give at most that (16 is the CIFAR-10 recipe's), or 0 to turn it off"
+            )
         configuration.check_choice("augment.pad_mode", augment_config.pad_mode, PAD_MODES)
         configuration.check_choice("augment.flip", augment_config.flip, (False, True))
         return cls(**{field.name: augment_config[field.name] for field in dataclasses.fields(cls)})

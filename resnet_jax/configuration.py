@@ -122,13 +122,41 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _initials(name: str) -> str:
+    return "".join(word[0] for word in name.split("_") if word)
+
+
+def _nearest_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+    """The real key `key` most likely meant. Its last part decides, matched within its section first (a typo, or
+    the words' initials, as lr for learning_rate), then in another section; the whole key last."""
+    keys = list(flatten(config.to_dict()))
+    parts = {candidate: candidate.rpartition(".") for candidate in keys}
+    section, _, leaf = key.rpartition(".")
+    sections = sorted({parent for parent, _, _ in parts.values()})
+    if section not in sections:
+        close = difflib.get_close_matches(section, sections, n=1)
+        section = close[0] if close else section
+    siblings = {name: candidate for candidate, (parent, _, name) in parts.items() if parent == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1)
+    if close:
+        return siblings[close[0]]
+    elsewhere = [candidate for candidate, (_, _, name) in parts.items() if name == leaf]
+    if elsewhere:
+        return elsewhere[0]
+    abbreviated = [name for name in siblings if leaf == _initials(name) or (len(leaf) > 1 and name.startswith(leaf))]
+    if abbreviated:
+        return siblings[abbreviated[0]]
+    close = difflib.get_close_matches(key, keys, n=1)
+    return close[0] if close else None
+
+
 def leaf_value(config: ml_collections.ConfigDict, key: str, flag: str) -> Any:
     """The value of a dotted leaf key, or a ConfigError naming the key and the nearest real one."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
-            hint = f"; did you mean {close[0]}?" if close else "; see resnet_jax.experiment.base_config() for the keys"
+            close = _nearest_key(config, key)
+            hint = f"; did you mean {close}?" if close else "; see resnet_jax.experiment.base_config() for the keys"
             raise ConfigError(f"{flag}: the config has no key {key!r}{hint}")
         node = node[part]
     if isinstance(node, ml_collections.ConfigDict):

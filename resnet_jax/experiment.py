@@ -56,18 +56,20 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
 
+def check_seed(seed: Any) -> None:
+    # numpy's generators (the synthetic source) take no negative seed, and jax's keys hold 32 bits of one.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise configuration.ConfigError(f"seed={seed!r} must be an integer in [0, 2**32)")
+
+
 def check_train_config(train_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("train.batch_size", train_config.batch_size, integer=True)
-    if (
-        isinstance(train_config.num_steps, bool)
-        or not isinstance(train_config.num_steps, int)
-        or train_config.num_steps < 0
-    ):
+    configuration.check_at_least("train.num_steps", train_config.num_steps, 0, "0 trains for train.num_epochs")
+    configuration.check_at_least("train.num_epochs", train_config.num_epochs, 0, "0 with train.num_steps > 0")
+    if train_config.num_steps == 0 and train_config.num_epochs == 0:
         raise configuration.ConfigError(
-            f"train.num_steps={train_config.num_steps!r} must be positive (or 0 to use num_epochs)"
+            "train.num_steps=0 and train.num_epochs=0: the run has no length; give train.num_epochs or train.num_steps"
         )
-    if train_config.num_steps == 0:
-        configuration.check_positive("train.num_epochs", train_config.num_epochs, integer=True)
     configuration.check_at_least("train.steps_per_call", train_config.steps_per_call, 0, "0 for automatic")
     configuration.check_positive("train.log_every_steps", train_config.log_every_steps, integer=True)
     configuration.check_in_range("train.label_smoothing", train_config.label_smoothing, 0.0, 1.0)
@@ -82,15 +84,18 @@ def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Every section checked by the module that reads it, without devices or data; one ConfigError line."""
+    """Every section checked by the module that reads it, without devices or data; one ConfigError line. What
+    needs the run's length (schedule boundaries, warm-up) is checked by `build`."""
+    check_seed(config.seed)
     models.check_config(config.model)
     data.check_config(config.data)
-    augment.Augmentation.from_config(config.augment)
+    augment.Augmentation.from_config(config.augment, data.config_input_shape(config.data)[0])
     check_train_config(config.train)
     optim.check_optimizer_config(config.optimizer)
     optim.check_schedule_config(config.schedule)
     check_eval_config(config.eval)
     checkpoint.check_config(config.checkpoint)
+    parallel.check_config(config.distributed)
     finetune.check_config(config.finetune)
 
 
@@ -121,6 +126,18 @@ class TrainProgram:
 
     def chunk_sizes(self, position: pipeline.DataPosition, step: int) -> list[int]:
         """Every `num_steps` the loop dispatches from `step` on (at most three distinct values), sorted."""
+        # Each chunk must advance, or this loop (and the trainer's) would never end.
+        if min(self.steps_per_call, self.steps_per_epoch, self.total_steps) < 1:
+            raise ValueError(
+                f"a train program of {self.steps_per_call} steps per call, {self.steps_per_epoch} an epoch and "
+                f"{self.total_steps} in all cannot run"
+            )
+        if not 0 <= position.step_in_epoch < self.steps_per_epoch:
+            raise configuration.ConfigError(
+                f"the run stopped at step {position.step_in_epoch} of an epoch, past this config's "
+                f"{self.steps_per_epoch} steps an epoch (was train.batch_size changed?); resume with the batch it "
+                "ran with, or start over with --fresh"
+            )
         sizes, in_epoch = set(), position.step_in_epoch
         while step < self.total_steps:
             count = min(self.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
@@ -255,9 +272,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     train_examples = pipeline.train_rows(data.config_split_size(config.data, "train"), mesh)
     batch_per_device = config.train.batch_size // mesh.devices.size
     steps_per_epoch = train_examples // mesh.devices.size // batch_per_device
-    if steps_per_epoch == 0:
+    if steps_per_epoch < 1:
         raise configuration.ConfigError(
-            f"train.batch_size={config.train.batch_size} is larger than the training set ({train_examples})"
+            f"train.batch_size={config.train.batch_size} is larger than the training set ({train_examples} "
+            f"examples{' on these devices' if mesh.devices.size > 1 else ''}); give at most {train_examples}"
         )
     total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
     schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
@@ -265,7 +283,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         mean=mean,
         std=std,
         dtype=models.get_dtype(config.model.dtype),
-        augmentation=augment.Augmentation.from_config(config.augment),
+        augmentation=augment.Augmentation.from_config(config.augment, input_shape[0]),
         label_smoothing=config.train.label_smoothing,
         ema_decay=config.train.ema_decay,
         frozen_statistics=finetune.statistics_frozen(config.finetune),

@@ -313,6 +313,7 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     configuration.check_choice("model.dtype", model_config.dtype, DTYPES)
     if model_config.shortcut:
         configuration.check_choice("model.shortcut", model_config.shortcut, SHORTCUTS)
+    configuration.check_choice("model.zero_init_residual", model_config.zero_init_residual, (False, True))
     configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
 
 

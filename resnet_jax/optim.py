@@ -6,6 +6,8 @@ Schedule boundaries and warm-up are given in epochs or fractions of the run, so 
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import jax
@@ -46,38 +48,120 @@ SCHEDULE_DEFAULTS = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_number(key: str, value: Any, low: float, high: float, closed: str = "[)", fix: str = "") -> None:
+    """A finite number between `low` and `high`, each end included or not as `closed` says (`"[)"`, `"(]"`, ...)."""
+    above = _is_number(value) and (value >= low if closed[0] == "[" else value > low)
+    if not (above and (value <= high if closed[1] == "]" else value < high)):
+        if math.isinf(high):
+            allowed = "a positive number" if closed[0] == "(" else f"a number of {low:g} or more"
+        else:
+            allowed = f"in {closed[0]}{low:g}, {high:g}{closed[1]}"
+        raise configuration.ConfigError(f"{key}={value!r} must be {allowed}{fix}")
+
+
 def check_optimizer_config(optimizer_config: ml_collections.ConfigDict) -> None:
-    configuration.check_choice("optimizer.name", optimizer_config.name, OPTIMIZERS)
-    configuration.check_positive("optimizer.learning_rate", optimizer_config.learning_rate)
-    configuration.check_in_range("optimizer.momentum", optimizer_config.momentum, 0.0, 1.0)
-    configuration.check_in_range("optimizer.weight_decay", optimizer_config.weight_decay, 0.0, 1.0)
-    if optimizer_config.clip_grad_norm < 0:
+    """Raises a one-line ConfigError for the first `optimizer` key that cannot work."""
+    config = optimizer_config
+    configuration.check_choice("optimizer.name", config.name, OPTIMIZERS)
+    _check_number("optimizer.learning_rate", config.learning_rate, 0, math.inf, "()")
+    _check_number("optimizer.momentum", config.momentum, 0, 1)
+    for key in ("nesterov", "decay_all_params"):
+        configuration.check_choice(f"optimizer.{key}", config[key], (False, True))
+    if config.nesterov and (config.name != "sgd" or config.momentum == 0):
         raise configuration.ConfigError(
-            f"optimizer.clip_grad_norm={optimizer_config.clip_grad_norm!r} must be positive, or 0 for no clipping"
+            f"optimizer.nesterov=True needs sgd with momentum (here {config.name}, momentum {config.momentum}); "
+            "set optimizer.momentum above 0, or optimizer.nesterov=false"
         )
+    _check_number("optimizer.weight_decay", config.weight_decay, 0, 1)
+    _check_number("optimizer.clip_grad_norm", config.clip_grad_norm, 0, math.inf, fix=" (0: no clipping)")
     for key in ("b1", "b2"):
-        configuration.check_in_range(f"optimizer.{key}", optimizer_config[key], 0.0, 1.0)
-    configuration.check_positive("optimizer.eps", optimizer_config.eps)
+        _check_number(f"optimizer.{key}", config[key], 0, 1)
+    _check_number("optimizer.eps", config.eps, 0, math.inf, "()")
 
 
 def check_schedule_config(schedule_config: ml_collections.ConfigDict) -> None:
-    configuration.check_choice("schedule.name", schedule_config.name, SCHEDULES)
-    configuration.check_choice("schedule.warmup_mode", schedule_config.warmup_mode, WARMUP_MODES)
-    configuration.check_choice("schedule.boundary_unit", schedule_config.boundary_unit, BOUNDARY_UNITS)
-    boundaries = tuple(schedule_config.boundaries)
-    if schedule_config.name == "piecewise":
-        if any(b <= 0 for b in boundaries) or list(boundaries) != sorted(boundaries):
+    """The `schedule` keys that can be checked without the run's length (`make_schedule` checks the rest)."""
+    config = schedule_config
+    configuration.check_choice("schedule.name", config.name, SCHEDULES)
+    configuration.check_choice("schedule.warmup_mode", config.warmup_mode, WARMUP_MODES)
+    configuration.check_choice("schedule.boundary_unit", config.boundary_unit, BOUNDARY_UNITS)
+    unit = config.boundary_unit
+    if not isinstance(config.boundaries, (tuple, list)) or not all(map(_is_number, config.boundaries)):
+        raise configuration.ConfigError(
+            f"schedule.boundaries={config.boundaries!r} must be a list of numbers (in {unit}), e.g. 0.5,0.75"
+        )
+    boundaries = tuple(config.boundaries)
+    if config.name == "piecewise":
+        if any(b <= 0 for b in boundaries) or any(a >= b for a, b in itertools.pairwise(boundaries)):
             raise configuration.ConfigError(
-                f"schedule.boundaries={boundaries} must be positive and increasing (in {schedule_config.boundary_unit})"
+                f"schedule.boundaries={boundaries} must be positive and increasing (in {unit})"
             )
-        if schedule_config.boundary_unit == "fraction" and any(b >= 1 for b in boundaries):
+        if unit == "fraction" and any(b >= 1 for b in boundaries):
             raise configuration.ConfigError(
                 f"schedule.boundaries={boundaries} are fractions of the run and must be below 1; set "
                 "schedule.boundary_unit=epochs or steps to give them so"
             )
-    if schedule_config.warmup_epochs < 0:
-        raise configuration.ConfigError(f"schedule.warmup_epochs={schedule_config.warmup_epochs!r} must be 0 or more")
-    configuration.check_in_range("schedule.pct_start", schedule_config.pct_start, 0.0, 1.0)
+    _check_number("schedule.decay_factor", config.decay_factor, 0, math.inf, "()")
+    _check_number("schedule.warmup_epochs", config.warmup_epochs, 0, math.inf, fix=" (0: no warm-up)")
+    _check_number("schedule.warmup_factor", config.warmup_factor, 0, 1, "[]")
+    _check_number("schedule.end_factor", config.end_factor, 0, 1, "[]")
+    _check_number("schedule.pct_start", config.pct_start, 0, 1, "()")
+    if config.warmup_epochs > 0:
+        if config.name == "onecycle":
+            raise configuration.ConfigError(
+                f"schedule.warmup_epochs={config.warmup_epochs} does nothing under onecycle, which rises for "
+                "schedule.pct_start of the run; set schedule.warmup_epochs=0"
+            )
+        if config.name == "warmup_cosine" and (config.warmup_mode != "linear" or config.warmup_factor != 0):
+            raise configuration.ConfigError(
+                f"schedule.warmup_mode={config.warmup_mode!r} / warmup_factor={config.warmup_factor} do nothing "
+                "under warmup_cosine, which rises linearly from 0; use schedule.name=cosine to warm up so"
+            )
+        if config.warmup_mode == "constant" and config.warmup_factor == 0:
+            raise configuration.ConfigError(
+                "schedule.warmup_factor=0.0 with warmup_mode=constant holds the rate at 0 through the warm-up; "
+                "give the fraction of the base rate to warm up at, e.g. 0.1"
+            )
+
+
+def _check_run_length(schedule_config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int) -> None:
+    """The `schedule` keys that relate to the run: warm-up shorter than it, each boundary a distinct step in it."""
+    config = schedule_config
+    epochs = total_steps / steps_per_epoch
+    run = f"this run of {total_steps} steps ({epochs:g} epoch{'' if epochs == 1 else 's'} of {steps_per_epoch} steps)"
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if config.warmup_epochs > 0 and warmup_steps == 0:
+        raise configuration.ConfigError(
+            f"schedule.warmup_epochs={config.warmup_epochs} is less than half a step of {run}; give at least "
+            f"{1 / steps_per_epoch:.3g} (one step), or 0 for no warm-up"
+        )
+    if warmup_steps >= total_steps:
+        raise configuration.ConfigError(
+            f"schedule.warmup_epochs={config.warmup_epochs} is {warmup_steps} steps, no shorter than {run}; give "
+            f"fewer than {total_steps / steps_per_epoch:g}"
+        )
+    if config.name != "piecewise":
+        return
+    unit, boundaries = config.boundary_unit, tuple(config.boundaries)
+    drops = [_to_steps(b, unit, total_steps, steps_per_epoch) for b in boundaries]
+    inside = all(warmup_steps < drop < total_steps for drop in drops) and len(set(drops)) == len(drops)
+    if not inside:
+        scale = {"fraction": total_steps, "epochs": steps_per_epoch, "steps": 1}[unit]
+        after = f", after the warm-up's {warmup_steps} steps" if warmup_steps else ""
+        span = f"between {warmup_steps / scale:g} and {total_steps / scale:g}"
+        fix = {
+            "fraction": f"give fractions {span} a step apart, or train for longer",
+            "epochs": f"give epochs {span}, or fractions of the run with schedule.boundary_unit=fraction",
+            "steps": f"give steps {span}, or fractions of the run with schedule.boundary_unit=fraction",
+        }[unit]
+        raise configuration.ConfigError(
+            f"schedule.boundaries={boundaries} ({unit}) fall on steps {tuple(drops)} of {run}: each must be a step "
+            f"of its own inside the run{after}; {fix}"
+        )
 
 
 def _to_steps(value: float, unit: str, total_steps: int, steps_per_epoch: int) -> int:
@@ -99,6 +183,9 @@ def make_schedule(
     or "constant" at `base_lr * warmup_factor` (He et al.'s ResNet-110 warm-up at 0.01).
     """
     check_schedule_config(schedule_config)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or min(total_steps, steps_per_epoch) < 1:
+        raise ValueError(f"a run of {total_steps} steps ({steps_per_epoch} an epoch) has no schedule")
+    _check_run_length(schedule_config, total_steps, steps_per_epoch)
     name = schedule_config.name
     warmup_steps = round(schedule_config.warmup_epochs * steps_per_epoch)
     if name == "onecycle":

@@ -16,9 +16,29 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import multihost as orbax_multihost
 
+from resnet_jax import configuration
+
 DATA_AXIS = "data"
 # The config's `distributed` section: empty, a single process unless the environment says otherwise.
 DEFAULTS = {"coordinator_address": "", "num_processes": 0, "process_id": -1}
+
+
+def check_config(distributed_config: Mapping[str, Any]) -> None:
+    """Raises a one-line ConfigError for the first `distributed` key that cannot work."""
+    address, count, index = (distributed_config[key] for key in ("coordinator_address", "num_processes", "process_id"))
+    if not isinstance(address, str):
+        raise configuration.ConfigError(f"distributed.coordinator_address={address!r} must be a string, HOST:PORT")
+    host, _, port = address.rpartition(":")
+    if address and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise configuration.ConfigError(
+            f"distributed.coordinator_address={address!r} must be HOST:PORT, e.g. 10.0.0.1:1234 (process 0's host)"
+        )
+    configuration.check_at_least("distributed.num_processes", count, 0, "0: as the cluster says, or 1 process")
+    configuration.check_at_least("distributed.process_id", index, -1, "-1: as the cluster says")
+    if count and index >= count:
+        raise configuration.ConfigError(
+            f"distributed.process_id={index} must be below distributed.num_processes={count} (ids count from 0)"
+        )
 
 
 def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
@@ -27,6 +47,7 @@ def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
     Returns whether it was started. With nothing configured and no cluster environment (SLURM, Open MPI, ...),
     the run stays single-process.
     """
+    check_config(distributed_config)
     if jax.distributed.is_initialized():
         return True
     coordinator_address = distributed_config["coordinator_address"]

@@ -161,7 +161,7 @@ def test_stopped_and_resumed_equals_straight_through(tmp_path):
     # A schedule that does not depend on the run length, so that the 1-epoch run is a prefix of the 2-epoch one.
     overrides = {
         "schedule.name": "piecewise",
-        "schedule.boundaries": (12,),
+        "schedule.boundaries": (4,),
         "schedule.boundary_unit": "steps",
         "train.ema_decay": 0.9,
     }

@@ -4,14 +4,25 @@ here whole; no other module reads its keys.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import ml_collections
 
 from resnet_jax import configuration
 from resnet_jax.data import download, splits
-from resnet_jax.data.registry import DATASETS, SOURCES, DataError, SplitArrays, get_dataset_info
+from resnet_jax.data.registry import (
+    DATASETS,
+    SOURCES,
+    SPLITS,
+    DataError,
+    DatasetInfo,
+    SplitArrays,
+    get_dataset_info,
+)
 
 DEFAULTS = {
     "dataset": "cifar10",
@@ -34,11 +45,21 @@ def default_files_dir(dataset: str) -> str:
     return f"~/.cache/resnet-jax/data/{dataset}"
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # a system that does not say
+        return None
+
+
 def check_config(data_config: ml_collections.ConfigDict) -> None:
     """Raises a one-line ConfigError for the first `data` key that cannot work (no file is read)."""
     configuration.check_choice("data.dataset", data_config.dataset, DATASETS)
     configuration.check_choice("data.source", data_config.source, SOURCES)
     configuration.check_choice("data.download", data_config.download, (False, True))
+    for key in ("files_dir", "data_dir", "download_mirror"):
+        if not isinstance(data_config[key], str):
+            raise configuration.ConfigError(f"data.{key}={data_config[key]!r} must be a string ('' for none)")
     if data_config.source == "files":
         files_dir = data_config.files_dir
         if data_config.download and not files_dir:
@@ -50,13 +71,72 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
                 f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files, "
                 "or add --config.data.download=True to download them there"
             )
-    if data_config.image_size:
-        native = get_dataset_info(data_config.dataset).image_shape[0]
-        if data_config.image_size < native:
-            raise configuration.ConfigError(
-                f"data.image_size={data_config.image_size} is smaller than the images ({native})"
-            )
+    mirror = data_config.download_mirror
+    if mirror and urlparse(mirror).scheme not in ("http", "https"):
+        raise configuration.ConfigError(
+            f"data.download_mirror={mirror!r} is not an http(s) address; give it as http://HOST/PATH/ or https://..."
+        )
+    info = get_dataset_info(data_config.dataset)
+    native_size, _, native_channels = info.image_shape
+    configuration.check_at_least("data.image_size", data_config.image_size, 0, "0 keeps the native size")
+    if data_config.image_size and data_config.image_size < native_size:
+        raise configuration.ConfigError(
+            f"data.image_size={data_config.image_size} is smaller than the images ({native_size}); give at least "
+            f"{native_size}, or 0 to keep their size"
+        )
     configuration.check_choice("data.channels", data_config.channels, (0, 1, 3))
+    if data_config.channels not in (0, native_channels) and native_channels != 1:
+        raise configuration.ConfigError(
+            f"data.channels={data_config.channels}: {info.name} has {native_channels}-channel images, and only grey "
+            f"ones are repeated to 3; give 0 or {native_channels}"
+        )
+    for split in SPLITS:
+        key = f"synthetic_{split}_examples"
+        configuration.check_at_least(f"data.{key}", data_config[key], 0, "0 keeps the dataset's size")
+    _check_normalization(data_config, config_input_shape(data_config)[-1])
+    _check_memory(data_config, info)
+
+
+def _check_normalization(data_config: ml_collections.ConfigDict, channels: int) -> None:
+    """`data.mean` and `data.std`: empty (the dataset's own), or one value per input channel on the 0-1 scale."""
+    for key, allowed, inside in (("mean", "[0, 1]", lambda v: 0 <= v <= 1), ("std", "(0, 1]", lambda v: 0 < v <= 1)):
+        values = data_config[key]
+        numbers = isinstance(values, (tuple, list)) and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values
+        )
+        if not numbers or len(values) not in (0, channels):
+            raise configuration.ConfigError(
+                f"data.{key}={values!r} must give one number per input channel ({channels}), or none for the "
+                "dataset's own"
+            )
+        if not all(map(inside, values)):
+            raise configuration.ConfigError(
+                f"data.{key}={tuple(values)} must be in {allowed} for every channel, on the 0-1 scale of pixel / 255"
+            )
+
+
+def _check_memory(data_config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
+    """The splits, at the network's input shape, must fit in this machine's memory: else numpy's allocation fails
+    with a traceback, or the machine swaps."""
+    memory = _physical_memory()
+    if memory is None:
+        return
+    height, width, channels = config_input_shape(data_config)
+    counts = [data_config[f"synthetic_{split}_examples"] or info.split_sizes[split] for split in SPLITS]
+    needed = sum(counts) * height * width * channels
+    if needed > memory:
+        native = info.image_shape[0]
+        split = SPLITS[counts.index(max(counts))]
+        key = (
+            f"data.image_size={data_config.image_size}"
+            if data_config.image_size > native
+            else f"data.synthetic_{split}_examples={counts[SPLITS.index(split)]}"
+        )
+        raise configuration.ConfigError(
+            f"{key}: the splits' {sum(counts):,} images of {height}x{width}x{channels} take {needed / 2**30:,.0f} GiB, "
+            f"more than this machine's {memory / 2**30:,.0f} GiB of memory; give a smaller data.image_size (0 keeps "
+            f"the native {native}) or fewer examples"
+        )
 
 
 def use_official_files(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
