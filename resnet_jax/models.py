@@ -192,7 +192,12 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = True, return_features: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits; with `return_features`, also `{"stem", "stage1", ..., "pooled"}`: the stem's and each stage's
+        output maps (NHWC, after the pre-activation net's final BN-ReLU for the last stage) and the pooled vector
+        the head reads."""
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
         if self.shortcut not in ("A", "B"):
@@ -222,6 +227,7 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name="stem_bn")(x))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad_1(3))
+        features = {"stem": x}
 
         block_conv = functools.partial(conv, use_bias=self.conv_bias)
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
@@ -236,11 +242,14 @@ class ResNet(nn.Module):
                     dropout_rate=self.dropout_rate,
                     name=f"stage{stage + 1}_block{index + 1}",
                 )(x, train=train)
+            features[f"stage{stage + 1}"] = x
         if preactivation:
             x = nn.relu(norm(name="final_bn")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+            features[f"stage{len(self.stage_sizes)}"] = x
+        features["pooled"] = x = jnp.mean(x, axis=(1, 2))
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        logits = logits.astype(jnp.float32)
+        return (logits, features) if return_features else logits
 
 
 def _cifar_resnet(depth: int) -> Callable[..., ResNet]:
@@ -270,6 +279,18 @@ MODEL_REGISTRY: dict[str, Callable[..., ResNet]] = {
     "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock),
     "resnet101": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock),
     "resnet152": functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock),
+    # torchvision's ImageNet ResNets: a 7x7 stride-2 stem and a max-pool (the stride sits on the bottleneck's 3x3,
+    # torchvision's "v1.5"), for weights converted from it (resnet_jax.interop).
+    **{
+        f"resnet{depth}_imagenet": functools.partial(ResNet, stage_sizes=sizes, block_cls=block, stem="imagenet")
+        for depth, sizes, block in (
+            (18, (2, 2, 2, 2), BasicBlock),
+            (34, (3, 4, 6, 3), BasicBlock),
+            (50, (3, 4, 6, 3), BottleneckBlock),
+            (101, (3, 4, 23, 3), BottleneckBlock),
+            (152, (3, 8, 36, 3), BottleneckBlock),
+        )
+    },
     "preact_resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=PreActBasicBlock),
     "wrn16_8": _wide_resnet(16, 8),
     "wrn28_10": _wide_resnet(28, 10),

@@ -21,6 +21,8 @@ COMMANDS = {
     "compare": ("resnet_jax.tools.compare", "compare architectures: cost, speed, memory and accuracy"),
     "sweep": ("resnet_jax.tools.sweep", "a hyper-parameter grid or Optuna search of training runs"),
     "data": ("resnet_jax.tools.data", "describe, download or prepare a dataset"),
+    "convert": ("resnet_jax.tools.convert", "convert PyTorch weights into a run, or a run's weights into PyTorch's"),
+    "features": ("resnet_jax.tools.features", "write a split's embeddings (pooled or per-stage features) and labels"),
 }
 
 

@@ -1,0 +1,97 @@
+"""Writes a split's embeddings: every example through a run's network (its EMA when it kept one), in split order,
+as the pooled vector its head reads (or a stage's map, averaged over space, with --layer), with the labels.
+
+--out emb.npz holds `features` (N, D) float32, `labels` (N,) int32 and `class_names`; --out emb.npy holds the
+features, and emb.labels.npy beside it the labels.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import augment, data, inference, metrics, runtime
+from resnet_jax.tools import common, run_arguments
+
+SUFFIXES = (".npz", ".npy")
+
+
+def layer_names(run: inference.TrainedRun) -> tuple[str, ...]:
+    """The layers a run's network returns features at: stem, stage1..N and pooled."""
+    return ("stem", *(f"stage{index + 1}" for index in range(len(run.experiment.model.stage_sizes))), "pooled")
+
+
+def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled") -> np.ndarray:
+    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (maps averaged over space)."""
+    step_config, model = run.experiment.step_config, run.experiment.model
+
+    @jax.jit
+    def features(variables, batch):
+        inputs = augment.normalize(batch, step_config.mean, step_config.std, step_config.dtype)
+        value = model.apply(variables, inputs, train=False, return_features=True)[1][layer]
+        return (value if value.ndim == 2 else jnp.mean(value, axis=(1, 2))).astype(jnp.float32)
+
+    batch = max(1, min(int(run.config.eval.batch_size), len(images)))
+    chunks = []
+    for start in range(0, len(images), batch):
+        part = images[start : start + batch]
+        # The last batch is padded to the others' size, so that one program serves every batch.
+        padded = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
+        chunks.append(np.asarray(jax.device_get(features(run.variables, padded)))[: len(part)])
+    return np.concatenate(chunks)
+
+
+def write(out: Path, features: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> list[Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, features=features, labels=labels, class_names=np.asarray(class_names))
+        return [out]
+    labels_path = out.with_name(out.stem + ".labels.npy")
+    np.save(out, features)
+    np.save(labels_path, labels)
+    return [out, labels_path]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser("features", __doc__)
+    run_arguments.add_run_arguments(parser)
+    parser.add_argument("--split", default="test", choices=("test", "train"), help="the split to embed (default test)")
+    parser.add_argument("--layer", default="pooled", help="pooled (default), stem or stageN: where to read features")
+    parser.add_argument("--out", required=True, help="file to write: emb.npz, or emb.npy (+ emb.labels.npy)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix not in SUFFIXES:
+        parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
+    runtime.setup_logging()
+    try:
+        run = inference.restore_run(args.workdir, args.checkpoint)
+        if args.layer not in layer_names(run):
+            raise inference.RunError(
+                f"--layer {args.layer!r}: {run.config.model.name} has {', '.join(layer_names(run))}"
+            )
+        config = run.config.data
+        data.fetch_if_asked(config)
+        num_examples = data.config_split_size(config, args.split)
+        split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
+        with metrics.stage(f"embedding {num_examples:,} {args.split} examples at {args.layer}, compile included"):
+            features = embed(run, split.images, args.layer)
+    except run_arguments.ERRORS as error:
+        common.fail(error)
+    try:
+        paths = write(out, features, split.labels, run.class_names)
+    except OSError as error:
+        common.fail(f"cannot write {out}: {error.strerror or error}")
+    print(
+        f"wrote {features.shape[0]:,} x {features.shape[1]} {args.layer} features and their labels to "
+        f"{', '.join(map(str, paths))}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""PyTorch interop: each layout's weights, drawn from the fixtures' seeds and written as torch would write them,
+convert into this zoo and give torch's logits and BN statistics (tests/fixtures/*.npz, made by
+make_torch_references.py); the convert tool makes a run the other tools read, writes it back bit-exact, and ends
+a foreign file in one line. Where torch is installed, the same checks run against live torch, round trip included.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from resnet_jax import inference, models
+from resnet_jax.interop import files, layouts, runs
+from resnet_jax.tools import convert as convert_tool
+from resnet_jax.tools import evaluate as evaluate_tool
+from resnet_jax.tools import features as features_tool
+from tests.fixtures.references import CASES, draw_state_dict
+
+TINY_DATA = [
+    "--dataset=synthetic",
+    "--config.data.synthetic_train_examples=64",
+    "--config.data.synthetic_test_examples=48",
+    "--config.eval.batch_size=16",
+]
+# torchvision's deepest nets, whose compile alone takes tens of seconds on a CPU.
+SLOW_CASES = {"torchvision_resnet101", "torchvision_resnet152"}
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(np.asarray(actual, np.float64) - expected).max() / np.abs(expected).max())
+
+
+def case_state_dict(case, num_classes=None):
+    """The case's weights, drawn from its seed for the keys and shapes its layout gives the zoo model."""
+    shapes = runs.expected_torch_keys(case.model, num_classes or case.num_classes, case.layout)
+    return draw_state_dict(shapes, case.seed)
+
+
+def cli_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def bn_sample_counts(model, variables, images) -> dict[tuple[str, ...], int]:
+    """Values per channel each BatchNorm normalised over in a train-mode pass, by module path."""
+    _, state = model.apply(
+        variables,
+        images,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda module, _: isinstance(module, nn.BatchNorm),
+    )
+    counts = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["intermediates"]):
+        keys = tuple(str(getattr(key, "key", key)) for key in path)  # (*module path, "__call__", 0)
+        counts[keys[:-2]] = int(np.prod(leaf.shape[:-1]))
+    return counts
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name for name in CASES]
+)
+def test_each_layout_converts_to_torchs_logits_and_back_bit_exact(name, tmp_path):
+    case = CASES[name]
+    reference = np.load(case.path)
+    drawn = case_state_dict(case)
+    path = tmp_path / "weights.safetensors"
+    save_file(drawn, path)
+    state_dict = files.read_state_dict(path)
+    found = layouts.match(state_dict)
+    assert (found.layout.name, found.model_name, found.num_classes) == (case.layout, case.model, case.num_classes)
+    variables = layouts.to_variables(state_dict, found)
+    model = models.get_model(case.model, num_classes=case.num_classes)
+    images = jnp.asarray(reference["input"].transpose(0, 2, 3, 1))
+
+    eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    assert relative_error(eval_logits, reference["eval_logits"]) <= 1e-5
+    train_logits, updated = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, images
+    )
+    # Train-mode BN over a few values per channel (8 in a 64x64 input's last stage) amplifies float32 rounding
+    # through a deep net: held to 1e-5 of torch's float64 logits, or to twice torch's own float32 error.
+    torch_own = relative_error(reference["train_logits"], reference["train_logits_float64"])
+    assert relative_error(train_logits, reference["train_logits_float64"]) <= max(1e-5, 2 * torch_own)
+    if torch_own <= 2e-6:
+        assert relative_error(train_logits, reference["train_logits"]) <= 1e-5
+
+    back = layouts.to_state_dict(variables, found.layout)
+    assert list(back) == sorted(drawn, key=layouts.torch_order)
+    for key, value in drawn.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value), key
+
+    if case.bn_stats:
+        counts = bn_sample_counts(model, variables, images)
+        table = layouts.entries(variables, found.layout)
+        for entry in (entry for entry in table if entry.path[0] == "batch_stats"):
+            ours, before = updated["batch_stats"], variables["batch_stats"]
+            for key in entry.path[1:]:
+                ours, before = ours[key], before[key]
+            ours, expected = np.asarray(ours, np.float64), reference[f"bn/{entry.torch_key}"]
+            if entry.path[-1] == "var":
+                # torch's running variance takes the unbiased batch variance, Flax's the biased one: the same
+                # update once the batch part is scaled by n / (n - 1).
+                n = counts[entry.path[1:-1]]
+                ours = 0.9 * before + (ours - 0.9 * before) * n / (n - 1)
+            np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6, err_msg=entry.torch_key)
+
+
+def test_a_name_for_each_layout_and_the_first_misfit_key(tmp_path):
+    drawn = case_state_dict(CASES["akamaster_resnet20"])
+    assert layouts.match(drawn, "akamaster").model_name == "resnet20"
+    with pytest.raises(layouts.InteropError, match=r"the kuangliu layout, .*match none"):
+        layouts.match(drawn, "kuangliu")
+    missing = {key: value for key, value in drawn.items() if key != "layer2.0.bn1.running_var"}
+    with pytest.raises(
+        layouts.InteropError, match=r"nearest, akamaster, as resnet20: missing layer2.0.bn1.running_var \(32,\)"
+    ):
+        layouts.match(missing)
+    extra = drawn | {"layer2.0.shortcut.0.weight": np.zeros((32, 16, 1, 1), np.float32)}
+    with pytest.raises(layouts.InteropError, match=r"unexpected layer2.0.shortcut.0.weight \(32, 16, 1, 1\)"):
+        layouts.match(extra)
+    wrong = drawn | {"layer1.0.conv1.weight": np.zeros((16, 16, 1, 1), np.float32)}
+    with pytest.raises(
+        layouts.InteropError, match=r"layer1.0.conv1.weight is \(16, 16, 1, 1\), expected \(16, 16, 3, 3\)"
+    ):
+        layouts.match(wrong)
+    # Files from torch before 0.4.1 have no BN counters; they still fit.
+    old = {key: value for key, value in drawn.items() if not key.endswith("num_batches_tracked")}
+    assert layouts.match(old).model_name == "resnet20"
+
+
+def test_a_data_parallel_checkpoint_is_unwrapped():
+    drawn = case_state_dict(CASES["akamaster_resnet20"])
+    wrapped = {"state_dict": {f"module.{key}": value for key, value in drawn.items()}, "best_prec1": 91.7}
+    assert list(files.unwrap(wrapped, Path("model.th"))) == list(drawn)
+    assert list(files.unwrap({"net": drawn, "acc": 95.0, "epoch": 200}, Path("ckpt.pth"))) == list(drawn)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """akamaster's ResNet-20, drawn from its case's seed, converted by the tool into a synthetic-data run."""
+    folder = tmp_path_factory.mktemp("converted")
+    drawn = case_state_dict(CASES["akamaster_resnet20"])
+    save_file(drawn, folder / "resnet20.safetensors")
+    convert_tool.main(["--from", str(folder / "resnet20.safetensors"), "--workdir", str(folder / "run"), *TINY_DATA])
+    return folder, drawn
+
+
+def test_a_converted_run_is_a_run_the_tools_read(converted, capsys):
+    folder, drawn = converted
+    record = json.loads((folder / "run" / "conversion.json").read_text())
+    assert (record["layout"], record["model"], record["head"]) == ("akamaster", "resnet20", "converted")
+    run = inference.restore_run(folder / "run")
+    assert run.step == 0 and run.config.model.name == "resnet20"
+    assert tuple(run.config.data.mean) == layouts.IMAGENET_MEAN  # as akamaster's trainer normalises
+    expected = layouts.to_variables(drawn, layouts.match(drawn))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(run.variables)):
+        want = expected
+        for key in path:
+            want = want[key.key]
+        assert np.array_equal(leaf, want), path
+    capsys.readouterr()
+    assert evaluate_tool.main(["--workdir", str(folder / "run"), "--out", str(folder / "eval")]) == 0
+    assert "48 examples" in capsys.readouterr().out
+
+
+def test_a_run_goes_out_bit_exact_as_safetensors(converted, capsys):
+    folder, drawn = converted
+    out = folder / "out.safetensors"
+    assert convert_tool.main(["--workdir", str(folder / "run"), "--to", str(out)]) == 0
+    assert "akamaster layout" in capsys.readouterr().out
+    written = load_file(out)
+    assert sorted(written) == sorted(drawn)
+    for key, value in drawn.items():
+        assert written[key].dtype == value.dtype and np.array_equal(written[key], value), key
+
+
+def test_a_head_of_another_class_count_starts_fresh_and_the_backbone_is_kept(tmp_path):
+    drawn = case_state_dict(CASES["akamaster_resnet20"], num_classes=100)
+    save_file(drawn, tmp_path / "cifar100.safetensors")
+    convert_tool.main(
+        ["--from", str(tmp_path / "cifar100.safetensors"), "--workdir", str(tmp_path / "run"), *TINY_DATA]
+    )
+    record = json.loads((tmp_path / "run" / "conversion.json").read_text())
+    assert (record["head"], record["source_classes"], record["classes"]) == ("fresh", 100, 10)
+    out, _, _ = runs.write_run_weights(tmp_path / "run", tmp_path / "back.safetensors")
+    written = load_file(out)
+    assert written["linear.weight"].shape == (10, 64)
+    assert all(np.array_equal(written[key], drawn[key]) for key in drawn if not key.startswith("linear."))
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(200), "weights.safetensors", "cannot be read as safetensors"),
+        (None, "truncated.safetensors", "cannot be read as safetensors"),
+        (b"{}", "weights.bin", "is not a weight file this reads"),
+    ],
+)
+def test_a_foreign_or_truncated_file_is_one_line(tmp_path, capsys, content, name, expected):
+    path = tmp_path / name
+    if content is None:
+        save_file(case_state_dict(CASES["seed_resnet"]), tmp_path / "whole.safetensors")
+        content = (tmp_path / "whole.safetensors").read_bytes()[:5000]
+    path.write_bytes(content)
+    message = cli_error(convert_tool.main, ["--from", str(path), "--workdir", str(tmp_path / "run")], capsys)
+    assert expected in message and str(path) in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_fits_no_layout_names_its_key_in_one_line(tmp_path, capsys):
+    drawn = case_state_dict(CASES["seed_resnet"])
+    drawn["layer3.1.conv2.bias"] = np.zeros(7, np.float32)
+    save_file(drawn, tmp_path / "odd.safetensors")
+    message = cli_error(
+        convert_tool.main, ["--from", str(tmp_path / "odd.safetensors"), "--workdir", str(tmp_path / "r")], capsys
+    )
+    assert "nearest, seed, as seed_resnet: layer3.1.conv2.bias is (7,), expected (64,)" in message
+
+
+def test_a_pth_file_without_torch_names_the_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    path = tmp_path / "resnet20.th"
+    path.write_bytes(b"PK\x03\x04")
+    message = cli_error(convert_tool.main, ["--from", str(path), "--workdir", str(tmp_path / "run")], capsys)
+    assert "pip install torch" in message and ".safetensors" in message
+
+
+def test_features_are_what_the_head_reads_and_the_default_call_is_unchanged():
+    model = models.get_model("resnet8_tiny", num_classes=5)
+    images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+    variables = model.init(jax.random.key(1), images, train=False)
+    logits, features = model.apply(variables, images, train=False, return_features=True)
+    assert list(features) == ["stem", "stage1", "stage2", "stage3", "pooled"]
+    assert [features[f"stage{i}"].shape for i in (1, 2, 3)] == [(3, 32, 32, 4), (3, 16, 16, 8), (3, 8, 8, 16)]
+    np.testing.assert_allclose(features["pooled"], features["stage3"].mean(axis=(1, 2)), rtol=1e-6)
+    head = variables["params"]["head"]
+    np.testing.assert_allclose(logits, features["pooled"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(logits, model.apply(variables, images, train=False))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_the_features_tool_writes_a_splits_embeddings_with_its_labels(converted, tmp_path, capsys, suffix):
+    folder, _ = converted
+    out = tmp_path / f"emb{suffix}"
+    assert features_tool.main(["--workdir", str(folder / "run"), "--out", str(out)]) == 0
+    if suffix == ".npz":
+        stored = np.load(out)
+        embeddings, labels = stored["features"], stored["labels"]
+    else:
+        embeddings, labels = np.load(out), np.load(tmp_path / "emb.labels.npy")
+    run = inference.restore_run(folder / "run")
+    evaluation = inference.evaluate_split(run, "test")
+    assert embeddings.shape == (48, 64) and embeddings.dtype == np.float32
+    np.testing.assert_array_equal(labels, evaluation.labels)
+    head = jax.device_get(run.variables)["params"]["head"]
+    np.testing.assert_allclose(embeddings @ head["kernel"] + head["bias"], evaluation.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_the_features_tool_names_the_layers_it_has(converted, tmp_path, capsys):
+    folder, _ = converted
+    argv = ["--workdir", str(folder / "run"), "--layer", "stage4", "--out", str(tmp_path / "e.npz")]
+    assert "stem, stage1, stage2, stage3, pooled" in cli_error(features_tool.main, argv, capsys)
+
+
+# --- live torch, where it is installed ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_nets():
+    pytest.importorskip("torch")
+    from tests.fixtures import make_torch_references
+
+    return make_torch_references
+
+
+def live_cases(nets):
+    names = ["akamaster_resnet20", "kuangliu_resnet18", "seed_resnet", "torchvision_resnet18", "torchvision_resnet50"]
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        names = [name for name in names if CASES[name].layout != "torchvision"]
+    return [CASES[name] for name in names]
+
+
+def test_live_torch_round_trip(torch_nets, tmp_path, capsys):
+    import torch
+
+    for case in live_cases(torch_nets):
+        torch.manual_seed(case.seed)
+        net = torch_nets.NETS[case.torch_net](case.num_classes)  # torch's own initialisation
+        with torch.no_grad():  # BN statistics other than torch's 0 and 1, so that their mapping shows
+            for module in net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.normal_(0, 0.1)
+                    module.running_var.uniform_(0.5, 2.0)
+        net.eval()
+        source = tmp_path / f"{case.name}.th"
+        wrapped = (
+            {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
+            if case.layout == "akamaster"
+            else net.state_dict()
+        )
+        torch.save(wrapped, source)
+        run = tmp_path / case.name
+        assert (
+            convert_tool.main(["--from", str(source), "--workdir", str(run), *TINY_DATA, f"--layout={case.layout}"])
+            == 0
+        )
+        restored = inference.restore_run(run)
+        images = torch.randn(2, 3, case.image_size, case.image_size)
+        with torch.no_grad():
+            expected = net(images).numpy()
+        model = models.get_model(case.model, num_classes=case.num_classes)
+        ours = model.apply(restored.variables, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)), train=False)
+        assert relative_error(ours, expected) <= 1e-5, case.name
+        for suffix in (".pth", ".safetensors"):
+            out = tmp_path / f"{case.name}-back{suffix}"
+            assert convert_tool.main(["--workdir", str(run), "--to", str(out)]) == 0
+            fresh = torch_nets.NETS[case.torch_net](case.num_classes)
+            loaded = (
+                torch.load(out) if suffix == ".pth" else {k: torch.from_numpy(v) for k, v in load_file(out).items()}
+            )
+            fresh.load_state_dict(loaded, strict=True)
+            for key, value in net.state_dict().items():
+                assert torch.equal(fresh.state_dict()[key], value), (case.name, suffix, key)
+    capsys.readouterr()
+
+
+def test_live_torch_a_truncated_pth_is_one_line(torch_nets, tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "resnet20.pth"
+    torch.save(torch_nets.NETS["akamaster.resnet20"](10).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:3000])
+    message = cli_error(convert_tool.main, ["--from", str(path), "--workdir", str(tmp_path / "run")], capsys)
+    assert "cannot be read by torch.load" in message
