@@ -12,13 +12,12 @@ import jax
 import ml_collections
 import optax
 
-from resnet_jax import checkpoint, configuration
+from resnet_jax import checkpoint, configuration, interop
 
 FREEZE = ("none", "backbone", "all_but_head")
 HEAD = "head"
-WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".th")
 DEFAULTS = {
-    # A run's workdir (its newest good checkpoint) or a converted run; empty: start from a new initialisation.
+    # A run's workdir (its newest good checkpoint), or a PyTorch state_dict file; empty: a new initialisation.
     "source": "",
     # backbone: its weights stay, its BN statistics still follow the new data; all_but_head: a linear probe, the
     # backbone exactly as it came (BN in inference mode, statistics kept).
@@ -65,12 +64,15 @@ def wrap_optimizer(
 
 
 def start_weights(state: Any, source: str) -> Any:
-    """`state` with the weights of `source` (a run's workdir, or its checkpoints folder) where they fit."""
+    """`state` with the weights of `source` where they fit: a run's workdir (or its checkpoints folder), or a
+    PyTorch `state_dict` file of one of `interop.LAYOUTS` (`.pth`, `.pt`, `.th`, `.safetensors`)."""
     path = Path(source).expanduser()
-    if path.suffix in WEIGHT_FILES:
-        raise checkpoint.CheckpointError(
-            f"finetune.source={source!r} is a PyTorch or safetensors file; convert it into a run first "
-            f"(resnet-jax convert --help) and start from that run's folder"
-        )
+    if path.suffix in interop.files.SAFETENSORS_SUFFIXES + interop.files.TORCH_SUFFIXES:
+        try:
+            state_dict = interop.read_state_dict(path)
+            weights = interop.to_variables(state_dict, interop.match(state_dict))
+        except interop.InteropError as error:
+            raise checkpoint.CheckpointError(f"finetune.source={source!r}: {error}") from None
+        return checkpoint.transplant_weights(state, weights, str(path))
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     return checkpoint.transplant_weights(state, checkpoint.newest_weights(directory), str(path))

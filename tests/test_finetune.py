@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, configuration, finetune, trainer
+from resnet_jax import checkpoint, configuration, experiment, finetune, trainer
+from resnet_jax.interop import runs
 from resnet_jax.tools import train as train_tool
 from tests.conftest import load_config, optimizer
 
@@ -77,10 +78,10 @@ def test_the_backbone_moves_at_its_scale_of_the_heads_rate():
     chex.assert_trees_all_close(updates["stage1_block1"], jax.tree.map(lambda u: 0.25 * u, full["stage1_block1"]))
 
 
-def test_a_pytorch_file_or_a_missing_source_is_refused_in_one_line(tmp_path):
+def test_a_foreign_weight_file_or_a_missing_source_is_refused_in_one_line(tmp_path):
     weights = tmp_path / "resnet20.safetensors"
-    weights.write_bytes(b"not converted")
-    with pytest.raises(checkpoint.CheckpointError, match="convert it into a run first"):
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(checkpoint.CheckpointError, match="resnet20.safetensors"):
         finetune.start_weights(None, str(weights))
     with pytest.raises(configuration.ConfigError, match="does not exist"):
         finetune.check_config(ml_collections.ConfigDict(finetune.DEFAULTS | {"source": str(tmp_path / "none")}))
@@ -88,3 +89,15 @@ def test_a_pytorch_file_or_a_missing_source_is_refused_in_one_line(tmp_path):
         finetune.check_config(ml_collections.ConfigDict(finetune.DEFAULTS | {"backbone_learning_rate_scale": -1.0}))
     plain = optimizer(0.1)
     assert finetune.wrap_optimizer(plain, ml_collections.ConfigDict(finetune.DEFAULTS)) is plain
+
+
+def test_a_pytorch_weight_file_starts_a_deeper_run_where_it_fits(tmp_path):
+    # resnet8's weights written out in akamaster's layout, then a resnet20 run started from the file.
+    small = tmp_path / "resnet8"
+    trainer.train_and_evaluate(load_config("smoke", **{"model.name": "resnet8", "train.num_epochs": 1}), small)
+    weights, _, _ = runs.write_run_weights(small, tmp_path / "resnet8.safetensors")
+    config = load_config("smoke", **{"model.name": "resnet20", "train.num_epochs": 1})
+    state = finetune.start_weights(experiment.build(config).new_state(), str(weights))
+    source = final_tree(small)
+    chex.assert_trees_all_equal(jax.device_get(state.params["stage2_block1"]), source["params"]["stage2_block1"])
+    chex.assert_trees_all_equal(jax.device_get(state.batch_stats["stem_bn"]), source["batch_stats"]["stem_bn"])

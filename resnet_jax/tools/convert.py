@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from resnet_jax import data, runtime
-from resnet_jax.interop import LAYOUTS, InteropError, write_converted_run, write_run_weights
+from resnet_jax.interop import LAYOUTS, InteropError
+from resnet_jax.interop.runs import write_converted_run, write_run_weights
 from resnet_jax.tools import common, run_arguments
 
 ERRORS = (*run_arguments.ERRORS, InteropError)
