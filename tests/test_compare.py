@@ -178,3 +178,10 @@ def test_resnet_jax_compare_is_the_same_command(tmp_path, capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("error: --models: unknown resnet9; choose from resnet")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_a_measurement_of_a_few_steps_builds_from_any_recipe(steps):
+    # The default recipe drops its rate at 1/2 and 3/4 of the run: a run of a few steps has no room for that.
+    config = compare.measurement_config(experiment.base_config(), "resnet8_tiny", 32, steps, None)
+    assert experiment.build(config).total_steps == steps

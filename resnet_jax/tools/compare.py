@@ -93,6 +93,9 @@ def measurement_config(
     config.train.batch_size = batch
     config.train.num_steps = steps
     config.train.steps_per_call = steps
+    # A step's speed does not depend on the rate, and a run of a few steps has no room for a recipe's drops.
+    config.schedule.name = "constant"
+    config.schedule.warmup_epochs = 0.0
     return config
 
 
