@@ -1,10 +1,13 @@
-"""Datasets as uint8 NHWC images and int32 labels: the registry, the sources (official files, tfds, synthetic), the
-official files' download, and the config's `data` section. The names below are the package's public face.
+"""Datasets as uint8 NHWC images and int32 labels: the registry, the sources (official files, tfds, synthetic, a
+folder of images), the official files' download, and the config's `data` section. The names below are the
+package's public face.
 """
 
 from resnet_jax.data.download import fetch_official_files
+from resnet_jax.data.folder import ImageFolder, open_folder
 from resnet_jax.data.registry import (
     DATASETS,
+    FOLDER,
     SOURCES,
     SPLITS,
     DataError,
@@ -15,12 +18,14 @@ from resnet_jax.data.registry import (
 from resnet_jax.data.section import (
     DEFAULTS,
     check_config,
+    config_dataset_info,
     config_input_shape,
     config_loader,
     config_normalization,
     config_split_size,
     default_files_dir,
     fetch_if_asked,
+    use_folder,
     use_official_files,
 )
 from resnet_jax.data.splits import describe, input_shape, load_split, normalization, split_size, to_input_shape
@@ -30,12 +35,15 @@ from resnet_jax.data.tfds_source import prepare
 __all__ = [
     "DATASETS",
     "DEFAULTS",
+    "FOLDER",
     "SOURCES",
     "SPLITS",
     "DataError",
     "DatasetInfo",
+    "ImageFolder",
     "SplitArrays",
     "check_config",
+    "config_dataset_info",
     "config_input_shape",
     "config_loader",
     "config_normalization",
@@ -48,9 +56,11 @@ __all__ = [
     "input_shape",
     "load_split",
     "normalization",
+    "open_folder",
     "prepare",
     "split_size",
     "synthetic_split",
     "to_input_shape",
+    "use_folder",
     "use_official_files",
 ]

@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 
 SPLITS = ("train", "test")
-SOURCES = ("tfds", "files", "synthetic")
+FOLDER = "folder"  # the source, and the dataset, of a run on a folder of class folders of images
+SOURCES = ("tfds", "files", "synthetic", FOLDER)
 
 
 class DataError(RuntimeError):

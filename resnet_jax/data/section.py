@@ -13,9 +13,10 @@ from urllib.parse import urlparse
 import ml_collections
 
 from resnet_jax import configuration
-from resnet_jax.data import download, splits
+from resnet_jax.data import download, folder, splits
 from resnet_jax.data.registry import (
     DATASETS,
+    FOLDER,
     SOURCES,
     SPLITS,
     DataError,
@@ -27,14 +28,19 @@ from resnet_jax.data.registry import (
 DEFAULTS = {
     "dataset": "cifar10",
     "source": "tfds",
-    "files_dir": "",  # the `files` source's folder (~ is expanded)
+    "files_dir": "",  # the `files` source's folder; the `folder` source's folder or .tar/.tar.gz (~ is expanded)
     "download": False,  # True: download the official files files_dir lacks, verified by sha256
     "download_mirror": "",  # a base URL serving the official file names; empty: the official hosts
     "data_dir": "",
-    "image_size": 32,  # grey 28x28 sets are zero-padded to this; 0 keeps the native size
-    "channels": 0,  # 0: native; 3 repeats a grey channel
-    "mean": (),  # empty: the dataset's own statistics
+    "image_size": 32,  # grey 28x28 sets are zero-padded to this, a folder's images resized; 0 keeps the native size
+    "channels": 0,  # 0: native (a folder: RGB if any image has colour); 3 repeats a grey channel, 1 greys a folder's
+    "mean": (),  # empty: the dataset's own statistics (a folder's: its train split's, recorded as the run starts)
     "std": (),
+    # A folder's DatasetInfo, recorded from it as a run starts, so that config.json names the classes to the run's
+    # tools on a machine without the folder; when given, the folder must still agree.
+    "class_names": (),
+    "image_shape": (),  # (height, width, channels) as decoded
+    "split_sizes": {"train": 0, "test": 0},
     "synthetic_train_examples": 0,  # 0: the registry's size
     "synthetic_test_examples": 0,
 }
@@ -54,8 +60,13 @@ def _physical_memory() -> int | None:
 
 def check_config(data_config: ml_collections.ConfigDict) -> None:
     """Raises a one-line ConfigError for the first `data` key that cannot work (no file is read)."""
-    configuration.check_choice("data.dataset", data_config.dataset, DATASETS)
+    configuration.check_choice("data.dataset", data_config.dataset, (*DATASETS, FOLDER))
     configuration.check_choice("data.source", data_config.source, SOURCES)
+    if (data_config.source == FOLDER) != (data_config.dataset == FOLDER):
+        raise configuration.ConfigError(
+            f"data.source={data_config.source!r} with data.dataset={data_config.dataset!r}: a folder of images is "
+            "the dataset and its source; give data.source='folder' and data.dataset='folder' together"
+        )
     configuration.check_choice("data.download", data_config.download, (False, True))
     for key in ("files_dir", "data_dir", "download_mirror"):
         if not isinstance(data_config[key], str):
@@ -76,6 +87,9 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
         raise configuration.ConfigError(
             f"data.download_mirror={mirror!r} is not an http(s) address; give it as http://HOST/PATH/ or https://..."
         )
+    if data_config.source == FOLDER:
+        _check_folder_config(data_config)
+        return
     info = get_dataset_info(data_config.dataset)
     native_size, _, native_channels = info.image_shape
     configuration.check_at_least("data.image_size", data_config.image_size, 0, "0 keeps the native size")
@@ -93,21 +107,45 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
     for split in SPLITS:
         key = f"synthetic_{split}_examples"
         configuration.check_at_least(f"data.{key}", data_config[key], 0, "0 keeps the dataset's size")
-    _check_normalization(data_config, config_input_shape(data_config)[-1])
+    _check_normalization(data_config, (config_input_shape(data_config)[-1],))
     _check_memory(data_config, info)
 
 
-def _check_normalization(data_config: ml_collections.ConfigDict, channels: int) -> None:
-    """`data.mean` and `data.std`: empty (the dataset's own), or one value per input channel on the 0-1 scale."""
+def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
+    """The folder source's keys; its images are read (and any bad layout told) when the run is built. A section
+    that recorded its folder needs none until a split is read (a run's tools on another machine)."""
+    path = Path(data_config.files_dir).expanduser()
+    if not (_folder_recorded(data_config) or (data_config.files_dir and path.exists())):
+        raise configuration.ConfigError(
+            f"data.files_dir={data_config.files_dir!r} does not exist; put a folder of images there (or a .tar/.tar.gz "
+            f"of one) holding {folder.LAYOUT}, or point data.files_dir at yours"
+        )
+    configuration.check_at_least("data.image_size", data_config.image_size, 0, "0 keeps the images' own size")
+    configuration.check_choice("data.channels", data_config.channels, (0, 1, 3))
+    names = data_config.class_names
+    if not isinstance(names, (tuple, list)) or not all(isinstance(name, str) and name for name in names):
+        raise configuration.ConfigError(f"data.class_names={names!r} must be class names, or () to read the folder's")
+    shape = data_config.image_shape
+    if not isinstance(shape, (tuple, list)) or len(shape) not in (0, 3) or not all(isinstance(n, int) for n in shape):
+        raise configuration.ConfigError(f"data.image_shape={shape!r} must be (height, width, channels), or ()")
+    for split in SPLITS:
+        configuration.check_at_least(f"data.split_sizes.{split}", data_config.split_sizes[split], 0, "0: not read")
+    channels = shape[-1] if shape else data_config.channels
+    _check_normalization(data_config, (channels,) if channels else (1, 3))
+
+
+def _check_normalization(data_config: ml_collections.ConfigDict, channels: tuple[int, ...]) -> None:
+    """`data.mean` and `data.std`: empty (the dataset's own), or one value per input channel on the 0-1 scale
+    (`channels`: the counts that can be, more than one for a folder not yet read)."""
     for key, allowed, inside in (("mean", "[0, 1]", lambda v: 0 <= v <= 1), ("std", "(0, 1]", lambda v: 0 < v <= 1)):
         values = data_config[key]
         numbers = isinstance(values, (tuple, list)) and all(
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values
         )
-        if not numbers or len(values) not in (0, channels):
+        if not numbers or len(values) not in (0, *channels):
             raise configuration.ConfigError(
-                f"data.{key}={values!r} must give one number per input channel ({channels}), or none for the "
-                "dataset's own"
+                f"data.{key}={values!r} must give one number per input channel "
+                f"({' or '.join(map(str, channels))}), or none for the dataset's own"
             )
         if not all(map(inside, values)):
             raise configuration.ConfigError(
@@ -148,15 +186,72 @@ def use_official_files(data_config: ml_collections.ConfigDict) -> ml_collections
     return data_config
 
 
+def use_folder(data_config: ml_collections.ConfigDict, path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Reads the dataset from a folder (or a .tar/.tar.gz of one) of class folders of images."""
+    data_config.dataset = data_config.source = FOLDER
+    data_config.files_dir = str(path)
+    return data_config
+
+
+def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+    """The section's dataset: the registry's entry, or what a folder holds. A folder is read (decoded once, into the
+    cache) when the section has not recorded it yet, and recorded in it: `class_names`, `image_shape`,
+    `split_sizes`, and `mean` / `std` (its train split's) unless given. config.json then carries them."""
+    if data_config.dataset != FOLDER:
+        return get_dataset_info(data_config.dataset)
+    if not (_folder_recorded(data_config) and data_config.mean and data_config.std):
+        found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels).info
+        _check_folder_agrees(data_config, found)
+        data_config.class_names = found.class_names
+        data_config.image_shape = found.image_shape
+        data_config.split_sizes.update(found.split_sizes)
+        data_config.mean, data_config.std = tuple(data_config.mean) or found.mean, tuple(data_config.std) or found.std
+        _check_normalization(data_config, (found.image_shape[-1],))
+    return DatasetInfo(
+        name=FOLDER,
+        class_names=tuple(data_config.class_names),
+        image_shape=tuple(data_config.image_shape),
+        mean=tuple(data_config.mean),
+        std=tuple(data_config.std),
+        split_sizes=dict(data_config.split_sizes),
+    )
+
+
+def _folder_recorded(data_config: ml_collections.ConfigDict) -> bool:
+    return bool(data_config.class_names and data_config.image_shape and all(data_config.split_sizes.values()))
+
+
+def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetInfo) -> None:
+    """What the section recorded of a folder must still hold, or the run would mix another dataset into its own."""
+    recorded = {
+        "class_names": tuple(data_config.class_names),
+        "image_shape": tuple(data_config.image_shape),
+        **{f"split_sizes.{split}": data_config.split_sizes[split] for split in SPLITS},
+    }
+    now = {
+        "class_names": found.class_names,
+        "image_shape": found.image_shape,
+        **{f"split_sizes.{split}": found.split_sizes[split] for split in SPLITS},
+    }
+    for key, value in recorded.items():
+        if value and value != now[key]:
+            raise DataError(
+                f"data.{key}={value!r} was recorded from {data_config.files_dir}, which now gives {now[key]!r}: the "
+                "folder changed; put it back, or start a new run (--fresh, or another --workdir)"
+            )
+
+
 def config_input_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """The network's input shape for the section's dataset, `image_size` and `channels`."""
-    info = get_dataset_info(data_config.dataset)
+    if data_config.dataset == FOLDER and data_config.image_size and data_config.channels:
+        return (data_config.image_size, data_config.image_size, data_config.channels)  # known before reading
+    info = config_dataset_info(data_config)
     return splits.input_shape(info, data_config.image_size or None, data_config.channels or None)
 
 
 def config_normalization(data_config: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel mean and std of the network's input: `data.mean` / `data.std`, or the dataset's own."""
-    info = get_dataset_info(data_config.dataset)
+    info = config_dataset_info(data_config)
     try:
         return splits.normalization(info, config_input_shape(data_config)[-1], data_config.mean, data_config.std)
     except DataError as error:
@@ -165,6 +260,8 @@ def config_normalization(data_config: ml_collections.ConfigDict) -> tuple[tuple[
 
 def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
     """The number of examples the section's split holds, known before it is read."""
+    if data_config.dataset == FOLDER:
+        return config_dataset_info(data_config).split_sizes[split]
     return splits.split_size(
         data_config.dataset,
         split,
@@ -176,18 +273,25 @@ def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int
 
 def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int) -> Callable[[slice], SplitArrays]:
     """Reads given rows of a split as the section says (`seed` draws the synthetic source's images)."""
-    return lambda rows: splits.load_split(
-        data_config.dataset,
-        split,
-        rows=rows,
-        source=data_config.source,
-        files_dir=data_config.files_dir or None,
-        data_dir=data_config.data_dir or None,
-        image_size=data_config.image_size or None,
-        channels=data_config.channels or None,
-        synthetic_examples=data_config[f"synthetic_{split}_examples"],
-        seed=seed,
-    )
+
+    def load(rows: slice) -> SplitArrays:
+        if data_config.dataset == FOLDER:  # the run's record of its folder against the folder as it is now
+            found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
+            _check_folder_agrees(data_config, found.info)
+        return splits.load_split(
+            data_config.dataset,
+            split,
+            rows=rows,
+            source=data_config.source,
+            files_dir=data_config.files_dir or None,
+            data_dir=data_config.data_dir or None,
+            image_size=data_config.image_size or None,
+            channels=data_config.channels or None,
+            synthetic_examples=data_config[f"synthetic_{split}_examples"],
+            seed=seed,
+        )
+
+    return load
 
 
 def fetch_if_asked(data_config: ml_collections.ConfigDict, part_suffix: str = ".part") -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from resnet_jax.data import files, synthetic, tfds_source
+from resnet_jax.data import files, folder, synthetic, tfds_source
 from resnet_jax.data.registry import SOURCES, DataError, DatasetInfo, SplitArrays, check_split, get_dataset_info
 
 
@@ -51,9 +51,20 @@ def normalization(
 
 
 def split_size(
-    dataset: str, split: str, *, source: str = "tfds", data_dir: str | None = None, synthetic_examples: int = 0
+    dataset: str,
+    split: str,
+    *,
+    source: str = "tfds",
+    data_dir: str | None = None,
+    synthetic_examples: int = 0,
+    files_dir: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> int:
-    """Number of examples in a split, known before reading it (so that each process can load only its rows)."""
+    """Number of examples in a split, known before reading it (so that each process can load only its rows); a
+    folder's is known once it is decoded (the first time only: it is cached)."""
+    if source == folder.FOLDER:
+        return folder.open_folder(files_dir, image_size or 0, channels or 0).info.split_sizes[split]
     info = get_dataset_info(dataset)
     if source == "synthetic" or info.name == "synthetic":
         return synthetic_examples or info.split_sizes[split]
@@ -80,10 +91,13 @@ def load_split(
     """Returns one split as uint8 NHWC images in the network's input shape and int32 labels.
 
     `rows` selects a contiguous slice (a process's share in a multi-host run); the tfds source then decodes only
-    those examples.
+    those examples. A folder's images are decoded at the input shape already (`dataset` is then ignored).
     """
-    info = get_dataset_info(dataset)
     check_split(split)
+    if source == folder.FOLDER:
+        arrays = folder.open_folder(files_dir, image_size or 0, channels or 0).split(split)
+        return arrays if rows is None else SplitArrays(arrays.images[rows], arrays.labels[rows])
+    info = get_dataset_info(dataset)
     if source == "synthetic" or info.name == "synthetic":
         count = synthetic_examples or info.split_sizes[split]
         arrays = synthetic.synthetic_split(info.image_shape, info.num_classes, count, seed, split)

@@ -1,0 +1,327 @@
+"""The `folder` source: class subfolders of JPEG and PNG images (`DIR/train/<class>/*`, `DIR/test/<class>/*`), in a
+folder or a .tar/.tar.gz of one read without unpacking. Decoded once, in parallel, into uint8 arrays cached in the
+user's cache under a hash of the files' names, sizes and times, with the classes and the train split's statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from resnet_jax.data.registry import FOLDER, SPLITS, DataError, DatasetInfo, SplitArrays
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png"
+_CACHE_FORMAT = 1  # bump when the cached arrays or info.json change meaning
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_warned: set[str] = set()  # cache entries whose skipped files were reported in this process
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-jax" / "folders"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """A decoded folder: what it holds (`info`, its mean/std those of the train split) and its splits' arrays."""
+
+    source: Path
+    info: DatasetInfo
+    arrays: dict[str, SplitArrays]
+
+    def split(self, name: str) -> SplitArrays:
+        return self.arrays[name]
+
+
+@dataclasses.dataclass
+class _Files:
+    """A folder's or an archive's image files by split and class, and a reader of one file's bytes."""
+
+    classes: dict[str, dict[str, list[str]]]  # split -> class -> relative paths, sorted
+    read: Callable[[str], bytes]
+    ignored: list[str]  # files that are not images in a class folder
+
+
+def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: int = 0) -> ImageFolder:
+    """A folder (or a .tar/.tar.gz of one) decoded at `image_size` (0: the images' own size, which must be one) with
+    `channels` (0: RGB when any image has colour, else grey); the first call decodes it, later ones read the cache."""
+    if not path:
+        raise DataError(f"no folder of images given; set data.files_dir to a folder holding {LAYOUT}")
+    source = Path(path).expanduser().absolute()
+    if not source.exists():
+        raise DataError(f"{source} does not exist; give data.files_dir a folder (or a .tar/.tar.gz) holding {LAYOUT}")
+    is_archive = source.is_file()
+    if is_archive and not tarfile.is_tarfile(source):
+        raise DataError(f"{source} is neither a folder nor a .tar/.tar.gz archive of one holding {LAYOUT}")
+    listing = None if is_archive else _stat_tree(source)
+    stat = source.stat()
+    identity = [_CACHE_FORMAT, str(source), image_size, channels, stat.st_size if is_archive else listing]
+    if is_archive:
+        identity.append(stat.st_mtime_ns)
+    entry = cache_root() / hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+    if not (entry / "info.json").is_file():
+        files = _read_archive(source) if is_archive else _read_tree(source, listing)
+        _decode_into(entry, files, source, image_size, channels)
+    meta = json.loads((entry / "info.json").read_text())
+    if str(entry) not in _warned:
+        _warned.add(str(entry))
+        _warn(source, "are not images in a class folder, and were ignored", meta["ignored"])
+        _warn(source, "could not be decoded, and were skipped", meta["skipped"])
+    info = DatasetInfo(
+        name=FOLDER,
+        class_names=tuple(meta["class_names"]),
+        image_shape=tuple(meta["image_shape"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        split_sizes=dict(meta["split_sizes"]),
+    )
+    arrays = {
+        split: SplitArrays(
+            np.load(entry / f"{split}_images.npy", mmap_mode="r"), np.load(entry / f"{split}_labels.npy")
+        )
+        for split in SPLITS
+    }
+    return ImageFolder(source, info, arrays)
+
+
+def _warn(source: Path, what: str, names: list[str]) -> None:
+    if names:
+        logger.warning("%s: %d files %s (the first: %s)", source, len(names), what, names[0])
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(relative).parts)
+
+
+def _stat_tree(root: Path) -> list[tuple[str, int, int]]:
+    """Every file under the splits' folders, with its size and time: the cache key of a plain folder."""
+    found = []
+    for split in SPLITS:
+        for folder, dirs, names in os.walk(root / split):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder) / name
+                stat = path.stat()
+                found.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return found
+
+
+def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> _Files:
+    folders = [Path(folder).relative_to(root).as_posix() for split in SPLITS for folder, _, _ in os.walk(root / split)]
+    files = [name for name, _, _ in listing]
+    return _sort_files(root, files, folders, lambda relative: (root / relative).read_bytes())
+
+
+def _read_archive(archive: Path) -> _Files:
+    """One pass over the archive (a .tar.gz cannot seek back cheaply): the images' bytes are kept in memory."""
+    contents, folders = {}, []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                name = posixpath.normpath(member.name).lstrip("/")
+                if name == "." or ".." in PurePosixPath(name).parts:
+                    continue
+                if member.isdir():
+                    folders.append(name)
+                elif member.isfile():
+                    handle = tar.extractfile(member)
+                    contents[name] = handle.read() if name.lower().endswith(IMAGE_SUFFIXES) else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{archive} cannot be read as a tar archive ({error}); it is damaged or not a tar") from None
+    # An archive of the folder itself (DIR/train/...) holds one top folder: the layout starts below it.
+    tops = {PurePosixPath(name).parts[0] for name in [*contents, *folders]}
+    prefix = tops.pop() + "/" if len(tops) == 1 and not tops & set(SPLITS) else ""
+    if prefix:
+        contents = {name.removeprefix(prefix): data for name, data in contents.items() if name.startswith(prefix)}
+        folders = [name.removeprefix(prefix) for name in folders if name.startswith(prefix)]
+    return _sort_files(archive, list(contents), folders, contents.__getitem__)
+
+
+def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Callable[[str], bytes]) -> _Files:
+    """The images by split and class, checked: each bad layout ends in one DataError naming it and the fix."""
+    files = [name for name in files if not _is_hidden(name)]
+    folders = [name for name in folders if not _is_hidden(name)]
+    if not any(name.lower().endswith(IMAGE_SUFFIXES) for name in files):
+        raise DataError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); it should hold {LAYOUT}")
+    present = {PurePosixPath(name).parts[0] for name in [*files, *folders]}
+    for split in SPLITS:
+        if split not in present:
+            raise DataError(f"{source} has no {split}/ folder; it should hold {LAYOUT}")
+    if "validation" in present:
+        logger.warning("%s: validation/ is not read yet (the validation split is a later feature)", source)
+    classes: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
+    for name in folders:
+        parts = PurePosixPath(name).parts
+        if len(parts) >= 2 and parts[0] in classes:
+            classes[parts[0]].setdefault(parts[1], [])
+    ignored = []
+    for name in sorted(files):
+        parts = PurePosixPath(name).parts
+        if parts[0] not in classes:
+            continue  # beside the splits (a README, validation/): not the splits' files
+        if len(parts) < 3 or not name.lower().endswith(IMAGE_SUFFIXES):
+            ignored.append(name)
+            continue
+        classes[parts[0]].setdefault(parts[1], []).append(name)
+    for split in SPLITS:
+        if not classes[split]:
+            raise DataError(f"{source}: {split}/ holds no class folders; it should hold {LAYOUT}")
+        for name, members in sorted(classes[split].items()):
+            if not members:
+                raise DataError(
+                    f"{source}: {split}/{name}/ holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
+                )
+    unknown = sorted(classes["test"].keys() - classes["train"].keys())
+    if unknown:
+        raise DataError(
+            f"{source}: test/ has classes that train/ lacks ({', '.join(unknown)}); the classes are train/'s "
+            f"folders ({', '.join(sorted(classes['train']))})"
+        )
+    return _Files({split: dict(sorted(found.items())) for split, found in classes.items()}, read, ignored)
+
+
+def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str:
+    """An image as uint8 HxWxC (C: `channels`, or 1 or 3 as it is when 0), upright by its EXIF orientation, resized
+    (bicubic, as `images.read_image` does) to `image_size` when given and not its size; else why it cannot be read."""
+    from PIL import Image, ImageOps  # Pillow is needed by this source only
+
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mode = mode or ("L" if image.mode in _GREY_MODES else "RGB")
+            if image_size:
+                # A JPEG decodes straight at the smallest scale (1/2, 1/4, 1/8) still at least image_size.
+                image.draft(mode, (image_size, image_size))
+            image = ImageOps.exif_transpose(image)  # upright, as `images.read_image` reads a file to predict
+            if image.mode == "P":  # a palette, perhaps with a transparent entry: through RGBA drops it cleanly
+                image = image.convert("RGBA")
+            image = image.convert(mode)
+            if image_size and image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        return str(error) or type(error).__name__
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _decode_into(entry: Path, files: _Files, source: Path, image_size: int, channels: int) -> None:
+    """Decodes every image (threads: Pillow's decoders and resizes run without the GIL) and writes the cache entry."""
+    started = time.perf_counter()
+    class_names = list(files.classes["train"])
+    jobs = [
+        (split, class_names.index(name), path)
+        for split in SPLITS
+        for name, paths in files.classes[split].items()
+        for path in paths
+    ]
+    logger.info("decoding %d images from %s (once: they are cached in %s)", len(jobs), source, entry.parent)
+
+    def decode(job: tuple[str, int, str]) -> np.ndarray | str:
+        return _decode_one(files.read(job[2]), image_size, channels)
+
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(decode, jobs))
+    skipped = [
+        f"{path} ({result})" for (_, _, path), result in zip(jobs, decoded, strict=True) if isinstance(result, str)
+    ]
+    kept = [(job, image) for job, image in zip(jobs, decoded, strict=True) if not isinstance(image, str)]
+    images = [image for _, image in kept]
+    if not images:
+        raise DataError(f"{source}: none of its {len(jobs)} images could be decoded (the first: {skipped[0]})")
+    _check_sizes(source, [path for (_, _, path), _ in kept], images, image_size)
+    if (channels or max(image.shape[-1] for image in images)) == 3:
+        images = [np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image for image in images]
+    arrays = {}
+    for split in SPLITS:
+        rows = [index for index, ((job_split, _, _), _) in enumerate(kept) if job_split == split]
+        counts = np.bincount([kept[row][0][1] for row in rows], minlength=len(class_names))
+        if split == "train" and not counts.all():
+            empty = class_names[int(np.argmin(counts))]
+            raise DataError(f"{source}: none of train/{empty}/'s images could be decoded (the first: {skipped[0]})")
+        if not rows:
+            raise DataError(f"{source}: none of test/'s images could be decoded (the first: {skipped[0]})")
+        arrays[split] = SplitArrays(
+            np.stack([images[row] for row in rows]), np.array([kept[row][0][1] for row in rows], np.int32)
+        )
+    mean, std = _statistics(arrays["train"].images)
+    meta = {
+        "source": str(source),
+        "class_names": class_names,
+        "image_shape": list(arrays["train"].images.shape[1:]),
+        "split_sizes": {split: len(arrays[split]) for split in SPLITS},
+        "mean": mean,
+        "std": std,
+        "ignored": files.ignored,
+        "skipped": skipped,
+    }
+    _write_entry(entry, arrays, meta)
+    logger.info("decoded %d images in %.1f s", len(images), time.perf_counter() - started)
+
+
+def _check_sizes(source: Path, paths: list[str], images: list[np.ndarray], image_size: int) -> None:
+    if image_size:
+        return
+    shapes = [image.shape[:2] for image in images]
+    other = next((index for index, shape in enumerate(shapes) if shape != shapes[0]), None)
+    if other is not None:
+        raise DataError(
+            f"{source}: images of different sizes ({paths[0]} is {shapes[0][0]}x{shapes[0][1]}, {paths[other]} "
+            f"{shapes[other][0]}x{shapes[other][1]}); give data.image_size to resize them all to one"
+        )
+    if shapes[0][0] != shapes[0][1]:
+        raise DataError(
+            f"{source}: the images are {shapes[0][0]}x{shapes[0][1]}, not square; give data.image_size to resize "
+            "them to a square"
+        )
+
+
+def _statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the 0-1 scale, summed in chunks so that no float copy of the split is made."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    rows = max(1, 2**22 // images[0].size)  # about 32 MiB of float64 at a time
+    for start in range(0, len(images), rows):
+        chunk = images[start : start + rows].reshape(-1, images.shape[-1]).astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    count = images.size // images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0))
+    # A channel that never varies would divide by zero; one grey level of spread keeps the input finite.
+    std = np.maximum(std, 1.0)
+    return [round(float(value) / 255, 6) for value in mean], [round(float(value) / 255, 6) for value in std]
+
+
+def _write_entry(entry: Path, arrays: dict[str, SplitArrays], meta: dict) -> None:
+    """Written beside the entry and renamed into place, so that a run killed mid-write leaves no half entry."""
+    partial = entry.with_name(f"{entry.name}.part{os.getpid()}")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        for split, split_arrays in arrays.items():
+            np.save(partial / f"{split}_images.npy", split_arrays.images)
+            np.save(partial / f"{split}_labels.npy", split_arrays.labels)
+        (partial / "info.json").write_text(json.dumps(meta, indent=1))
+        partial.replace(entry)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (entry / "info.json").is_file():  # another process may have written the same entry first
+            raise DataError(
+                f"cannot write the decoded images to {entry} ({error.strerror or error}); free some space, or "
+                "set XDG_CACHE_HOME to a folder you can write"
+            ) from None
