@@ -265,7 +265,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         parallel.check_batch_divides(config.train.batch_size, mesh)
     except ValueError as error:
         raise configuration.ConfigError(str(error)) from None
-    info = data.get_dataset_info(config.data.dataset)
+    info = data.config_dataset_info(config.data)
     input_shape = data.config_input_shape(config.data)
     mean, std = data.config_normalization(config.data)
     model = models.build_model(config.model, info.num_classes)

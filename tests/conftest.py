@@ -18,6 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real Fashion-MNIST files that Debian's dataset-fashion-mnist installs (scripts/setup.sh does).
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_files = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+# CIFAR-10 as JPEG files, beside a clone on these machines (../shared); never copied into the repository.
+CIFAR10_JPEG = REPO_ROOT.parent / "shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz"
+needs_cifar10_jpeg = pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=f"{CIFAR10_JPEG} is not on this machine")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from resnet_jax import configuration, experiment, models
-from tests.conftest import REPO_ROOT, load_config, needs_fashion_files
+from tests.conftest import REPO_ROOT, load_config, needs_cifar10_jpeg, needs_fashion_files
 
 CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 
 
-# The Fashion-MNIST recipes build only where Debian's files are (scripts/setup.sh installs them).
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=needs_fashion_files) if "fashion" in name else name for name in CONFIGS]
-)
+# The Fashion-MNIST recipes build only where Debian's files are (scripts/setup.sh installs them), the CIFAR-10
+# (JPEG) one where ../shared is.
+NEEDS = {"fashion_mnist": needs_fashion_files, "fashion_mnist_long": needs_fashion_files}
+NEEDS["cifar10_jpeg"] = needs_cifar10_jpeg
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=NEEDS.get(name, ())) for name in CONFIGS])
 def test_recipe_builds_the_model_the_trainer_trains(name):
     config = configuration.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
     built = experiment.build(config)

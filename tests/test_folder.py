@@ -17,9 +17,8 @@ from resnet_jax.data import folder
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import predict as predict_tool
 from resnet_jax.tools import train as train_tool
-from tests.conftest import REPO_ROOT
+from tests.conftest import CIFAR10_JPEG, REPO_ROOT, needs_cifar10_jpeg
 
-CIFAR10_JPEG = REPO_ROOT.parent / "shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz"
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 60), "eel": (30, 60, 230)}  # sorted: the labels 0, 1, 2
 
 
@@ -308,7 +307,7 @@ def test_the_cifar10_jpeg_config_without_its_archive_says_where_to_put_images(tm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=f"{CIFAR10_JPEG} is not on this machine")
+@needs_cifar10_jpeg
 def test_the_cifar10_jpeg_archive_holds_50000_and_10000_images_5000_and_1000_a_class():
     opened = data.open_folder(CIFAR10_JPEG)
     assert opened.info.class_names == data.DATASETS["cifar10"].class_names
