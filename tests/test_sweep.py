@@ -175,7 +175,7 @@ def test_resnet_jax_sweep_is_the_same_command_and_needs_a_workdir(repo_root, cap
     ("searches", "trials", "message"),
     [
         (["optimizer.learning_rate=loguniform:0:0.3"], 4, "loguniform needs LOW > 0"),
-        (["optimizer.weight_decay=uniform:0:2"], 4, "optimizer.weight_decay=2.0 must be in [0.0, 1.0)"),
+        (["optimizer.weight_decay=uniform:0:2"], 4, "optimizer.weight_decay=2.0 must be in [0, 1)"),
         (["optimizer.learning_rate=normal:0:1"], 4, "unknown distribution 'normal'"),
         (["optimizer.learning_rate=uniform:0.3:0.1"], 4, "LOW must be below HIGH"),
         (["model.name=uniform:1:2"], 4, "a str key takes choice"),
