@@ -1,6 +1,7 @@
 """The experiment a config describes, assembled: `build(config, mesh)` gives the model, optimizer, schedule, steps,
 shapes and split sizes, and `Experiment.make_train_program()` the one train program that the trainer, the tools and
-the benchmarks all run. No I/O happens here, and no loop; `base_config()` gathers every section's defaults.
+the benchmarks all run. No loop, and no I/O but a new image folder's first reading; `base_config()` gathers every
+section's defaults.
 """
 
 from __future__ import annotations
@@ -258,7 +259,9 @@ class Experiment:
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
-    """Checks the config and builds model, optimizer, schedule and step settings; reads no data, compiles nothing."""
+    """Checks the config and builds model, optimizer, schedule and step settings; compiles nothing and reads no data,
+    but for a folder of images that the config has not recorded yet (its classes and statistics: see
+    `data.config_dataset_info`)."""
     check_config(config)
     mesh = mesh or parallel.make_mesh()
     try:
