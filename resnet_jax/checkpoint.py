@@ -99,11 +99,9 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as error:
             self._save_failed = True
-            complete = self.complete_steps()
-            kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"
             raise CheckpointError(
                 f"saving a checkpoint under {self.directory} failed: {' '.join(str(error).split())}. Earlier "
-                f"checkpoints are untouched: {kept}."
+                f"checkpoints are untouched: {self.last_good()}."
             ) from error
         finally:
             absl_logger.removeFilter(tracebacks)
@@ -120,6 +118,11 @@ class Checkpointer:
         if not self.directory.is_dir():
             return []
         return sorted(int(path.name) for path in self.directory.iterdir() if path.name.isdigit())
+
+    def last_good(self) -> str:
+        """Where the run stands after a failure, for its one line: `the last good checkpoint is N`."""
+        complete = self.complete_steps()
+        return f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores one step into `abstract_state`'s shapes and shardings (None: as saved, on one local device)."""
@@ -171,7 +174,7 @@ class Checkpointer:
             except CheckpointError:
                 raise
             except Exception as error:  # orbax and tensorstore raise many types for damaged files
-                reason = _reason(error)
+                reason = error_reason(error)
                 if _is_transient(error) or isinstance(error, VERSION_ERRORS):
                     raise CheckpointError(
                         f"checkpoint {step} in {self.directory} could not be read ({type(error).__name__}: {reason}); "
@@ -228,7 +231,7 @@ class _DropTracebacks(logging.Filter):
         return record.exc_info is None
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
     """The first line of an error, without the spec dump and the bound-method pointer tensorstore appends to it."""
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
     for appendix in (" [tensorstore_spec=", " [source locations=", " See full TensorStore details"):

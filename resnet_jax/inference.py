@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import configuration, data, experiment, models, parallel, pipeline, steps
-from resnet_jax.checkpoint import Checkpointer, CheckpointError
+from resnet_jax.checkpoint import Checkpointer, CheckpointError, error_reason
 from resnet_jax.workdir import CHECKPOINTS_DIR
 
 CHECKPOINT_NAMES = ("latest", "best")
@@ -169,9 +169,9 @@ def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.shard
         try:
             tree, _ = checkpointer.restore(step, None)
         except Exception as error:  # orbax and tensorstore raise many types for damaged files
-            reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
             raise CheckpointError(
-                f"checkpoint {step} in {directory} cannot be read ({reason}); pick another with --checkpoint"
+                f"checkpoint {step} in {directory} cannot be read ({error_reason(error)}); pick another with "
+                "--checkpoint"
             ) from None
     finally:
         checkpointer.close()

@@ -168,9 +168,7 @@ class _Loop:
             return self._run()
         except MetricsWriteError as error:
             self.checkpointer.wait()
-            complete = self.checkpointer.complete_steps()
-            kept = f"the last good checkpoint is {complete[-1]}" if complete else "no checkpoint was completed"
-            raise TrainingError(f"{error}; {kept} in {self.checkpointer.directory}") from error
+            raise TrainingError(f"{error}; {self.checkpointer.last_good()} in {self.checkpointer.directory}") from error
 
     def _run(self) -> dict[str, float]:
         ready, program, config = self.ready, self.program, self.config
