@@ -1,8 +1,8 @@
 """CIFAR-10 (JPEG) on a 2-core CPU: the 60,000 CIFAR-10 images as quality-75 JPEG files in class folders, read by
 the folder source from ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz without unpacking it. ResNet-20 at 32x32,
 one-cycle SGD with Nesterov momentum and label smoothing, 8 epochs of about 3.3 minutes (250 images/s on 2 free
-cores), to fill a 30-minute budget: aimed at 0.85 test accuracy within it. Not the official CIFAR-10: JPEG shifts the images, so its
-figures are never set beside a paper's CIFAR-10 table.
+cores), to fill a 30-minute budget: aimed at 0.85 test accuracy within it. Not the official CIFAR-10: JPEG shifts
+the images, so its figures are never set beside a paper's CIFAR-10 table.
 """
 
 from pathlib import Path
