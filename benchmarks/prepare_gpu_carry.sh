@@ -2,6 +2,7 @@
 # Fills the two git-ignored folders that travel with the working tree to a lent GPU machine (name both in `carry`):
 #   .whl/                 the pure-Python wheels the GPU image lacks, for Python 3.12 (no network there)
 #   .data/fashion-mnist/  the original Fashion-MNIST files (31 MB), for benchmarks/time_to_accuracy.py
+#   .data/cifar10-jpeg/   CIFAR-10 (JPEG), 19 MB, for configs/cifar10_jpeg_he.py, when ../shared has it
 # The image already has jax 0.11 (CUDA 13), flax, optax, orbax-checkpoint, chex, absl-py, etils, numpy, protobuf,
 # packaging, pyyaml, tqdm, matplotlib, pillow, pytest(-xdist, -timeout), hypothesis, torch and triton. The trainer
 # also imports ml_collections (needs absl-py, PyYAML) and tensorboardX (needs numpy, packaging, protobuf): those
@@ -12,6 +13,7 @@ cd "$(git rev-parse --show-toplevel 2>/dev/null || echo "$(dirname "$0")/..")"
 PY=${PYTHON:-python3}
 FASHION_SOURCE=${FASHION_SOURCE:-/usr/share/datasets/fashion-mnist}
 WHEELS=("ml-collections==1.1.0" "tensorboardX==2.6.5")
+CIFAR10_JPEG=${CIFAR10_JPEG:-../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz}
 FASHION_FILES=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz
   t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
 
@@ -23,6 +25,12 @@ mkdir -p .whl .data/fashion-mnist
 for name in "${FASHION_FILES[@]}"; do
   cp "$FASHION_SOURCE/$name" .data/fashion-mnist/
 done
+if [ -f "$CIFAR10_JPEG" ]; then
+  mkdir -p .data/cifar10-jpeg
+  cp "$CIFAR10_JPEG" .data/cifar10-jpeg/
+else
+  echo "no $CIFAR10_JPEG: configs/cifar10_jpeg_he.py will not find its images on the GPU machine" >&2
+fi
 
 for wheel in .whl/*.whl; do
   echo "$(basename "$wheel") needs: $(unzip -p "$wheel" '*/METADATA' | grep '^Requires-Dist' | grep -v 'extra ==' \
