@@ -154,10 +154,12 @@ def draw_mix(key: jax.Array, augmentation: Augmentation, height: int, width: int
     """
     mix_key, switch_key, lambda_key, box_key = jax.random.split(key, 4)
     both = augmentation.mixup_alpha > 0 and augmentation.cutmix_alpha > 0
-    use_cutmix = jax.random.bernoulli(switch_key, augmentation.switch_prob if both else augmentation.cutmix_alpha > 0)
-    alpha = jnp.where(use_cutmix, augmentation.cutmix_alpha, augmentation.mixup_alpha)
+    use_cutmix = jax.random.bernoulli(
+        switch_key, float(augmentation.switch_prob if both else augmentation.cutmix_alpha > 0)
+    )
+    alpha = jnp.where(use_cutmix, float(augmentation.cutmix_alpha), float(augmentation.mixup_alpha))
     drawn = jax.random.beta(lambda_key, alpha, alpha)
-    lam = jnp.where(jax.random.bernoulli(mix_key, augmentation.mix_prob), drawn, 1.0)
+    lam = jnp.where(jax.random.bernoulli(mix_key, float(augmentation.mix_prob)), drawn, 1.0)
 
     side = jnp.sqrt(1.0 - lam)
     cut_height, cut_width = (jnp.floor(size * side).astype(jnp.int32) for size in (height, width))
