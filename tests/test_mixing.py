@@ -191,6 +191,29 @@ def test_mixing_off_or_never_drawn_is_the_unmixed_step_to_the_bit(probe):
         chex.assert_trees_all_equal(drawn_state.batch_stats, off_state.batch_stats)  # the probe keeps statistics
 
 
+@pytest.mark.parametrize(
+    "block_cls",
+    [models.BasicBlock, models.BottleneckBlock, models.PreActBasicBlock, models.PreActBottleneckBlock],
+    ids=lambda block: block.__name__,
+)
+def test_every_block_family_trains_mixed_in_bfloat16_with_dropout(block_cls):
+    # Mixing touches only the inputs and the loss: one step of each family, at the compute dtype the mix is cast to.
+    model = models.ResNet(
+        stage_sizes=(1, 1),
+        block_cls=block_cls,
+        widths=(4, 8),
+        num_classes=CLASSES,
+        dtype=jnp.bfloat16,
+        dropout_rate=0.1,
+    )
+    state = lower_train_state(model, optimizer(0.1), 0, (SIZE, SIZE, 3), parallel.make_mesh()).compile()()
+    config = dataclasses.replace(step_config(**MIXING), dtype=jnp.bfloat16)
+    images, labels = task()
+    trained, metrics = jax.jit(steps.make_train_step(config))(state, images[:BATCH], labels[:BATCH])
+    assert float(metrics["nonfinite_steps"]) == 0 and np.isfinite(float(metrics["loss_sum"]))
+    assert not np.array_equal(jax.device_get(trained.params["head"]["kernel"]), state.params["head"]["kernel"])
+
+
 def test_a_nonfinite_mixed_step_is_dropped_and_counted():
     config = step_config(**MIXING)
     state = tiny_state(ema=True)
