@@ -11,9 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import augment, models, optim, parallel, steps
+from resnet_jax import augment, experiment, models, optim, parallel, pipeline, steps
+from resnet_jax.data import SplitArrays
 from resnet_jax.state import lower_train_state
-from tests.conftest import optimizer, step_config
+from tests.conftest import REASSOCIATION, load_config, optimizer, step_config
 
 SIZE = 8
 
@@ -191,6 +192,20 @@ def test_mixing_off_or_never_drawn_is_the_unmixed_step_to_the_bit(probe):
         chex.assert_trees_all_equal(drawn_state.batch_stats, off_state.batch_stats)  # the probe keeps statistics
 
 
+def test_mixing_inside_a_scan_runs_the_steps_it_runs_one_by_one():
+    # Accelerators scan several steps per call: each step must still draw its own mix from its own step's key.
+    mesh, (images, labels) = parallel.make_mesh(), task()
+    split = pipeline.put_split(lambda rows: SplitArrays(images[rows], labels[rows]), EXAMPLES, EXAMPLES, mesh)
+    permutation = pipeline.epoch_permutation(jax.random.key_data(jax.random.key(1)), jnp.int32(0), EXAMPLES, mesh)
+    train_step = steps.make_train_step(step_config(**MIXING))
+    results = []
+    for scan in (True, False):
+        loop = steps.make_train_loop(train_step, mesh, BATCH, scan=scan)
+        state, totals = loop(tiny_state(mesh), steps.zero_train_metrics(), split, permutation, jnp.int32(0), 4)
+        results.append(jax.device_get((state.params, totals)))
+    chex.assert_trees_all_close(*results, **REASSOCIATION)
+
+
 @pytest.mark.parametrize(
     "block_cls",
     [models.BasicBlock, models.BottleneckBlock, models.PreActBasicBlock, models.PreActBottleneckBlock],
@@ -230,3 +245,11 @@ def test_a_nonfinite_mixed_step_is_dropped_and_counted():
     assert not np.array_equal(
         jax.device_get(applied.ema["params"]["head"]["kernel"]), state.ema["params"]["head"]["kernel"]
     )
+
+
+def test_the_config_section_reaches_the_step():
+    mixing = {"augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0, "augment.mix_prob": 0.8}
+    augmentation = experiment.build(load_config("smoke", **mixing)).step_config.augmentation
+    assert augmentation.mixes and (augmentation.mixup_alpha, augmentation.cutmix_alpha) == (0.2, 1.0)
+    assert (augmentation.mix_prob, augmentation.switch_prob) == (0.8, 0.5)
+    assert not experiment.build(load_config("smoke")).step_config.augmentation.mixes
