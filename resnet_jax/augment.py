@@ -148,7 +148,7 @@ def draw_mix(key: jax.Array, augmentation: Augmentation, height: int, width: int
 
     The batch is mixed with probability `mix_prob`, by CutMix with probability `switch_prob` when both are on, with
     lambda ~ Beta(alpha, alpha) of the one chosen. Mixup weighs every pixel lambda. CutMix pastes the partner into a
-    box of side sqrt(1 - lambda) of the image's, centred anywhere and clipped to the image, and the label's weight
+    box of about sqrt(1 - lambda) of the image's side, centred anywhere and clipped to the image, and the label's weight
     is the fraction of the image kept (timm's `cutmix_bbox_and_lam` with `correct_lam=True`). Unmixed, every weight
     is 1.
     """
