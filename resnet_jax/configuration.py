@@ -54,6 +54,11 @@ def check_in_range(key: str, value: Any, low: float, high: float) -> None:
         raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
 
 
+def check_probability(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{key}={value!r} must be a probability, in [0, 1]")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The --config file.
 

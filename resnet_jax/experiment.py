@@ -90,7 +90,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_seed(config.seed)
     models.check_config(config.model)
     data.check_config(config.data)
-    augment.Augmentation.from_config(config.augment, data.config_input_shape(config.data)[0])
+    augment.Augmentation.from_config(config.augment, data.config_input_shape(config.data)[0], config.train.batch_size)
     check_train_config(config.train)
     optim.check_optimizer_config(config.optimizer)
     optim.check_schedule_config(config.schedule)
@@ -286,7 +286,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         mean=mean,
         std=std,
         dtype=models.get_dtype(config.model.dtype),
-        augmentation=augment.Augmentation.from_config(config.augment, input_shape[0]),
+        augmentation=augment.Augmentation.from_config(config.augment, input_shape[0], config.train.batch_size),
         label_smoothing=config.train.label_smoothing,
         ema_decay=config.train.ema_decay,
         frozen_statistics=finetune.statistics_frozen(config.finetune),

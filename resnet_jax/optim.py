@@ -1,5 +1,6 @@
 """How parameters move: the optimizer and the learning-rate schedule from their config sections (their defaults and
-checks live here), the weight-decay mask, the loss with label smoothing, and the EMA of weights, all from optax.
+checks live here), the weight-decay mask, the loss with label smoothing and mixed targets, and the EMA of weights,
+all from optax.
 
 Schedule boundaries and warm-up are given in epochs or fractions of the run, so a change of batch keeps the recipe.
 """
@@ -279,6 +280,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def mixed_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    partner_labels: jax.Array,
+    label_weight: jax.Array,
+    label_smoothing: float = 0.0,
+) -> jax.Array:
+    """Per-example softmax cross-entropy against mixed soft targets: `label_weight` of each label's one-hot and the
+    rest of its partner's, each label-smoothed (timm's `mixup_target`). Cross-entropy is linear in its target, so
+    this is the same mix of the two losses, written so because where `label_weight` is 1 it is then `cross_entropy`
+    to the bit."""
+    own = cross_entropy(logits, labels, label_smoothing)
+    return label_weight * own + (1 - label_weight) * cross_entropy(logits, partner_labels, label_smoothing)
 
 
 def ema_update(average: Any, new: Any, decay: float) -> Any:

@@ -59,15 +59,29 @@ def _run_title(config: dict[str, Any]) -> str:
     return f"{model} on {dataset}" if model and dataset else ""
 
 
-def _label_smoothing(config: dict[str, Any]) -> float:
-    smoothing = config.get("train", {}).get("label_smoothing", 0.0)
-    return float(smoothing) if isinstance(smoothing, (int, float)) else 0.0
+def _number(section: dict[str, Any], key: str) -> float:
+    value = section.get(key, 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-def _train_label(config: dict[str, Any]) -> str:
-    """The train loss's legend entry: the trainer logs the loss it minimises, label smoothing included."""
-    smoothing = _label_smoothing(config)
-    return f"train (label smoothing {smoothing:g})" if smoothing else "train"
+def _target_changes(config: dict[str, Any]) -> dict[str, float]:
+    """What makes the train targets differ from the test labels: label smoothing, Mixup and CutMix, as set."""
+    train, augment = config.get("train", {}), config.get("augment", {})
+    changes = {
+        "label smoothing": _number(train, "label_smoothing"),
+        "mixup": _number(augment, "mixup_alpha"),
+        "CutMix": _number(augment, "cutmix_alpha"),
+    }
+    return {name: value for name, value in changes.items() if value}
+
+
+def _train_label(config: dict[str, Any], metric: str) -> str:
+    """A train curve's legend entry: the trainer logs the loss it minimises, against smoothed or mixed targets, and
+    under mixing the accuracy of the dominant labels."""
+    changes = _target_changes(config)
+    if metric == "accuracy":
+        changes = {name: value for name, value in changes.items() if name != "label smoothing"}
+    return f"train ({', '.join(f'{name} {value:g}' for name, value in changes.items())})" if changes else "train"
 
 
 def _labels(workdirs: Sequence[Path]) -> list[str]:
@@ -77,7 +91,10 @@ def _labels(workdirs: Sequence[Path]) -> list[str]:
 
 
 def _loss_title(configs: Sequence[dict[str, Any]]) -> str:
-    return "Loss: train with label smoothing, test without" if any(map(_label_smoothing, configs)) else "Loss"
+    changed = {name for config in configs for name in _target_changes(config)}
+    what = ["label smoothing"] if "label smoothing" in changed else []
+    what += ["mixing"] if changed - {"label smoothing"} else []
+    return f"Loss: train with {' and '.join(what)}, test without" if what else "Loss"
 
 
 def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
@@ -88,8 +105,9 @@ def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
 
 def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
     """Train/test loss, train/test accuracy and the learning rate against epoch, one colour per run (train solid,
-    test dashed). The train loss is the one minimised, label smoothing included (its legend says so); the test loss
-    is plain cross-entropy. The rate axis is logarithmic where the runs' rates differ by decades.
+    test dashed). The train loss is the one minimised, against smoothed or mixed targets (its legend says so), and
+    under mixing the train accuracy is of the dominant labels; the test loss is plain cross-entropy. The rate axis
+    is logarithmic where the runs' rates differ by decades.
 
     Raises NoMetricsError when a workdir has no metrics.jsonl records, PlotError (or MetricsError) for damaged files.
     """
@@ -111,7 +129,7 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
     for index, ((records, config), label) in enumerate(zip(runs, labels, strict=True)):
         colour = f"C{index % 10}"
         prefix = f"{label} " if several else ""
-        train_labels = {"loss": _train_label(config), "accuracy": "train"}
+        train_labels = {metric: _train_label(config, metric) for metric in ("loss", "accuracy")}
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(*_series(records, f"train_{metric}"), color=colour, label=prefix + train_labels[metric])
             axes.plot(

@@ -54,7 +54,14 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         augment_key, dropout_key = jax.random.split(step_key)
         images = augment.augment_batch(augment_key, images, config.augmentation)
-        inputs = augment.normalize(images, config.mean, config.std, config.dtype)
+        inputs, label_weight = augment.normalize(images, config.mean, config.std), None
+        if config.augmentation.mixes:
+            # After normalisation, which is affine per channel and so commutes with both mixes: mixed in float32,
+            # not rounded back to uint8 pixels (as timm's collate does), and rounded to the compute dtype once. Its
+            # key comes from the replicated step key, so one lambda and box hold for the global batch on any mesh,
+            # and folding it in leaves the crop, flip and dropout keys as they were.
+            inputs, label_weight = augment.mix_batch(jax.random.fold_in(step_key, 1), inputs, config.augmentation)
+        inputs = inputs.astype(config.dtype)
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
@@ -65,7 +72,12 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
                     variables, inputs, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
                 )
                 batch_stats = updates["batch_stats"]
-            loss = optim.cross_entropy(logits, labels, config.label_smoothing).mean()
+            if label_weight is None:
+                losses = optim.cross_entropy(logits, labels, config.label_smoothing)
+            else:
+                partners = augment.paired(labels)
+                losses = optim.mixed_cross_entropy(logits, labels, partners, label_weight, config.label_smoothing)
+            loss = losses.mean()
             return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -88,9 +100,10 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
             ema=ema,
         )
         examples = jnp.asarray(labels.shape[0], jnp.float32)
+        scored = labels if label_weight is None else augment.dominant_labels(labels, label_weight)
         metrics = {
             "loss_sum": jnp.where(finite, loss, 0.0) * examples,
-            "correct": jnp.where(finite, jnp.sum(jnp.argmax(logits, -1) == labels), 0).astype(jnp.float32),
+            "correct": jnp.where(finite, jnp.sum(jnp.argmax(logits, -1) == scored), 0).astype(jnp.float32),
             "count": jnp.where(finite, examples, 0.0),
             "examples": examples,
             "grad_norm_sum": jnp.where(finite, grad_norm, 0.0),

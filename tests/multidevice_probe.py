@@ -14,11 +14,11 @@ from resnet_jax.state import lower_train_state
 from tests.conftest import optimizer, step_config
 
 
-def one_step(mesh, images, labels):
+def one_step(mesh, images, labels, **augmentation):
     model = models.get_model("resnet8_tiny", num_classes=10)
     tx = optimizer(0.1, weight_decay=5e-4)
     state = lower_train_state(model, tx, seed=0, input_shape=(32, 32, 3), mesh=mesh).compile()()
-    step = steps.make_train_step(step_config())
+    step = steps.make_train_step(step_config(**augmentation))
     batch = parallel.batch_sharded(mesh)
     state, _ = jax.jit(step)(state, jax.device_put(images, batch), jax.device_put(labels, batch))
     return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
@@ -64,10 +64,18 @@ def main() -> None:
         one_step(parallel.make_mesh(devices), images, labels),
         one_step(parallel.make_mesh(devices[:1]), images, labels),
     )
+    # Per mode: (8 devices against 1, mixed against unmixed on 8).
+    mixed = {}
+    for mode in ("mixup", "cutmix"):
+        steps_on = [
+            one_step(parallel.make_mesh(on), images, labels, **{f"{mode}_alpha": 1.0}) for on in (devices, devices[:1])
+        ]
+        mixed[mode] = (max_difference(*steps_on), max_difference(steps_on[0], many))
     mesh = parallel.make_mesh(devices)
     results = {
         "device_count": len(devices),
         "step_max_difference": max_difference(many, one),
+        "mixed_step_max_difference": mixed,
         "eval_coverage": {f"{n}/{b}": eval_coverage(mesh, n, b) for n in (37, 64) for b in (1, 3, 5)},
         "train_epoch_rows": train_epoch_rows(mesh, 43, 2),
     }

@@ -48,6 +48,14 @@ BAD_VALUES = {
     "pad mode": (["augment.pad_mode=wrap"], "augment.pad_mode='wrap'"),
     "cutout past the image": (["augment.cutout_size=100"], "augment.cutout_size=100 is larger than the images (32)"),
     "negative cutout": (["augment.cutout_size=-2"], "augment.cutout_size=-2"),
+    "negative mixup alpha": (["augment.mixup_alpha=-0.2"], "augment.mixup_alpha=-0.2 must be 0 (off) or a positive"),
+    "infinite cutmix alpha": (["augment.cutmix_alpha=1e999"], "augment.cutmix_alpha=inf"),
+    "mix probability past 1": (["augment.mix_prob=1.5"], "augment.mix_prob=1.5 must be a probability, in [0, 1]"),
+    "negative switch probability": (["augment.switch_prob=-0.1"], "augment.switch_prob=-0.1 must be a probability"),
+    "mixing a batch of one": (
+        ["augment.cutmix_alpha=1.0", "train.batch_size=1"],
+        "train.batch_size=1 has only itself; give a batch of 2 or more",
+    ),
     "zero batch": (["train.batch_size=0"], "train.batch_size=0"),
     "negative steps": (["train.num_steps=-5"], "train.num_steps=-5"),
     "negative epochs beside steps": (["train.num_epochs=-1", "train.num_steps=5"], "train.num_epochs=-1"),
@@ -201,6 +209,13 @@ GOOD_EDGES = {
     "largest seed": {"seed": 2**32 - 1},
     "crop padding just below the image": {"augment.crop_padding": 31, "augment.pad_mode": "reflect"},
     "cutout of the whole image": {"augment.cutout_size": 32},
+    "mixing at the probabilities' ends": {
+        "augment.mixup_alpha": 0.1,
+        "augment.cutmix_alpha": 1.0,
+        "augment.mix_prob": 0.0,
+        "augment.switch_prob": 1.0,
+    },
+    "a batch of one unmixed": {"augment.mix_prob": 0.5, "train.batch_size": 1, "train.num_steps": 32},
     "last step as a boundary": {
         "schedule.name": "piecewise",
         "schedule.boundaries": (31,),

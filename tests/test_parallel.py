@@ -30,6 +30,13 @@ def test_one_step_on_eight_devices_equals_one_device(probe):
     assert probe["step_max_difference"] < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_a_mixed_step_on_eight_devices_equals_one_device(probe, mode):
+    # One lambda and one box for the global batch, each image paired across devices: sharding changes nothing.
+    across_devices, against_unmixed = probe["mixed_step_max_difference"][mode]
+    assert across_devices < 1e-5 and against_unmixed > 1e-3
+
+
 @pytest.mark.parametrize("case", ["37/1", "37/3", "37/5", "64/1", "64/3", "64/5"])
 def test_eval_batches_visit_every_example_exactly_once(probe, case):
     num_examples = int(case.split("/")[0])

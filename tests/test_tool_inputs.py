@@ -298,7 +298,7 @@ def test_the_default_outputs_of_plots_and_compare_never_share_a_file(tmp_path, s
     assert f"{outdir}/{compare.COMPARE_PNG}" not in written
 
 
-def test_the_curves_say_which_loss_is_smoothed_and_put_decades_of_rates_on_a_log_axis(tmp_path, smoke):
+def test_the_curves_say_which_loss_is_smoothed_or_mixed_and_put_decades_of_rates_on_a_log_axis(tmp_path, smoke):
     smoothed = configuration.apply_overrides(smoke, {"train.label_smoothing": 0.1})
     sgd = metrics_workdir(tmp_path / "sgd", smoothed, rates=(0.1, 0.05))
     adam = metrics_workdir(tmp_path / "adam", smoke, rates=(1e-3, 5e-4))
@@ -317,6 +317,11 @@ def test_the_curves_say_which_loss_is_smoothed_and_put_decades_of_rates_on_a_log
     assert "log scale" in rate.get_ylabel()
     loss, _, rate = plots.curves_figure([adam, metrics_workdir(tmp_path / "other", smoke, rates=(2e-3, 1e-3))]).axes
     assert (rate.get_yscale(), loss.get_title()) == ("linear", "Loss")
+    mixed = configuration.apply_overrides(smoothed, {"augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0})
+    loss, accuracy, _ = plots.curves_figure([metrics_workdir(tmp_path / "mixed", mixed, rates=(0.1, 0.05))]).axes
+    assert loss.get_lines()[0].get_label() == "train (label smoothing 0.1, mixup 0.2, CutMix 1)"
+    assert loss.get_title() == "Loss: train with label smoothing and mixing, test without"
+    assert accuracy.get_lines()[0].get_label() == "train (mixup 0.2, CutMix 1)"
 
 
 def labelled_ticks(axis) -> list[str]:
