@@ -3,11 +3,13 @@ call, on synthetic data resident on the device; each figure is set against the d
 
     python -m benchmarks.throughput --models resnet20,resnet18 --batches 128,512 --dtypes float32,bfloat16
     python -m benchmarks.throughput --dataset fashion_mnist --configs resnet20:128:float32:1:32,resnet8:128:float32:1:0
+    python -m benchmarks.throughput --models resnet20,plain20 --batches 128 --dtypes float32 --gradient-flow-cost
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import time
@@ -34,11 +36,14 @@ HEADERS = (
     "x floor",
 )
 
+FLOW_TIMES = ("seconds_per_step", "seconds_per_step_without_gradient_flow")
+
 
 def measure(
     args: argparse.Namespace, model: str, batch: int, dtype: str, steps_per_call: int, image_size: int, ceilings
 ) -> dict:
-    bench = common.JaxTrainLoop(
+    loop = functools.partial(
+        common.JaxTrainLoop,
         model,
         batch,
         dtype,
@@ -48,8 +53,13 @@ def measure(
         dataset=args.dataset,
         image_size=image_size,
     )
+    bench = loop()
     first_call = bench.first_call_seconds()
-    timing = common.interleaved_timings({"jax": bench}, args.windows, args.min_window_seconds)["jax"]
+    runners = {"jax": bench}
+    if args.gradient_flow_cost:
+        runners["without gradient flow"] = loop(gradient_flow=False)
+    timings = common.interleaved_timings(runners, args.windows, args.min_window_seconds)
+    timing = timings["jax"]
     cost = bench.step_cost(args.xla_bytes) if args.costs else {"flops": float("nan"), "bytes": float("nan")}
     result = {
         "model": model,
@@ -67,7 +77,12 @@ def measure(
         **cost,
         **common.floors(cost, dtype, ceilings),
     }
-    del bench
+    if args.gradient_flow_cost:
+        without = timings["without gradient flow"]
+        result["seconds_per_step_without_gradient_flow"] = without.seconds_per_step
+        result["window_seconds_per_step_without_gradient_flow"] = without.window_seconds
+        result["gradient_flow_ratio"] = timing.seconds_per_step / without.seconds_per_step
+    del bench, runners
     gc.collect()
     return result
 
@@ -116,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-costs", dest="costs", action="store_false", help="skip XLA cost analysis and floors")
     parser.add_argument(
         "--xla-bytes", action="store_true", help="also XLA's estimate of the fused step's bytes (one more compile)"
+    )
+    parser.add_argument(
+        "--gradient-flow-cost",
+        action="store_true",
+        help="also time each configuration with train.gradient_flow=False, window by window in turn with it on, "
+        "and print the ratio of the two medians",
     )
     parser.add_argument("--json", default="", help="write every figure here")
     args = parser.parse_args(argv)
@@ -170,6 +191,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\nFloors: compute = XLA's FLOPs / measured matmul rate of the dtype; memory = every convolution's input,"
         " kernel and output moved once (all else fused) / measured copy bandwidth; x floor = ms/step / the larger."
     )
+    if args.gradient_flow_cost:
+        flow_rows = [
+            [*row(result)[:5], *(result[key] * 1e3 for key in FLOW_TIMES), f"{result['gradient_flow_ratio']:.3f}"]
+            for result in results
+        ]
+        headers = (*HEADERS[:5], "ms/step", "ms/step without gradient flow", "ratio")
+        print("\nThe gradient-flow metrics' cost (medians of interleaved windows):\n")
+        print(common.markdown_table(headers, flow_rows))
     if skipped:
         print(f"\nnot measured (budget or error): {skipped}")
 
