@@ -135,12 +135,19 @@ def zero_train_metrics(stage_sums: Sequence[str] = ()) -> Metrics:
     return totals | {"first_nonfinite_step": jnp.asarray(NO_NONFINITE_STEP, jnp.int32)}
 
 
+def _network_order(key: str) -> tuple[str, bool, bool, int]:
+    """Sorts `grad_norm_sum/stage10` after `stage2`, the stem first and the head last (a fetched window's keys come
+    sorted as text)."""
+    prefix, part = key.split("/", 1)
+    return prefix, part != models.STEM, part == models.HEAD, int(part[5:]) if part.startswith("stage") else 0
+
+
 def stage_means(host: dict[str, float]) -> dict[str, float]:
-    """A fetched window's per-part sums as means over its applied steps: `grad_norm/stage1`, `output_std/stem`..."""
+    """A fetched window's per-part sums as means over its applied steps, in the network's order: `grad_norm/stem`,
+    `grad_norm/stage1` ... `grad_norm/head`, then `output_std/stem` ..."""
     applied = host["steps"] - host["nonfinite_steps"]
-    return {
-        key.replace("_sum/", "/"): value / applied for key, value in host.items() if key.startswith(STAGE_SUM_PREFIXES)
-    }
+    keys = sorted((key for key in host if key.startswith(STAGE_SUM_PREFIXES)), key=_network_order)
+    return {key.replace("_sum/", "/"): host[key] / applied for key in keys}
 
 
 def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:

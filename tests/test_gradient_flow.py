@@ -162,9 +162,13 @@ def test_a_dropped_step_adds_nothing_to_the_part_sums():
     assert all(float(metrics[key]) == 0 for key in steps.stage_sum_keys(models.stage_names(model)))
 
 
-def test_window_means_divide_by_the_applied_steps():
-    host = {"steps": 5.0, "nonfinite_steps": 1.0, "grad_norm_sum/stage1": 8.0, "output_std_sum/stem": 2.0}
-    assert steps.stage_means(host | {"loss_sum": 3.0}) == {"grad_norm/stage1": 2.0, "output_std/stem": 0.5}
+def test_window_means_divide_by_the_applied_steps_in_the_networks_order():
+    sums = {"grad_norm_sum/stage10": 4.0, "grad_norm_sum/head": 1.0, "grad_norm_sum/stage2": 8.0}
+    sums |= {"grad_norm_sum/stem": 2.0, "output_std_sum/stem": 2.0}
+    host = dict(sorted(sums.items())) | {"steps": 5.0, "nonfinite_steps": 1.0, "loss_sum": 3.0}
+    means = steps.stage_means(host)
+    assert list(means) == [f"grad_norm/{part}" for part in ("stem", "stage2", "stage10", "head")] + ["output_std/stem"]
+    assert means == {key.replace("_sum/", "/"): value / 4 for key, value in sums.items()}
 
 
 def test_a_window_without_the_parts_is_refused_when_the_step_gives_them():
