@@ -12,6 +12,7 @@ import argparse
 import functools
 import gc
 import itertools
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -78,13 +79,39 @@ def measure(
         **common.floors(cost, dtype, ceilings),
     }
     if args.gradient_flow_cost:
-        without = timings["without gradient flow"]
-        result["seconds_per_step_without_gradient_flow"] = without.seconds_per_step
-        result["window_seconds_per_step_without_gradient_flow"] = without.window_seconds
-        result["gradient_flow_ratio"] = timing.seconds_per_step / without.seconds_per_step
+        result |= _flow_cost(args, timing, timings["without gradient flow"], cost, runners["without gradient flow"])
     del bench, runners
     gc.collect()
     return result
+
+
+def _flow_cost(args, timing: common.Timing, without: common.Timing, cost: dict, loop: common.JaxTrainLoop) -> dict:
+    """The step with its gradient-flow metrics against the step without: the medians' ratio, the median of each
+    round's ratio (its two windows ran back to back, under the same load), and XLA's counts of both programs."""
+    rounds = [on / off for on, off in zip(timing.window_seconds, without.window_seconds, strict=True)]
+    figures = {
+        "seconds_per_step_without_gradient_flow": without.seconds_per_step,
+        "window_seconds_per_step_without_gradient_flow": without.window_seconds,
+        "gradient_flow_ratio": timing.seconds_per_step / without.seconds_per_step,
+        "gradient_flow_paired_ratio": statistics.median(rounds),
+        "gradient_flow_flops_ratio": float("nan"),
+        "gradient_flow_xla_bytes_ratio": float("nan"),
+    }
+    if args.costs:
+        cost_without = loop.step_cost(args.xla_bytes)
+        figures["gradient_flow_flops_ratio"] = cost["flops"] / cost_without["flops"]
+        if args.xla_bytes:
+            figures["gradient_flow_xla_bytes_ratio"] = cost["xla_bytes_estimate"] / cost_without["xla_bytes_estimate"]
+    return figures
+
+
+def flow_row(result: dict) -> list:
+    ratios = ("gradient_flow_ratio", "gradient_flow_paired_ratio", "gradient_flow_flops_ratio")
+    return [
+        *row(result)[:5],
+        *(result[key] * 1e3 for key in FLOW_TIMES),
+        *(f"{result[key]:.3f}" for key in (*ratios, "gradient_flow_xla_bytes_ratio")),
+    ]
 
 
 def row(result: dict) -> list:
@@ -192,13 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         " kernel and output moved once (all else fused) / measured copy bandwidth; x floor = ms/step / the larger."
     )
     if args.gradient_flow_cost:
-        flow_rows = [
-            [*row(result)[:5], *(result[key] * 1e3 for key in FLOW_TIMES), f"{result['gradient_flow_ratio']:.3f}"]
-            for result in results
-        ]
-        headers = (*HEADERS[:5], "ms/step", "ms/step without gradient flow", "ratio")
-        print("\nThe gradient-flow metrics' cost (medians of interleaved windows):\n")
-        print(common.markdown_table(headers, flow_rows))
+        headers = (*HEADERS[:5], "ms/step", "ms/step without", "ratio", "paired ratio", "FLOP ratio", "XLA bytes ratio")
+        print("\nThe gradient-flow metrics' cost: the step with them against the step without (train.gradient_flow)")
+        print("timed in turn, window by window, in this process; the paired ratio is the median of each round's.\n")
+        print(common.markdown_table(headers, [flow_row(result) for result in results]))
     if skipped:
         print(f"\nnot measured (budget or error): {skipped}")
 
