@@ -182,12 +182,14 @@ class JaxTrainLoop:
     xla_defaults: bool = False  # XLA's own options instead of the train program's tuned ones
     dataset: str = "cifar10"
     image_size: int = 32
+    gradient_flow: bool = True  # train.gradient_flow: the per-stage gradient norms and output spreads
     calls: int = field(default=0, init=False)
 
     def __post_init__(self):
         config = bench_config(
             self.model, self.batch, self.dtype, self.steps_per_call, self.examples, self.dataset, self.image_size
         )
+        config.train.gradient_flow = self.gradient_flow
         self.experiment = experiment.build(config)
         self.program = self.experiment.make_train_program(
             scan=self.scan, compiler_options={} if self.xla_defaults else None

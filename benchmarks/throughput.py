@@ -3,13 +3,16 @@ call, on synthetic data resident on the device; each figure is set against the d
 
     python -m benchmarks.throughput --models resnet20,resnet18 --batches 128,512 --dtypes float32,bfloat16
     python -m benchmarks.throughput --dataset fashion_mnist --configs resnet20:128:float32:1:32,resnet8:128:float32:1:0
+    python -m benchmarks.throughput --models resnet20,plain20 --batches 128 --dtypes float32 --gradient-flow-cost
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -34,11 +37,14 @@ HEADERS = (
     "x floor",
 )
 
+FLOW_TIMES = ("seconds_per_step", "seconds_per_step_without_gradient_flow")
+
 
 def measure(
     args: argparse.Namespace, model: str, batch: int, dtype: str, steps_per_call: int, image_size: int, ceilings
 ) -> dict:
-    bench = common.JaxTrainLoop(
+    loop = functools.partial(
+        common.JaxTrainLoop,
         model,
         batch,
         dtype,
@@ -48,8 +54,13 @@ def measure(
         dataset=args.dataset,
         image_size=image_size,
     )
+    bench = loop()
     first_call = bench.first_call_seconds()
-    timing = common.interleaved_timings({"jax": bench}, args.windows, args.min_window_seconds)["jax"]
+    runners = {"jax": bench}
+    if args.gradient_flow_cost:
+        runners["without gradient flow"] = loop(gradient_flow=False)
+    timings = common.interleaved_timings(runners, args.windows, args.min_window_seconds)
+    timing = timings["jax"]
     cost = bench.step_cost(args.xla_bytes) if args.costs else {"flops": float("nan"), "bytes": float("nan")}
     result = {
         "model": model,
@@ -67,9 +78,40 @@ def measure(
         **cost,
         **common.floors(cost, dtype, ceilings),
     }
-    del bench
+    if args.gradient_flow_cost:
+        result |= _flow_cost(args, timing, timings["without gradient flow"], cost, runners["without gradient flow"])
+    del bench, runners
     gc.collect()
     return result
+
+
+def _flow_cost(args, timing: common.Timing, without: common.Timing, cost: dict, loop: common.JaxTrainLoop) -> dict:
+    """The step with its gradient-flow metrics against the step without: the medians' ratio, the median of each
+    round's ratio (its two windows ran back to back, under the same load), and XLA's counts of both programs."""
+    rounds = [on / off for on, off in zip(timing.window_seconds, without.window_seconds, strict=True)]
+    figures = {
+        "seconds_per_step_without_gradient_flow": without.seconds_per_step,
+        "window_seconds_per_step_without_gradient_flow": without.window_seconds,
+        "gradient_flow_ratio": timing.seconds_per_step / without.seconds_per_step,
+        "gradient_flow_paired_ratio": statistics.median(rounds),
+        "gradient_flow_flops_ratio": float("nan"),
+        "gradient_flow_xla_bytes_ratio": float("nan"),
+    }
+    if args.costs:
+        cost_without = loop.step_cost(args.xla_bytes)
+        figures["gradient_flow_flops_ratio"] = cost["flops"] / cost_without["flops"]
+        if args.xla_bytes:
+            figures["gradient_flow_xla_bytes_ratio"] = cost["xla_bytes_estimate"] / cost_without["xla_bytes_estimate"]
+    return figures
+
+
+def flow_row(result: dict) -> list:
+    ratios = ("gradient_flow_ratio", "gradient_flow_paired_ratio", "gradient_flow_flops_ratio")
+    return [
+        *row(result)[:5],
+        *(result[key] * 1e3 for key in FLOW_TIMES),
+        *(f"{result[key]:.3f}" for key in (*ratios, "gradient_flow_xla_bytes_ratio")),
+    ]
 
 
 def row(result: dict) -> list:
@@ -116,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-costs", dest="costs", action="store_false", help="skip XLA cost analysis and floors")
     parser.add_argument(
         "--xla-bytes", action="store_true", help="also XLA's estimate of the fused step's bytes (one more compile)"
+    )
+    parser.add_argument(
+        "--gradient-flow-cost",
+        action="store_true",
+        help="also time each configuration with train.gradient_flow=False, window by window in turn with it on, "
+        "and print the ratio of the two medians",
     )
     parser.add_argument("--json", default="", help="write every figure here")
     args = parser.parse_args(argv)
@@ -170,6 +218,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\nFloors: compute = XLA's FLOPs / measured matmul rate of the dtype; memory = every convolution's input,"
         " kernel and output moved once (all else fused) / measured copy bandwidth; x floor = ms/step / the larger."
     )
+    if args.gradient_flow_cost:
+        headers = (*HEADERS[:5], "ms/step", "ms/step without", "ratio", "paired ratio", "FLOP ratio", "XLA bytes ratio")
+        print("\nThe gradient-flow metrics' cost: the step with them against the step without (train.gradient_flow)")
+        print("timed in turn, window by window, in this process; the paired ratio is the median of each round's.\n")
+        print(common.markdown_table(headers, [flow_row(result) for result in results]))
     if skipped:
         print(f"\nnot measured (budget or error): {skipped}")
 

@@ -7,6 +7,7 @@ section's defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ TRAIN_DEFAULTS = {
     "label_smoothing": 0.0,
     "ema_decay": 0.0,  # > 0 keeps an EMA of the weights and evaluates it
     "on_nonfinite": "stop",  # or "skip": drop steps with a NaN/Inf loss or gradient and go on
+    # Log each stage's gradient norm and output standard deviation (`steps.stage_flow`); off saves their reductions.
+    "gradient_flow": True,
 }
 EVAL_DEFAULTS = {"every_epochs": 1, "batch_size": 1000, "tta_flip": False}
 
@@ -76,6 +79,7 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
     configuration.check_in_range("train.label_smoothing", train_config.label_smoothing, 0.0, 1.0)
     configuration.check_in_range("train.ema_decay", train_config.ema_decay, 0.0, 1.0)
     configuration.check_choice("train.on_nonfinite", train_config.on_nonfinite, NONFINITE_POLICIES)
+    configuration.check_choice("train.gradient_flow", train_config.gradient_flow, (False, True))
 
 
 def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
@@ -197,6 +201,11 @@ class Experiment:
             return self.config.train.steps_per_call
         return 1 if self.mesh.devices.flat[0].platform == "cpu" else 50
 
+    @property
+    def stage_sums(self) -> tuple[str, ...]:
+        """The metric window's gradient-flow keys (none with `train.gradient_flow` off)."""
+        return steps.stage_sum_keys(models.stage_names(self.model)) if self.step_config.gradient_flow else ()
+
     def eval_split_rows(self, split: str = "test") -> tuple[int, int]:
         """A split's size, and its rows for evaluation: padded to whole global batches."""
         num_examples = data.config_split_size(self.config.data, split)
@@ -249,7 +258,9 @@ class Experiment:
             # Its sharding declared, so that its abstract value (to compile the loop ahead of time) carries it.
             permutation=jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh)),
             # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
-            zero_totals=jax.jit(steps.zero_train_metrics, out_shardings=parallel.replicated(mesh)),
+            zero_totals=jax.jit(
+                functools.partial(steps.zero_train_metrics, self.stage_sums), out_shardings=parallel.replicated(mesh)
+            ),
             # One program for the logged learning rate, not a dozen eager ops (each compiled on its first use).
             learning_rate=jax.jit(self.schedule),
             steps_per_call=self.steps_per_call,
@@ -290,6 +301,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         label_smoothing=config.train.label_smoothing,
         ema_decay=config.train.ema_decay,
         frozen_statistics=finetune.statistics_frozen(config.finetune),
+        gradient_flow=config.train.gradient_flow,
     )
     return Experiment(
         config=config,

@@ -6,7 +6,7 @@ parameters and BN statistics stay float32 while the convolutions compute in `dty
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -43,7 +43,8 @@ def shortcut_a(x: jax.Array, features: int, strides: int) -> jax.Array:
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BN and ReLU; post-activation (He et al. 2015). Dropout, when asked for, sits
-    between the two convolutions, where Wide-ResNets put it (every block here places it so)."""
+    between the two convolutions, where Wide-ResNets put it (every block here places it so). Every block with
+    `residual` off is its plain counterpart: the same layers without the shortcut (He et al.'s plain nets)."""
 
     features: int
     conv: ModuleDef
@@ -52,17 +53,17 @@ class BasicBlock(nn.Module):
     shortcut: str = "B"
     zero_init_last: bool = False
     dropout_rate: float = 0.0
+    residual: bool = True
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        residual = x
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(x)
         y = nn.relu(self.norm()(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features, (3, 3), padding=_pad_1(3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        return nn.relu(y + _project(residual, self.features, self.strides, self.shortcut, self.conv, self.norm))
+        return nn.relu(_add_shortcut(self, y, x, self.features, self.norm))
 
 
 class BottleneckBlock(nn.Module):
@@ -75,19 +76,18 @@ class BottleneckBlock(nn.Module):
     shortcut: str = "B"
     zero_init_last: bool = False
     dropout_rate: float = 0.0
+    residual: bool = True
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        residual = x
         y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
         y = nn.relu(self.norm()(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
-        out_features = self.features * 4
-        return nn.relu(y + _project(residual, out_features, self.strides, self.shortcut, self.conv, self.norm))
+        return nn.relu(_add_shortcut(self, y, x, self.features * 4, self.norm))
 
 
 def _project(
@@ -100,6 +100,14 @@ def _project(
         return shortcut_a(x, features, strides)
     y = conv(features, (1, 1), (strides, strides), name="shortcut_conv")(x)
     return norm(name="shortcut_bn")(y) if norm is not None else y
+
+
+def _add_shortcut(block: nn.Module, y: jax.Array, x: jax.Array, features: int, norm: ModuleDef | None) -> jax.Array:
+    """A block's branch `y` plus its shortcut from `x`; `y` alone in a plain block (`residual` off), whose stride-2
+    first conv is then the only downsampling, with no projection."""
+    if not block.residual:
+        return y
+    return y + _project(x, features, block.strides, block.shortcut, block.conv, norm)
 
 
 class PreActBasicBlock(nn.Module):
@@ -115,6 +123,7 @@ class PreActBasicBlock(nn.Module):
     shortcut: str = "B"
     zero_init_last: bool = False
     dropout_rate: float = 0.0
+    residual: bool = True
     expansion = 1
 
     @nn.compact
@@ -122,13 +131,13 @@ class PreActBasicBlock(nn.Module):
         preact = nn.relu(self.norm()(x))
         needs_projection = self.strides != 1 or x.shape[-1] != self.features
         # When the shape changes the projection sees the pre-activated input, as in both papers' code.
-        residual = preact if needs_projection and self.shortcut == "B" else x
+        shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(preact)
         y = nn.relu(self.norm()(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(self.features, (3, 3), padding=_pad_1(3), kernel_init=last_init)(y)
-        return y + _project(residual, self.features, self.strides, self.shortcut, self.conv, None)
+        return _add_shortcut(self, y, shortcut_input, self.features, None)
 
 
 class PreActBottleneckBlock(nn.Module):
@@ -141,6 +150,7 @@ class PreActBottleneckBlock(nn.Module):
     shortcut: str = "B"
     zero_init_last: bool = False
     dropout_rate: float = 0.0
+    residual: bool = True
     expansion = 4
 
     @nn.compact
@@ -148,7 +158,7 @@ class PreActBottleneckBlock(nn.Module):
         out_features = self.features * 4
         preact = nn.relu(self.norm()(x))
         needs_projection = self.strides != 1 or x.shape[-1] != out_features
-        residual = preact if needs_projection and self.shortcut == "B" else x
+        shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (1, 1))(preact)
         y = nn.relu(self.norm()(y))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
@@ -156,10 +166,26 @@ class PreActBottleneckBlock(nn.Module):
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(out_features, (1, 1), kernel_init=last_init)(y)
-        return y + _project(residual, out_features, self.strides, self.shortcut, self.conv, None)
+        return _add_shortcut(self, y, shortcut_input, out_features, None)
 
 
 PREACTIVATION_BLOCKS = (PreActBasicBlock, PreActBottleneckBlock)
+# The collection a ResNet records its stages' output statistics in, when it is mutable.
+STAGE_STATS = "stage_stats"
+STEM, HEAD, FINAL_BN = "stem", "head", "final_bn"
+
+
+def stage_names(model: ResNet) -> tuple[str, ...]:
+    """`stem`, `stage1`, ... `stageN`: the parts whose outputs `return_features` gives and `STAGE_STATS` records."""
+    return (STEM, *(f"stage{index + 1}" for index in range(len(model.stage_sizes))))
+
+
+def module_stages(params: Mapping[str, Any]) -> dict[str, str]:
+    """The part of the network (`stem`, `stageK` or `head`) each top-level module of a ResNet's `params` belongs to;
+    a pre-activation net's `final_bn` ends its last stage, as in `return_features`."""
+    parts = {name: name.split("_")[0] for name in params}
+    last_stage = max((part for part in parts.values() if part.startswith("stage")), key=lambda part: int(part[5:]))
+    return {name: last_stage if name == FINAL_BN else part for name, part in parts.items()}
 
 
 class ResNet(nn.Module):
@@ -175,6 +201,10 @@ class ResNet(nn.Module):
       dtype: compute dtype; params and BN statistics stay float32.
       zero_init_residual: start each residual branch at zero (last BN scale, or last conv for pre-activation).
       conv_bias: biases in the block convs (the seed article's PyTorch code has them).
+      residual: False builds the plain network (He et al. 2015's baseline): the same layers without shortcuts.
+
+    Applied with the `STAGE_STATS` collection mutable (the train step does), it also records the standard deviation
+    of the stem's and each stage's output: a scalar reduction each, for the gradient-flow metrics.
     """
 
     stage_sizes: Sequence[int]
@@ -188,6 +218,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     conv_bias: bool = False
     dropout_rate: float = 0.0
+    residual: bool = True
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
 
@@ -202,6 +233,8 @@ class ResNet(nn.Module):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes {tuple(self.stage_sizes)} differ in length")
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+        if self.zero_init_residual and not self.residual:
+            raise ValueError("zero_init_residual would zero a plain network's only path; it needs shortcuts")
         conv = functools.partial(
             nn.Conv, use_bias=self.conv_bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
         )
@@ -227,7 +260,7 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name="stem_bn")(x))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad_1(3))
-        features = {"stem": x}
+        features = {STEM: x}
 
         block_conv = functools.partial(conv, use_bias=self.conv_bias)
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
@@ -240,14 +273,19 @@ class ResNet(nn.Module):
                     shortcut=self.shortcut,
                     zero_init_last=self.zero_init_residual,
                     dropout_rate=self.dropout_rate,
+                    residual=self.residual,
                     name=f"stage{stage + 1}_block{index + 1}",
                 )(x, train=train)
             features[f"stage{stage + 1}"] = x
         if preactivation:
-            x = nn.relu(norm(name="final_bn")(x))
+            x = nn.relu(norm(name=FINAL_BN)(x))
             features[f"stage{len(self.stage_sizes)}"] = x
+        if not self.is_initializing():  # init would otherwise make the collection a variable
+            for name in stage_names(self):
+                # sow stores nothing unless the collection is mutable, and XLA then drops the reduction.
+                self.sow(STAGE_STATS, name, jnp.std(features[name].astype(jnp.float32)))
         features["pooled"] = x = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name=HEAD)(x)
         logits = logits.astype(jnp.float32)
         return (logits, features) if return_features else logits
 
@@ -305,6 +343,13 @@ MODEL_REGISTRY: dict[str, Callable[..., ResNet]] = {
         ResNet, stage_sizes=(1, 1, 1), block_cls=BasicBlock, widths=(4, 8, 16), shortcut="A"
     ),
 }
+# He et al. (2015)'s plain networks, each its residual twin without shortcuts: the §4.2 CIFAR nets (plain-20 ...
+# plain-110, downsampling by a stage's stride-2 first conv) and the §4.1 pair (plain-18, plain-34, here with the
+# zoo's CIFAR stem and widths).
+RESIDUAL_TWINS = {f"plain{depth}": f"resnet{depth}" for depth in (20, 32, 44, 56, 110, 18, 34)}
+MODEL_REGISTRY |= {
+    plain: functools.partial(MODEL_REGISTRY[twin], residual=False) for plain, twin in RESIDUAL_TWINS.items()
+}
 
 # No float16: it needs loss scaling to train (its gradients underflow), while bfloat16 has float32's range and
 # runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
@@ -335,6 +380,16 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     if model_config.shortcut:
         configuration.check_choice("model.shortcut", model_config.shortcut, SHORTCUTS)
     configuration.check_choice("model.zero_init_residual", model_config.zero_init_residual, (False, True))
+    if model_config.name in RESIDUAL_TWINS:
+        plain = f"model.name={model_config.name!r} is a plain network (no shortcuts)"
+        if model_config.shortcut:
+            raise configuration.ConfigError(
+                f"{plain}: model.shortcut={model_config.shortcut!r} has nothing to shape; leave it empty"
+            )
+        if model_config.zero_init_residual:
+            raise configuration.ConfigError(
+                f"{plain}: model.zero_init_residual would zero its only path; leave it False"
+            )
     configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
 
 

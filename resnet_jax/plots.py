@@ -103,11 +103,33 @@ def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
     return len(peaks) > 1 and max(peaks) >= 10 * min(peaks)
 
 
+# The gradient-flow panel's line style for each part of the network, in order, when several runs share the panel:
+# six, for the stem, four stages and the head.
+PART_STYLES = ("-", "--", "-.", ":", (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)))
+
+
+def _flow_parts(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The parts whose gradient norms a run logged (`grad_norm/stem` ... `grad_norm/head`), in the network's order."""
+    return list(dict.fromkeys(key[len("grad_norm/") :] for r in records for key in r if key.startswith("grad_norm/")))
+
+
+def _plot_flow(axes: Any, records: Sequence[dict[str, Any]], colour: str | None, prefix: str) -> None:
+    """One run's per-part gradient norms: a colour per part alone, else the run's colour and a style per part."""
+    for index, part in enumerate(_flow_parts(records)):
+        style = (
+            {"color": f"C{index % 10}"}
+            if colour is None
+            else {"color": colour, "linestyle": PART_STYLES[index % len(PART_STYLES)]}
+        )
+        axes.plot(*_series(records, f"grad_norm/{part}"), label=prefix + part, **style)
+
+
 def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
     """Train/test loss, train/test accuracy and the learning rate against epoch, one colour per run (train solid,
     test dashed). The train loss is the one minimised, against smoothed or mixed targets (its legend says so), and
     under mixing the train accuracy is of the dominant labels; the test loss is plain cross-entropy. The rate axis
-    is logarithmic where the runs' rates differ by decades.
+    is logarithmic where the runs' rates differ by decades. Runs that logged their gradient flow get a fourth
+    panel: each part's gradient norm, on a log axis.
 
     Raises NoMetricsError when a workdir has no metrics.jsonl records, PlotError (or MetricsError) for damaged files.
     """
@@ -122,8 +144,9 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
             raise NoMetricsError(f"{workdir} has no {METRICS_FILE} records to plot; is it a training workdir?")
         runs.append((records, _saved_config(workdir)))
 
-    figure = Figure(figsize=(16, 4.8), layout="constrained")
-    loss_axes, accuracy_axes, rate_axes = figure.subplots(1, 3)
+    flow = any(_flow_parts(records) for records, _ in runs)
+    figure = Figure(figsize=(21 if flow else 16, 4.8), layout="constrained")
+    loss_axes, accuracy_axes, rate_axes, *flow_axes = figure.subplots(1, 4 if flow else 3)
     several = len(runs) > 1
     rates = []
     for index, ((records, config), label) in enumerate(zip(runs, labels, strict=True)):
@@ -143,10 +166,13 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
         epochs, rate = _series(records, "learning_rate")
         rates.append(rate)
         rate_axes.plot(epochs, rate, color=colour, label=label)
+        for axes in flow_axes:
+            _plot_flow(axes, records, colour if several else None, prefix)
     for axes, ylabel, title in (
         (loss_axes, "cross-entropy loss", _loss_title([config for _, config in runs])),
         (accuracy_axes, "accuracy", "Accuracy"),
         (rate_axes, "learning rate", "Learning rate"),
+        *((axes, "gradient L2 norm (log scale)", "Gradient norm per stage") for axes in flow_axes),
     ):
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
@@ -157,6 +183,9 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
         rate_axes.set_ylabel("learning rate (log scale)")
     loss_axes.legend(fontsize="small")
     accuracy_axes.legend(fontsize="small")
+    for axes in flow_axes:
+        axes.set_yscale("log", nonpositive="mask")
+        axes.legend(fontsize="small")
     if several:
         rate_axes.legend(fontsize="small")
     else:

@@ -7,6 +7,7 @@ dispatches on the CPU; either way Python never waits between steps.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from resnet_jax import augment, optim
+from resnet_jax import augment, models, optim
 from resnet_jax.parallel import replicated
 from resnet_jax.pipeline import DeviceSplit, eval_batch, gather_batch
 from resnet_jax.state import TrainState
@@ -25,6 +26,9 @@ Metrics = dict[str, jax.Array]
 NO_NONFINITE_STEP = int(jnp.iinfo(jnp.int32).max)
 # count, loss_sum and correct cover the applied steps; examples every step's batch (for images/s).
 TRAIN_SUMS = ("loss_sum", "correct", "count", "examples", "grad_norm_sum", "steps", "nonfinite_steps")
+# Per part of the network, over the applied steps: its gradients' L2 norm (stem, each stage, head) and its output's
+# standard deviation (stem, each stage), as `grad_norm_sum/stage1`, `output_std_sum/stage1`, ...
+STAGE_SUM_PREFIXES = ("grad_norm_sum/", "output_std_sum/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class StepConfig:
     label_smoothing: float
     ema_decay: float
     frozen_statistics: bool  # a linear probe: BatchNorm in inference mode, its statistics kept
+    gradient_flow: bool = True  # per-stage gradient norms and output spreads in the metrics (`stage_flow`)
 
 
 def _tree_where(condition: jax.Array, new: Any, old: Any) -> Any:
@@ -65,22 +70,22 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
-            if config.frozen_statistics:
-                logits, batch_stats = state.apply_fn(variables, inputs, train=False), state.batch_stats
-            else:
-                logits, updates = state.apply_fn(
-                    variables, inputs, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
-                )
-                batch_stats = updates["batch_stats"]
+            # The stages' output statistics come out of this forward pass: the gradient-flow metrics cost no other.
+            mutable = [models.STAGE_STATS] if config.gradient_flow else []
+            if not config.frozen_statistics:
+                mutable.append("batch_stats")
+            logits, updates = state.apply_fn(
+                variables, inputs, train=not config.frozen_statistics, mutable=mutable, rngs={"dropout": dropout_key}
+            )
+            batch_stats = updates.get("batch_stats", state.batch_stats)
             if label_weight is None:
                 losses = optim.cross_entropy(logits, labels, config.label_smoothing)
             else:
                 partners = augment.paired(labels)
                 losses = optim.mixed_cross_entropy(logits, labels, partners, label_weight, config.label_smoothing)
-            loss = losses.mean()
-            return loss, (logits, batch_stats)
+            return losses.mean(), (logits, batch_stats, updates.get(models.STAGE_STATS))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, batch_stats, stage_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params, step=state.step)
         params = jax.tree.map(jnp.add, state.params, updates)
         grad_norm = optim.global_norm(grads)
@@ -111,19 +116,59 @@ def make_train_step(config: StepConfig) -> Callable[[TrainState, jax.Array, jax.
             "nonfinite_steps": (~finite).astype(jnp.float32),
             "first_nonfinite_step": jnp.where(finite, NO_NONFINITE_STEP, state.step),
         }
-        return new_state, metrics
+        flow = stage_flow(grads, stage_stats) if config.gradient_flow else {}
+        return new_state, metrics | {key: jnp.where(finite, value, 0.0) for key, value in flow.items()}
 
     return train_step
 
 
-def zero_train_metrics() -> Metrics:
-    """An empty metric window, to accumulate train steps into."""
-    totals = {key: jnp.zeros((), jnp.float32) for key in TRAIN_SUMS}
+def stage_flow(grads: Any, stage_stats: Any) -> Metrics:
+    """One step's gradient flow, as window sums: each part's gradient L2 norm, grouped from the grads tree by
+    module (`models.module_stages`), and each part's output standard deviation, as the model recorded it."""
+    grad_sum, std_sum = STAGE_SUM_PREFIXES
+    modules = collections.defaultdict(dict)
+    for module, part in models.module_stages(grads).items():
+        modules[part][module] = grads[module]
+    norms = {grad_sum + part: optim.global_norm(tree) for part, tree in modules.items()}
+    return norms | {std_sum + part: sown[0] for part, sown in stage_stats.items()}
+
+
+def stage_sum_keys(stages: Sequence[str]) -> tuple[str, ...]:
+    """The metric window's gradient-flow keys for a model of these parts (`models.stage_names`): what `stage_flow`
+    gives."""
+    grad_sum, std_sum = STAGE_SUM_PREFIXES
+    return (*(grad_sum + part for part in (*stages, models.HEAD)), *(std_sum + part for part in stages))
+
+
+def zero_train_metrics(stage_sums: Sequence[str] = ()) -> Metrics:
+    """An empty metric window, to accumulate train steps into; `stage_sums` (`stage_sum_keys`) when the steps
+    log the gradient flow."""
+    totals = {key: jnp.zeros((), jnp.float32) for key in (*TRAIN_SUMS, *stage_sums)}
     return totals | {"first_nonfinite_step": jnp.asarray(NO_NONFINITE_STEP, jnp.int32)}
+
+
+def _network_order(key: str) -> tuple[str, bool, bool, int]:
+    """Sorts `grad_norm_sum/stage10` after `stage2`, the stem first and the head last (a fetched window's keys come
+    sorted as text)."""
+    prefix, part = key.split("/", 1)
+    return prefix, part != models.STEM, part == models.HEAD, int(part[5:]) if part.startswith("stage") else 0
+
+
+def stage_means(host: dict[str, float]) -> dict[str, float]:
+    """A fetched window's per-part sums as means over its applied steps, in the network's order: `grad_norm/stem`,
+    `grad_norm/stage1` ... `grad_norm/head`, then `output_std/stem` ..."""
+    applied = host["steps"] - host["nonfinite_steps"]
+    keys = sorted((key for key in host if key.startswith(STAGE_SUM_PREFIXES)), key=_network_order)
+    return {key.replace("_sum/", "/"): host[key] / applied for key in keys}
 
 
 def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:
     """Adds per-step metrics stacked along axis 0 to a window (keeping the earliest non-finite step)."""
+    if totals.keys() != stacked.keys():
+        raise ValueError(
+            f"the metric window holds {sorted(totals)} but the train step gives {sorted(stacked)}: make the window "
+            "with zero_train_metrics(stage_sum_keys(models.stage_names(model))) when the step logs the gradient flow"
+        )
     return {
         key: jnp.minimum(total, jnp.min(stacked[key]))
         if key == "first_nonfinite_step"

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import checkpoint, data, experiment, parallel, pipeline, startup
+from resnet_jax import checkpoint, data, experiment, parallel, pipeline, startup, steps
 from resnet_jax.metrics import MetricsWriteError, Progress
 from resnet_jax.state import TrainState
 from resnet_jax.workdir import check_workdir, prepare_workdir
@@ -124,6 +124,7 @@ class _Loop:
             values["train_loss"] = host["loss_sum"] / host["count"]
             values["train_accuracy"] = host["correct"] / host["count"]
             values["grad_norm"] = host["grad_norm_sum"] / (host["steps"] - host["nonfinite_steps"])
+            values |= steps.stage_means(host)
         values["learning_rate"] = float(self.program.learning_rate(step - 1))
         values["images_per_second"] = host["examples"] / (time.perf_counter() - window_start)
         if host["nonfinite_steps"]:

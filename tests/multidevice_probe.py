@@ -20,8 +20,9 @@ def one_step(mesh, images, labels, **augmentation):
     state = lower_train_state(model, tx, seed=0, input_shape=(32, 32, 3), mesh=mesh).compile()()
     step = steps.make_train_step(step_config(**augmentation))
     batch = parallel.batch_sharded(mesh)
-    state, _ = jax.jit(step)(state, jax.device_put(images, batch), jax.device_put(labels, batch))
-    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    state, metrics = jax.jit(step)(state, jax.device_put(images, batch), jax.device_put(labels, batch))
+    flow = {key: value for key, value in metrics.items() if key.startswith(steps.STAGE_SUM_PREFIXES)}
+    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats, "gradient_flow": flow})
 
 
 def max_difference(a, b) -> float:
@@ -76,6 +77,7 @@ def main() -> None:
         "device_count": len(devices),
         "step_max_difference": max_difference(many, one),
         "mixed_step_max_difference": mixed,
+        "gradient_flow_keys": sorted(many["gradient_flow"]),
         "eval_coverage": {f"{n}/{b}": eval_coverage(mesh, n, b) for n in (37, 64) for b in (1, 3, 5)},
         "train_epoch_rows": train_epoch_rows(mesh, 43, 2),
     }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from resnet_jax import inference, models
+from resnet_jax import configuration, inference, models
 from resnet_jax.interop import files, layouts, runs
 from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import evaluate as evaluate_tool
@@ -226,6 +226,24 @@ def test_a_file_that_fits_no_layout_names_its_key_in_one_line(tmp_path, capsys):
         convert_tool.main, ["--from", str(tmp_path / "odd.safetensors"), "--workdir", str(tmp_path / "r")], capsys
     )
     assert "nearest, seed, as seed_resnet: layer3.1.conv2.bias is (7,), expected (64,)" in message
+
+
+def test_a_plain_network_is_refused_both_ways_in_one_line(converted, tmp_path, capsys):
+    # Its weights have resnet20's names and shapes: only the refusal keeps them from passing as resnet20's.
+    folder, _ = converted
+    into = ["--from", str(folder / "resnet20.safetensors"), "--workdir", str(tmp_path / "in"), *TINY_DATA]
+    message = cli_error(convert_tool.main, [*into, "--config.model.name=plain20"], capsys)
+    assert "plain20 is a plain network (no shortcuts)" in message
+    assert not (tmp_path / "in").exists()
+    plain_run = tmp_path / "plain_run"
+    plain_run.mkdir()
+    config = inference.load_run_config(folder / "run")
+    config.model.name = "plain20"
+    configuration.write_json(config, plain_run / configuration.CONFIG_FILE)
+    out = ["--workdir", str(plain_run), "--to", str(tmp_path / "out.safetensors"), "--layout", "akamaster"]
+    assert "plain20 is a plain network" in cli_error(convert_tool.main, out, capsys)
+    with pytest.raises(layouts.InteropError, match="plain18 is a plain network"):
+        runs.expected_torch_keys("plain18", 10, "kuangliu")
 
 
 def test_a_pth_file_without_torch_names_the_install(tmp_path, capsys, monkeypatch):

@@ -231,3 +231,102 @@ def test_models_tool_description_is_whole_sentences(capsys):
     description = " ".join(models_tool.__doc__.split())
     assert description.endswith(".")
     assert description in " ".join(capsys.readouterr().out.split())
+
+
+def _without_shortcuts(tree):
+    """A parameter tree less its shortcut projections (`shortcut_conv`, `shortcut_bn`)."""
+    if not isinstance(tree, dict):
+        return tree
+    return {key: _without_shortcuts(value) for key, value in tree.items() if not key.startswith("shortcut_")}
+
+
+@pytest.mark.parametrize(("plain", "twin"), sorted(models.RESIDUAL_TWINS.items()))
+def test_a_plain_net_is_its_residual_twin_less_the_projections(plain, twin):
+    plain_shapes = models.init_shapes(models.get_model(plain))["params"]
+    twin_shapes = models.init_shapes(models.get_model(twin))["params"]
+    chex.assert_trees_all_equal_shapes_and_dtypes(plain_shapes, _without_shortcuts(twin_shapes))
+    projections = models.count_params(twin_shapes) - models.count_params(_without_shortcuts(twin_shapes))
+    # Option A shortcuts (the CIFAR family) hold no parameters; ResNet-18/34's three 1x1 conv + BN projections,
+    # 64->128, 128->256 and 256->512, hold 173,824.
+    expected = 0 if plain[len("plain") :] in ("20", "32", "44", "56", "110") else 8_448 + 33_280 + 132_096
+    assert projections == expected
+    assert models.count_params(plain_shapes) == models.count_params(twin_shapes) - expected
+    assert models.get_model(plain).stage_sizes == models.get_model(twin).stage_sizes
+
+
+def test_plain_nets_are_registered_and_listed_against_their_twins(capsys):
+    assert [name for name in models.MODEL_REGISTRY if name.startswith("plain")] == [
+        "plain20",
+        "plain32",
+        "plain44",
+        "plain56",
+        "plain110",
+        "plain18",
+        "plain34",
+    ]
+    models_tool.print_registry_table(["resnet20", "plain20", "resnet8"])
+    tail = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert tail[0].startswith("| plain network | params | residual twin |")
+    assert tail[-1] == "| plain20 | 269,722 | resnet20 | 269,722 | 0 |"
+
+
+def _conv(x, kernel, strides):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (strides,) * 2, [(1, 1)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _bn(y, params, stats):
+    return (y - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
+
+
+@pytest.mark.parametrize(("strides", "features", "residual"), [(1, 4, True), (1, 4, False), (2, 8, False)])
+def test_a_plain_block_is_the_conv_bn_relu_path_alone(strides, features, residual):
+    conv = functools.partial(nn.Conv, use_bias=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=True)
+    block = models.BasicBlock(features=features, conv=conv, norm=norm, strides=strides, residual=residual)
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 8, 8, 4)))
+    variables = block.init(jax.random.key(1), x)
+    # Statistics and affine parameters away from their initial 0 and 1, so that every BN does something.
+    variables = jax.tree.map(
+        lambda leaf: (
+            jax.random.uniform(jax.random.key(leaf.size), leaf.shape, minval=0.5, maxval=1.5) * leaf
+            + jax.random.uniform(jax.random.key(leaf.size + 1), leaf.shape, minval=0.1, maxval=0.3)
+        ),
+        variables,
+    )
+    params, stats = variables["params"], variables["batch_stats"]
+    assert sorted(params) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1"]  # no projection, even at stride 2
+    branch = _conv(x, params["Conv_0"]["kernel"], strides)
+    branch = jax.nn.relu(_bn(branch, params["BatchNorm_0"], stats["BatchNorm_0"]))
+    branch = _bn(_conv(branch, params["Conv_1"]["kernel"], 1), params["BatchNorm_1"], stats["BatchNorm_1"])
+    expected = jax.nn.relu(branch + x if residual else branch)
+    chex.assert_shape(expected, (2, 8 // strides, 8 // strides, features))
+    chex.assert_trees_all_close(block.apply(variables, x, train=False), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_cls", [models.BottleneckBlock, models.PreActBasicBlock, models.PreActBottleneckBlock])
+def test_every_block_drops_its_shortcut_when_plain(block_cls):
+    residual, plain = init(tiny(block_cls, shortcut="B")), init(tiny(block_cls, shortcut="B", residual=False))
+    assert "shortcut_conv" in residual[0]["params"]["stage2_block1"]
+    assert not any("shortcut" in name for name in plain[0]["params"]["stage2_block1"])
+    logits = tiny(block_cls, residual=False).apply(plain[0], plain[1], train=False)
+    chex.assert_shape(logits, (2, 5))
+    chex.assert_tree_all_finite(logits)
+
+
+def test_plain20_forward_shapes_and_no_identity_path():
+    plain, twin = models.get_model("plain20"), models.get_model("resnet20")
+    variables, images = init(twin, image_shape=(32, 32, 3), batch=2)
+    logits, features = plain.apply(variables, images, train=False, return_features=True)
+    chex.assert_shape(logits, (2, 10))
+    chex.assert_shape(
+        [features["stage1"], features["stage2"], features["stage3"]], [(2, 32, 32, 16), (2, 16, 16, 32), (2, 8, 8, 64)]
+    )
+    # The same weights (the trees agree: option A holds none): only the missing shortcuts change the output.
+    assert not np.allclose(logits, twin.apply(variables, images, train=False), atol=1e-3)
+
+
+def test_zero_init_residual_is_refused_on_a_plain_net():
+    with pytest.raises(ValueError, match="only path"):
+        init(tiny(residual=False, zero_init_residual=True))

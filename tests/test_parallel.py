@@ -28,6 +28,8 @@ def test_probe_ran_on_eight_devices(probe):
 def test_one_step_on_eight_devices_equals_one_device(probe):
     # Same global batch: BN statistics over the global batch and the mean gradient make the two runs agree.
     assert probe["step_max_difference"] < 1e-5
+    # Its gradient-flow metrics too (resnet8_tiny: stem, three stages, head): sharded, they are the global ones.
+    assert len(probe["gradient_flow_keys"]) == 9
 
 
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])

@@ -33,6 +33,7 @@ class Setup:
         self.permutation = pipeline.epoch_permutation(key_data, jnp.int32(0), EXAMPLES, self.mesh)
         self.model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, widths=(4,), shortcut="A")
         self.tx = optimizer(0.1, weight_decay=5e-4)
+        self.stage_sums = steps.stage_sum_keys(models.stage_names(self.model))
         train_config = step_config(crop_padding=2)
         initial = lower_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh).compile()()
         self.initial = jax.device_get(initial)
@@ -60,7 +61,7 @@ class Setup:
 
     def run(self, chunks, loop, first=0):
         """Runs steps `first`.. of the epoch in calls of `chunks[i]` steps; returns the state and metric sums."""
-        state, totals = self.fresh_state(), steps.zero_train_metrics()
+        state, totals = self.fresh_state(), steps.zero_train_metrics(self.stage_sums)
         for count in chunks:
             if loop == "scan":
                 self.scan_lengths.add(count)
@@ -110,9 +111,9 @@ def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
 def test_ahead_of_time_compiled_loop_runs_the_same_steps(setup, scan):
     loop = steps.make_train_loop(steps.make_train_step(step_config(crop_padding=2)), setup.mesh, BATCH, scan=scan)
     args = (setup.split, setup.permutation, jnp.int32(1))
-    compiled = loop.lower(setup.fresh_state(), steps.zero_train_metrics(), *args, 3).compile()
+    compiled = loop.lower(setup.fresh_state(), steps.zero_train_metrics(setup.stage_sums), *args, 3).compile()
     assert compiled.as_text()
-    state, totals = jax.device_get(compiled(setup.fresh_state(), steps.zero_train_metrics(), *args))
+    state, totals = jax.device_get(compiled(setup.fresh_state(), steps.zero_train_metrics(setup.stage_sums), *args))
     expected_state, expected_totals = setup.run([3], loop="scan" if scan else "per_step", first=1)
     chex.assert_trees_all_close(state.params, expected_state.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(totals, expected_totals, rtol=1e-5)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -322,6 +323,26 @@ def test_the_curves_say_which_loss_is_smoothed_or_mixed_and_put_decades_of_rates
     assert loss.get_lines()[0].get_label() == "train (label smoothing 0.1, mixup 0.2, CutMix 1)"
     assert loss.get_title() == "Loss: train with label smoothing and mixing, test without"
     assert accuracy.get_lines()[0].get_label() == "train (mixup 0.2, CutMix 1)"
+
+
+def test_runs_that_logged_their_gradient_flow_get_a_panel_of_it(tmp_path, smoke):
+    plain, residual = (metrics_workdir(tmp_path / name, smoke) for name in ("plain", "residual"))
+    for workdir, scale in ((plain, 1e-3), (residual, 1.0)):
+        writer = MetricWriter(workdir, enabled=True)
+        for step in (10, 20):
+            writer.write(
+                step, step / 10, {"grad_norm/stem": scale * step, "grad_norm/stage1": 2.0, "grad_norm/head": 3.0}
+            )
+        writer.close()
+    (flow,) = plots.curves_figure([plain]).axes[3:]
+    assert [line.get_label() for line in flow.get_lines()] == ["stem", "stage1", "head"]
+    np.testing.assert_allclose(flow.get_lines()[0].get_ydata(), [1e-2, 2e-2])
+    assert flow.get_yscale() == "log"
+    flow = plots.curves_figure([plain, residual]).axes[3]
+    labels = [line.get_label() for line in flow.get_lines()]
+    assert labels == [f"{run} {part}" for run in ("plain", "residual") for part in ("stem", "stage1", "head")]
+    assert {line.get_color() for line in flow.get_lines()[:3]} == {"C0"}  # one colour per run, a style per part
+    assert len({line.get_linestyle() for line in flow.get_lines()[:3]}) == 3
 
 
 def labelled_ticks(axis) -> list[str]:

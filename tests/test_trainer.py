@@ -119,6 +119,11 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
     np.testing.assert_allclose([value for _, value in scalars["train_loss"]], logged, rtol=1e-6)
     record = metrics.read_metrics(workdir)[0]
     assert {"step", "epoch", "train_loss", "train_accuracy", "learning_rate", "images_per_second"} <= set(record)
+    # The gradient flow of resnet8_tiny's stem, three stages and head, each a positive mean over the window.
+    parts = ("stem", "stage1", "stage2", "stage3")
+    flow = [f"grad_norm/{part}" for part in (*parts, "head")] + [f"output_std/{part}" for part in parts]
+    assert all(record[key] > 0 for key in flow), record
+    np.testing.assert_allclose(scalars["grad_norm/stage1"][0][1], record["grad_norm/stage1"], rtol=1e-6)
     # keep=2 keeps the last two, plus the best when it is older.
     steps_kept = checkpoint.Checkpointer(workdir / "checkpoints", create=False).steps()
     assert steps_kept[-2:] == [24, 32]

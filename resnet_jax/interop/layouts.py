@@ -163,6 +163,7 @@ def _shape_of(value: Any) -> tuple[int, ...]:
 
 def expected_keys(model_name: str, num_classes: int, layout: Layout) -> dict[str, tuple[int, ...]]:
     """Each key a `model_name` state_dict has in `layout`, with its torch shape (BN counters included)."""
+    check_has_shortcuts(model_name)
     shapes = models.init_shapes(models.get_model(model_name, num_classes=num_classes))
     table = entries(shapes, layout)
     expected = {entry.torch_key: entry.torch_shape(_leaf(shapes, entry.path).shape) for entry in table}
@@ -273,6 +274,15 @@ def to_state_dict(variables: Mapping[str, Any], layout: Layout, batches_tracked:
 def torch_order(key: str) -> list[Any]:
     """Sort key that puts layer2 before layer10 and block 9 before block 10, as torch's own order does."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def check_has_shortcuts(model_name: str) -> None:
+    """Refuses a plain network: its weights have a residual twin's names and shapes, so a layout would take them
+    for that twin's, and a torch loader would run them with shortcuts."""
+    if model_name in models.RESIDUAL_TWINS:
+        raise InteropError(
+            f"{model_name} is a plain network (no shortcuts), which no PyTorch layout holds; it cannot be converted"
+        )
 
 
 def layout_for_model(model_name: str) -> Layout:

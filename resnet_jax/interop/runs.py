@@ -32,6 +32,7 @@ def converted_config(found: Match, dataset: str, overrides: Sequence[str] = ()) 
     config.model.name = found.model_name
     config.data.dataset = dataset
     config = configuration.apply_override_texts(config, list(overrides))
+    layouts.check_has_shortcuts(config.model.name)
     data.check_config(config.data)
     if not config.data.mean and not config.data.std and data.config_input_shape(config.data)[-1] == 3:
         config.data.mean, config.data.std = found.layout.mean, found.layout.std
@@ -120,6 +121,7 @@ def run_state_dict(
 ) -> tuple[dict[str, np.ndarray], layouts.Layout, inference.TrainedRun]:
     """A run's evaluated weights (its EMA when it kept one) as a torch state_dict in `layout_name` (default: the
     layout its model is written in), and the run they came from."""
+    layouts.check_has_shortcuts(inference.load_run_config(Path(workdir)).model.name)
     run = inference.restore_run(workdir, checkpoint)
     if layout_name is not None and layout_name not in layouts.LAYOUTS:
         raise InteropError(f"unknown layout {layout_name!r}; choose one of {', '.join(layouts.LAYOUTS)}")

@@ -1,6 +1,6 @@
 """Lists the model zoo as a Markdown table of parameters and forward FLOPs per image, a row as soon as it is
-measured (rows are kept in a cache, so the next listing is instant), or with --model NAME prints one model's
-layer-by-layer summary (flax's nn.tabulate).
+measured (rows are kept in a cache, so the next listing is instant), then the plain networks' counts against their
+residual twins'; or with --model NAME prints one model's layer-by-layer summary (flax's nn.tabulate).
 """
 
 from __future__ import annotations
@@ -58,9 +58,17 @@ def print_registry_table(
     """A Markdown table of parameters and forward FLOPs, a row printed as soon as it is measured (or read from the
     cache of earlier calls)."""
     print("| model | params | forward GFLOPs / image |\n|---|---:|---:|", flush=True)
+    counts = {}
     for name in names:
         params, flops = measure_row(name, image_shape, num_classes, cache)
+        counts[name] = params
         print(f"| {name} | {params:,} | {flops / 1e9:.3f} |", flush=True)
+    plain = [(name, twin) for name, twin in models.RESIDUAL_TWINS.items() if name in counts and twin in counts]
+    if plain:
+        print("\n| plain network | params | residual twin | params | the twin's extra (its projections) |")
+        print("|---|---:|---|---:|---:|")
+        for name, twin in plain:
+            print(f"| {name} | {counts[name]:,} | {twin} | {counts[twin]:,} | {counts[twin] - counts[name]:,} |")
 
 
 def print_summary(name: str, image_shape: Sequence[int], num_classes: int) -> None:

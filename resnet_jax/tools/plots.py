@@ -1,6 +1,7 @@
 """Plots the training curves of one or more runs from their metrics.jsonl: loss, accuracy and learning rate
-against epoch, several runs overlaid with a legend. With one workdir the figure goes to DIR/curves.png; with
-several, to plots/NAME_vs_NAME.png under the current folder, unless --out names the file.
+against epoch (and each stage's gradient norm, where the runs logged it), several runs overlaid with a legend.
+With one workdir the figure goes to DIR/curves.png; with several, to plots/NAME_vs_NAME.png under the current
+folder, unless --out names the file.
 """
 
 from __future__ import annotations
