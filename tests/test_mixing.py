@@ -198,10 +198,12 @@ def test_mixing_inside_a_scan_runs_the_steps_it_runs_one_by_one():
     split = pipeline.put_split(lambda rows: SplitArrays(images[rows], labels[rows]), EXAMPLES, EXAMPLES, mesh)
     permutation = pipeline.epoch_permutation(jax.random.key_data(jax.random.key(1)), jnp.int32(0), EXAMPLES, mesh)
     train_step = steps.make_train_step(step_config(**MIXING))
+    stage_sums = steps.stage_sum_keys(("stem", "stage1"))  # tiny_state's parts
     results = []
     for scan in (True, False):
         loop = steps.make_train_loop(train_step, mesh, BATCH, scan=scan)
-        state, totals = loop(tiny_state(mesh), steps.zero_train_metrics(), split, permutation, jnp.int32(0), 4)
+        window = steps.zero_train_metrics(stage_sums)  # the loop donates it
+        state, totals = loop(tiny_state(mesh), window, split, permutation, jnp.int32(0), 4)
         results.append(jax.device_get((state.params, totals)))
     chex.assert_trees_all_close(*results, **REASSOCIATION)
 
