@@ -87,9 +87,10 @@ def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
 
 
 def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
-    """Train/test loss, train/test accuracy and the learning rate against epoch, one colour per run (train solid,
-    test dashed). The train loss is the one minimised, label smoothing included (its legend says so); the test loss
-    is plain cross-entropy. The rate axis is logarithmic where the runs' rates differ by decades.
+    """Train/validation/test loss and accuracy and the learning rate against epoch, one colour per run (train
+    solid, validation dotted where the run has one, test dashed). The train loss is the one minimised, label
+    smoothing included (its legend says so); the evaluation losses are plain cross-entropy. The rate axis is
+    logarithmic where the runs' rates differ by decades.
 
     Raises NoMetricsError when a workdir has no metrics.jsonl records, PlotError (or MetricsError) for damaged files.
     """
@@ -114,14 +115,12 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
         train_labels = {"loss": _train_label(config), "accuracy": "train"}
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(*_series(records, f"train_{metric}"), color=colour, label=prefix + train_labels[metric])
-            axes.plot(
-                *_series(records, f"test_{metric}"),
-                color=colour,
-                linestyle="--",
-                marker="o",
-                markersize=3,
-                label=f"{prefix}test",
-            )
+            for split, style, marker in (("validation", ":", "s"), ("test", "--", "o")):
+                epochs, values = _series(records, f"{split}_{metric}")
+                if values.size:
+                    axes.plot(
+                        epochs, values, color=colour, linestyle=style, marker=marker, markersize=3, label=prefix + split
+                    )
         epochs, rate = _series(records, "learning_rate")
         rates.append(rate)
         rate_axes.plot(epochs, rate, color=colour, label=label)
