@@ -64,7 +64,7 @@ def trial_name(overrides: Mapping[str, Any]) -> str:
 def with_validation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config`, or a copy holding out `DEFAULT_VALIDATION_SIZE` of train when its data has no validation split."""
     experiment.check_config(config)
-    if data.run_split_sizes(config.data)[data.VALIDATION]:
+    if data.run_split_sizes(config.copy_and_resolve_references().data)[data.VALIDATION]:  # a folder records itself
         return config
     logger.info(
         "the config has no validation split; the sweep holds out %g of train to rank on", DEFAULT_VALIDATION_SIZE
