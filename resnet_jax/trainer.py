@@ -151,7 +151,7 @@ class _Loop:
         self.writer.write(step, step / self.steps_per_epoch, values)
         self.progress.window(step, values)
 
-    def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best, metrics=None):
+    def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best: dict | None, metrics=None):
         meta = {"position": position.to_dict(), "step": step} | ({"best_validation": best} if best else {})
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics)
 
