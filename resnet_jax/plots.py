@@ -77,7 +77,7 @@ def _labels(workdirs: Sequence[Path]) -> list[str]:
 
 
 def _loss_title(configs: Sequence[dict[str, Any]]) -> str:
-    return "Loss: train with label smoothing, test without" if any(map(_label_smoothing, configs)) else "Loss"
+    return "Loss: train with label smoothing, evaluations without" if any(map(_label_smoothing, configs)) else "Loss"
 
 
 def _spans_decades(rates: Sequence[np.ndarray]) -> bool:

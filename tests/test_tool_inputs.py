@@ -304,7 +304,7 @@ def test_the_curves_say_which_loss_is_smoothed_and_put_decades_of_rates_on_a_log
     adam = metrics_workdir(tmp_path / "adam", smoke, rates=(1e-3, 5e-4))
     loss, _, rate = plots.curves_figure([sgd]).axes
     assert [line.get_label() for line in loss.get_lines()] == ["train (label smoothing 0.1)", "test"]
-    assert loss.get_title() == "Loss: train with label smoothing, test without"
+    assert loss.get_title() == "Loss: train with label smoothing, evaluations without"
     assert rate.get_yscale() == "linear"  # one run's rates, within a decade
     loss, _, rate = plots.curves_figure([sgd, adam]).axes
     assert [line.get_label() for line in loss.get_lines()] == [
