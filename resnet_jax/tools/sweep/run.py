@@ -66,9 +66,6 @@ def with_validation(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     experiment.check_config(config)
     if data.run_split_sizes(config.copy_and_resolve_references().data)[data.VALIDATION]:  # a folder records itself
         return config
-    logger.info(
-        "the config has no validation split; the sweep holds out %g of train to rank on", DEFAULT_VALIDATION_SIZE
-    )
     return configuration.apply_overrides(config, {"data.validation_size": DEFAULT_VALIDATION_SIZE})
 
 
