@@ -48,7 +48,7 @@ def _time_row(label: str, run: dict[str, Any] | None, seconds: float | None, goa
         return [label, f"{seconds:.1f} s", f"<= {goal:.0f} s", "yes" if seconds <= goal else "no"]
     projected = run.get("projected_total_seconds")
     detail = f"not reached in {run['total_seconds']:.0f} s ({run['steps_done']} of {run['total_steps']} steps"
-    detail += f", best accuracy {run['best_test_accuracy']:.4f}" if run.get("evaluations") else ""
+    detail += f", final accuracy {run['evaluations'][-1]['test_accuracy']:.4f}" if run.get("evaluations") else ""
     detail += f"; all steps projected at {projected:.0f} s)" if projected else ")"
     return [label, detail, f"<= {goal:.0f} s", "no"]
 

@@ -1,12 +1,14 @@
-"""Checkpoints with orbax: asynchronous saves, the last N kept plus the best, restores that survive damage, and
-the weight transplant that starts a run from another one's weights. A checkpoint holds the train state's arrays
-(`state`) and a small JSON record (`meta`: data position, metrics, state format). Nothing is ever deleted.
+"""Checkpoints with orbax: asynchronous saves, the last N kept plus the best by validation accuracy, restores that
+survive damage, and the weight transplant that starts a run from another one's weights. A checkpoint holds the train
+state's arrays (`state`) and a small JSON record (`meta`: data position, the best evaluation, state format).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,10 @@ from orbax.checkpoint import checkpoint_managers
 
 from resnet_jax import configuration, parallel
 
-BEST_METRIC = "test_accuracy"
+# The kept best is chosen on the validation split, never on test: a run without one keeps no best.
+BEST_METRIC = "validation_accuracy"
+# What checkpoints of earlier releases recorded (they chose on test); they are kept, and never ranked as best.
+EARLIER_METRIC = "test_accuracy"
 DEFAULTS = {"every_epochs": 1, "keep": 3, "async_save": True}
 # The train state's layout in `meta["state_format"]`. 2: the learning rate is applied at the state's step by a
 # stateless transform (earlier checkpoints kept optax's schedule count in the optimizer state).
@@ -42,6 +47,18 @@ def check_config(checkpoint_config: ml_collections.ConfigDict) -> None:
     configuration.check_choice("checkpoint.async_save", checkpoint_config.async_save, (False, True))
 
 
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics.get(BEST_METRIC, -math.inf)
+
+
+@dataclasses.dataclass
+class _KeepEarlier(checkpoint_managers.PreservationPolicy):
+    """Preserves the checkpoints an earlier release ranked by test accuracy: a resumed old run loses none of them."""
+
+    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
+        return [bool(info.metrics) and BEST_METRIC not in info.metrics for info in checkpoints]
+
+
 class Checkpointer:
     """Saves and restores `{"state": pytree, "meta": json}` under `directory` with an orbax CheckpointManager."""
 
@@ -50,15 +67,14 @@ class Checkpointer:
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(n=keep),
-                checkpoint_managers.BestN(
-                    get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
-                ),
+                checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+                _KeepEarlier(),
             ]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             # best_fn also makes orbax write each step's metrics to disk, so the best survives a restart.
-            best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_fn=_best_metric,
             best_mode="max",
             enable_async_checkpointing=async_save,
             create=create,
@@ -76,8 +92,10 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step with the highest test accuracy among the checkpoints that recorded one."""
-        return self.manager.best_step()
+        """The step with the highest validation accuracy among the checkpoints that recorded one; None when none did
+        (a run without a validation split, or one of an earlier release, which recorded test accuracy only)."""
+        step = self.manager.best_step()
+        return step if step is not None and BEST_METRIC in (self.manager.metrics(step) or {}) else None
 
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""

@@ -24,6 +24,8 @@ CONFIG_FILE = "config.json"
 IDENTITY_SECTIONS = ("model", "data")
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
+# Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
+RECORDED_KEYS = ("data.split_sizes.",)
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
@@ -291,4 +293,9 @@ def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]
     old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
     new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
     keys = sorted((old | new).keys() - set(LOCATION_KEYS))
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+    unrecorded = {key for key in keys if key.startswith(RECORDED_KEYS) and old.get(key) == 0}
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in keys
+        if old.get(key) != new.get(key) and key not in unrecorded
+    ]

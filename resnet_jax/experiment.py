@@ -189,6 +189,7 @@ class Experiment:
     steps_per_epoch: int
     total_steps: int
     train_examples: int
+    eval_splits: tuple[str, ...]  # ("validation", "test"), or ("test",) for a run without a validation split
 
     @property
     def eval_batch_per_device(self) -> int:
@@ -208,7 +209,7 @@ class Experiment:
 
     def eval_split_rows(self, split: str = "test") -> tuple[int, int]:
         """A split's size, and its rows for evaluation: padded to whole global batches."""
-        num_examples = data.config_split_size(self.config.data, split)
+        num_examples = self.config.data.split_sizes[split]  # recorded by `build`
         global_batch = self.eval_batch_per_device * self.mesh.devices.size
         return num_examples, pipeline.eval_rows(num_examples, global_batch)
 
@@ -272,7 +273,7 @@ class Experiment:
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     """Checks the config and builds model, optimizer, schedule and step settings; compiles nothing and reads no data,
     but for a folder of images that the config has not recorded yet (its classes and statistics: see
-    `data.config_dataset_info`)."""
+    `data.config_dataset_info`). The splits' sizes are recorded in `config.data.split_sizes`."""
     check_config(config)
     mesh = mesh or parallel.make_mesh()
     try:
@@ -283,7 +284,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     input_shape = data.config_input_shape(config.data)
     mean, std = data.config_normalization(config.data)
     model = models.build_model(config.model, info.num_classes)
-    train_examples = pipeline.train_rows(data.config_split_size(config.data, "train"), mesh)
+    sizes = data.record_split_sizes(config.data)
+    train_examples = pipeline.train_rows(sizes["train"], mesh)
     batch_per_device = config.train.batch_size // mesh.devices.size
     steps_per_epoch = train_examples // mesh.devices.size // batch_per_device
     if steps_per_epoch < 1:
@@ -315,4 +317,5 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         train_examples=train_examples,
+        eval_splits=(data.VALIDATION, "test") if sizes[data.VALIDATION] else ("test",),
     )

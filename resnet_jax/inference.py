@@ -96,7 +96,8 @@ def build_for_inference(
 def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:
     """The step that `checkpoint` (latest, best or a step number) names among the saved ones.
 
-    best is the checkpoint the run's checkpointer ranked highest by its recorded accuracy (`checkpoint.BEST_METRIC`).
+    best is the checkpoint the run's checkpointer ranked highest by its recorded validation accuracy
+    (`checkpoint.BEST_METRIC`); a run without a validation split has none.
     """
     available = checkpointer.steps()
     where = checkpointer.directory
@@ -107,7 +108,10 @@ def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:
     if checkpoint == "best":
         best = checkpointer.best_step()
         if best is None:
-            raise RunError(f"no checkpoint in {where} recorded an accuracy to rank it by; use --checkpoint latest")
+            raise RunError(
+                f"no checkpoint in {where} recorded a validation accuracy to rank it by (the run had no validation "
+                "split, or an earlier release ranked it on test); use --checkpoint latest or a step"
+            )
         return best
     if not is_checkpoint_name(checkpoint):
         raise RunError(f"--checkpoint {checkpoint!r} is not latest, best or a step number")

@@ -74,14 +74,30 @@ def _is_torn(line: str) -> bool:
     return False
 
 
+SUMMARY_KEYS = (
+    "final_validation_accuracy",
+    "best_validation_accuracy",
+    "test_accuracy_at_best_validation",
+    "final_test_accuracy",
+    "epochs",
+    "images_per_second",
+)
+
+
 def summarize_run(workdir: str | Path) -> dict[str, float | None]:
-    """Final and best test accuracy, epochs and the median train images/s of a run's metrics.jsonl."""
+    """A run's metrics.jsonl in `SUMMARY_KEYS`: the final validation and test accuracy, the best validation
+    accuracy and the test accuracy of that same evaluation (the last of equals), epochs, and the median train
+    images/s. Nothing is chosen on test: without a validation split the validation keys and the best are None."""
     records = read_metrics(workdir)
-    accuracies = [record["test_accuracy"] for record in records if record.get("test_accuracy") is not None]
+    evaluations = [record for record in records if record.get("test_accuracy") is not None]
+    validated = [record for record in evaluations if record.get("validation_accuracy") is not None]
+    best = max(reversed(validated), key=lambda record: record["validation_accuracy"], default=None)
     speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
     return {
-        "final_test_accuracy": accuracies[-1] if accuracies else None,
-        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "final_validation_accuracy": validated[-1]["validation_accuracy"] if validated else None,
+        "best_validation_accuracy": best["validation_accuracy"] if best else None,
+        "test_accuracy_at_best_validation": best["test_accuracy"] if best else None,
+        "final_test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
         "epochs": records[-1]["epoch"] if records else None,
         "images_per_second": statistics.median(speeds) if speeds else None,
     }

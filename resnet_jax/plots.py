@@ -94,7 +94,7 @@ def _loss_title(configs: Sequence[dict[str, Any]]) -> str:
     changed = {name for config in configs for name in _target_changes(config)}
     what = ["label smoothing"] if "label smoothing" in changed else []
     what += ["mixing"] if changed - {"label smoothing"} else []
-    return f"Loss: train with {' and '.join(what)}, test without" if what else "Loss"
+    return f"Loss: train with {' and '.join(what)}, evaluations without" if what else "Loss"
 
 
 def _spans_decades(rates: Sequence[np.ndarray]) -> bool:
@@ -125,11 +125,11 @@ def _plot_flow(axes: Any, records: Sequence[dict[str, Any]], colour: str | None,
 
 
 def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
-    """Train/test loss, train/test accuracy and the learning rate against epoch, one colour per run (train solid,
-    test dashed). The train loss is the one minimised, against smoothed or mixed targets (its legend says so), and
-    under mixing the train accuracy is of the dominant labels; the test loss is plain cross-entropy. The rate axis
-    is logarithmic where the runs' rates differ by decades. Runs that logged their gradient flow get a fourth
-    panel: each part's gradient norm, on a log axis.
+    """Train/validation/test loss and accuracy and the learning rate against epoch, one colour per run (train
+    solid, validation dotted where the run has one, test dashed). The train loss is the one minimised, against
+    smoothed or mixed targets (its legend says so), and under mixing the train accuracy is of the dominant labels;
+    the evaluation losses are plain cross-entropy. The rate axis is logarithmic where the runs' rates differ by
+    decades. Runs that logged their gradient flow get a fourth panel: each part's gradient norm, on a log axis.
 
     Raises NoMetricsError when a workdir has no metrics.jsonl records, PlotError (or MetricsError) for damaged files.
     """
@@ -155,14 +155,12 @@ def curves_figure(workdirs: str | Path | Sequence[str | Path], labels: Sequence[
         train_labels = {metric: _train_label(config, metric) for metric in ("loss", "accuracy")}
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(*_series(records, f"train_{metric}"), color=colour, label=prefix + train_labels[metric])
-            axes.plot(
-                *_series(records, f"test_{metric}"),
-                color=colour,
-                linestyle="--",
-                marker="o",
-                markersize=3,
-                label=f"{prefix}test",
-            )
+            for split, style, marker in (("validation", ":", "s"), ("test", "--", "o")):
+                epochs, values = _series(records, f"{split}_{metric}")
+                if values.size:
+                    axes.plot(
+                        epochs, values, color=colour, linestyle=style, marker=marker, markersize=3, label=prefix + split
+                    )
         epochs, rate = _series(records, "learning_rate")
         rates.append(rate)
         rate_axes.plot(epochs, rate, color=colour, label=label)

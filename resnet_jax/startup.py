@@ -28,10 +28,12 @@ class Ready:
 
     state: TrainState
     position: pipeline.DataPosition
-    best_accuracy: float
+    # The evaluation of highest validation accuracy so far (`step`, `validation_accuracy`, `test_accuracy`); None
+    # before one, and always for a run without a validation split.
+    best: dict[str, float] | None
     restored_step: int  # the state's step: 0 when starting over or fine-tuning
     train_split: pipeline.DeviceSplit
-    test_split: pipeline.DeviceSplit
+    eval_splits: dict[str, pipeline.DeviceSplit]  # by name, as `Experiment.eval_splits`
     program: TrainProgram
     evaluate: Any
     checkpointer: checkpoint.Checkpointer
@@ -81,38 +83,40 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         init_program = experiment.lower_new_state()
         initialized = compiler.submit(_timed_compile, init_program)
         abstract_state: TrainState = init_program.out_info
-        test_examples, test_rows = experiment.eval_split_rows("test")
+        split_rows = {split: experiment.eval_split_rows(split) for split in experiment.eval_splits}
         checkpointer = checkpoint.Checkpointer(
             workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
         )
         opened.append(checkpointer)
-        position, best_accuracy, step = pipeline.DataPosition(), -1.0, 0
+        position, best, step = pipeline.DataPosition(), None, 0
         restored = checkpointer.restore_newest_good(checkpoint.abstract_tree(abstract_state.checkpoint_tree()))
         if restored is not None:
             step, tree, meta = restored
             position = pipeline.DataPosition.from_dict(meta["position"])
-            best_accuracy = meta.get("best_test_accuracy", best_accuracy)
+            # An earlier release's `best_test_accuracy` was chosen on test: nothing is selected by it.
+            best = meta.get("best_validation")
             logger.info(
                 "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
             )
         program = experiment.make_train_program()
         evaluate = experiment.make_evaluate()
         train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
-        test_shapes = pipeline.abstract_split(test_rows, experiment.input_shape, mesh)
         # Lowering holds the GIL and compiling does not: lower here, compile in the threads.
         lowerings = program.lowerings(abstract_state, train_shapes, position, step)
-        lowerings["evaluation"] = functools.partial(evaluate.lower, abstract_state.eval_variables, test_shapes)
+        for rows in sorted({rows for _, rows in split_rows.values()}):  # one program per padded split length
+            shapes = pipeline.abstract_split(rows, experiment.input_shape, mesh)
+            lowerings[f"evaluation x{rows}"] = functools.partial(evaluate.lower, abstract_state.eval_variables, shapes)
         compiles = {name: compiler.submit(_timed_compile, lower()) for name, lower in lowerings.items()}
         data_started = time.perf_counter()
         train_split = experiment.load_train_split()
-        test_split, _ = experiment.load_eval_split("test")
+        eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
         data_seconds = time.perf_counter() - data_started
         logger.info(
-            "%s on %s: %d train / %d test examples, %s, %d steps/epoch, %d steps",
+            "%s on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
             config.model.name,
             config.data.dataset,
             experiment.train_examples,
-            test_examples,
+            " / ".join(f"{examples} {split}" for split, (examples, _) in split_rows.items()),
             "1 device" if mesh.devices.size == 1 else f"{mesh.devices.size} devices",
             experiment.steps_per_epoch,
             experiment.total_steps,
@@ -145,4 +149,4 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         "side by side" if on_cpu else "one at a time",
         ", ".join(f"{name} {seconds:.1f}" for name, seconds in compile_seconds.items()),
     )
-    return Ready(state, position, best_accuracy, step, train_split, test_split, program, evaluate, checkpointer, writer)
+    return Ready(state, position, best, step, train_split, eval_splits, program, evaluate, checkpointer, writer)

@@ -41,6 +41,22 @@ BAD_VALUES = {
     "mean on the 0-255 scale": (["data.mean=125,123,114"], "data.mean=(125, 123, 114) must be in [0, 1]"),
     "zero std": (["data.std=0,0,0"], "data.std=(0, 0, 0) must be in (0, 1]"),
     "four stds": (["data.std=0.2,0.2,0.2,0.2"], "data.std=(0.2, 0.2, 0.2, 0.2)"),
+    "negative validation size": (["data.validation_size=-1"], "data.validation_size=-1.0 must be 0 (no validation"),
+    "validation count not whole": (["data.validation_size=1.5"], "data.validation_size=1.5: a count of examples is a"),
+    "validation of all of train": (
+        ["data.validation_size=512"],
+        "data.validation_size=512 holds out 512 of the 512 train examples, leaving none to train on",
+    ),
+    "validation of none": (["data.validation_size=0.0001"], "data.validation_size=0.0001 of 512 train examples holds"),
+    "infinite validation": (["data.validation_size=1e999"], "data.validation_size=inf must be 0"),
+    "negative validation seed": (
+        ["data.validation_seed=-1"],
+        "data.validation_seed=-1 must be an integer in [0, 2**32)",
+    ),
+    "validation leaves less than a batch": (
+        ["data.validation_size=0.9"],
+        "train.batch_size=64 is larger than the training set (51 examples)",
+    ),
     "negative train examples": (["data.synthetic_train_examples=-5"], "data.synthetic_train_examples=-5"),
     "negative test examples": (["data.synthetic_test_examples=-5"], "data.synthetic_test_examples=-5"),
     "train set below a batch": (

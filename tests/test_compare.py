@@ -23,8 +23,9 @@ def registry_params(name: str) -> int:
     return models.count_params(models.init_shapes(models.get_model(name))["params"])
 
 
-def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10"):
-    """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records."""
+def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10", validation=None):
+    """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records (test
+    `accuracies`, and `validation` ones of the same evaluations when given)."""
     config = experiment.base_config()
     config.model.name = model
     config.data.dataset = dataset
@@ -33,7 +34,8 @@ def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10"):
     writer = MetricWriter(workdir, enabled=True)
     for epoch, accuracy in enumerate(accuracies, 1):
         writer.write(epoch * 10, epoch, {"train_loss": 1.0 / epoch, "images_per_second": 100.0})
-        writer.write(epoch * 10, epoch, {"test_accuracy": accuracy, "test_loss": 1.0})
+        validated = {} if validation is None else {"validation_accuracy": validation[epoch - 1]}
+        writer.write(epoch * 10, epoch, validated | {"test_accuracy": accuracy, "test_loss": 1.0})
     writer.close()
     return workdir
 
@@ -90,36 +92,38 @@ def test_compare_of_two_tiny_models_times_the_train_step_and_counts_the_registry
     assert (tmp_path / compare.COMPARE_PNG).stat().st_size > 10_000
 
 
-def test_runs_of_one_model_show_their_mean_and_spread_and_each_run(tmp_path):
+def test_runs_of_one_model_show_the_spread_of_their_validation_and_test_accuracy_and_each_run(tmp_path):
     runs = [
-        fake_run(tmp_path / "a", "resnet20", [0.5, 0.7, 0.6]),
-        fake_run(tmp_path / "b", "resnet20", [0.6, 0.8, 0.8]),
+        fake_run(tmp_path / "a", "resnet20", [0.5, 0.7, 0.6], validation=[0.55, 0.75, 0.65]),
+        fake_run(tmp_path / "b", "resnet20", [0.6, 0.8, 0.8], validation=[0.6, 0.9, 0.85]),
+        fake_run(tmp_path / "d", "resnet20", [0.6, 0.8, 0.9], validation=[0.6, 0.9, 0.95]),
         fake_run(tmp_path / "c", "resnet56", [0.4, 0.9]),
     ]
     accuracies, config = compare.read_runs(runs)
+    # Each run's last evaluation: the highest (0.7 in run a) would be chosen on test.
     assert accuracies["resnet20"] == compare.RunAccuracy(
-        workdirs=(str(runs[0]), str(runs[1])), best=(0.7, 0.8), final=(0.6, 0.8), epochs=(3, 3)
+        workdirs=tuple(map(str, runs[:3])), validation=(0.65, 0.85, 0.95), test=(0.6, 0.8, 0.9), epochs=(3, 3, 3)
     )
-    assert (accuracies["resnet20"].runs, accuracies["resnet20"].mean_best) == (2, pytest.approx(0.75))
-    assert accuracies["resnet56"].runs == 1
+    assert accuracies["resnet56"] == compare.RunAccuracy((str(runs[3]),), (None,), (0.9,), (2,))
     assert config.model.name == "resnet20"
 
     table = compare.compare_markdown(
         [measurement("resnet20"), measurement("resnet56"), measurement("resnet8_tiny")], accuracies, config, 5
     )
     rows = table_rows(table)
-    # The mean ± the sample standard deviation of the two runs: 0.75 ± 0.0707 and 0.7 ± 0.1414.
-    assert (rows["resnet20"]["best test acc"], rows["resnet20"]["final test acc"]) == (
-        "0.7500 ± 0.0707",
-        "0.7000 ± 0.1414",
+    # The mean ± the sample standard deviation of the three runs (min-max): validation 0.8167 ± 0.1528, test
+    # 0.7667 ± 0.1528.
+    assert (rows["resnet20"]["validation acc"], rows["resnet20"]["test acc"]) == (
+        "0.8167 ± 0.1528 (0.6500-0.9500)",
+        "0.7667 ± 0.1528 (0.6000-0.9000)",
     )
-    assert (rows["resnet20"]["runs"], rows["resnet56"]["runs"]) == ("2", "1")
-    assert rows["resnet56"]["best test acc"] == "0.9000"  # one run: no spread
-    assert rows["resnet8_tiny"]["best test acc"] == ""  # measured, never trained
+    assert (rows["resnet20"]["runs"], rows["resnet56"]["runs"]) == ("3", "1")
+    assert (rows["resnet56"]["validation acc"], rows["resnet56"]["test acc"]) == ("n/a", "0.9000")  # one run
+    assert rows["resnet8_tiny"]["test acc"] == ""  # measured, never trained
     assert rows["resnet20"]["peak memory"] == "n/a"
-    assert "mean ± the standard deviation" in table
-    assert f"- resnet20: {runs[0]} best 0.7000, final 0.6000, 3 epochs" in table
-    assert f"- resnet20: {runs[1]} best 0.8000, final 0.8000, 3 epochs" in table
+    assert "mean ± the standard deviation (min-max)" in table
+    assert f"- resnet20: {runs[0]} validation 0.6500, test 0.6000, 3 epochs" in table
+    assert f"- resnet20: {runs[1]} validation 0.8500, test 0.8000, 3 epochs" in table
     assert "- resnet56" not in table  # a model of one run is its row
     compare.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 10_000

@@ -36,14 +36,13 @@ def image(label: int, index: int, size: int = 8, mode: str = "RGB") -> Image.Ima
     return Image.fromarray(pixels).convert(mode)
 
 
-def write_folder(root, train=4, test=2, suffix=".png", size=8, classes=tuple(COLOURS)):
-    for split, count in (("train", train), ("test", test)):
-        for label, name in enumerate(classes):
+def write_folder(root, train=4, test=2, suffix=".png", size=8, classes=tuple(COLOURS), validation=0):
+    offsets = {"train": 0, "test": 50, "validation": 100}
+    for split, count in (("train", train), ("test", test), ("validation", validation)):
+        for label, name in enumerate(classes if count else ()):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for index in range(count):
-                image(label, index + (0 if split == "train" else 50), size).save(
-                    root / split / name / f"{index}{suffix}"
-                )
+                image(label, index + offsets[split], size).save(root / split / name / f"{index}{suffix}")
     return root
 
 
@@ -243,7 +242,7 @@ def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
     assert built.info.class_names == ("cat", "dog", "eel")
     assert config.data.class_names == ("cat", "dog", "eel")
     assert config.data.image_shape == (8, 8, 3)
-    assert config.data.split_sizes.to_dict() == {"train": 12, "test": 6}
+    assert config.data.split_sizes.to_dict() == {"train": 12, "validation": 0, "test": 6}
     assert config.data.mean == (0.5, 0.5, 0.5)  # the user's, kept
     assert config.data.std == data.open_folder(root).info.std
     # A resumed run records the same, so its identity check passes.
@@ -269,7 +268,7 @@ def test_a_folder_run_trains_and_its_tools_name_the_classes_without_the_folder(t
     assert train_tool.main([*args, *folder_keys, "--config.train.batch_size=8", "--config.eval.batch_size=6"]) == 0
     saved = json.loads((run / "config.json").read_text())["data"]
     assert saved["class_names"] == ["cat", "dog", "eel"]
-    assert saved["image_shape"] == [8, 8, 3] and saved["split_sizes"] == {"train": 24, "test": 6}
+    assert saved["image_shape"] == [8, 8, 3] and saved["split_sizes"] == {"train": 24, "validation": 0, "test": 6}
     assert len(saved["mean"]) == len(saved["std"]) == 3
     capsys.readouterr()
     assert evaluate_tool.main(["--workdir", str(run)]) == 0
@@ -315,3 +314,36 @@ def test_the_cifar10_jpeg_archive_holds_50000_and_10000_images_5000_and_1000_a_c
     for split, per_class in (("train", 5_000), ("test", 1_000)):
         labels = opened.split(split).labels
         np.testing.assert_array_equal(np.bincount(labels, minlength=10), [per_class] * 10)
+
+
+def test_a_folders_validation_folder_is_the_runs_validation_split(tmp_path):
+    root = write_folder(tmp_path / "pets", train=4, test=2, validation=3)
+    opened = data.open_folder(root)
+    assert opened.info.split_sizes == {"train": 12, "validation": 9, "test": 6}
+    config = folder_config(root)
+    built = experiment.build(config)
+    assert config.data.split_sizes.to_dict() == {"train": 12, "validation": 9, "test": 6}
+    assert built.eval_splits == ("validation", "test")
+    validation = data.config_loader(config.data, "validation", config.seed)(None)
+    np.testing.assert_array_equal(validation.images, opened.split("validation").images)
+    np.testing.assert_array_equal(np.bincount(validation.labels), [3, 3, 3])
+    # validation/'s images are its own, none of train/'s.
+    train = data.config_loader(config.data, "train", config.seed)(None)
+    assert not {image.tobytes() for image in train.images} & {image.tobytes() for image in validation.images}
+    # A holdout beside it is refused in one line: the folder's own validation split is the run's.
+    with pytest.raises(configuration.ConfigError, match=r"has a validation/ folder \(9 images\).*validation_size=0"):
+        experiment.build(folder_config(root, **{"data.validation_size": 0.25}))
+
+
+def test_a_folder_without_validation_holds_one_out_of_train(tmp_path):
+    root = write_folder(tmp_path / "pets", train=4, test=2)
+    config = folder_config(root, **{"data.validation_size": 3.0})
+    experiment.build(config)
+    assert config.data.split_sizes.to_dict() == {"train": 9, "validation": 3, "test": 6}
+    validation = data.config_loader(config.data, "validation", config.seed)(None)
+    train = data.config_loader(config.data, "train", config.seed)(None)
+    np.testing.assert_array_equal(np.bincount(validation.labels), [1, 1, 1])  # one of each class's four
+    whole = data.open_folder(root).split("train")
+    assert sorted(image.tobytes() for image in [*train.images, *validation.images]) == sorted(
+        image.tobytes() for image in whole.images
+    )

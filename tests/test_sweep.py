@@ -1,4 +1,5 @@
-"""Sweeps: the search space is checked before anything runs; a grid of real trials runs, resumes and reports."""
+"""Sweeps: the search space is checked before anything runs; trials are ranked and pruned on validation accuracy,
+never on test, with the spread over their seeds; a grid of real trials runs, resumes and reports."""
 
 import csv
 import itertools
@@ -14,15 +15,16 @@ import optuna
 import pytest
 
 from resnet_jax import configuration, metrics, trainer
+from resnet_jax.tools import common, sweep
 from resnet_jax.tools import main as resnet_jax_main
-from resnet_jax.tools import sweep
 from resnet_jax.tools.sweep import report, run, spec
 from tests.conftest import PYTHON, subprocess_env
 
-# Two 4-step epochs of the smoke network on 128 synthetic images: a trial is mostly compilation, which the
-# sweep's compile cache shares between trials.
+# Two 4-step epochs of the smoke network on 128 synthetic images (of 160, 32 held out to rank on): a trial is mostly
+# compilation, which the sweep's compile cache shares between trials.
 TINY = {
-    "data.synthetic_train_examples": 128,
+    "data.synthetic_train_examples": 160,
+    "data.validation_size": 32.0,
     "data.synthetic_test_examples": 64,
     "train.batch_size": 32,
     "eval.batch_size": 64,
@@ -147,6 +149,16 @@ def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, 
             ["--grid", "seed=0,1", "--config.train.num_epoch=3"],
             "no key 'train.num_epoch'; did you mean train.num_epochs",
         ),
+        (["--grid", "optimizer.learning_rate=0.1", "--seeds", "0"], "error: --seeds=0 must be a whole number"),
+        (["--grid", "seed=0,1", "--seeds", "2"], "error: seed is swept and --seeds is given"),
+        (
+            ["--grid", "data.validation_size=0,0.1"],
+            "error: data.validation_size cannot be swept: every trial is ranked on the same validation split",
+        ),
+        (
+            ["--grid", "seed=0,1", "--config.data.validation_size=512"],
+            "data.validation_size=512 holds out 512 of the 512 train examples, leaving none to train on",
+        ),
     ],
 )
 def test_bad_flags_are_refused_in_one_line_and_the_old_spelling_still_works(
@@ -266,9 +278,9 @@ def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median
     reported = {1}  # a resumed trial: epoch 1 was reported before the interruption
     trial.report(0.1, 1)
     hook = run._pruning_hook(trial, reported)
-    hook(1, {"test_accuracy": 0.1})  # already reported: not again; below warm-up: no pruning yet
+    hook(1, {"validation_accuracy": 0.1, "test_accuracy": 0.9})  # already reported; below warm-up: no pruning yet
     with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
-        hook(2, {"test_accuracy": 0.1})
+        hook(2, {"validation_accuracy": 0.1, "test_accuracy": 0.95})  # test would rank it first: never looked at
     assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}
     assert reported == {1, 2}
 
@@ -280,10 +292,12 @@ def test_the_pruning_hook_reports_evaluations_and_stops_a_trial_below_the_median
 class StandInTrainer:
     """`trainer.train_and_evaluate` as the sweep sees it: a config.json and one train and one eval record per
     epoch in the trial's folder, `on_evaluation` after each evaluation, and a TrainingError where told to fail.
-    Each trial's test accuracy is `accuracy(config, epoch, call)`."""
+    Each run's validation accuracy is `accuracy(config, epoch, call)`, its test accuracy `test(...)` of the same
+    (by default the same value)."""
 
-    def __init__(self, accuracy, fail_at_learning_rate=None):
+    def __init__(self, accuracy, fail_at_learning_rate=None, test=None):
         self.accuracy, self.fail_at_learning_rate, self.calls = accuracy, fail_at_learning_rate, []
+        self.test = test or accuracy
 
     def __call__(self, config, workdir, mode="resume", on_evaluation=None):
         workdir = Path(workdir)
@@ -296,14 +310,17 @@ class StandInTrainer:
         writer = metrics.MetricWriter(workdir, enabled=True)
         try:
             for epoch in range(1, config.train.num_epochs + 1):
-                accuracy = self.accuracy(config, epoch, call)
+                values = {
+                    "validation_accuracy": self.accuracy(config, epoch, call),
+                    "test_accuracy": self.test(config, epoch, call),
+                }
                 writer.write(10 * epoch, epoch, {"train_loss": 1.0 / epoch, "images_per_second": 100.0 * epoch})
-                writer.write(10 * epoch, epoch, {"test_accuracy": accuracy, "test_loss": 1.0 - accuracy})
+                writer.write(10 * epoch, epoch, values | {"test_loss": 1.0 - values["test_accuracy"]})
                 if on_evaluation:
-                    on_evaluation(epoch, {"test_accuracy": accuracy})
+                    on_evaluation(epoch, values)
         finally:
             writer.close()
-        return {"test_accuracy": accuracy}
+        return values
 
 
 def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_path, smoke_config, monkeypatch):
@@ -330,23 +347,27 @@ def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_pa
         ("learning_rate=0.3,weight_decay=0.001", "failed"),
     ]
     best = results[0]
-    assert (best.final_test_accuracy, best.best_test_accuracy, best.epochs) == (0.72, 0.72, 2)
+    assert (best.validation, best.test) == (common.Spread(0.72, None, 0.72, 0.72, 1),) * 2
+    assert (best.epochs, best.seeds) == (2, 1)
     assert best.images_per_second == 150.0  # the median of the train records
-    assert best.directory == workdir / run.TRIALS_DIR / best.name
+    assert best.run_dirs == (workdir / run.TRIALS_DIR / best.name,)
     assert best.overrides == {"optimizer.learning_rate": 0.2, "optimizer.weight_decay": 0.0}
-    trained = configuration.read_json(best.directory / configuration.CONFIG_FILE)
+    trained = configuration.read_json(best.run_dirs[0] / configuration.CONFIG_FILE)
     assert (trained["optimizer"]["learning_rate"], trained["train"]["num_epochs"]) == (0.2, 2)
+    # The config had no validation split: the sweep held out a tenth of train to rank on.
+    assert trained["data"]["validation_size"] == run.DEFAULT_VALIDATION_SIZE == 0.1
     assert results[-1].error == "non-finite loss at step 3"
-    assert results[-1].final_test_accuracy is None
+    assert results[-1].validation is results[-1].test is None
 
     rows = read_csv(workdir / report.RESULTS_CSV)
     assert [row["trial"] for row in rows] == [r.name for r in results]
     assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
-    assert (rows[0]["optimizer.learning_rate"], rows[0]["final_test_accuracy"]) == ("0.2", "0.72")
+    assert (rows[0]["optimizer.learning_rate"], rows[0]["validation_accuracy_mean"]) == ("0.2", "0.72")
+    assert (rows[0]["test_accuracy_mean"], rows[0]["seeds"], rows[0]["validation_accuracy_sd"]) == ("0.72", "1", "")
     assert rows[-1]["error"] == "non-finite loss at step 3"
     markdown = (workdir / report.RESULTS_MD).read_text()
     assert "6 of 6 trials (4 complete, 2 failed)" in markdown
-    assert "| 1 | 0.2 | 0 | complete | 0.7200 | 0.7200 | 2.00 |" in markdown
+    assert "| 1 | 0.2 | 0 | complete | 0.7200 | 0.7200 | 1 | 2.00 |" in markdown
     assert "- learning_rate=0.3,weight_decay=0.001 failed: non-finite loss at step 3" in markdown
     assert (workdir / report.PLOT_FILE).stat().st_size > 10_000
 
@@ -354,6 +375,70 @@ def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_pa
     again = run.run_sweep(config, workdir, sweep_spec, top=2)
     assert len(stand_in.calls) == 6
     assert [r.name for r in again] == [r.name for r in results]
+
+
+def test_trials_rank_by_validation_accuracy_where_test_accuracy_would_rank_them_the_other_way(
+    tmp_path, smoke_config, monkeypatch
+):
+    # Validation rises with the learning rate, test falls with it.
+    stand_in = StandInTrainer(
+        lambda config, epoch, call: 0.5 + config.optimizer.learning_rate,
+        test=lambda config, epoch, call: 0.9 - config.optimizer.learning_rate,
+    )
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2})
+    sweep_spec = spec.make_spec(config, grids=["optimizer.learning_rate=0.1,0.3,0.2"])
+    results = run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+    assert [r.overrides["optimizer.learning_rate"] for r in results] == [0.3, 0.2, 0.1]
+    assert [r.test.mean for r in results] == pytest.approx([0.6, 0.7, 0.8])  # reported, not ranked on
+    study = optuna.load_study(study_name=run.STUDY_NAME, storage=f"sqlite:///{tmp_path / 'sweep' / run.STUDY_FILE}")
+    assert study.best_trial.params == {"optimizer.learning_rate": 0.3}  # Optuna's objective: validation
+    rows = read_csv(tmp_path / "sweep" / report.RESULTS_CSV)
+    assert [row["optimizer.learning_rate"] for row in rows] == ["0.3", "0.2", "0.1"]
+
+
+def test_seeds_train_each_trial_n_times_and_report_the_mean_sd_min_and_max(tmp_path, smoke_config, monkeypatch):
+    # Seed s scores 0.6 + 0.1 s on validation (0.5 + 0.05 s on test) at a learning rate of 0.1, 0.05 less at 0.2.
+    def accuracy(config, epoch, call):
+        return round(0.6 + 0.1 * config.seed - (0.05 if config.optimizer.learning_rate == 0.2 else 0.0), 6)
+
+    stand_in = StandInTrainer(accuracy, test=lambda config, epoch, call: round(0.5 + 0.05 * config.seed, 6))
+    monkeypatch.setattr(trainer, "train_and_evaluate", stand_in)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2, "seed": 1})
+    sweep_spec = spec.make_spec(config, grids=["optimizer.learning_rate=0.2,0.1"], seeds=3)
+    workdir = tmp_path / "sweep"
+    results = run.run_sweep(config, workdir, sweep_spec)
+
+    assert stand_in.calls == ["seed1", "seed2", "seed3"] * 2
+    best = results[0]
+    assert best.overrides == {"optimizer.learning_rate": 0.1}
+    assert best.run_dirs == tuple(workdir / run.TRIALS_DIR / best.name / f"seed{seed}" for seed in (1, 2, 3))
+    # Validation 0.7, 0.8, 0.9: mean 0.8, sample sd 0.1; test 0.55, 0.6, 0.65: mean 0.6, sd 0.05.
+    assert best.validation == common.Spread(pytest.approx(0.8), pytest.approx(0.1), 0.7, 0.9, 3)
+    assert best.test == common.Spread(pytest.approx(0.6), pytest.approx(0.05), 0.55, 0.65, 3)
+    assert results[1].validation.mean == pytest.approx(0.75)
+    study = optuna.load_study(study_name=run.STUDY_NAME, storage=f"sqlite:///{workdir / run.STUDY_FILE}")
+    assert sorted(trial.value for trial in study.trials) == pytest.approx([0.75, 0.8])  # the seeds' mean
+
+    row = read_csv(workdir / report.RESULTS_CSV)[0]
+    assert {key: round(float(row[key]), 6) for key in row if key.startswith(("validation_", "test_"))} == {
+        "validation_accuracy_mean": 0.8,
+        "validation_accuracy_sd": 0.1,
+        "validation_accuracy_min": 0.7,
+        "validation_accuracy_max": 0.9,
+        "test_accuracy_mean": 0.6,
+        "test_accuracy_sd": 0.05,
+        "test_accuracy_min": 0.55,
+        "test_accuracy_max": 0.65,
+    }
+    assert row["seeds"] == "3"
+    markdown = (workdir / report.RESULTS_MD).read_text()
+    assert "| 1 | 0.1 | complete | 0.8000 ± 0.1000 (0.7000-0.9000) | 0.6000 ± 0.0500 (0.5500-0.6500) | 3 |" in markdown
+    assert "Each trial trains 3 seeds: mean ± standard deviation (min-max)." in markdown
+    assert (workdir / report.PLOT_FILE).stat().st_size > 10_000
+    # A re-run with another seed count is another sweep.
+    with pytest.raises(configuration.ConfigError, match="holds a different sweep"):
+        run.run_sweep(config, workdir, spec.make_spec(config, grids=["optimizer.learning_rate=0.2,0.1"], seeds=2))
 
 
 def test_a_search_prunes_a_trial_below_the_median_after_its_checkpoint(tmp_path, smoke_config, monkeypatch):
@@ -406,12 +491,12 @@ def test_a_2x2_grid_runs_four_trials_reports_them_and_skips_them_when_run_again(
 
     rows = read_csv(workdir / report.RESULTS_CSV)
     assert {(float(r["optimizer.learning_rate"]), float(r["optimizer.weight_decay"])) for r in rows} == trained
-    finals = [float(r["final_test_accuracy"]) for r in rows]
+    finals = [float(r["validation_accuracy_mean"]) for r in rows]
     assert finals == sorted(finals, reverse=True)
     for row in rows:
         summary = metrics.summarize_run(workdir / run.TRIALS_DIR / row["trial"])
-        assert float(row["final_test_accuracy"]) == pytest.approx(summary["final_test_accuracy"])
-        assert float(row["best_test_accuracy"]) >= float(row["final_test_accuracy"])
+        assert float(row["validation_accuracy_mean"]) == pytest.approx(summary["final_validation_accuracy"])
+        assert float(row["test_accuracy_mean"]) == pytest.approx(summary["final_test_accuracy"])
         assert row["state"] == "complete"
         assert float(row["wall_seconds"]) > 0
         assert float(row["images_per_second"]) > 0

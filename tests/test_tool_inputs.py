@@ -305,7 +305,7 @@ def test_the_curves_say_which_loss_is_smoothed_or_mixed_and_put_decades_of_rates
     adam = metrics_workdir(tmp_path / "adam", smoke, rates=(1e-3, 5e-4))
     loss, _, rate = plots.curves_figure([sgd]).axes
     assert [line.get_label() for line in loss.get_lines()] == ["train (label smoothing 0.1)", "test"]
-    assert loss.get_title() == "Loss: train with label smoothing, test without"
+    assert loss.get_title() == "Loss: train with label smoothing, evaluations without"
     assert rate.get_yscale() == "linear"  # one run's rates, within a decade
     loss, _, rate = plots.curves_figure([sgd, adam]).axes
     assert [line.get_label() for line in loss.get_lines()] == [
@@ -321,7 +321,7 @@ def test_the_curves_say_which_loss_is_smoothed_or_mixed_and_put_decades_of_rates
     mixed = configuration.apply_overrides(smoothed, {"augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0})
     loss, accuracy, _ = plots.curves_figure([metrics_workdir(tmp_path / "mixed", mixed, rates=(0.1, 0.05))]).axes
     assert loss.get_lines()[0].get_label() == "train (label smoothing 0.1, mixup 0.2, CutMix 1)"
-    assert loss.get_title() == "Loss: train with label smoothing and mixing, test without"
+    assert loss.get_title() == "Loss: train with label smoothing and mixing, evaluations without"
     assert accuracy.get_lines()[0].get_label() == "train (mixup 0.2, CutMix 1)"
 
 

@@ -1,6 +1,6 @@
 """Datasets as uint8 NHWC images and int32 labels: the registry, the sources (official files, tfds, synthetic, a
 folder of images), the official files' download, and the config's `data` section. The names below are the
-package's public face.
+package's public face; `holdout` draws the validation split out of train.
 """
 
 from resnet_jax.data.download import fetch_official_files
@@ -8,8 +8,10 @@ from resnet_jax.data.folder import ImageFolder, open_folder
 from resnet_jax.data.registry import (
     DATASETS,
     FOLDER,
+    RUN_SPLITS,
     SOURCES,
     SPLITS,
+    VALIDATION,
     DataError,
     DatasetInfo,
     SplitArrays,
@@ -25,6 +27,8 @@ from resnet_jax.data.section import (
     config_split_size,
     default_files_dir,
     fetch_if_asked,
+    record_split_sizes,
+    run_split_sizes,
     use_folder,
     use_official_files,
 )
@@ -36,8 +40,10 @@ __all__ = [
     "DATASETS",
     "DEFAULTS",
     "FOLDER",
+    "RUN_SPLITS",
     "SOURCES",
     "SPLITS",
+    "VALIDATION",
     "DataError",
     "DatasetInfo",
     "ImageFolder",
@@ -58,6 +64,8 @@ __all__ = [
     "normalization",
     "open_folder",
     "prepare",
+    "record_split_sizes",
+    "run_split_sizes",
     "split_size",
     "synthetic_split",
     "to_input_shape",

@@ -1,6 +1,7 @@
-"""The `folder` source: class subfolders of JPEG and PNG images (`DIR/train/<class>/*`, `DIR/test/<class>/*`), in a
-folder or a .tar/.tar.gz of one read without unpacking. Decoded once, in parallel, into uint8 arrays cached in the
-user's cache under a hash of the files' names, sizes and times, with the classes and the train split's statistics.
+"""The `folder` source: class subfolders of JPEG and PNG images (`DIR/train/<class>/*`, `DIR/test/<class>/*`, and
+optionally `DIR/validation/<class>/*`), in a folder or a .tar/.tar.gz of one read without unpacking. Decoded once,
+in parallel, into uint8 arrays cached in the user's cache under a hash of the files' names, sizes and times, with the
+classes and the train split's statistics.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from resnet_jax.data.registry import FOLDER, SPLITS, DataError, DatasetInfo, SplitArrays
+from resnet_jax.data.registry import FOLDER, SPLITS, VALIDATION, DataError, DatasetInfo, SplitArrays
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png"
-_CACHE_FORMAT = 1  # bump when the cached arrays or info.json change meaning
+LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png (and validation/<class>/*, if you have one)"
+FOLDER_SPLITS = ("train", VALIDATION, "test")  # validation/ is optional
+_CACHE_FORMAT = 2  # bump when the cached arrays or info.json change meaning
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _warned: set[str] = set()  # cache entries whose skipped files were reported in this process
 
@@ -46,6 +48,8 @@ class ImageFolder:
     arrays: dict[str, SplitArrays]
 
     def split(self, name: str) -> SplitArrays:
+        if name not in self.arrays:
+            raise DataError(f"{self.source} has no {name}/ folder of class folders of images")
         return self.arrays[name]
 
 
@@ -95,7 +99,7 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
         split: SplitArrays(
             np.load(entry / f"{split}_images.npy", mmap_mode="r"), np.load(entry / f"{split}_labels.npy")
         )
-        for split in SPLITS
+        for split in meta["split_sizes"]
     }
     return ImageFolder(source, info, arrays)
 
@@ -112,7 +116,7 @@ def _is_hidden(relative: str) -> bool:
 def _stat_tree(root: Path) -> list[tuple[str, int, int]]:
     """Every file under the splits' folders, with its size and time: the cache key of a plain folder."""
     found = []
-    for split in SPLITS:
+    for split in FOLDER_SPLITS:
         for folder, dirs, names in os.walk(root / split):
             dirs.sort()
             for name in sorted(names):
@@ -123,7 +127,9 @@ def _stat_tree(root: Path) -> list[tuple[str, int, int]]:
 
 
 def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> _Files:
-    folders = [Path(folder).relative_to(root).as_posix() for split in SPLITS for folder, _, _ in os.walk(root / split)]
+    folders = [
+        Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in os.walk(root / split)
+    ]
     files = [name for name, _, _ in listing]
     return _sort_files(root, files, folders, lambda relative: (root / relative).read_bytes())
 
@@ -163,9 +169,7 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
     for split in SPLITS:
         if split not in present:
             raise DataError(f"{source} has no {split}/ folder; it should hold {LAYOUT}")
-    if "validation" in present:
-        logger.warning("%s: validation/ is not read yet (the validation split is a later feature)", source)
-    classes: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
+    classes: dict[str, dict[str, list[str]]] = {split: {} for split in FOLDER_SPLITS if split in present}
     for name in folders:
         parts = PurePosixPath(name).parts
         if len(parts) >= 2 and parts[0] in classes:
@@ -174,12 +178,12 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
     for name in sorted(files):
         parts = PurePosixPath(name).parts
         if parts[0] not in classes:
-            continue  # beside the splits (a README, validation/): not the splits' files
+            continue  # beside the splits (a README): not the splits' files
         if len(parts) < 3 or not name.lower().endswith(IMAGE_SUFFIXES):
             ignored.append(name)
             continue
         classes[parts[0]].setdefault(parts[1], []).append(name)
-    for split in SPLITS:
+    for split in classes:
         if not classes[split]:
             raise DataError(f"{source}: {split}/ holds no class folders; it should hold {LAYOUT}")
         for name, members in sorted(classes[split].items()):
@@ -187,12 +191,13 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
                 raise DataError(
                     f"{source}: {split}/{name}/ holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
                 )
-    unknown = sorted(classes["test"].keys() - classes["train"].keys())
-    if unknown:
-        raise DataError(
-            f"{source}: test/ has classes that train/ lacks ({', '.join(unknown)}); the classes are train/'s "
-            f"folders ({', '.join(sorted(classes['train']))})"
-        )
+    for split in set(classes) - {"train"}:
+        unknown = sorted(classes[split].keys() - classes["train"].keys())
+        if unknown:
+            raise DataError(
+                f"{source}: {split}/ has classes that train/ lacks ({', '.join(unknown)}); the classes are train/'s "
+                f"folders ({', '.join(sorted(classes['train']))})"
+            )
     return _Files({split: dict(sorted(found.items())) for split, found in classes.items()}, read, ignored)
 
 
@@ -226,7 +231,7 @@ def _decode_into(entry: Path, files: _Files, source: Path, image_size: int, chan
     class_names = list(files.classes["train"])
     jobs = [
         (split, class_names.index(name), path)
-        for split in SPLITS
+        for split in files.classes
         for name, paths in files.classes[split].items()
         for path in paths
     ]
@@ -248,14 +253,14 @@ def _decode_into(entry: Path, files: _Files, source: Path, image_size: int, chan
     if (channels or max(image.shape[-1] for image in images)) == 3:
         images = [np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image for image in images]
     arrays = {}
-    for split in SPLITS:
+    for split in files.classes:
         rows = [index for index, ((job_split, _, _), _) in enumerate(kept) if job_split == split]
         counts = np.bincount([kept[row][0][1] for row in rows], minlength=len(class_names))
         if split == "train" and not counts.all():
             empty = class_names[int(np.argmin(counts))]
             raise DataError(f"{source}: none of train/{empty}/'s images could be decoded (the first: {skipped[0]})")
         if not rows:
-            raise DataError(f"{source}: none of test/'s images could be decoded (the first: {skipped[0]})")
+            raise DataError(f"{source}: none of {split}/'s images could be decoded (the first: {skipped[0]})")
         arrays[split] = SplitArrays(
             np.stack([images[row] for row in rows]), np.array([kept[row][0][1] for row in rows], np.int32)
         )
@@ -264,7 +269,7 @@ def _decode_into(entry: Path, files: _Files, source: Path, image_size: int, chan
         "source": str(source),
         "class_names": class_names,
         "image_shape": list(arrays["train"].images.shape[1:]),
-        "split_sizes": {split: len(arrays[split]) for split in SPLITS},
+        "split_sizes": {split: len(arrays[split]) for split in FOLDER_SPLITS if split in arrays},
         "mean": mean,
         "std": std,
         "ignored": files.ignored,

@@ -8,7 +8,9 @@ import dataclasses
 
 import numpy as np
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # what every source holds
+VALIDATION = "validation"  # held out from train, or a folder's validation/
+RUN_SPLITS = ("train", VALIDATION, "test")  # what a run reads: its train split is what the holdout leaves
 FOLDER = "folder"  # the source, and the dataset, of a run on a folder of class folders of images
 SOURCES = ("tfds", "files", "synthetic", FOLDER)
 
@@ -141,4 +143,4 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise DataError(f"the source holds no {split!r} split; choose one of {', '.join(SPLITS)}")

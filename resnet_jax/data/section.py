@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 import ml_collections
 
 from resnet_jax import configuration
-from resnet_jax.data import download, folder, splits
+from resnet_jax.data import download, folder, holdout, splits
 from resnet_jax.data.registry import (
     DATASETS,
     FOLDER,
+    RUN_SPLITS,
     SOURCES,
     SPLITS,
+    VALIDATION,
     DataError,
     DatasetInfo,
     SplitArrays,
@@ -40,7 +42,12 @@ DEFAULTS = {
     # tools on a machine without the folder; when given, the folder must still agree.
     "class_names": (),
     "image_shape": (),  # (height, width, channels) as decoded
-    "split_sizes": {"train": 0, "test": 0},
+    # Held out from train as the validation split, stratified by class: 0 none, below 1 a fraction of train, else a
+    # count. A folder with a validation/ folder has its own (then 0 here).
+    "validation_size": 0.0,
+    "validation_seed": 0,  # draws the held-out examples; independent of the training seed
+    # What each split of the run holds (train: what the holdout leaves), recorded as a run starts; 0: not yet.
+    "split_sizes": {"train": 0, VALIDATION: 0, "test": 0},
     "synthetic_train_examples": 0,  # 0: the registry's size
     "synthetic_test_examples": 0,
 }
@@ -87,6 +94,7 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
         raise configuration.ConfigError(
             f"data.download_mirror={mirror!r} is not an http(s) address; give it as http://HOST/PATH/ or https://..."
         )
+    _check_validation_config(data_config)
     if data_config.source == FOLDER:
         _check_folder_config(data_config)
         return
@@ -111,6 +119,25 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
     _check_memory(data_config, info)
 
 
+def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
+    """`data.validation_size` and `data.validation_seed`; a size the train split cannot give is refused when the
+    split sizes are known (`run_split_sizes`)."""
+    size = data_config.validation_size
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size < 0:
+        raise configuration.ConfigError(
+            f"data.validation_size={size!r} must be 0 (no validation split), a fraction of train below 1, or a "
+            "count of at least 1"
+        )
+    if size >= 1 and size != int(size):
+        raise configuration.ConfigError(
+            f"data.validation_size={size!r}: a count of examples is a whole number, and a fraction of train is "
+            "below 1; give e.g. 5000 or 0.1"
+        )
+    seed = data_config.validation_seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise configuration.ConfigError(f"data.validation_seed={seed!r} must be an integer in [0, 2**32)")
+
+
 def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
     """The folder source's keys; its images are read (and any bad layout told) when the run is built. A section
     that recorded its folder needs none until a split is read (a run's tools on another machine)."""
@@ -128,7 +155,7 @@ def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
     shape = data_config.image_shape
     if not isinstance(shape, (tuple, list)) or len(shape) not in (0, 3) or not all(isinstance(n, int) for n in shape):
         raise configuration.ConfigError(f"data.image_shape={shape!r} must be (height, width, channels), or ()")
-    for split in SPLITS:
+    for split in RUN_SPLITS:
         configuration.check_at_least(f"data.split_sizes.{split}", data_config.split_sizes[split], 0, "0: not read")
     channels = shape[-1] if shape else data_config.channels
     _check_normalization(data_config, (channels,) if channels else (1, 3))
@@ -196,7 +223,8 @@ def use_folder(data_config: ml_collections.ConfigDict, path: str | os.PathLike) 
 def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     """The section's dataset: the registry's entry, or what a folder holds. A folder is read (decoded once, into the
     cache) when the section has not recorded it yet, and recorded in it: `class_names`, `image_shape`,
-    `split_sizes`, and `mean` / `std` (its train split's) unless given. config.json then carries them."""
+    `split_sizes` (the run's: train less any holdout), and `mean` / `std` (its train split's, the holdout
+    included) unless given. config.json then carries them."""
     if data_config.dataset != FOLDER:
         return get_dataset_info(data_config.dataset)
     if not (_folder_recorded(data_config) and data_config.mean and data_config.std):
@@ -204,7 +232,7 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         _check_folder_agrees(data_config, found)
         data_config.class_names = found.class_names
         data_config.image_shape = found.image_shape
-        data_config.split_sizes.update(found.split_sizes)
+        data_config.split_sizes.update(_run_split_sizes(data_config, found.split_sizes))
         data_config.mean, data_config.std = tuple(data_config.mean) or found.mean, tuple(data_config.std) or found.std
         _check_normalization(data_config, (found.image_shape[-1],))
     return DatasetInfo(
@@ -218,7 +246,8 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
 
 
 def _folder_recorded(data_config: ml_collections.ConfigDict) -> bool:
-    return bool(data_config.class_names and data_config.image_shape and all(data_config.split_sizes.values()))
+    sizes = data_config.split_sizes
+    return bool(data_config.class_names and data_config.image_shape and sizes.train and sizes.test)
 
 
 def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetInfo) -> None:
@@ -226,12 +255,13 @@ def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetI
     recorded = {
         "class_names": tuple(data_config.class_names),
         "image_shape": tuple(data_config.image_shape),
-        **{f"split_sizes.{split}": data_config.split_sizes[split] for split in SPLITS},
+        **{f"split_sizes.{split}": data_config.split_sizes[split] for split in RUN_SPLITS},
     }
+    now_sizes = _run_split_sizes(data_config, found.split_sizes)
     now = {
         "class_names": found.class_names,
         "image_shape": found.image_shape,
-        **{f"split_sizes.{split}": found.split_sizes[split] for split in SPLITS},
+        **{f"split_sizes.{split}": now_sizes[split] for split in RUN_SPLITS},
     }
     for key, value in recorded.items():
         if value and value != now[key]:
@@ -258,38 +288,97 @@ def config_normalization(data_config: ml_collections.ConfigDict) -> tuple[tuple[
         raise configuration.ConfigError(f"data.mean / data.std: {error}") from None
 
 
-def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
-    """The number of examples the section's split holds, known before it is read."""
+def _run_split_sizes(data_config: ml_collections.ConfigDict, source_sizes: Mapping[str, int]) -> dict[str, int]:
+    """The run's splits from what the source holds: train less the holdout, which is the validation split (or a
+    folder's own validation/), and test. A holdout the train split cannot give is a ConfigError."""
+    size, train = data_config.validation_size, source_sizes["train"]
+    sizes = {"train": train, VALIDATION: source_sizes.get(VALIDATION, 0), "test": source_sizes["test"]}
+    if not size:
+        return sizes
+    if sizes[VALIDATION]:
+        raise configuration.ConfigError(
+            f"data.validation_size={size:g}: {data_config.files_dir} has a validation/ folder ({sizes[VALIDATION]:,} "
+            "images), which is the run's validation split; give data.validation_size=0 to use it, or remove "
+            "validation/ to hold one out of train/"
+        )
+    held = holdout.holdout_count(size, train)
+    if held < 1:
+        raise configuration.ConfigError(
+            f"data.validation_size={size:g} of {train:,} train examples holds out none; give a larger fraction, or "
+            "a count"
+        )
+    if held >= train:
+        raise configuration.ConfigError(
+            f"data.validation_size={size:g} holds out {held:,} of the {train:,} train examples, leaving none to "
+            "train on; give fewer"
+        )
+    return sizes | {"train": train - held, VALIDATION: held}
+
+
+def run_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
+    """What each split of the run holds (`RUN_SPLITS`; validation 0 when there is none), known before reading."""
     if data_config.dataset == FOLDER:
-        return config_dataset_info(data_config).split_sizes[split]
-    return splits.split_size(
-        data_config.dataset,
-        split,
-        source=data_config.source,
-        data_dir=data_config.data_dir or None,
-        synthetic_examples=data_config[f"synthetic_{split}_examples"],
-    )
+        config_dataset_info(data_config)  # records them
+        return {split: data_config.split_sizes[split] for split in RUN_SPLITS}
+    source_sizes = {
+        split: splits.split_size(
+            data_config.dataset,
+            split,
+            source=data_config.source,
+            data_dir=data_config.data_dir or None,
+            synthetic_examples=data_config[f"synthetic_{split}_examples"],
+        )
+        for split in SPLITS
+    }
+    return _run_split_sizes(data_config, source_sizes)
+
+
+def record_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
+    """`run_split_sizes`, recorded in the section's `split_sizes` (so config.json says what the run read)."""
+    sizes = run_split_sizes(data_config)
+    data_config.split_sizes.update(sizes)
+    return sizes
+
+
+def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """The number of examples the run's split holds (train, validation or test), known before it is read."""
+    return run_split_sizes(data_config)[split]
 
 
 def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int) -> Callable[[slice], SplitArrays]:
-    """Reads given rows of a split as the section says (`seed` draws the synthetic source's images)."""
+    """Reads given rows of one of the run's splits (`RUN_SPLITS`) as the section says (`seed` draws the synthetic
+    source's images). A holdout reads the whole train split (in every process) to draw its validation rows."""
 
-    def load(rows: slice) -> SplitArrays:
-        if data_config.dataset == FOLDER:  # the run's record of its folder against the folder as it is now
-            found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
-            _check_folder_agrees(data_config, found.info)
+    def read(source_split: str, rows: slice | None) -> SplitArrays:
         return splits.load_split(
             data_config.dataset,
-            split,
+            source_split,
             rows=rows,
             source=data_config.source,
             files_dir=data_config.files_dir or None,
             data_dir=data_config.data_dir or None,
             image_size=data_config.image_size or None,
             channels=data_config.channels or None,
-            synthetic_examples=data_config[f"synthetic_{split}_examples"],
+            synthetic_examples=data_config[f"synthetic_{source_split}_examples"] if source_split in SPLITS else 0,
             seed=seed,
         )
+
+    def load(rows: slice) -> SplitArrays:
+        if data_config.dataset == FOLDER:  # the run's record of its folder against the folder as it is now
+            found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
+            _check_folder_agrees(data_config, found.info)
+        if split == VALIDATION and not run_split_sizes(data_config)[VALIDATION]:
+            raise DataError(
+                "this run has no validation split; give data.validation_size (a fraction of train, or a count) or "
+                "a folder's validation/"
+            )
+        if split == "test" or not data_config.validation_size:
+            return read(split, rows)
+        whole = read("train", None)
+        count = holdout.holdout_count(data_config.validation_size, len(whole))
+        train_rows, validation_rows = holdout.holdout_rows(whole.labels, count, data_config.validation_seed)
+        chosen = (train_rows if split == "train" else validation_rows)[slice(None) if rows is None else rows]
+        return SplitArrays(whole.images[chosen], whole.labels[chosen])
 
     return load
 

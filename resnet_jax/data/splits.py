@@ -64,7 +64,7 @@ def split_size(
     """Number of examples in a split, known before reading it (so that each process can load only its rows); a
     folder's is known once it is decoded (the first time only: it is cached)."""
     if source == folder.FOLDER:
-        return folder.open_folder(files_dir, image_size or 0, channels or 0).info.split_sizes[split]
+        return folder.open_folder(files_dir, image_size or 0, channels or 0).info.split_sizes.get(split, 0)
     info = get_dataset_info(dataset)
     if source == "synthetic" or info.name == "synthetic":
         return synthetic_examples or info.split_sizes[split]
@@ -91,12 +91,13 @@ def load_split(
     """Returns one split as uint8 NHWC images in the network's input shape and int32 labels.
 
     `rows` selects a contiguous slice (a process's share in a multi-host run); the tfds source then decodes only
-    those examples. A folder's images are decoded at the input shape already (`dataset` is then ignored).
+    those examples. A folder's images are decoded at the input shape already (`dataset` is then ignored); a folder
+    may also hold a `validation` split.
     """
-    check_split(split)
     if source == folder.FOLDER:
         arrays = folder.open_folder(files_dir, image_size or 0, channels or 0).split(split)
         return arrays if rows is None else SplitArrays(arrays.images[rows], arrays.labels[rows])
+    check_split(split)
     info = get_dataset_info(dataset)
     if source == "synthetic" or info.name == "synthetic":
         count = synthetic_examples or info.split_sizes[split]

@@ -105,7 +105,7 @@ def write_converted_run(
         configuration.write_json(config, workdir / configuration.CONFIG_FILE)
         checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
         try:
-            meta = {"position": pipeline.DataPosition().to_dict(), "best_test_accuracy": -1.0, "step": 0}
+            meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
             checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
             checkpointer.wait()
         finally:

@@ -1,11 +1,14 @@
 """The tools' one flag convention: argparse, `--config FILE` with `--config.key=value` overrides loaded by the
-project's own `configuration`, and every bad input ended in one line on stderr with exit status 2.
+project's own `configuration`, and every bad input ended in one line on stderr with exit status 2; and `Spread`, how
+the tools report a figure over several runs (seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +35,32 @@ def fail(message: object) -> NoReturn:
 def plural(count: int, noun: str) -> str:
     """`1 device`, `3 devices`: a count with its noun."""
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """A figure over several runs (seeds): its mean, sample standard deviation (None for one run), min and max."""
+
+    mean: float
+    sd: float | None
+    low: float
+    high: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Spread | None:
+        """The spread of the values given (None for a run that has none); None when no run has one."""
+        present = [value for value in values if value is not None]
+        if not present:
+            return None
+        sd = statistics.stdev(present) if len(present) > 1 else None
+        return cls(statistics.fmean(present), sd, min(present), max(present), len(present))
+
+    def text(self) -> str:
+        """`0.8571 ± 0.0725 (0.8012-0.9106)`, or `0.9084` for one run."""
+        if self.sd is None:
+            return f"{self.mean:.4f}"
+        return f"{self.mean:.4f} ± {self.sd:.4f} ({self.low:.4f}-{self.high:.4f})"
 
 
 def cannot_write(path: str | os.PathLike, error: OSError, flag: str) -> str:

@@ -1,6 +1,7 @@
 """Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
-the accuracy of trained runs. `resnet-jax compare --models resnet18,resnet34 [--runs DIR ...]` writes compare.md,
-compare.png and compare.json (the raw measurements) into --outdir (default ./compare/).
+the validation and test accuracy of trained runs, as the spread over each model's runs (seeds). `resnet-jax compare
+--models resnet18,resnet34 [--runs DIR ...]` writes compare.md, compare.png and compare.json (the raw measurements)
+into --outdir (default ./compare/).
 """
 
 from __future__ import annotations
@@ -51,27 +52,20 @@ class Measurement:
 
 @dataclasses.dataclass(frozen=True)
 class RunAccuracy:
-    """Test accuracy of a model's trained runs, each run's in the order given; the table shows their mean and
-    standard deviation."""
+    """Final validation and test accuracy of a model's trained runs (its seeds), each run's in the order given
+    (validation None for a run without that split); the table shows their spread."""
 
     workdirs: tuple[str, ...]
-    best: tuple[float, ...]
-    final: tuple[float, ...]
+    validation: tuple[float | None, ...]
+    test: tuple[float, ...]
     epochs: tuple[float, ...]
 
     @property
     def runs(self) -> int:
         return len(self.workdirs)
 
-    @property
-    def mean_best(self) -> float:
-        return statistics.fmean(self.best)
-
-
-def spread(values: Sequence[float]) -> str:
-    """`0.8571 ± 0.0725` over several runs (the sample standard deviation), `0.9084` for one."""
-    mean = statistics.fmean(values)
-    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {statistics.stdev(values):.4f}"
+    def spreads(self) -> dict[str, common.Spread | None]:
+        return {"validation": common.Spread.of(self.validation), "test": common.Spread.of(self.test)}
 
 
 def _epochs(values: Sequence[float]) -> str:
@@ -201,8 +195,8 @@ def read_runs(run_dirs: Sequence[str | Path]) -> tuple[dict[str, RunAccuracy], m
     accuracies = {
         model: RunAccuracy(
             workdirs=tuple(workdir for workdir, _ in runs),
-            best=tuple(summary["best_test_accuracy"] for _, summary in runs),
-            final=tuple(summary["final_test_accuracy"] for _, summary in runs),
+            validation=tuple(summary["final_validation_accuracy"] for _, summary in runs),
+            test=tuple(summary["final_test_accuracy"] for _, summary in runs),
             epochs=tuple(summary["epochs"] for _, summary in runs),
         )
         for model, runs in per_model.items()
@@ -242,14 +236,14 @@ def compare_markdown(
     header = "| model | params | GFLOPs/image | train images/s | step ms | compile s | peak memory | XLA step memory |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if accuracies:
-        header += " best test acc | final test acc | epochs | runs |"
+        header += " validation acc | test acc | epochs | runs |"
         rule += "---:|---:|---:|---:|"
-        if any(run.runs > 1 for run in accuracies.values()):
-            lines += [
-                "A model trained in several runs shows the mean ± the standard deviation of its runs' accuracies "
-                "(their number in runs; each run is listed below the table).",
-                "",
-            ]
+        lines += [
+            "Accuracy: each run's final evaluation, on the validation split held out of train and on test. A model "
+            "trained in several runs (seeds) shows the mean ± the standard deviation (min-max) of its runs (their "
+            "number in runs; each run is listed below the table).",
+            "",
+        ]
     lines += [header, rule]
     for m in measurements:
         row = (
@@ -258,16 +252,21 @@ def compare_markdown(
         )
         if accuracies:
             run = accuracies.get(m.model)
-            cells = (spread(run.best), spread(run.final), _epochs(run.epochs), str(run.runs)) if run else ("",) * 4
+            spreads = run.spreads() if run else {}
+            texts = tuple(spread.text() if spread else "n/a" for spread in spreads.values())
+            cells = (*texts, _epochs(run.epochs), str(run.runs)) if run else ("",) * 4
             row += "".join(f" {cell} |" for cell in cells)
         lines.append(row)
     several = [(model, run) for model, run in accuracies.items() if run.runs > 1]
     if several:
         lines.append("")
         lines += [
-            f"- {model}: {workdir} best {best:.4f}, final {final:.4f}, {epochs:g} epoch{'' if epochs == 1 else 's'}"
+            f"- {model}: {workdir} validation {'n/a' if validation is None else f'{validation:.4f}'}, test "
+            f"{test:.4f}, {epochs:g} epoch{'' if epochs == 1 else 's'}"
             for model, run in several
-            for workdir, best, final, epochs in zip(run.workdirs, run.best, run.final, run.epochs, strict=True)
+            for workdir, validation, test, epochs in zip(
+                run.workdirs, run.validation, run.test, run.epochs, strict=True
+            )
         ]
     return "\n".join(lines) + "\n"
 
@@ -283,31 +282,33 @@ def _short(value: float) -> str:
 def compare_figure(
     measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], title: str
 ) -> matplotlib.figure.Figure:
-    """Accuracy (the mean of a model's runs, its standard deviation as an error bar) against forward GFLOPs and
-    parameters (logarithmic), or train throughput (logarithmic too) where there are no runs."""
+    """Validation and test accuracy (the mean of a model's runs, their standard deviation as an error bar) against
+    forward GFLOPs and parameters (logarithmic), or train throughput (logarithmic too) where there are no runs."""
     figure = matplotlib.figure.Figure(figsize=(11, 4.2), layout="constrained")
     axes = figure.subplots(1, 2)
     for axis, (attribute, label) in zip(
         axes, (("gflops", "forward GFLOPs / image"), ("params", "parameters")), strict=True
     ):
-        legend = {"best": "best", "final": "final"}  # each entry labels the first model drawn
+        legend = {"validation": "validation", "test": "test"}  # each entry labels the first model drawn
         for m in measurements:
             x = getattr(m, attribute)
             if accuracies:
                 run = accuracies.get(m.model)
                 if run is None:
                     continue
-                for name, values, colour, marker in (("best", run.best, "C0", "o"), ("final", run.final, "C1", "x")):
-                    axis.errorbar(
-                        [x],
-                        [statistics.fmean(values)],
-                        yerr=statistics.stdev(values) if len(values) > 1 else None,
-                        fmt=marker,
-                        color=colour,
-                        capsize=3,
-                        label=legend.pop(name, None),
-                    )
-                y = run.mean_best
+                spreads = run.spreads()
+                for (name, spread), colour, marker in zip(spreads.items(), ("C0", "C1"), ("o", "x"), strict=True):
+                    if spread is not None:
+                        axis.errorbar(
+                            [x],
+                            [spread.mean],
+                            yerr=spread.sd,
+                            fmt=marker,
+                            color=colour,
+                            capsize=3,
+                            label=legend.pop(name, None),
+                        )
+                y = (spreads["validation"] or spreads["test"]).mean
             else:
                 y = m.images_per_second
                 axis.scatter([x], [y], color="C0")
@@ -318,7 +319,7 @@ def compare_figure(
         axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _short(value)))
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.margins(0.2)
-        axis.set(xlabel=label, ylabel="test accuracy" if accuracies else "train images/s")
+        axis.set(xlabel=label, ylabel="final accuracy" if accuracies else "train images/s")
         axis.grid(alpha=0.3, which="both")
         if accuracies:
             axis.legend(fontsize="small")

@@ -1,6 +1,7 @@
 """Scores one checkpoint of a training run on every example of a split, data parallel over every device, with the
 trainer's own eval step. It prints accuracy, loss and per-class accuracy, and writes report.json,
-confusion_matrix.csv and confusion_matrix.png under DIR/eval/<checkpoint>[-<split>][-tta_flip]/.
+confusion_matrix.csv and confusion_matrix.png under DIR/eval/<checkpoint>[-<split>][-tta_flip]/. Scoring test, a run
+with a validation split is scored on it too: report.json's `splits` gives both.
 """
 
 from __future__ import annotations
@@ -14,15 +15,27 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import inference, metrics, plots, runtime
+from resnet_jax import data, inference, metrics, plots, runtime
 from resnet_jax.inference import Evaluation, TrainedRun
 from resnet_jax.tools import common, run_arguments
 
 OUTPUT_FILES = ("report.json", "confusion_matrix.csv", "confusion_matrix.png")
 
 
-def build_report(run: TrainedRun, evaluation: Evaluation, matrix: np.ndarray) -> dict[str, Any]:
-    """report.json: where the weights came from, the split's accuracy, loss and top-5 accuracy, and each class's."""
+def split_summary(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "num_examples": evaluation.num_examples,
+        "accuracy": evaluation.accuracy,
+        "loss": evaluation.loss,
+        "top5_accuracy": evaluation.top5_accuracy,
+    }
+
+
+def build_report(
+    run: TrainedRun, evaluation: Evaluation, matrix: np.ndarray, others: Sequence[Evaluation] = ()
+) -> dict[str, Any]:
+    """report.json: where the weights came from, the split's accuracy, loss and top-5 accuracy, and each class's;
+    `splits`: those of every split scored (`others` too: the validation split beside test)."""
     examples, correct = matrix.sum(axis=1), np.diag(matrix)
     per_class = [
         {
@@ -47,6 +60,7 @@ def build_report(run: TrainedRun, evaluation: Evaluation, matrix: np.ndarray) ->
         "accuracy": evaluation.accuracy,
         "loss": evaluation.loss,
         "top5_accuracy": evaluation.top5_accuracy,
+        "splits": {scored.split: split_summary(scored) for scored in (*others, evaluation)},
         "per_class": per_class,
     }
 
@@ -58,13 +72,14 @@ def output_dir(run: TrainedRun, split: str, tta_flip: bool) -> Path:
 
 
 def write_outputs(
-    run: TrainedRun, evaluation: Evaluation, out_dir: str | Path | None = None
+    run: TrainedRun, evaluation: Evaluation, out_dir: str | Path | None = None, others: Sequence[Evaluation] = ()
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Writes report.json, confusion_matrix.csv and confusion_matrix.png; returns the report and the paths."""
+    """Writes report.json, confusion_matrix.csv and confusion_matrix.png (of `evaluation`'s split); returns the
+    report and the paths."""
     out_dir = Path(out_dir) if out_dir is not None else output_dir(run, evaluation.split, evaluation.tta_flip)
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = inference.confusion_matrix(evaluation.labels, evaluation.logits.argmax(-1), len(run.class_names))
-    report = build_report(run, evaluation, matrix)
+    report = build_report(run, evaluation, matrix, others)
     paths = {name: out_dir / name for name in OUTPUT_FILES}
     paths["report.json"].write_text(json.dumps(report, indent=2) + "\n")
     with paths["confusion_matrix.csv"].open("w", newline="") as handle:
@@ -85,8 +100,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['workdir']}: checkpoint {report['step']} ({report['checkpoint']}), {report['split']} split, "
         f"{common.plural(report['num_examples'], 'example')}, tta {tta}, {common.plural(report['devices'], 'device')}",
         f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}  top-5 accuracy {report['top5_accuracy']:.4f}",
-        "per-class accuracy:",
     ]
+    lines += [
+        f"{split} split: accuracy {scored['accuracy']:.4f}  loss {scored['loss']:.4f}  "
+        f"top-5 accuracy {scored['top5_accuracy']:.4f} ({common.plural(scored['num_examples'], 'example')})"
+        for split, scored in report["splits"].items()
+        if split != report["split"]
+    ]
+    lines.append(f"per-class accuracy ({report['split']}):")
     width = max(len(entry["class"]) for entry in report["per_class"])
     for entry in report["per_class"]:
         accuracy = "   -  " if entry["accuracy"] is None else f"{entry['accuracy']:.4f}"
@@ -97,7 +118,12 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("evaluate", __doc__)
     run_arguments.add_run_arguments(parser)
-    parser.add_argument("--split", default="test", choices=("test", "train"), help="the split to score (default test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", data.VALIDATION, "train"),
+        help="the split to score (default test; with a validation split, scored too)",
+    )
     parser.add_argument(
         "--out", default=None, help="the folder of the files (default: DIR/eval/<checkpoint>[-split][-tta_flip])"
     )
@@ -108,16 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         tta_flip = run_arguments.tta_flip(run, args.tta)
         # The files' folder is checked before the long part: a folder it cannot write ends the command at once.
         out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip), "--out")
-        examples, _ = run.experiment.eval_split_rows(args.split)
-        with metrics.stage(
-            f"scoring {examples:,} {args.split} examples on {common.plural(run.num_devices, 'device')}, "
-            "compile included"
-        ):
-            evaluation = inference.evaluate_split(run, args.split, tta_flip)
+        also = [data.VALIDATION] if args.split == "test" and data.VALIDATION in run.experiment.eval_splits else []
+        evaluations = []
+        for split in (*also, args.split):
+            examples, _ = run.experiment.eval_split_rows(split)
+            with metrics.stage(
+                f"scoring {examples:,} {split} examples on {common.plural(run.num_devices, 'device')}, compile included"
+            ):
+                evaluations.append(inference.evaluate_split(run, split, tta_flip))
     except run_arguments.ERRORS as error:
         common.fail(error)
+    *others, evaluation = evaluations
     try:
-        report, paths = write_outputs(run, evaluation, out_dir)
+        report, paths = write_outputs(run, evaluation, out_dir, others)
     except OSError as error:
         common.fail(common.cannot_write(error.filename or out_dir, error, "--out"))
     print(format_report(report))

@@ -60,7 +60,9 @@ def write(out: Path, features: np.ndarray, labels: np.ndarray, class_names: Sequ
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("features", __doc__)
     run_arguments.add_run_arguments(parser)
-    parser.add_argument("--split", default="test", choices=("test", "train"), help="the split to embed (default test)")
+    parser.add_argument(
+        "--split", default="test", choices=("test", "validation", "train"), help="the split to embed (default test)"
+    )
     parser.add_argument("--layer", default="pooled", help="pooled (default), stem or stageN: where to read features")
     parser.add_argument("--out", required=True, help="file to write: emb.npz, or emb.npy (+ emb.labels.npy)")
     args = parser.parse_args(argv)

@@ -57,11 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             plots.write_curves(args.workdir, curves)
         except (plots.PlotError, MetricsError, OSError) as error:  # the run itself is complete and saved
             print(f"warning: {curves} not written: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    print(
-        f"done: step {results['step']}, test accuracy {results['test_accuracy']:.4f} "
-        f"(best {results['best_test_accuracy']:.4f}), test loss {results['test_loss']:.4f}",
-        flush=True,
+    best = (
+        f"; best validation accuracy {results['best_validation_accuracy']:.4f}, test accuracy there "
+        f"{results['test_accuracy_at_best_validation']:.4f}"
+        if "best_validation_accuracy" in results
+        else " (no validation split, so no best checkpoint)"
     )
+    print(f"done: step {results['step']}, {trainer.describe_evaluation(results)}{best}", flush=True)
     return 0
 
 

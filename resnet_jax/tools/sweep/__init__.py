@@ -1,9 +1,11 @@
 """Hyper-parameter sweeps: a grid, or an Optuna random/TPE search, of ordinary training runs, one per trial.
 
 `resnet-jax sweep --config configs/X.py --workdir DIR --grid KEY=A,B ...` (or `--search KEY=DIST:LOW:HIGH --trials
-N`). The Optuna study lives in DIR/study.db, each trial in DIR/trials/<name>/, and the same command resumes:
-finished trials are skipped, an interrupted one continues from its newest checkpoint. Results: DIR/results.{csv,md}
-and DIR/sweep.png. The parts: `spec` (the search space), `run` (the study and its trials), `report` (the results).
+N`), each trial trained with `--seeds N` seeds. Trials are ranked (and pruned) by validation accuracy, on a split
+held out of train (10% when the config has none); test accuracy is reported, never chosen on. The Optuna study
+lives in DIR/study.db, each trial in DIR/trials/<name>/, and the same command resumes: finished trials are skipped,
+an interrupted one continues from its newest checkpoint. Results: DIR/results.{csv,md} and DIR/sweep.png. The
+parts: `spec` (the search space), `run` (the study and its trials), `report` (the results).
 """
 
 from __future__ import annotations
@@ -40,7 +42,18 @@ def _parser() -> common.ArgumentParser:
     )
     parser.add_argument("--trials", type=int, default=0, help="number of trials of a --search")
     parser.add_argument("--sampler", choices=spec.SAMPLERS, default="tpe", help="Optuna's sampler of a --search")
-    parser.add_argument("--prune", action="store_true", help="stop trials below the median of earlier ones (Optuna)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="training seeds per trial (seed, seed+1, ...); the objective is their mean validation accuracy",
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="stop trials below the median of earlier ones (Optuna), by their first seed's validation accuracy",
+    )
     parser.add_argument(
         "--prune-after-epochs",
         "--prune_after_epochs",
@@ -56,10 +69,11 @@ def _parser() -> common.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args, config = common.parse_with_config(_parser(), argv)
     try:
+        config = run.with_validation(config)
         sweep = spec.make_spec(
-            config, args.grid, args.search, args.trials, args.sampler, args.prune, args.prune_after_epochs
+            config, args.grid, args.search, args.trials, args.sampler, args.prune, args.prune_after_epochs, args.seeds
         )
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
         common.fail(error)
     runtime.setup_logging()
     runtime.use_compile_cache()

@@ -1,6 +1,8 @@
-"""Running a sweep: the Optuna study in DIR/study.db, one ordinary training run per trial in DIR/trials/<name>/,
-an interrupted trial resumed from its newest checkpoint, and the median pruner fed by each evaluation. The results
-files are rewritten after every trial (`report`).
+"""Running a sweep: the Optuna study in DIR/study.db, one ordinary training run per trial and seed in
+DIR/trials/<name>/ (DIR/trials/<name>/seed<S>/ with --seeds), an interrupted trial resumed from its newest
+checkpoint, and the median pruner fed by the first seed's validation accuracy. A trial's objective is its seeds'
+mean validation accuracy; test accuracy is reported, never chosen on. The results files are rewritten after every
+trial (`report`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +21,7 @@ import ml_collections
 import optuna
 import sqlalchemy.exc
 
-from resnet_jax import configuration, metrics, trainer
+from resnet_jax import configuration, data, experiment, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools.sweep import report
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
@@ -31,6 +34,9 @@ STUDY_NAME = "sweep"
 TRIALS_DIR = "trials"
 # The median pruner compares a trial with the finished ones, so it waits for this many before it prunes anything.
 PRUNER_STARTUP_TRIALS = 2
+# Held out of train when the config has no validation split: trials are ranked on it (He et al. held out 5k of
+# CIFAR-10's 50k; big_vision 1%).
+DEFAULT_VALIDATION_SIZE = 0.1
 FAILED = optuna.trial.TrialState.FAIL
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -55,13 +61,29 @@ def trial_name(overrides: Mapping[str, Any]) -> str:
     return name
 
 
+def with_validation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, or a copy holding out `DEFAULT_VALIDATION_SIZE` of train when its data has no validation split."""
+    experiment.check_config(config)
+    if data.run_split_sizes(config.copy_and_resolve_references().data)[data.VALIDATION]:  # a folder records itself
+        return config
+    return configuration.apply_overrides(config, {"data.validation_size": DEFAULT_VALIDATION_SIZE})
+
+
+def seed_runs(trial_dir: Path, seeds: int, first_seed: int) -> list[tuple[int, Path]]:
+    """(seed, folder) of each run of a trial: the trial's folder itself for one seed, `seed<S>/` in it for more."""
+    if seeds == 1:
+        return [(first_seed, trial_dir)]
+    return [(seed, trial_dir / f"seed{seed}") for seed in range(first_seed, first_seed + seeds)]
+
+
 def _pruning_hook(trial: optuna.Trial, reported: set[int]) -> Callable[[int, dict[str, float]], None]:
-    """The trainer's `on_evaluation`: reports each evaluation to Optuna, and ends the trial (after its checkpoint)
-    when the median pruner says it is clearly worse than the others at the same epoch."""
+    """The trainer's `on_evaluation` of a trial's first seed: reports each validation accuracy to Optuna, and ends
+    the trial (after its checkpoint) when the median pruner says it is clearly worse than the others at the same
+    epoch."""
 
     def on_evaluation(epoch: int, values: dict[str, float]) -> None:
         if epoch not in reported:
-            trial.report(values["test_accuracy"], epoch)
+            trial.report(values[trainer.VALIDATION_ACCURACY], epoch)
             reported.add(epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
@@ -70,7 +92,7 @@ def _pruning_hook(trial: optuna.Trial, reported: set[int]) -> Callable[[int, dic
 
 
 def report_evaluations(trial: optuna.Trial, trial_dir: Path, reported: set[int]) -> bool:
-    """Reports each new evaluation of `trial_dir` as (epoch, test accuracy); returns whether there was one."""
+    """Reports each new evaluation of `trial_dir` as (epoch, validation accuracy); returns whether there was one."""
     try:
         records = metrics.read_metrics(trial_dir)
     except ValueError:  # a line being written right now; the next poll reads it whole
@@ -78,8 +100,8 @@ def report_evaluations(trial: optuna.Trial, trial_dir: Path, reported: set[int])
     new = False
     for record in records:
         epoch = round(record["epoch"])
-        if record.get("test_accuracy") is not None and epoch not in reported:
-            trial.report(record["test_accuracy"], epoch)
+        if record.get(trainer.VALIDATION_ACCURACY) is not None and epoch not in reported:
+            trial.report(record[trainer.VALIDATION_ACCURACY], epoch)
             reported.add(epoch)
             new = True
     return new
@@ -189,18 +211,24 @@ def _run_trial(
     overrides = {key: trial.params[key] for key in spec.keys}
     name = trial_name(overrides)
     trial.set_user_attr("name", name)
-    trial_dir = workdir / TRIALS_DIR / name
+    trial_config = configuration.apply_overrides(config, overrides)
+    runs = seed_runs(workdir / TRIALS_DIR / name, spec.seeds, trial_config.seed)
     progress.start(name)
-    # A resumed trial's earlier evaluations count for the pruner as if it had never stopped.
+    # A resumed trial's earlier evaluations count for the pruner as if it had never stopped. The pruner follows the
+    # first seed's run, the others run once it is through.
     reported: set[int] = set()
-    report_evaluations(trial, trial_dir, reported)
+    report_evaluations(trial, runs[0][1], reported)
     on_evaluation = _pruning_hook(trial, reported) if spec.prune else None
     start = time.perf_counter()
     state, value = optuna.trial.TrialState.COMPLETE, None
     try:
-        trial_config = configuration.apply_overrides(config, overrides)
-        result = trainer.train_and_evaluate(trial_config, trial_dir, on_evaluation=on_evaluation)
-        value = result["test_accuracy"]
+        accuracies = []
+        for seed, run_dir in runs:
+            seed_config = configuration.apply_overrides(trial_config, {"seed": seed})
+            result = trainer.train_and_evaluate(seed_config, run_dir, on_evaluation=on_evaluation)
+            accuracies.append(result[trainer.VALIDATION_ACCURACY])
+            on_evaluation = None
+        value = statistics.fmean(accuracies)
     except trainer.TrainingError as error:
         trial.set_user_attr("error", str(error))
         state = FAILED
@@ -209,28 +237,31 @@ def _run_trial(
         state = optuna.trial.TrialState.PRUNED
         logger.info("trial %s %s", name, pruned)
     trial.set_user_attr("wall_seconds", trial.user_attrs.get("wall_seconds", 0.0) + time.perf_counter() - start)
-    report_evaluations(trial, trial_dir, reported)
+    report_evaluations(trial, runs[0][1], reported)
     progress.finish(name, "failed" if state == FAILED else state.name.lower())
     return study.tell(trial, value, state=state)
 
 
-def collect_results(study: optuna.Study, spec: SweepSpec, workdir: Path) -> list[report.TrialResult]:
-    """One result per trial name (a resumed trial's last attempt), best first: finished trials by final test
-    accuracy, then pruned, then failed."""
+def collect_results(
+    study: optuna.Study, spec: SweepSpec, workdir: Path, config: ml_collections.ConfigDict
+) -> list[report.TrialResult]:
+    """One result per trial name (a resumed trial's last attempt), best first: finished trials by their seeds' mean
+    final validation accuracy, then pruned, then failed."""
     latest = {trial.user_attrs["name"]: trial for trial in _counted_trials(study) if "name" in trial.user_attrs}
     results = []
     for name, trial in latest.items():
-        trial_dir = workdir / TRIALS_DIR / name
+        overrides = {key: trial.params[key] for key in spec.keys}
+        first_seed = overrides.get("seed", config.seed)
+        run_dirs = [run_dir for _, run_dir in seed_runs(workdir / TRIALS_DIR / name, spec.seeds, first_seed)]
         results.append(
-            report.TrialResult(
+            report.TrialResult.of_runs(
                 name=name,
-                directory=trial_dir,
+                run_dirs=run_dirs,
                 state=trial.state.name.lower().replace("fail", "failed"),
-                overrides={key: trial.params[key] for key in spec.keys},
+                overrides=overrides,
                 wall_seconds=trial.user_attrs.get("wall_seconds"),
                 attempts=trial.user_attrs.get("attempts", 1),
                 error=trial.user_attrs.get("error", ""),
-                **metrics.summarize_run(trial_dir),
             )
         )
     return report.ranked(results)
@@ -240,7 +271,9 @@ def run_sweep(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, spec: SweepSpec, top: int = 5
 ) -> list[report.TrialResult]:
     """Runs the trials of `spec` not yet finished in `workdir` (resuming an interrupted one) and writes the
-    results; returns them, best first. Raises `trainer.Preempted` when stopped by a signal."""
+    results; returns them, best first. A config without a validation split gets one (`with_validation`). Raises
+    `trainer.Preempted` when stopped by a signal."""
+    config = with_validation(config)
     workdir = check_workdir(workdir)
     create_workdir(workdir)
     study = _open_study(workdir, spec, config)
@@ -257,7 +290,7 @@ def run_sweep(
         if spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=waiting):
             break
         _run_trial(study, spec, config, workdir, progress)
-        report.write_results(workdir, spec, collect_results(study, spec, workdir), top)
-    results = collect_results(study, spec, workdir)
+        report.write_results(workdir, spec, collect_results(study, spec, workdir, config), top)
+    results = collect_results(study, spec, workdir, config)
     report.write_results(workdir, spec, results, top)
     return results

@@ -21,6 +21,8 @@ from resnet_jax.data import DataError
 SAMPLERS = ("tpe", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 SWEEPABLE_TYPES = (bool, int, float, str)
+# Trials are ranked on one validation split: what draws it is the sweep's, never a trial's own.
+UNSWEEPABLE_KEYS = ("data.validation_size", "data.validation_seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +59,15 @@ class Dimension:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
-    """What a sweep explores and how: the dimensions, the sampler, the trial budget and the pruning."""
+    """What a sweep explores and how: the dimensions, the sampler, the trial budget, the pruning, and the training
+    seeds each trial runs (`seed`, `seed` + 1, ...)."""
 
     dimensions: tuple[Dimension, ...]
     sampler: str  # "grid", "tpe" or "random"
     trials: int
     prune: bool = False
     prune_after_epochs: int = 2
+    seeds: int = 1
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -77,7 +81,8 @@ class SweepSpec:
 
     def identity(self) -> dict[str, Any]:
         """What must not change between runs of one sweep (the trial budget may grow)."""
-        return {"sampler": self.sampler, "space": [dataclasses.asdict(d) for d in self.dimensions]}
+        identity = {"sampler": self.sampler, "space": [dataclasses.asdict(d) for d in self.dimensions]}
+        return identity | ({"seeds": self.seeds} if self.seeds > 1 else {})  # a one-seed sweep's as before seeds
 
 
 def format_value(value: Any) -> str:
@@ -153,9 +158,14 @@ def make_spec(
     sampler: str = "tpe",
     prune: bool = False,
     prune_after_epochs: int = 2,
+    seeds: int = 1,
 ) -> SweepSpec:
     """Parses and checks a sweep against `config`: every key exists, every value has the key's type, and the
     configs it leads to build (`experiment.build`). Raises ConfigError (one line) on the first problem."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds={seeds!r} must be a whole number of at least 1 (training seeds per trial)")
+    if config.seed + seeds > 2**32:
+        raise ConfigError(f"--seeds={seeds} from seed={config.seed} reaches past 2**32 - 1; give a lower seed")
     if bool(grids) == bool(searches):
         raise ConfigError("give --grid KEY=V1,V2 (repeatable) or --search KEY=DIST:ARGS, not both")
     if grids and trials:
@@ -173,11 +183,20 @@ def make_spec(
     repeated = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
     if repeated:
         raise ConfigError(f"{repeated[0]} is swept twice; give each key once")
+    fixed = [key for key in keys if key in UNSWEEPABLE_KEYS]
+    if fixed:
+        raise ConfigError(
+            f"{fixed[0]} cannot be swept: every trial is ranked on the same validation split; set it with "
+            f"--config.{fixed[0]}=VALUE instead"
+        )
+    if seeds > 1 and "seed" in keys:
+        raise ConfigError("seed is swept and --seeds is given; give one: --seeds N runs seeds seed..seed+N-1")
     if grids:
-        spec = SweepSpec(dimensions, "grid", math.prod(len(d.values) for d in dimensions), prune, prune_after_epochs)
+        trial_count = math.prod(len(d.values) for d in dimensions)
+        spec = SweepSpec(dimensions, "grid", trial_count, prune, prune_after_epochs, seeds)
         candidates = spec.grid_points()
     else:
-        spec = SweepSpec(dimensions, sampler, trials, prune, prune_after_epochs)
+        spec = SweepSpec(dimensions, sampler, trials, prune, prune_after_epochs, seeds)
         # Each end of each range, the others at their low ends: a range that only fails at one end is caught.
         lows = {d.key: d.corners()[0] for d in dimensions}
         candidates = [lows | {d.key: value} for d in dimensions for value in d.corners()]
