@@ -24,6 +24,8 @@ CONFIG_FILE = "config.json"
 IDENTITY_SECTIONS = ("model", "data")
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
+# How the network is computed, not what it is: a run may resume on other convolution kernels.
+COMPUTATION_KEYS = ("model.conv_backend",)
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
@@ -282,8 +284,9 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """`key: old -> new` for every model or data key that differs between two configs (locations aside)."""
+    """`key: old -> new` for every model or data key that differs between two configs (locations and the
+    convolution backend aside)."""
     old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
     new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
-    keys = sorted((old | new).keys() - set(LOCATION_KEYS))
+    keys = sorted((old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS))
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]

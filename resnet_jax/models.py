@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import configuration
+from resnet_jax import configuration, onednn
 
 ModuleDef = Any
 Dtype = Any
@@ -175,6 +175,7 @@ class ResNet(nn.Module):
       dtype: compute dtype; params and BN statistics stay float32.
       zero_init_residual: start each residual branch at zero (last BN scale, or last conv for pre-activation).
       conv_bias: biases in the block convs (the seed article's PyTorch code has them).
+      conv_backend: "xla" or "onednn" (resnet_jax/onednn/, CPUs only); the parameters are the same either way.
     """
 
     stage_sizes: Sequence[int]
@@ -190,6 +191,7 @@ class ResNet(nn.Module):
     dropout_rate: float = 0.0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(
@@ -203,7 +205,12 @@ class ResNet(nn.Module):
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
         conv = functools.partial(
-            nn.Conv, use_bias=self.conv_bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
+            nn.Conv,
+            use_bias=self.conv_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_kernel_init,
+            conv_general_dilated=onednn.conv_general_dilated if self.conv_backend == "onednn" else None,
         )
         norm = functools.partial(
             nn.BatchNorm,
@@ -310,10 +317,19 @@ MODEL_REGISTRY: dict[str, Callable[..., ResNet]] = {
 # runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SHORTCUTS = ("A", "B")
+# "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/), XLA's elsewhere.
+CONV_BACKENDS = ("auto", "xla", "onednn")
 
 # The `model` section of a config. shortcut "" keeps the registry's choice (A for the CIFAR family, B for
 # ResNet-18 and up).
-DEFAULTS = {"name": "resnet20", "dtype": "float32", "shortcut": "", "zero_init_residual": False, "dropout_rate": 0.0}
+DEFAULTS = {
+    "name": "resnet20",
+    "dtype": "float32",
+    "shortcut": "",
+    "zero_init_residual": False,
+    "dropout_rate": 0.0,
+    "conv_backend": "auto",
+}
 
 
 def get_dtype(name: str) -> Dtype:
@@ -336,12 +352,32 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
         configuration.check_choice("model.shortcut", model_config.shortcut, SHORTCUTS)
     configuration.check_choice("model.zero_init_residual", model_config.zero_init_residual, (False, True))
     configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
+    configuration.check_choice("model.conv_backend", model_config.conv_backend, CONV_BACKENDS)
+    if model_config.conv_backend == "onednn" and onednn.library.unavailable_reason():
+        raise configuration.ConfigError(
+            f"model.conv_backend='onednn' cannot run: {onednn.library.unavailable_reason()}; or use 'auto'"
+        )
+
+
+def conv_backend(setting: str) -> str:
+    """The convolutions a checked `model.conv_backend` setting runs on with this process's devices."""
+    on_cpu = jax.default_backend() == "cpu"
+    if setting == "onednn" and not on_cpu:
+        raise configuration.ConfigError(
+            f"model.conv_backend='onednn' runs on CPUs only, and this run's devices are {jax.default_backend()}; "
+            "use 'auto' or 'xla'"
+        )
+    return "onednn" if setting == "onednn" or (setting == "auto" and on_cpu and onednn.available()) else "xla"
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The network a config's `model` section describes, checked first."""
     check_config(model_config)
-    overrides = {"dtype": get_dtype(model_config.dtype), "zero_init_residual": model_config.zero_init_residual}
+    overrides = {
+        "dtype": get_dtype(model_config.dtype),
+        "zero_init_residual": model_config.zero_init_residual,
+        "conv_backend": conv_backend(model_config.conv_backend),
+    }
     if model_config.shortcut:
         overrides["shortcut"] = model_config.shortcut
     return MODEL_REGISTRY[model_config.name](

@@ -17,7 +17,7 @@ fi
 
 # oneDNN's convolutions: optional; when they cannot be installed or built, one line says so and runs use XLA's.
 if [ "${RESNET_JAX_ONEDNN:-1}" != "0" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
-  .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]" \
+  .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]" >/dev/null 2>&1 \
     || echo "oneDNN convolutions: the cpu-onednn extra did not install; runs use XLA's"
 fi
 .venv/bin/python -m resnet_jax.onednn.build

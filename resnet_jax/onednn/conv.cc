@@ -129,11 +129,12 @@ Conv build(Pass pass, const Geometry& g) {
   return conv;
 }
 
+std::mutex cache_mutex;
+std::unordered_map<std::string, std::unique_ptr<Conv>> cache;
+
 const Conv& cached(Pass pass, const Geometry& g) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::unique_ptr<Conv>> cache;
   const std::string key = cache_key(pass, g);
-  std::lock_guard<std::mutex> lock(mutex);
+  std::lock_guard<std::mutex> lock(cache_mutex);
   auto found = cache.find(key);
   if (found == cache.end()) found = cache.emplace(key, std::make_unique<Conv>(build(pass, g))).first;
   return *found->second;
@@ -303,6 +304,12 @@ extern "C" int OnednnConvProbe(char* message, int capacity) {
     std::snprintf(message, capacity, "%s", e.what());
     return -1;
   }
+}
+
+// How many primitives the cache holds (one per pass, shape and dtype seen).
+extern "C" int64_t OnednnConvCachedPrimitives() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return static_cast<int64_t>(cache.size());
 }
 
 #define CONV_ATTRS                          \

@@ -75,12 +75,13 @@ def _batch_partitioned(local, static_argnums: tuple[int, ...], rule: str, weight
         mesh, arg_shapes, _ = args[statics:]
         return shardings(mesh, arg_shapes)[2]
 
-    factors = set(rule.replace(",", " ").replace("->", " ").split())
+    # Shardy wants the special factors in the order they first appear in the rule.
+    factors = dict.fromkeys(rule.replace(",", " ").replace("->", " ").split())
     partitioned.def_partition(
         partition=partition,
         infer_sharding_from_operands=infer,
         sharding_rule=rule,
-        need_replication_factors=tuple(sorted(factors - {"b"})),
+        need_replication_factors=tuple(factor for factor in factors if factor != "b"),
         reduction_factors=("b",) if weights_out else (),
     )
     return partitioned

@@ -37,16 +37,23 @@ def _point_opencl_at_the_venv() -> None:
 
 
 @functools.cache
+def _library() -> ctypes.CDLL:
+    _point_opencl_at_the_venv()
+    library = ctypes.CDLL(str(LIBRARY))
+    library.OnednnConvCachedPrimitives.restype = ctypes.c_int64
+    return library
+
+
+@functools.cache
 def unavailable_reason() -> str:
     """Why the oneDNN convolutions cannot run in this process, or "" when they can (and are registered)."""
     if switched_off():
         return f"{SWITCH}={os.environ[SWITCH]} turns oneDNN off"
     if not LIBRARY.exists():
         return f"the oneDNN extension is not built ({LIBRARY.name}); build it with {BUILD_COMMAND}"
-    _point_opencl_at_the_venv()
     try:
-        library = ctypes.CDLL(str(LIBRARY))
-    except OSError as error:
+        library = _library()
+    except (OSError, AttributeError) as error:
         return f"the oneDNN extension does not load ({error}); rebuild it with {BUILD_COMMAND}"
     message = ctypes.create_string_buffer(512)
     if library.OnednnConvProbe(message, len(message)) != 0:
@@ -54,6 +61,11 @@ def unavailable_reason() -> str:
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return ""
+
+
+def cached_primitives() -> int:
+    """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run)."""
+    return int(_library().OnednnConvCachedPrimitives())
 
 
 def available() -> bool:
