@@ -2,6 +2,7 @@
 kernels, channels and batches, in float32 and bfloat16; the models on either backend; a batch-sharded jit; a run
 resumed on the other backend. Skipped, with the reason, where the extension is not built."""
 
+import functools
 import json
 import subprocess
 
@@ -131,7 +132,9 @@ def test_a_model_on_onednn_has_xla_s_parameters_outputs_and_gradients(name):
     (_, expected), expected_grads = jax.value_and_grad(lambda p: loss(on_xla, p), has_aux=True)(variables["params"])
     (_, actual), actual_grads = jax.value_and_grad(lambda p: loss(on_onednn, p), has_aux=True)(variables["params"])
     chex.assert_trees_all_close(actual, expected, rtol=1e-4, atol=1e-5)
-    chex.assert_trees_all_close(actual_grads, expected_grads, rtol=1e-3, atol=1e-5)
+    # Each gradient to a part in a thousand of its largest entry: a few float32 ulps per layer, grown through the
+    # training-mode BatchNorms of a few-pixel batch.
+    jax.tree.map(functools.partial(assert_close_relative, tolerance=1e-3), actual_grads, expected_grads)
 
 
 def test_auto_picks_onednn_on_this_cpu_and_the_export_keeps_xla_s_convolution():
