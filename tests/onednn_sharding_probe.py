@@ -39,7 +39,10 @@ def main() -> None:
         results[name]["all_gathers"] = hlo.count("all-gather(")
         # The batch of each oneDNN call's first operand: a shard's, not the global batch.
         results[name]["custom_call_batches"] = [
-            int(batch) for batch in re.findall(r'target="resnet_jax_onednn_conv_\w+", operand_layout_constraints=\{f32\[(\d+),', hlo)
+            int(batch)
+            for batch in re.findall(
+                r'target="resnet_jax_onednn_conv_\w+", operand_layout_constraints=\{f32\[(\d+),', hlo
+            )
         ]
         results[name]["dx_batch_axes"] = grads[0].sharding.spec[0]
     results["devices"] = jax.device_count()
