@@ -14,7 +14,7 @@ import pytest
 
 from resnet_jax import configuration, models, onednn
 from resnet_jax.onednn import library
-from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
+from tests.conftest import PYTHON, REPO_ROOT, load_config, run_multidevice_probe, subprocess_env, train_command
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason=onednn.unavailable_reason())
 
@@ -164,15 +164,7 @@ def test_the_switch_turns_it_off_in_a_child_process():
 
 @pytest.fixture(scope="module")
 def sharded() -> dict:
-    done = subprocess.run(
-        [PYTHON, "-m", "tests.onednn_sharding_probe"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_multidevice_probe("tests.onednn_sharding_probe")
 
 
 def test_a_batch_sharded_jit_runs_each_shard_on_onednn_without_gathering(sharded):

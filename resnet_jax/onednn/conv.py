@@ -160,12 +160,12 @@ def supports(
     lhs: jax.Array,
     rhs: jax.Array,
     padding: Any,
-    lhs_dilation: Sequence[int] | None,
-    rhs_dilation: Sequence[int] | None,
-    dimension_numbers: Any,
-    feature_group_count: int,
-    batch_group_count: int,
-    preferred_element_type: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    preferred_element_type: Any = None,
 ) -> bool:
     """Whether oneDNN takes this `jax.lax.conv_general_dilated` call: 2-D, NHWC/HWIO, undilated, ungrouped, one
     float32 or bfloat16 dtype, padding never negative."""
@@ -200,28 +200,14 @@ def conv_general_dilated(
     """`jax.lax.conv_general_dilated` with the calls oneDNN takes (see `supports`) run on oneDNN, the rest on XLA:
     flax's `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. `precision` does not apply to oneDNN, which
     computes float32 in float32 and bfloat16 with float32 accumulation."""
-    if supports(
-        lhs,
-        rhs,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        preferred_element_type,
-    ):
+    options = {
+        "lhs_dilation": lhs_dilation,
+        "rhs_dilation": rhs_dilation,
+        "dimension_numbers": dimension_numbers,
+        "feature_group_count": feature_group_count,
+        "batch_group_count": batch_group_count,
+        "preferred_element_type": preferred_element_type,
+    }
+    if supports(lhs, rhs, padding, **options):
         return conv2d(lhs, rhs, window_strides, padding)
-    return jax.lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        precision,
-        preferred_element_type,
-    )
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, precision=precision, **options)
