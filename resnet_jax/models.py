@@ -414,6 +414,8 @@ def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), ba
     milliseconds where compiling ResNet-1202 on a CPU costs minutes.
     """
     on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    # XLA counts its own convolutions only; oneDNN's are opaque calls to it.
+    model = model.clone(conv_backend="xla") if isinstance(model, ResNet) else model
     variables = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu), init_shapes(model, image_shape)
     )

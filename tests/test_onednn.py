@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import configuration, models, onednn
+from resnet_jax import configuration, export, inference, models, onednn
 from resnet_jax.onednn import library
 from tests.conftest import PYTHON, REPO_ROOT, load_config, run_multidevice_probe, subprocess_env, train_command
 
@@ -90,11 +90,11 @@ def test_the_lax_drop_in_runs_on_onednn_only_what_onednn_takes():
             x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DIMENSIONS
         )
     )
-    assert "onednn" not in dilated.lower(x, w).as_text()
+    assert "resnet_jax_onednn_conv" not in dilated.lower(x, w).as_text()
     expected = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DIMENSIONS)
     chex.assert_trees_all_close(dilated(x, w), expected)
     nchw = jax.jit(lambda x, w: onednn.conv_general_dilated(x, w, (1, 1), "SAME"))
-    assert "onednn" not in nchw.lower(jnp.ones((2, 4, 8, 8)), jnp.ones((8, 4, 3, 3))).as_text()
+    assert "resnet_jax_onednn_conv" not in nchw.lower(jnp.ones((2, 4, 8, 8)), jnp.ones((8, 4, 3, 3))).as_text()
 
 
 def test_primitives_are_built_once_per_pass_and_shape():
@@ -179,12 +179,19 @@ def test_a_batch_sharded_jit_runs_each_shard_on_onednn_without_gathering(sharded
 
 
 @pytest.mark.slow
-def test_a_run_trained_on_onednn_resumes_on_xla(tmp_path):
+def test_a_run_resumes_on_the_other_backend_and_exports_xla_s_convolution(tmp_path):
     workdir = tmp_path / "run"
-    for backend, epochs in (("onednn", 1), ("xla", 2)):
+    for backend, epochs in (("xla", 1), ("onednn", 2)):
         command = train_command(workdir, "smoke", f"model.conv_backend={backend}", f"train.num_epochs={epochs}")
         subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT, env=subprocess_env())
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    evaluated = [record for record in records if "test_accuracy" in record or "eval_accuracy" in record]
-    assert len(evaluated) == 2
-    assert json.loads((workdir / "config.json").read_text())["model"]["conv_backend"] == "xla"
+    assert [record["epoch"] for record in records if "test_accuracy" in record] == [1, 2]
+    run = inference.restore_run(workdir)
+    assert run.config.model.conv_backend == "onednn"
+    assert run.experiment.model.conv_backend == "onednn"
+    exported = export.export_run(run, platforms=("cpu",))
+    assert "resnet_jax_onednn_conv" not in exported.mlir_module()
+    images = np.zeros((3, *run.input_shape), np.uint8)
+    chex.assert_trees_all_close(
+        exported.call(images), jax.jit(inference.make_logits_fn(run))(images), rtol=1e-4, atol=1e-5
+    )
