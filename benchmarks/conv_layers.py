@@ -1,5 +1,6 @@
 """One 3x3 convolution at a time, its forward pass and each gradient, as XLA runs it with each convolution library it
-calls, against PyTorch's channels-last convolution, in one process: where the CPU train step's time goes.
+calls and, where it is built, on oneDNN through jax.ffi (resnet_jax/onednn/), against PyTorch's channels-last
+convolution, in one process: where the CPU train step's time goes.
 
     python -m benchmarks.conv_layers --batch 128 --shapes 32x16,16x32,8x64
 """
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from resnet_jax import steps
+from resnet_jax import onednn, steps
 
 # The two convolution libraries XLA:CPU (jax 0.10) calls. Its XNNPACK and oneDNN options
 # (`xla_cpu_experimental_xnn_fusion_type`, `xla_cpu_use_onednn`, ...=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION) leave
@@ -25,6 +26,7 @@ CPU_LIBRARIES: dict[str, dict[str, Any]] = {
     "Eigen (the trainer's)": steps.CPU_TRAIN_COMPILER_OPTIONS,
     "YNNPACK (XLA's default)": {},
 }
+ONEDNN = "oneDNN (jax.ffi)"
 PASSES = ("forward", "input gradient", "weight gradient")
 
 
@@ -32,13 +34,17 @@ def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def jax_passes() -> dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]]:
+def _onednn_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    return onednn.conv2d(x, w, (1, 1), "SAME")
+
+
+def jax_passes(conv: Callable = _conv) -> dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]]:
     """Each pass alone, as a function of (x, w, dy): a convolution is linear in each operand, so neither gradient
     needs the forward pass. Operands are arguments, never constants, which XLA would fold at compile time."""
     return {
-        "forward": lambda x, w, dy: _conv(x, w),
-        "input gradient": lambda x, w, dy: jax.vjp(lambda x: _conv(x, w), x)[1](dy)[0],
-        "weight gradient": lambda x, w, dy: jax.vjp(lambda w: _conv(x, w), w)[1](dy)[0],
+        "forward": lambda x, w, dy: conv(x, w),
+        "input gradient": lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0],
+        "weight gradient": lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0],
     }
 
 
@@ -118,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = common.environment()
     libraries = {"XLA": {}} if common.on_accelerator() else CPU_LIBRARIES
+    with_onednn = not common.on_accelerator() and onednn.available()
+    if not common.on_accelerator() and not with_onednn:
+        print(f"no oneDNN column: {onednn.unavailable_reason()}")
     rows, results = [], []
     for shape in common.parse_list(args.shapes):
         size, channels = (int(part) for part in shape.split("x"))
@@ -132,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             for library, options in libraries.items()
             for name, call in jax_calls.items()
         }
+        if with_onednn:
+            runners |= {
+                (ONEDNN, name): _JaxPass(call, operands, steps.CPU_TRAIN_COMPILER_OPTIONS)
+                for name, call in jax_passes(_onednn_conv).items()
+            }
         errors = {}
         if not args.no_torch:
             torch_calls, synchronize = torch_passes(x, w, dy)
@@ -140,7 +154,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ("PyTorch channels_last", name): _TorchPass(call, synchronize) for name, call in torch_calls.items()
             }
         timings = common.interleaved_timings(runners, args.windows, args.min_window_seconds)
-        for library in [*libraries, *([] if args.no_torch else ["PyTorch channels_last"])]:
+        columns = [
+            *libraries,
+            *([ONEDNN] if with_onednn else []),
+            *([] if args.no_torch else ["PyTorch channels_last"]),
+        ]
+        for library in columns:
             milliseconds = [timings[(library, name)].seconds_per_step * 1e3 for name in PASSES]
             rows.append([f"{size}x{size}x{channels}", library, *milliseconds, sum(milliseconds)])
             timings_by_pass = dict(zip(PASSES, milliseconds, strict=True))

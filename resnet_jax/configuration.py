@@ -26,6 +26,8 @@ IDENTITY_SECTIONS = ("model", "data")
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
 RECORDED_KEYS = ("data.split_sizes.",)
+# How the network is computed, not what it is: a run may resume on other convolution kernels.
+COMPUTATION_KEYS = ("model.conv_backend",)
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
@@ -289,10 +291,11 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """`key: old -> new` for every model or data key that differs between two configs (locations aside)."""
+    """`key: old -> new` for every model or data key that differs between two configs (locations and the
+    convolution backend aside)."""
     old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
     new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
-    keys = sorted((old | new).keys() - set(LOCATION_KEYS))
+    keys = sorted((old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS))
     unrecorded = {key for key in keys if key.startswith(RECORDED_KEYS) and old.get(key) == 0}
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"

@@ -9,6 +9,7 @@ A JSON file beside it (`model.bin.json`) records the input shape, the class name
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,9 @@ def export_run(
     run: TrainedRun, tta_flip: bool = False, platforms: Sequence[str] = DEFAULT_PLATFORMS
 ) -> jax.export.Exported:
     """`logits = f(uint8 images)` for any batch size, with the run's weights as constants."""
+    # The artefact must run wherever jax does, without this package's oneDNN extension: XLA's convolutions.
+    xla_model = run.experiment.model.clone(conv_backend="xla")
+    run = dataclasses.replace(run, experiment=dataclasses.replace(run.experiment, model=xla_model))
     # On the host, the weights become plain constants of the program rather than arrays placed on this mesh.
     logits_fn = make_logits_fn(run, tta_flip, variables=jax.device_get(run.variables))
     (batch,) = jax.export.symbolic_shape("batch")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import configuration
+from resnet_jax import configuration, onednn
 
 ModuleDef = Any
 Dtype = Any
@@ -202,6 +202,7 @@ class ResNet(nn.Module):
       zero_init_residual: start each residual branch at zero (last BN scale, or last conv for pre-activation).
       conv_bias: biases in the block convs (the seed article's PyTorch code has them).
       residual: False builds the plain network (He et al. 2015's baseline): the same layers without shortcuts.
+      conv_backend: "xla" or "onednn" (resnet_jax/onednn/, CPUs only); the parameters are the same either way.
 
     Applied with the `STAGE_STATS` collection mutable (the train step does), it also records the standard deviation
     of the stem's and each stage's output: a scalar reduction each, for the gradient-flow metrics.
@@ -221,6 +222,7 @@ class ResNet(nn.Module):
     residual: bool = True
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(
@@ -236,7 +238,12 @@ class ResNet(nn.Module):
         if self.zero_init_residual and not self.residual:
             raise ValueError("zero_init_residual would zero a plain network's only path; it needs shortcuts")
         conv = functools.partial(
-            nn.Conv, use_bias=self.conv_bias, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
+            nn.Conv,
+            use_bias=self.conv_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_kernel_init,
+            conv_general_dilated=onednn.conv_general_dilated if self.conv_backend == "onednn" else None,
         )
         norm = functools.partial(
             nn.BatchNorm,
@@ -355,10 +362,19 @@ MODEL_REGISTRY |= {
 # runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SHORTCUTS = ("A", "B")
+# "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/), XLA's elsewhere.
+CONV_BACKENDS = ("auto", "xla", "onednn")
 
 # The `model` section of a config. shortcut "" keeps the registry's choice (A for the CIFAR family, B for
 # ResNet-18 and up).
-DEFAULTS = {"name": "resnet20", "dtype": "float32", "shortcut": "", "zero_init_residual": False, "dropout_rate": 0.0}
+DEFAULTS = {
+    "name": "resnet20",
+    "dtype": "float32",
+    "shortcut": "",
+    "zero_init_residual": False,
+    "dropout_rate": 0.0,
+    "conv_backend": "auto",
+}
 
 
 def get_dtype(name: str) -> Dtype:
@@ -391,12 +407,32 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
                 f"{plain}: model.zero_init_residual would zero its only path; leave it False"
             )
     configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
+    configuration.check_choice("model.conv_backend", model_config.conv_backend, CONV_BACKENDS)
+    if model_config.conv_backend == "onednn" and onednn.library.unavailable_reason():
+        raise configuration.ConfigError(
+            f"model.conv_backend='onednn' cannot run: {onednn.library.unavailable_reason()}; or use 'auto'"
+        )
+
+
+def conv_backend(setting: str) -> str:
+    """The convolutions a checked `model.conv_backend` setting runs on with this process's devices."""
+    on_cpu = jax.default_backend() == "cpu"
+    if setting == "onednn" and not on_cpu:
+        raise configuration.ConfigError(
+            f"model.conv_backend='onednn' runs on CPUs only, and this run's devices are {jax.default_backend()}; "
+            "use 'auto' or 'xla'"
+        )
+    return "onednn" if setting == "onednn" or (setting == "auto" and on_cpu and onednn.available()) else "xla"
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The network a config's `model` section describes, checked first."""
     check_config(model_config)
-    overrides = {"dtype": get_dtype(model_config.dtype), "zero_init_residual": model_config.zero_init_residual}
+    overrides = {
+        "dtype": get_dtype(model_config.dtype),
+        "zero_init_residual": model_config.zero_init_residual,
+        "conv_backend": conv_backend(model_config.conv_backend),
+    }
     if model_config.shortcut:
         overrides["shortcut"] = model_config.shortcut
     return MODEL_REGISTRY[model_config.name](
@@ -433,6 +469,8 @@ def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), ba
     milliseconds where compiling ResNet-1202 on a CPU costs minutes.
     """
     on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    # XLA counts its own convolutions only; oneDNN's are opaque calls to it.
+    model = model.clone(conv_backend="xla") if isinstance(model, ResNet) else model
     variables = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu), init_shapes(model, image_shape)
     )

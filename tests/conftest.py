@@ -1,8 +1,10 @@
 """Shared test set-up (a persistent compilation cache), helpers for configs, commands and subprocesses, and the
 tolerance for comparing runs that computed the same thing in different programs."""
 
+import json
 import os
 import runpy
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +34,21 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def run_multidevice_probe(module: str) -> dict:
+    """Runs `python -m module` on 8 forced host devices (the count is fixed at JAX import, hence a child process)
+    and returns the JSON object its last line prints."""
+    done = subprocess.run(
+        [PYTHON, "-m", module],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 # Two runs compare exactly only when they ran the same compiled programs on the same device layout (a resumed run
 # against a straight one). Across device or process counts, batch splits or compiler options, XLA sums in another

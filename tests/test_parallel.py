@@ -1,24 +1,13 @@
 """Data parallelism over 8 forced CPU devices (in a subprocess, since the device count is fixed at JAX import)."""
 
-import json
-import subprocess
-
 import pytest
 
-from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
+from tests.conftest import run_multidevice_probe
 
 
 @pytest.fixture(scope="module")
 def probe() -> dict:
-    result = subprocess.run(
-        [PYTHON, "-m", "tests.multidevice_probe"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_multidevice_probe("tests.multidevice_probe")
 
 
 def test_probe_ran_on_eight_devices(probe):

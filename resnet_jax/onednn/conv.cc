@@ -1,0 +1,339 @@
+// oneDNN 2D convolutions (forward, backward-data, backward-weights) as XLA typed-FFI handlers for the CPU:
+// NHWC activations and HWIO kernels as flax lays them out, float32 or bfloat16 (accumulated in float32), any
+// stride and non-negative padding. Primitives are built once per shape and dtype and kept for the process.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = memory::format_tag;
+
+namespace {
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One stream per calling thread: XLA may run several convolutions at once (one per forced host device), and a
+// stream is not meant to be shared between threads.
+dnnl::stream& thread_stream() {
+  thread_local dnnl::stream stream(cpu_engine());
+  return stream;
+}
+
+// A per-thread buffer that only grows: scratchpads and reordered kernels, so that concurrent calls never share one.
+class ThreadBuffer {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      data_.reset(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+      size_ = bytes;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> data_;
+  size_t size_ = 0;
+};
+
+enum class Pass { kForward, kBackwardData, kBackwardWeights };
+
+struct Geometry {
+  memory::dims src, weights, dst, strides, pad_l, pad_r;
+  memory::data_type type;
+  bool bias;
+};
+
+struct Conv {
+  dnnl::primitive primitive;
+  memory::desc src, weights, dst, bias, scratchpad;
+  memory::desc user_weights;
+  std::optional<dnnl::reorder> weights_reorder;  // user HWIO <-> the primitive's own kernel layout
+  memory::desc reorder_scratchpad;
+};
+
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+std::string cache_key(Pass pass, const Geometry& g) {
+  std::string key = std::to_string(static_cast<int>(pass)) + "/" + std::to_string(static_cast<int>(g.type)) +
+                    (g.bias ? "b" : "n");
+  for (const memory::dims* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r}) {
+    for (auto d : *dims) key += "," + std::to_string(d);
+    key += ";";
+  }
+  return key;
+}
+
+Conv build(Pass pass, const Geometry& g) {
+  auto& engine = cpu_engine();
+  memory::desc src(g.src, g.type, tag::nhwc), dst(g.dst, g.type, tag::nhwc);
+  memory::desc user_weights(g.weights, g.type, tag::hwio);
+  // The kernel's layout is left to oneDNN (its fastest kernels want blocked weights); activations stay NHWC.
+  memory::desc any_weights(g.weights, g.type, tag::any);
+  memory::desc bias = g.bias ? memory::desc({g.dst[1]}, g.type, tag::x) : memory::desc();
+  auto attr = user_scratchpad();
+  dnnl::convolution_forward::primitive_desc forward(engine, dnnl::prop_kind::forward_training,
+                                                     dnnl::algorithm::convolution_direct, src, any_weights, bias, dst,
+                                                     g.strides, g.pad_l, g.pad_r, attr);
+  Conv conv;
+  conv.src = src;
+  conv.dst = dst;
+  conv.bias = bias;
+  conv.user_weights = user_weights;
+  if (pass == Pass::kForward) {
+    conv.primitive = dnnl::convolution_forward(forward);
+    conv.weights = forward.weights_desc();
+    conv.scratchpad = forward.scratchpad_desc();
+  } else if (pass == Pass::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc backward(engine, dnnl::algorithm::convolution_direct, src,
+                                                             any_weights, dst, g.strides, g.pad_l, g.pad_r, forward,
+                                                             attr);
+    conv.primitive = dnnl::convolution_backward_data(backward);
+    conv.weights = backward.weights_desc();
+    conv.scratchpad = backward.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc backward(engine, dnnl::algorithm::convolution_direct, src,
+                                                                any_weights, bias, dst, g.strides, g.pad_l,
+                                                                g.pad_r, forward, attr);
+    conv.primitive = dnnl::convolution_backward_weights(backward);
+    conv.weights = backward.diff_weights_desc();
+    conv.scratchpad = backward.scratchpad_desc();
+  }
+  if (conv.weights != user_weights) {
+    dnnl::reorder::primitive_desc reorder =
+        pass == Pass::kBackwardWeights
+            ? dnnl::reorder::primitive_desc(engine, conv.weights, engine, user_weights, attr)
+            : dnnl::reorder::primitive_desc(engine, user_weights, engine, conv.weights, attr);
+    conv.weights_reorder = dnnl::reorder(reorder);
+    conv.reorder_scratchpad = reorder.scratchpad_desc();
+  }
+  return conv;
+}
+
+std::mutex cache_mutex;
+std::unordered_map<std::string, std::unique_ptr<Conv>> cache;
+
+const Conv& cached(Pass pass, const Geometry& g) {
+  const std::string key = cache_key(pass, g);
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = cache.find(key);
+  if (found == cache.end()) found = cache.emplace(key, std::make_unique<Conv>(build(pass, g))).first;
+  return *found->second;
+}
+
+std::optional<memory::data_type> dnnl_type(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::F32:
+      return memory::data_type::f32;
+    case ffi::DataType::BF16:
+      return memory::data_type::bf16;
+    default:
+      return std::nullopt;
+  }
+}
+
+// NHWC / HWIO buffer shapes to oneDNN's logical NCHW / OIHW dims.
+memory::dims activation_dims(const ffi::AnyBuffer& b) {
+  auto d = b.dimensions();
+  return {d[0], d[3], d[1], d[2]};
+}
+
+memory::dims kernel_dims(const ffi::AnyBuffer& b) {
+  auto d = b.dimensions();
+  return {d[3], d[2], d[0], d[1]};
+}
+
+std::optional<ffi::Error> make_geometry(const ffi::AnyBuffer& src, const ffi::AnyBuffer& weights_like,
+                                        bool weights_are_hwio, const ffi::AnyBuffer& dst, bool bias, int64_t stride_h,
+                                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                                        int64_t pad_right, Geometry* g) {
+  if (src.dimensions().size() != 4 || dst.dimensions().size() != 4 || weights_like.dimensions().size() != 4) {
+    return ffi::Error::InvalidArgument("onednn conv: operands must be 4-D (NHWC activations, HWIO kernel)");
+  }
+  auto type = dnnl_type(src.element_type());
+  if (!type || src.element_type() != dst.element_type() || src.element_type() != weights_like.element_type()) {
+    return ffi::Error::InvalidArgument("onednn conv: operands must all be float32 or all bfloat16");
+  }
+  g->src = activation_dims(src);
+  g->dst = activation_dims(dst);
+  g->weights = weights_are_hwio ? kernel_dims(weights_like) : memory::dims{};
+  g->strides = {stride_h, stride_w};
+  g->pad_l = {pad_top, pad_left};
+  g->pad_r = {pad_bottom, pad_right};
+  g->type = *type;
+  g->bias = bias;
+  return std::nullopt;
+}
+
+void* scratchpad(const memory::desc& desc) {
+  thread_local ThreadBuffer buffer;
+  return buffer.get(desc.get_size());
+}
+
+void* reordered_weights(const memory::desc& desc) {
+  thread_local ThreadBuffer buffer;
+  return buffer.get(desc.get_size());
+}
+
+ffi::Error run(const std::function<void()>& body) {
+  try {
+    body();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+}
+
+// Copies a kernel between the user's HWIO buffer and the primitive's layout; returns the memory the primitive uses.
+memory weights_for_primitive(const Conv& conv, void* user_data, bool user_to_primitive) {
+  auto& engine = cpu_engine();
+  memory user(conv.user_weights, engine, user_data);
+  if (!conv.weights_reorder) return user;
+  memory mine(conv.weights, engine, reordered_weights(conv.weights));
+  if (user_to_primitive) {
+    memory pad(conv.reorder_scratchpad, engine, scratchpad(conv.reorder_scratchpad));
+    conv.weights_reorder->execute(thread_stream(),
+                                  {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, mine}, {DNNL_ARG_SCRATCHPAD, pad}});
+  }
+  return mine;
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y,
+                   int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                   int64_t pad_right) {
+  Geometry g;
+  const bool has_bias = bias.element_count() > 0;
+  if (auto error = make_geometry(x, w, true, *y, has_bias, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                                 pad_right, &g)) {
+    return *error;
+  }
+  return run([&] {
+    const Conv& conv = cached(Pass::kForward, g);
+    auto& engine = cpu_engine();
+    memory weights = weights_for_primitive(conv, w.untyped_data(), true);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(conv.src, engine, x.untyped_data())},
+        {DNNL_ARG_WEIGHTS, weights},
+        {DNNL_ARG_DST, memory(conv.dst, engine, y->untyped_data())},
+        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}};
+    if (has_bias) args[DNNL_ARG_BIAS] = memory(conv.bias, engine, bias.untyped_data());
+    conv.primitive.execute(thread_stream(), args);
+    thread_stream().wait();
+  });
+}
+
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t stride_h,
+                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  Geometry g;
+  if (auto error = make_geometry(*dx, w, true, dy, false, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                                 pad_right, &g)) {
+    return *error;
+  }
+  return run([&] {
+    const Conv& conv = cached(Pass::kBackwardData, g);
+    auto& engine = cpu_engine();
+    memory weights = weights_for_primitive(conv, w.untyped_data(), true);
+    conv.primitive.execute(thread_stream(),
+                           {{DNNL_ARG_DIFF_DST, memory(conv.dst, engine, dy.untyped_data())},
+                            {DNNL_ARG_WEIGHTS, weights},
+                            {DNNL_ARG_DIFF_SRC, memory(conv.src, engine, dx->untyped_data())},
+                            {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}});
+    thread_stream().wait();
+  });
+}
+
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                           ffi::Result<ffi::AnyBuffer> dbias, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                           int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  Geometry g;
+  const bool has_bias = dbias->element_count() > 0;
+  if (auto error = make_geometry(x, *dw, true, dy, has_bias, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+                                 pad_right, &g)) {
+    return *error;
+  }
+  return run([&] {
+    const Conv& conv = cached(Pass::kBackwardWeights, g);
+    auto& engine = cpu_engine();
+    memory user(conv.user_weights, engine, dw->untyped_data());
+    memory weights = weights_for_primitive(conv, dw->untyped_data(), false);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(conv.src, engine, x.untyped_data())},
+        {DNNL_ARG_DIFF_DST, memory(conv.dst, engine, dy.untyped_data())},
+        {DNNL_ARG_DIFF_WEIGHTS, weights},
+        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}};
+    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(conv.bias, engine, dbias->untyped_data());
+    conv.primitive.execute(thread_stream(), args);
+    if (conv.weights_reorder) {
+      memory pad(conv.reorder_scratchpad, engine, scratchpad(conv.reorder_scratchpad));
+      conv.weights_reorder->execute(thread_stream(),
+                                    {{DNNL_ARG_FROM, weights}, {DNNL_ARG_TO, user}, {DNNL_ARG_SCRATCHPAD, pad}});
+    }
+    thread_stream().wait();
+  });
+}
+
+}  // namespace
+
+// Creates the CPU engine and reports whether that worked: 0, or -1 with the reason in `message`, so that Python can
+// say in one line why oneDNN is unavailable instead of failing at a convolution's first call.
+extern "C" int OnednnConvProbe(char* message, int capacity) {
+  try {
+    cpu_engine();
+    thread_stream();
+    return 0;
+  } catch (const dnnl::error& e) {
+    std::snprintf(message, capacity, "%s", e.what());
+    return -1;
+  }
+}
+
+// How many primitives the cache holds (one per pass, shape and dtype seen).
+extern "C" int64_t OnednnConvCachedPrimitives() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return static_cast<int64_t>(cache.size());
+}
+
+#define CONV_ATTRS                          \
+  .Attr<int64_t>("stride_h")                \
+      .Attr<int64_t>("stride_w")            \
+      .Attr<int64_t>("pad_top")             \
+      .Attr<int64_t>("pad_bottom")          \
+      .Attr<int64_t>("pad_left")            \
+      .Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() CONV_ATTRS);

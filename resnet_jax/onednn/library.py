@@ -1,0 +1,73 @@
+"""The oneDNN convolution extension (`libonednn_conv.so` beside this file): whether it can be used here, and its
+three XLA FFI targets registered for the CPU. `RESNET_JAX_ONEDNN=0` turns it off (and off the build), so that a
+machine with it built can still run as one without.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import jax
+
+LIBRARY = Path(__file__).with_name("libonednn_conv.so")
+SWITCH = "RESNET_JAX_ONEDNN"
+BUILD_COMMAND = "bash scripts/setup.sh (or: python -m resnet_jax.onednn.build)"
+TARGETS = {
+    "resnet_jax_onednn_conv_forward": "OnednnConvForward",
+    "resnet_jax_onednn_conv_backward_data": "OnednnConvBackwardData",
+    "resnet_jax_onednn_conv_backward_weights": "OnednnConvBackwardWeights",
+}
+
+
+def switched_off() -> bool:
+    return os.environ.get(SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _point_opencl_at_the_venv() -> None:
+    # The PyPI oneDNN is its SYCL build: its CPU engine is SYCL's OpenCL CPU device, whose driver the
+    # intel-opencl-rt wheel puts in the venv's lib/, where the OpenCL loader does not look unless told.
+    driver = Path(sys.prefix) / "lib" / "libintelocl.so"
+    listed = os.environ.get("OCL_ICD_FILENAMES", "")
+    if driver.exists() and str(driver) not in listed.split(":"):
+        os.environ["OCL_ICD_FILENAMES"] = ":".join(filter(None, (str(driver), listed)))
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    _point_opencl_at_the_venv()
+    library = ctypes.CDLL(str(LIBRARY))
+    library.OnednnConvCachedPrimitives.restype = ctypes.c_int64
+    return library
+
+
+@functools.cache
+def unavailable_reason() -> str:
+    """Why the oneDNN convolutions cannot run in this process, or "" when they can (and are registered)."""
+    if switched_off():
+        return f"{SWITCH}={os.environ[SWITCH]} turns oneDNN off"
+    if not LIBRARY.exists():
+        return f"the oneDNN extension is not built ({LIBRARY.name}); build it with {BUILD_COMMAND}"
+    try:
+        library = _library()
+    except (OSError, AttributeError) as error:
+        return f"the oneDNN extension does not load ({error}); rebuild it with {BUILD_COMMAND}"
+    message = ctypes.create_string_buffer(512)
+    if library.OnednnConvProbe(message, len(message)) != 0:
+        return f"oneDNN has no CPU engine here ({message.value.decode(errors='replace')})"
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return ""
+
+
+def cached_primitives() -> int:
+    """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run)."""
+    return int(_library().OnednnConvCachedPrimitives())
+
+
+def available() -> bool:
+    """Whether the oneDNN convolutions can run here: built, loadable, not switched off, with a CPU engine."""
+    return not unavailable_reason()

@@ -1,0 +1,197 @@
+"""oneDNN's convolutions (resnet_jax/onednn/) against XLA's: output and both gradients over strides, paddings,
+kernels, channels and batches, in float32 and bfloat16; the models on either backend; a batch-sharded jit; a run
+resumed on the other backend. Skipped, with the reason, where the extension is not built."""
+
+import functools
+import json
+import subprocess
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import configuration, export, inference, models, onednn
+from resnet_jax.onednn import library
+from tests.conftest import PYTHON, REPO_ROOT, load_config, run_multidevice_probe, subprocess_env, train_command
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason=onednn.unavailable_reason())
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+# (batch, size, in channels, out channels, kernel, stride, padding): every kernel and stride the models use, their
+# explicit pads and flax's strings, channels 1 -> 16 -> 64 -> 512 (the wide ones at small sizes), batches 1 to 128.
+CASES = {
+    "1->16 3x3/1 pad 1": (2, 12, 1, 16, 3, 1, ((1, 1), (1, 1))),
+    "16->16 3x3/1 SAME batch 128": (128, 8, 16, 16, 3, 1, "SAME"),
+    "16->64 3x3/2 pad 1": (4, 9, 16, 64, 3, 2, ((1, 1), (1, 1))),
+    "16->32 3x3/2 SAME (asymmetric)": (3, 8, 16, 32, 3, 2, "SAME"),
+    "64->64 1x1/1 VALID batch 1": (1, 6, 64, 64, 1, 1, "VALID"),
+    "64->128 1x1/2 VALID": (2, 7, 64, 128, 1, 2, "VALID"),
+    "3->16 7x7/2 pad 3": (2, 15, 3, 16, 7, 2, ((3, 3), (3, 3))),
+    "64->512 3x3/1 pad 1": (2, 4, 64, 512, 3, 1, ((1, 1), (1, 1))),
+    "512->512 3x3/2 pad 1": (1, 4, 512, 512, 3, 2, ((1, 1), (1, 1))),
+}
+# Relative to the largest magnitude of XLA's result: float32 to a few ulps of the sum; bfloat16 to its rounding
+# (8 bits of mantissa), against XLA in float32 on the same bfloat16 inputs, since oneDNN accumulates bfloat16 in
+# float32 (XLA's own bfloat16 bias gradient, a bfloat16 sum over the batch, is further off than that).
+TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
+
+
+def xla_conv(x, w, bias, stride, padding):
+    y = jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DIMENSIONS)
+    return y if bias is None else y + bias.astype(y.dtype)
+
+
+def onednn_conv(x, w, bias, stride, padding):
+    return onednn.conv2d(x, w, (stride, stride), padding, bias)
+
+
+def output_and_gradients(conv, x, w, bias, dy, stride, padding):
+    y, pullback = jax.vjp(lambda x, w, bias: conv(x, w, bias, stride, padding), x, w, bias)
+    return y, *pullback(dy)
+
+
+def assert_close_relative(actual, expected, tolerance, floor=1e-6):
+    """Within `tolerance` of the largest magnitude of `expected`, or `floor` for a gradient that is zero but for
+    rounding (a conv bias before BatchNorm)."""
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    chex.assert_shape(actual, expected.shape)
+    assert float(np.max(np.abs(actual - expected))) <= max(tolerance * float(np.max(np.abs(expected))), floor)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_output_and_both_gradients_equal_xla(case, with_bias, dtype):
+    batch, size, cin, cout, kernel, stride, padding = CASES[case]
+    rng = np.random.default_rng(len(case))
+    x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), dtype)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)) / np.sqrt(kernel * kernel * cin), dtype)
+    bias = jnp.asarray(rng.standard_normal(cout), dtype) if with_bias else None
+    y_shape = jax.eval_shape(lambda: xla_conv(x, w, bias, stride, padding)).shape
+    dy = jnp.asarray(rng.standard_normal(y_shape), dtype)
+    in_float32 = jax.tree.map(lambda array: array.astype(jnp.float32), (x, w, bias, dy))
+    run = jax.jit(output_and_gradients, static_argnums=(0, 5, 6))
+    expected = run(xla_conv, *in_float32, stride, padding)
+    actual = run(onednn_conv, x, w, bias, dy, stride, padding)
+    for a, e in zip(actual, expected, strict=True):
+        if e is not None:  # the bias gradient of a conv without one
+            assert a.dtype == dtype
+            assert_close_relative(a, e, TOLERANCE[dtype])
+
+
+def test_the_lax_drop_in_runs_on_onednn_only_what_onednn_takes():
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
+    lowered = jax.jit(lambda x, w: onednn.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DIMENSIONS))
+    assert "resnet_jax_onednn_conv_forward" in lowered.lower(x, w).as_text()
+    dilated = jax.jit(
+        lambda x, w: onednn.conv_general_dilated(
+            x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DIMENSIONS
+        )
+    )
+    assert "resnet_jax_onednn_conv" not in dilated.lower(x, w).as_text()
+    expected = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DIMENSIONS)
+    chex.assert_trees_all_close(dilated(x, w), expected)
+    nchw = jax.jit(lambda x, w: onednn.conv_general_dilated(x, w, (1, 1), "SAME"))
+    assert "resnet_jax_onednn_conv" not in nchw.lower(jnp.ones((2, 4, 8, 8)), jnp.ones((8, 4, 3, 3))).as_text()
+
+
+def test_primitives_are_built_once_per_pass_and_shape():
+    x, w = jnp.ones((3, 5, 5, 7)), jnp.ones((3, 3, 7, 6))
+    gradient = jax.jit(jax.grad(lambda x, w: jnp.sum(onednn.conv2d(x, w, (1, 1), "SAME") ** 2), (0, 1)))
+    grads = lambda x, w: jax.block_until_ready(gradient(x, w))  # noqa: E731  (the count is read after the run)
+    before = library.cached_primitives()
+    first = grads(x, w)
+    assert library.cached_primitives() == before + 3  # forward, backward-data, backward-weights
+    second = grads(x * 2, w)
+    assert library.cached_primitives() == before + 3
+    chex.assert_trees_all_close(second[1], first[1] * 4)
+    grads(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert library.cached_primitives() == before + 6
+
+
+# The CIFAR family (option A), conv biases and 1x1 projections (the seed's net), the 7x7/2 ImageNet stem.
+MODELS = {
+    "resnet8_tiny": {},
+    "seed_resnet": {},
+    "resnet8_tiny imagenet stem, shortcut B": {"stem": "imagenet", "shortcut": "B"},
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_model_on_onednn_has_xla_s_parameters_outputs_and_gradients(name):
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 3)), jnp.float32)
+    on_xla = models.get_model(name.split()[0], conv_backend="xla", **MODELS[name])
+    on_onednn = models.get_model(name.split()[0], conv_backend="onednn", **MODELS[name])
+    variables = on_xla.init(jax.random.key(0), images, train=False)
+    chex.assert_trees_all_equal_shapes_and_dtypes(variables, on_onednn.init(jax.random.key(0), images, train=False))
+
+    def loss(model, params):
+        logits, _ = model.apply({**variables, "params": params}, images, mutable=["batch_stats"])
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    (_, expected), expected_grads = jax.value_and_grad(lambda p: loss(on_xla, p), has_aux=True)(variables["params"])
+    (_, actual), actual_grads = jax.value_and_grad(lambda p: loss(on_onednn, p), has_aux=True)(variables["params"])
+    chex.assert_trees_all_close(actual, expected, rtol=1e-4, atol=1e-5)
+    # Each gradient to a part in a thousand of its largest entry: a few float32 ulps per layer, grown through the
+    # training-mode BatchNorms of a few-pixel batch.
+    jax.tree.map(functools.partial(assert_close_relative, tolerance=1e-3), actual_grads, expected_grads)
+
+
+def test_auto_picks_onednn_on_this_cpu_and_the_export_keeps_xla_s_convolution():
+    config = load_config("smoke")
+    model = models.build_model(config.model, 10)
+    assert model.conv_backend == "onednn"
+    assert models.build_model(load_config("smoke", **{"model.conv_backend": "xla"}).model, 10).conv_backend == "xla"
+
+
+def test_a_backend_that_cannot_run_is_refused_in_one_line(monkeypatch):
+    config = load_config("smoke", **{"model.conv_backend": "onednn"})
+    monkeypatch.setattr(library, "unavailable_reason", lambda: "the oneDNN extension is not built; build it with X")
+    with pytest.raises(configuration.ConfigError, match=r"model.conv_backend='onednn' cannot run: .* build it with"):
+        models.check_config(config.model)
+    assert models.build_model(load_config("smoke").model, 10).conv_backend == "xla"
+
+
+def test_the_switch_turns_it_off_in_a_child_process():
+    code = "from resnet_jax import onednn; print(onednn.unavailable_reason())"
+    done = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env(RESNET_JAX_ONEDNN="0")
+    )
+    assert done.stdout.strip() == "RESNET_JAX_ONEDNN=0 turns oneDNN off"
+
+
+@pytest.fixture(scope="module")
+def sharded() -> dict:
+    return run_multidevice_probe("tests.onednn_sharding_probe")
+
+
+def test_a_batch_sharded_jit_runs_each_shard_on_onednn_without_gathering(sharded):
+    assert sharded["devices"] == 8
+    # Forward, backward-data and backward-weights, each on a shard of 2 of the 16 images.
+    assert sharded["onednn"]["custom_call_batches"] == [2, 2, 2]
+    assert sharded["onednn"]["all_gathers"] == 0
+    assert sharded["onednn"]["dx_batch_axes"] == sharded["xla"]["dx_batch_axes"]
+    np.testing.assert_allclose(sharded["onednn"]["value"], sharded["xla"]["value"], rtol=1e-5)
+    for actual, expected in zip(sharded["onednn"]["grads"], sharded["xla"]["grads"], strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_the_other_backend_and_exports_xla_s_convolution(tmp_path):
+    workdir = tmp_path / "run"
+    for backend, epochs in (("xla", 1), ("onednn", 2)):
+        command = train_command(workdir, "smoke", f"model.conv_backend={backend}", f"train.num_epochs={epochs}")
+        subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT, env=subprocess_env())
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in records if "test_accuracy" in record] == [1, 2]
+    run = inference.restore_run(workdir)
+    assert run.config.model.conv_backend == "onednn"
+    assert run.experiment.model.conv_backend == "onednn"
+    exported = export.export_run(run, platforms=("cpu",))
+    assert "resnet_jax_onednn_conv" not in exported.mlir_module()
+    images = np.zeros((3, *run.input_shape), np.uint8)
+    chex.assert_trees_all_close(
+        exported.call(images), jax.jit(inference.make_logits_fn(run))(images), rtol=1e-4, atol=1e-5
+    )
