@@ -16,7 +16,7 @@ CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 # The Fashion-MNIST recipes build only where Debian's files are (scripts/setup.sh installs them), the CIFAR-10
 # (JPEG) one where ../shared is.
 NEEDS = {"fashion_mnist": needs_fashion_files, "fashion_mnist_long": needs_fashion_files}
-NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = needs_cifar10_jpeg
+NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = NEEDS["degradation_cpu"] = needs_cifar10_jpeg
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=NEEDS.get(name, ())) for name in CONFIGS])

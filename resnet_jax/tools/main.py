@@ -20,6 +20,7 @@ COMMANDS = {
     "models": ("resnet_jax.tools.models", "list the model zoo, or summarise one model"),
     "compare": ("resnet_jax.tools.compare", "compare architectures: cost, speed, memory and accuracy"),
     "sweep": ("resnet_jax.tools.sweep", "a hyper-parameter grid or Optuna search of training runs"),
+    "degradation": ("resnet_jax.tools.degradation", "He et al.'s degradation experiment: plain against residual nets"),
     "data": ("resnet_jax.tools.data", "describe, download or prepare a dataset"),
     "convert": ("resnet_jax.tools.convert", "convert PyTorch weights into a run, or a run's weights into PyTorch's"),
     "features": ("resnet_jax.tools.features", "write a split's embeddings (pooled or per-stage features) and labels"),

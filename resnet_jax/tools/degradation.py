@@ -1,0 +1,236 @@
+"""He et al.'s degradation experiment (2015, Figure 6) as one command: plain and residual CIFAR networks of two
+depths, trained alike with several seeds (a grid sweep over `model.name`), their train and validation error curves
+drawn in DIR/degradation.png and their final errors tabled in DIR/degradation.md.
+
+  resnet-jax degradation --config configs/degradation_cpu.py --workdir runs/degradation --seeds 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+from resnet_jax import configuration, data, experiment, metrics, models, runtime, trainer
+from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.configuration import ConfigError
+from resnet_jax.data import DataError
+from resnet_jax.tools import common
+from resnet_jax.tools.sweep import run, spec
+
+PLOT_FILE = "degradation.png"
+TABLE_FILE = "degradation.md"
+FAMILIES = ("plain", "resnet")
+FAMILY_TITLES = {"plain": "plain networks", "resnet": "ResNets"}
+# Figure 6's convention: thin dashed lines the training error, bold lines the held-out error.
+CURVES = (
+    ("train_accuracy", {"lw": 1, "ls": "--", "alpha": 0.8}, "train"),
+    (trainer.VALIDATION_ACCURACY, {"lw": 2.2, "marker": "o", "ms": 3}, "validation"),
+)
+
+
+def _parser() -> common.ArgumentParser:
+    parser = common.parser("degradation", __doc__)
+    common.add_config_argument(parser)
+    parser.add_argument("--workdir", required=True, help="the experiment's folder: its sweep, runs, PNG and table")
+    parser.add_argument("--depths", default="20,56", help="comma-separated CIFAR depths (6n+2), shallow first")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per network (seed, seed+1, ...)")
+    return parser
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    """`20,56` -> (20, 56); refuses what is not two or more increasing CIFAR depths the zoo has for both families."""
+    try:
+        depths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--depths={text!r} must be comma-separated whole numbers, e.g. 20,56") from None
+    if len(depths) < 2 or list(depths) != sorted(set(depths)):
+        raise ConfigError(f"--depths={text!r} must give two or more different depths, shallow first, e.g. 20,56")
+    names = [f"{family}{depth}" for depth in depths for family in FAMILIES]
+    missing = [name for name in names if name not in models.MODEL_REGISTRY]
+    if missing:
+        raise ConfigError(f"--depths={text!r}: the zoo has no {missing[0]}; the CIFAR depths are 20, 32, 44, 56, 110")
+    return depths
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """One network of the experiment: its runs (one per seed), their curves and their final errors."""
+
+    name: str
+    family: str
+    depth: int
+    params: int
+    run_dirs: tuple[Path, ...]
+
+    def records(self) -> list[list[dict]]:
+        return [metrics.read_metrics(run_dir) for run_dir in self.run_dirs if (run_dir / metrics.METRICS_FILE).exists()]
+
+    def final_errors(self) -> dict[str, common.Spread | None]:
+        """Train error (the last logged window, augmented images), validation and test error at the end."""
+        finals: dict[str, list[float | None]] = {"train": [], data.VALIDATION: [], "test": []}
+        for records in self.records():
+            for split in finals:
+                accuracy = _last(records, f"{split}_accuracy")
+                finals[split].append(None if accuracy is None else 1.0 - accuracy)
+        return {key: common.Spread.of(values) for key, values in finals.items()}
+
+
+def _last(records: Sequence[dict], key: str) -> float | None:
+    values = [record[key] for record in records if record.get(key) is not None]
+    return values[-1] if values else None
+
+
+def _curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[float], list[common.Spread]]:
+    """The error `1 - key` at each epoch every run logged it, and its spread over the runs."""
+    by_epoch: dict[float, list[float]] = {}
+    for records in runs:
+        for record in records:
+            if record.get(key) is not None:
+                by_epoch.setdefault(round(record["epoch"], 4), []).append(1.0 - record[key])
+    epochs = [epoch for epoch, values in sorted(by_epoch.items()) if len(values) == len(runs)]
+    return epochs, [common.Spread.of(by_epoch[epoch]) for epoch in epochs]
+
+
+def networks(config: ml_collections.ConfigDict, workdir: Path, depths: Sequence[int], seeds: int) -> list[Network]:
+    """Every network of the experiment, with its parameter count and its runs' folders."""
+    found = []
+    for family in FAMILIES:
+        for depth in depths:
+            name = f"{family}{depth}"
+            built = experiment.build(configuration.apply_overrides(config, {"model.name": name}))
+            params = models.count_params(models.init_shapes(built.model, built.input_shape)["params"])
+            trial_dir = workdir / run.TRIALS_DIR / run.trial_name({"model.name": name})
+            run_dirs = tuple(path for _, path in run.seed_runs(trial_dir, seeds, config.seed))
+            found.append(Network(name, family, depth, params, run_dirs))
+    return found
+
+
+def plot(path: Path, nets: Sequence[Network], title: str) -> Path:
+    """Figure 6's layout: one panel per family, error against epochs, a colour per depth; thin dashed lines the
+    train error, bold lines the validation error (the mean over seeds, the band their min-max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(FAMILIES), figsize=(11, 4.2), sharey=True, constrained_layout=True)
+    for axis, family in zip(axes, FAMILIES, strict=True):
+        members = [net for net in nets if net.family == family]
+        for colour, net in zip(("C0", "C3", "C2", "C1", "C4"), members, strict=False):
+            runs = net.records()
+            label = f"{family}-{net.depth}" if family == "plain" else f"ResNet-{net.depth}"
+            for key, style, suffix in CURVES:
+                epochs, spreads = _curve(runs, key)
+                if not epochs:
+                    continue
+                means = [100 * spread.mean for spread in spreads]
+                axis.plot(epochs, means, color=colour, label=f"{label} {suffix}", **style)
+                if len(runs) > 1:
+                    axis.fill_between(
+                        epochs,
+                        [100 * s.low for s in spreads],
+                        [100 * s.high for s in spreads],
+                        color=colour,
+                        alpha=0.12,
+                        lw=0,
+                    )
+        axis.set_title(FAMILY_TITLES[family])
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _error_cell(spread: common.Spread | None) -> str:
+    if spread is None:
+        return ""
+    if spread.sd is None:
+        return f"{100 * spread.mean:.2f}"
+    return f"{100 * spread.mean:.2f} ± {100 * spread.sd:.2f} ({100 * spread.low:.2f}-{100 * spread.high:.2f})"
+
+
+def ordering(nets: Sequence[Network]) -> list[str]:
+    """Whether He's ordering holds on validation error: deeper plain nets worse, deeper ResNets better."""
+    lines = []
+    for family, deeper_is in (("plain", "worse"), ("resnet", "better")):
+        members = [net for net in nets if net.family == family]
+        errors = [net.final_errors()[data.VALIDATION] for net in members]
+        if any(error is None for error in errors):
+            lines.append(f"- {FAMILY_TITLES[family]}: not every network has a validation error yet")
+            continue
+        means = [error.mean for error in errors]
+        pairs = list(itertools.pairwise(means))
+        holds = all(b > a for a, b in pairs) if deeper_is == "worse" else all(b < a for a, b in pairs)
+        figures = " → ".join(f"{net.name} {100 * m:.2f}%" for net, m in zip(members, means, strict=True))
+        verdict = "holds" if holds else "does NOT hold"
+        lines.append(f"- {FAMILY_TITLES[family]} (deeper should be {deeper_is}): {figures}; He's ordering {verdict}")
+    return lines
+
+
+def table(nets: Sequence[Network], seeds: int) -> str:
+    """DIR/degradation.md: each network's parameters and final errors (%, mean ± sd (min-max) over seeds)."""
+    lines = [
+        "| network | depth | parameters | train error % | validation error % | test error % | seeds |",
+        "|---|---:|---:|---|---|---|---:|",
+    ]
+    for net in nets:
+        errors = net.final_errors()
+        done = errors["test"].runs if errors["test"] else 0
+        lines.append(
+            f"| {net.name} | {net.depth} | {net.params:,} | {_error_cell(errors['train'])} | "
+            f"{_error_cell(errors[data.VALIDATION])} | {_error_cell(errors['test'])} | {done} of {seeds} |"
+        )
+    notes = [
+        "",
+        "Train error: the last logged window of training (augmented images); validation: the split held out of",
+        "train, on which anything would be chosen; test: reported only.",
+        "",
+        *ordering(nets),
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, config = common.parse_with_config(_parser(), argv)
+    try:
+        depths = parse_depths(args.depths)
+        names = ",".join(f"{family}{depth}" for family in FAMILIES for depth in depths)
+        config = run.with_validation(config)
+        sweep = spec.make_spec(config, [f"model.name={names}"], [], seeds=args.seeds)
+    except (ConfigError, DataError) as error:
+        common.fail(error)
+    runtime.setup_logging()
+    runtime.use_compile_cache()
+    workdir = Path(args.workdir)
+    try:
+        run.run_sweep(config, workdir, sweep)
+    except (ConfigError, DataError) as error:
+        common.fail(error)
+    except CheckpointError as error:
+        print(f"degradation stopped: {error}", file=sys.stderr)
+        return 1
+    except trainer.Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", flush=True)
+        return 130
+    nets = networks(config, workdir, depths, args.seeds)
+    dataset = Path(config.data.files_dir).name if config.data.dataset == data.FOLDER else config.data.dataset
+    size = config.data.image_size
+    title = f"plain against residual networks: {dataset} at {size}x{size}, {common.plural(args.seeds, 'seed')}"
+    plot(workdir / PLOT_FILE, nets, title)
+    text = table(nets, args.seeds)
+    (workdir / TABLE_FILE).write_text(text)
+    print(text, flush=True)
+    print(f"wrote {workdir / PLOT_FILE} and {workdir / TABLE_FILE}", flush=True)
+    return 0
