@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
-from resnet_jax import configuration, data, experiment, metrics, models, runtime, trainer
-from resnet_jax.checkpoint import CheckpointError
+from resnet_jax import configuration, data, experiment, metrics, models, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import common
+from resnet_jax.tools import sweep as sweep_tool
 from resnet_jax.tools.sweep import run, spec
 
 PLOT_FILE = "degradation.png"
@@ -208,22 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = spec.make_spec(config, [f"model.name={names}"], [], seeds=args.seeds)
     except (ConfigError, DataError) as error:
         common.fail(error)
-    runtime.setup_logging()
-    runtime.use_compile_cache()
     workdir = Path(args.workdir)
-    try:
-        run.run_sweep(config, workdir, sweep)
-    except (ConfigError, DataError) as error:
-        common.fail(error)
-    except CheckpointError as error:
-        print(f"degradation stopped: {error}", file=sys.stderr)
-        return 1
-    except trainer.Preempted as stop:
-        print(f"pre-empted: {stop}", flush=True)
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted; run the same command to resume", flush=True)
-        return 130
+    status = sweep_tool.run_as_a_tool(config, str(workdir), sweep, top=len(FAMILIES) * len(depths), name="degradation")
+    if isinstance(status, int):
+        return status
     nets = networks(config, workdir, depths, args.seeds)
     dataset = Path(config.data.files_dir).name if config.data.dataset == data.FOLDER else config.data.dataset
     size = config.data.image_size

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
+
 from resnet_jax import runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
@@ -66,6 +68,28 @@ def _parser() -> common.ArgumentParser:
     return parser
 
 
+def run_as_a_tool(
+    config: ml_collections.ConfigDict, workdir: str, sweep: spec.SweepSpec, top: int, name: str
+) -> list[report.TrialResult] | int:
+    """`run.run_sweep` as a command runs it: bad input ends in one line; a checkpoint error, a pre-emption or an
+    interrupt give the exit status to end with (the same command resumes)."""
+    runtime.setup_logging()
+    runtime.use_compile_cache()
+    try:
+        return run.run_sweep(config, workdir, sweep, top)
+    except (ConfigError, DataError) as error:
+        common.fail(error)
+    except CheckpointError as error:
+        print(f"{name} stopped: {error}", file=sys.stderr)
+        return 1
+    except trainer.Preempted as stop:
+        print(f"pre-empted: {stop}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", flush=True)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, config = common.parse_with_config(_parser(), argv)
     try:
@@ -75,21 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ConfigError, DataError) as error:
         common.fail(error)
-    runtime.setup_logging()
-    runtime.use_compile_cache()
-    try:
-        results = run.run_sweep(config, args.workdir, sweep, args.top)
-    except (ConfigError, DataError) as error:
-        common.fail(error)
-    except CheckpointError as error:
-        print(f"sweep stopped: {error}", file=sys.stderr)
-        return 1
-    except trainer.Preempted as stop:
-        print(f"pre-empted: {stop}", flush=True)
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted; run the same command to resume", flush=True)
-        return 130
+    results = run_as_a_tool(config, args.workdir, sweep, args.top, "sweep")
+    if isinstance(results, int):
+        return results
     done = sum(result.state != "failed" for result in results)
     print(
         f"done: {done} of {common.plural(len(results), 'trial')} finished; "
