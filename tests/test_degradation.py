@@ -92,3 +92,15 @@ def test_a_tiny_experiment_runs_as_a_user_runs_it(tmp_path, capsys):
     assert table.count("| 2 of 2 |") == 4
     assert (workdir / degradation.PLOT_FILE).stat().st_size > 10_000
     assert "He's ordering" in capsys.readouterr().out
+
+
+def test_the_train_error_weighs_the_last_epochs_windows_by_their_steps():
+    # Two epochs of 4 steps, logged every 3: windows of 3, 3 and 2 steps; the last epoch is steps 5-8.
+    records = [
+        {"step": 3, "epoch": 0.75, "train_accuracy": 0.1},
+        {"step": 4, "epoch": 1.0, "test_accuracy": 0.5},
+        {"step": 6, "epoch": 1.5, "train_accuracy": 0.4},
+        {"step": 8, "epoch": 2.0, "train_accuracy": 1.0},
+    ]
+    assert degradation._last_epoch_train(records) == pytest.approx((0.4 * 3 + 1.0 * 2) / 5)
+    assert degradation._last_epoch_train(records[1:2]) is None

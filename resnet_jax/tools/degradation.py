@@ -70,11 +70,12 @@ class Network:
         return [metrics.read_metrics(run_dir) for run_dir in self.run_dirs if (run_dir / metrics.METRICS_FILE).exists()]
 
     def final_errors(self) -> dict[str, common.Spread | None]:
-        """Train error (the last logged window, augmented images), validation and test error at the end."""
+        """Train error (over the last epoch's logged windows, augmented images), validation and test error at the
+        end."""
         finals: dict[str, list[float | None]] = {"train": [], data.VALIDATION: [], "test": []}
         for records in self.records():
             for split in finals:
-                accuracy = _last(records, f"{split}_accuracy")
+                accuracy = _last_epoch_train(records) if split == "train" else _last(records, f"{split}_accuracy")
                 finals[split].append(None if accuracy is None else 1.0 - accuracy)
         return {key: common.Spread.of(values) for key, values in finals.items()}
 
@@ -82,6 +83,21 @@ class Network:
 def _last(records: Sequence[dict], key: str) -> float | None:
     values = [record[key] for record in records if record.get(key) is not None]
     return values[-1] if values else None
+
+
+def _last_epoch_train(records: Sequence[dict]) -> float | None:
+    """The train accuracy of the last epoch's windows, each weighted by its steps: the run's last window alone can be
+    a single step."""
+    windows = [record for record in records if record.get("train_accuracy") is not None]
+    if not windows:
+        return None
+    steps = [b["step"] - a["step"] for a, b in itertools.pairwise([{"step": 0}, *windows])]
+    last = [
+        (window, count)
+        for window, count in zip(windows, steps, strict=True)
+        if window["epoch"] > windows[-1]["epoch"] - 1
+    ]
+    return sum(window["train_accuracy"] * count for window, count in last) / sum(count for _, count in last)
 
 
 def _curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[float], list[common.Spread]]:
@@ -190,7 +206,7 @@ def table(nets: Sequence[Network], seeds: int) -> str:
         )
     notes = [
         "",
-        "Train error: the last logged window of training (augmented images); validation: the split held out of",
+        "Train error: over the last epoch's logged windows (augmented images); validation: the split held out of",
         "train, on which anything would be chosen; test: reported only.",
         "",
         *ordering(nets),
