@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ def setup_logging() -> None:
     # orbax writes checkpoints in asyncio tasks; after a failed save (a full disk) the tasks it abandoned log the
     # same error again when collected. `Checkpointer.wait` has reported it, once.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # Some of those abandoned writes are coroutines never started: Python warns of each as it exits, after the line.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"coroutine 'async_serialize_from_host\.<locals>\.\w+' was never awaited",
+        category=RuntimeWarning,
+    )
     package_logger = logging.getLogger("resnet_jax")
     if not package_logger.handlers:
         handler = _StderrHandler()
