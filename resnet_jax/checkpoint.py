@@ -10,6 +10,7 @@ import errno
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from orbax.checkpoint import checkpoint_managers
 from resnet_jax import configuration, parallel
 
 # The kept best is chosen on the validation split, never on test: a run without one keeps no best.
+# A failed save's temporary folders: removed up to this many times, this long apart, until they stay gone.
+UNFINISHED_SAVE_REMOVALS = 5
+UNFINISHED_SAVE_SETTLE_SECONDS = 0.2
 BEST_METRIC = "validation_accuracy"
 # What checkpoints of earlier releases recorded (they chose on test); they are kept, and never ranked as best.
 EARLIER_METRIC = "test_accuracy"
@@ -126,10 +130,16 @@ class Checkpointer:
 
     def _remove_unfinished_saves(self) -> None:
         """Deletes the temporary folders of saves that failed (once orbax's writers have stopped): orbax never
-        makes a checkpoint of them."""
-        if jax.process_index() == 0 and self.directory.is_dir():
+        makes a checkpoint of them. Writes it abandoned can still land for a moment after it stops (tensorstore
+        finishes them), so the folders are removed until they stay gone."""
+        if jax.process_index() != 0:
+            return
+        for _ in range(UNFINISHED_SAVE_REMOVALS):
+            if not self.directory.is_dir() or not ocp.path.step.tmp_checkpoints(self.directory):
+                return
             for name in ocp.path.step.tmp_checkpoints(self.directory):
                 shutil.rmtree(self.directory / name, ignore_errors=True)
+            time.sleep(UNFINISHED_SAVE_SETTLE_SECONDS)
 
     def complete_steps(self) -> list[int]:
         """The steps whose checkpoints are complete on disk (orbax gives a save its step's name once it is)."""
