@@ -4,17 +4,22 @@ time each needs to reach 0.90 and 0.92.
 
     python -m benchmarks.seed_reference      # our README recipe (seeds 0, 1, 2), configs/seed_article.py, the seed
     python -m benchmarks.seed_reference --runs seed_torch --epochs 20 --stop-at 1.0    # the seed's whole 20 epochs
+    python -m benchmarks.seed_reference --runs ours,ours_bf16,recipe_torch,recipe_torch_bf16 --our-seeds 0 --stop-at 1
 
 The seed program is the article's code unchanged except for the data: Fashion-MNIST from the Debian files (one input
 channel), on the CPU instead of 'cuda', the article's missing `import torch.nn.functional as F` added, and a test
 pass after each epoch (in eval mode, which the article's final test forgot). Adam at its defaults, batch 128,
 normalisation (0.5, 0.5), no augmentation, 20 epochs. Our runs are `train.py` itself, as a user starts it, timed from
-the command to each evaluation. PyTorch is the optional extra `bench` (`pip install -e '.[bench]'`).
+the command to each evaluation (`ours_bf16`: in bfloat16); `recipe_torch` and `recipe_torch_bf16` are our recipe
+written in PyTorch (`benchmarks/recipe_torch.py`: float32 channels_last, bfloat16 autocast), timed alike from their
+command. PyTorch is the optional extra `bench` (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import signal
 import statistics
@@ -197,6 +202,30 @@ def run_train_py(name: str, config: str, overrides: Sequence[str], stop_at: floa
     return result
 
 
+def run_recipe_torch(name: str, variant: str, config: str, files_dir: str, seed: int, stop_at: float) -> dict[str, Any]:
+    """`benchmarks/recipe_torch.py` as its own command, timed from the command's start to each of its epoch lines;
+    stopped once an evaluation reaches `stop_at`."""
+    command = [sys.executable, "-m", "benchmarks.recipe_torch", "--variant", variant, "--config", config]
+    command += ["--files-dir", files_dir, "--seed", str(seed)]
+    print(f"[{name}] {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    records = []
+    for line in process.stdout:
+        record = {**json.loads(line), "seconds": time.perf_counter() - start}
+        records.append(record)
+        print(f"[{name}] {record}", flush=True)
+        if record["test_accuracy"] >= stop_at:
+            process.terminate()
+            break
+    process.wait()
+    result = {"records": records, "wall_seconds": time.perf_counter() - start}
+    if process.returncode and not (records and records[-1]["test_accuracy"] >= stop_at):
+        result["error"] = f"recipe_torch exited with status {process.returncode}"
+        print(f"[{name}] {result['error']}", flush=True)
+    return result
+
+
 def seconds_to(records: Sequence[dict[str, Any]], target: float) -> float | None:
     return next((record["seconds"] for record in records if record["test_accuracy"] >= target), None)
 
@@ -231,9 +260,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"--config.seed={args.seed}",
     ]
 
-    def ours(seed: int) -> dict[str, Any]:
-        overrides = [f"--config.data.files_dir={files_dir}", f"--config.seed={seed}"]
-        return run_train_py(f"ours seed {seed}", args.config, overrides, args.stop_at)
+    def ours(name: str, seed: int, dtype: str) -> dict[str, Any]:
+        overrides = [f"--config.data.files_dir={files_dir}", f"--config.seed={seed}", f"--config.model.dtype={dtype}"]
+        return run_train_py(f"{name} seed {seed}", args.config, overrides, args.stop_at)
 
     def seed_torch() -> dict[str, Any]:
         records = run_seed_program(files_dir, args.epochs, args.stop_at, args.seed)
@@ -244,16 +273,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seed_article_jax", "configs/seed_article.py", seed_article_overrides, args.stop_at
         ),
         "seed_torch": seed_torch,
+        **{
+            name: functools.partial(run_recipe_torch, name, variant, args.config, files_dir, args.seed, args.stop_at)
+            for name, variant in (("recipe_torch", "channels_last"), ("recipe_torch_bf16", "bf16_autocast"))
+        },
     }
+    our_dtypes = {"ours": "float32", "ours_bf16": "bfloat16"}
     names = common.parse_list(args.runs)
-    unknown = set(names) - {"ours", *runners}
+    unknown = set(names) - {*our_dtypes, *runners}
     if unknown:
-        parser.error(f"unknown runs {sorted(unknown)}; choose from ours, {', '.join(runners)}")
+        parser.error(f"unknown runs {sorted(unknown)}; choose from {', '.join([*our_dtypes, *runners])}")
     env = common.environment()
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        if name == "ours":
-            results.update({f"ours seed {seed}": ours(seed) for seed in common.parse_list(args.our_seeds, int)})
+        if name in our_dtypes:
+            for seed in common.parse_list(args.our_seeds, int):
+                results[f"{name} seed {seed}"] = ours(name, seed, our_dtypes[name])
         else:
             results[name] = runners[name]()
 
@@ -280,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     headers = ("run", *(f"seconds to {t:.2f}" for t in TARGETS), "last test accuracy", "evaluations", "wall s")
     print(common.markdown_table(headers, summary))
-    our_runs = [result for name, result in results.items() if name.startswith("ours")]
+    our_runs = [result for name, result in results.items() if name.startswith("ours seed")]
     if our_runs:
         median_to_target = _median_or_none([seconds_to(run["records"], TARGETS[0]) for run in our_runs])
         median_wall = statistics.median(run["wall_seconds"] for run in our_runs)

@@ -61,7 +61,7 @@ def import_torch() -> Any:
 # The networks.
 
 
-def build_torch_resnet(spec: models.ResNet) -> Any:
+def build_torch_resnet(spec: models.ResNet, in_channels: int = 3) -> Any:
     """A PyTorch network computing the same function as the Flax `spec`: the seed article's BasicBlock
     (conv-BN-ReLU-conv-BN, plus shortcut, ReLU), its CIFAR stem and head, with He et al.'s option-A shortcut where
     `spec` asks for it. Module names follow the Flax parameter names, so that weights can be copied across."""
@@ -105,7 +105,7 @@ def build_torch_resnet(spec: models.ResNet) -> Any:
         def __init__(self):
             super().__init__()
             stem_width = spec.stem_width or spec.widths[0]
-            self.stem_conv = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
+            self.stem_conv = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
             self.stem_bn = norm(stem_width)
             self.block_names = []
             in_features = stem_width
@@ -146,12 +146,19 @@ def copy_flax_variables(net: Any, variables: dict[str, Any]) -> None:
         raise SystemExit(f"weights do not map between Flax and PyTorch: missing {missing}, unexpected {unexpected}")
 
 
-def _sgd(torch: Any, net: Any, learning_rate: float = 0.1) -> Any:
-    """SGD with momentum 0.9 and L2 weight decay on conv and dense kernels only, as `optim.make_optimizer`."""
+def sgd(
+    torch: Any,
+    net: Any,
+    learning_rate: float = 0.1,
+    weight_decay: float = WEIGHT_DECAY,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> Any:
+    """SGD with momentum and L2 weight decay on conv and dense kernels only, as `optim.make_optimizer`."""
     decay = [p for name, p in net.named_parameters() if name.endswith("weight") and p.ndim > 1]
     rest = [p for name, p in net.named_parameters() if not (name.endswith("weight") and p.ndim > 1)]
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=learning_rate, momentum=0.9)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ def check_equivalence(name: str, device: str, batch: int = 16) -> dict[str, Any]
         net = net.to(device).train()
         x = torch.from_numpy(np.array(inputs)).permute(0, 3, 1, 2).contiguous().to(device)
         y = torch.from_numpy(np.array(labels)).long().to(device)
-        optimizer = _sgd(torch, net)
+        optimizer = sgd(torch, net)
         torch_logits = net(x)
         torch_before = torch.nn.functional.cross_entropy(torch_logits, y)
         optimizer.zero_grad()
@@ -262,7 +269,7 @@ class TorchTrainLoop:
         if variant.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net, self.variant, self.device, self.batch = net, variant, device, batch
-        self.optimizer = _sgd(torch, net)
+        self.optimizer = sgd(torch, net)
         self.images = torch.from_numpy(arrays.images).to(device)
         self.labels = torch.from_numpy(arrays.labels).long().to(device)
         info = data.get_dataset_info("cifar10")

@@ -1,6 +1,7 @@
 """Mixup and CutMix (timm's batch mode): what a mixed batch holds, its lambda's distribution and its soft targets,
 and the train step that mixes: it learns, never retraces, composes with EMA, the linear probe and the non-finite
-policy, and with mixing off or never drawn it is the unmixed step to the bit."""
+policy, and with mixing off or never drawn it is the unmixed step, to rounding (the two are different programs,
+whose reductions XLA may fuse in another order)."""
 
 import dataclasses
 
@@ -173,7 +174,7 @@ def test_a_mixing_step_learns_the_task_without_retracing():
 
 
 @pytest.mark.parametrize("probe", [False, True], ids=["train", "linear probe with EMA and smoothing"])
-def test_mixing_off_or_never_drawn_is_the_unmixed_step_to_the_bit(probe):
+def test_mixing_off_or_never_drawn_is_the_unmixed_step(probe):
     base = step_config(crop_padding=2)
     if probe:
         base = dataclasses.replace(base, frozen_statistics=True, ema_decay=0.9, label_smoothing=0.1)
@@ -183,11 +184,14 @@ def test_mixing_off_or_never_drawn_is_the_unmixed_step_to_the_bit(probe):
     drawn = dataclasses.replace(never, augmentation=dataclasses.replace(never.augmentation, mix_prob=1.0))
     off_state, off_metrics = run(base, 3)
     never_state, never_metrics = run(never, 3)
-    chex.assert_trees_all_equal(never_state.checkpoint_tree(), off_state.checkpoint_tree())
-    chex.assert_trees_all_equal(never_metrics, off_metrics)
-    # Drawn, the same mixing changes the step: the equality above is not of two steps that ignore it.
+    # Per example the never-drawn loss is the unmixed one to the bit, but a batch's sum may be reduced in another
+    # order (seen: loss_sum 1 ulp apart under XLA on an AMD EPYC): equal to rounding.
+    chex.assert_trees_all_close(never_state.checkpoint_tree(), off_state.checkpoint_tree(), **REASSOCIATION)
+    chex.assert_trees_all_close(never_metrics, off_metrics, **REASSOCIATION)
+    # Drawn, the same mixing changes the step: the agreement above is not of two steps that ignore it.
     drawn_state, _ = run(drawn, 3)
-    assert not np.array_equal(drawn_state.params["head"]["kernel"], off_state.params["head"]["kernel"])
+    head, off_head = drawn_state.params["head"]["kernel"], off_state.params["head"]["kernel"]
+    assert not np.allclose(head, off_head, **REASSOCIATION)
     if probe:
         chex.assert_trees_all_equal(drawn_state.batch_stats, off_state.batch_stats)  # the probe keeps statistics
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, metrics
-from tests.conftest import REASSOCIATION, REPO_ROOT, assert_eval_records_close, subprocess_env, train_command
+from tests.conftest import REPO_ROOT, assert_eval_records_close, subprocess_env, train_command
 
 
 def free_port() -> int:
@@ -66,9 +66,20 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
         capture_output=True,
     )
 
-    # Same devices and batches, but the gradients' all-reduce runs through gloo: equal up to reassociation.
-    for a, b in zip(jax.tree.leaves(params_at(two_hosts, 16)), jax.tree.leaves(params_at(one_host, 16)), strict=True):
-        np.testing.assert_allclose(a, b, **REASSOCIATION)
+    # Same devices and batches, but the gradients' all-reduce runs through gloo: apart by reassociation only, which
+    # training then amplifies step by step (1e-3 relative after 16 steps on an AMD EPYC). So the two runs must agree
+    # to 1% of how far each weight moved over the second epoch; a process training on its own shard alone, or
+    # skipping the all-reduce, misses that by far.
+    second_epoch = zip(
+        jax.tree.leaves(params_at(two_hosts, 8)),
+        jax.tree.leaves(params_at(two_hosts, 16)),
+        jax.tree.leaves(params_at(one_host, 16)),
+        strict=True,
+    )
+    for start, two_processes, one_process in second_epoch:
+        moved = np.linalg.norm(two_processes - start)
+        assert moved > 0
+        assert np.linalg.norm(two_processes - one_process) <= 1e-2 * moved
     # One metrics file and one set of checkpoints, written once (by process 0 and by orbax).
     evals = [r for r in metrics.read_metrics(two_hosts) if "test_accuracy" in r]
     assert [r["step"] for r in evals] == [8, 16]
