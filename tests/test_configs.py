@@ -15,7 +15,7 @@ CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 
 # The Fashion-MNIST recipes build only where Debian's files are (scripts/setup.sh installs them), the CIFAR-10
 # (JPEG) one where ../shared is.
-NEEDS = {"fashion_mnist": needs_fashion_files, "fashion_mnist_long": needs_fashion_files}
+NEEDS = {name: needs_fashion_files for name in ("fashion_mnist", "fashion_mnist_long", "fashion_mnist_depth")}
 NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = NEEDS["degradation_cpu"] = needs_cifar10_jpeg
 
 
