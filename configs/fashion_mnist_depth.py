@@ -10,24 +10,17 @@ The ImageNet stem brings 28x28 down to 7x7 before the first stage, so each netwo
 here; the zoo's CIFAR-stem `resnet18` keeps 28x28 in its first stage and costs 13 times as much.
 """
 
-from resnet_jax.experiment import base_config
+from pathlib import Path
+
+from resnet_jax.configuration import load_config_file
+
+FIRST_RUN = Path(__file__).with_name("fashion_mnist.py")
 
 
 def get_config():
-    config = base_config()
+    config = load_config_file(str(FIRST_RUN))
     config.model.name = "resnet18_imagenet"
     config.model.dtype = "bfloat16"
-    config.data.dataset = "fashion_mnist"
-    config.data.source = "files"
-    config.data.files_dir = "/usr/share/datasets/fashion-mnist"
-    config.data.image_size = 0  # the native 28x28
     config.data.validation_size = 5000
-    config.train.num_steps = 0
     config.train.num_epochs = 2
-    config.train.label_smoothing = 0.1
-    config.optimizer.learning_rate = 0.2
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 5e-4
-    config.schedule.name = "onecycle"
-    config.schedule.pct_start = 0.25
     return config
