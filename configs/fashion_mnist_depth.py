@@ -7,8 +7,8 @@ alike: the README's first-run recipe (one-cycle Nesterov SGD at 0.2, label smoot
       --grid model.name=resnet18_imagenet,resnet34_imagenet --seeds 3
 
 The ImageNet stem brings 28x28 down to 7x7 before the first stage: a forward pass costs 0.036 GFLOPs (ResNet-18)
-and 0.073 (ResNet-34, about what ResNet-20 costs at 32x32); the zoo's CIFAR-stem `resnet18` keeps 28x28 through its first
-stage and costs 0.77, 21 times as much.
+and 0.073 (ResNet-34, about what ResNet-20 costs at 32x32); the zoo's CIFAR-stem `resnet18` keeps 28x28 through its
+first stage and costs 0.77, 21 times as much.
 """
 
 from pathlib import Path
