@@ -84,6 +84,7 @@ def measurement_config(
     config.data.source = "synthetic"
     config.data.synthetic_train_examples = batch * steps
     config.data.synthetic_test_examples = batch
+    config.data.validation_size = 0.0  # a run's held-out count could exceed the few timed batches
     config.train.batch_size = batch
     config.train.num_steps = steps
     config.train.steps_per_call = steps
