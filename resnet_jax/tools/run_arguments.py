@@ -26,7 +26,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=checkpoint_argument,
         default="latest",
-        help="latest (default), best (the highest test accuracy the run recorded) or a step number",
+        help="latest (default), best (the highest validation accuracy the run recorded) or a step number",
     )
     parser.add_argument(
         "--tta",
