@@ -181,6 +181,7 @@ class JaxTrainLoop:
     compiler_options: dict[str, Any] | None = None  # over the train program's own (or XLA's, with xla_defaults)
     xla_defaults: bool = False  # XLA's own options instead of the train program's tuned ones
     conv_backend: str = "xla"  # model.conv_backend: "onednn" runs the convolutions on oneDNN (resnet_jax/onednn/)
+    norm_backend: str = "xla"  # model.norm_backend: "onednn" runs training-mode BatchNorm + ReLU on oneDNN
     dataset: str = "cifar10"
     image_size: int = 32
     gradient_flow: bool = True  # train.gradient_flow: the per-stage gradient norms and output spreads
@@ -192,6 +193,7 @@ class JaxTrainLoop:
         )
         config.train.gradient_flow = self.gradient_flow
         config.model.conv_backend = self.conv_backend
+        config.model.norm_backend = self.norm_backend
         self.experiment = experiment.build(config)
         self.program = self.experiment.make_train_program(
             scan=self.scan, compiler_options={} if self.xla_defaults else None
@@ -360,20 +362,31 @@ def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
 
 
 def jax_runner(spec: str, model: str, batch: int, steps_per_call: int, examples: int) -> JaxTrainLoop:
-    """A JAX runner from `DTYPE[+onednn][+xla_defaults][+scan][+no_scan][+OPTION=VALUE ...]`: the train program in
-    that dtype, with its convolutions on oneDNN (else XLA's), optionally compiled with XLA's default options instead
+    """A JAX runner from `DTYPE[+onednn|+onednn_conv][+xla_defaults][+scan][+no_scan][+OPTION=VALUE ...]`: the train
+    program in that dtype, with its convolutions and BatchNorms on oneDNN (`onednn_conv`: its convolutions only; else
+    XLA's), optionally compiled with XLA's default options instead
     of the train program's, with the scan forced on or off, or with XLA compiler options on top
     (`float32+xla_cpu_prefer_vector_width=512`)."""
     dtype, *flags = spec.split("+")
     options = {key: _option_value(value) for key, _, value in (flag.partition("=") for flag in flags if "=" in flag)}
     flags = [flag for flag in flags if "=" not in flag]
-    unknown = set(flags) - {"onednn", "xla_defaults", "scan", "no_scan"}
+    unknown = set(flags) - {"onednn", "onednn_conv", "xla_defaults", "scan", "no_scan"}
     if unknown:
         raise ValueError(f"unknown JAX runner flags {sorted(unknown)} in {spec!r}")
     scan = True if "scan" in flags else False if "no_scan" in flags else None
-    conv_backend = "onednn" if "onednn" in flags else "xla"
+    conv_backend = "onednn" if {"onednn", "onednn_conv"} & set(flags) else "xla"
+    norm_backend = "onednn" if "onednn" in flags else "xla"
     return JaxTrainLoop(
-        model, batch, dtype, steps_per_call, examples, scan, options or None, "xla_defaults" in flags, conv_backend
+        model,
+        batch,
+        dtype,
+        steps_per_call,
+        examples,
+        scan,
+        options or None,
+        "xla_defaults" in flags,
+        conv_backend,
+        norm_backend,
     )
 
 

@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--jax",
         default="float32,bfloat16",
-        help="JAX runners, comma list: DTYPE[+onednn][+xla_defaults][+scan|+no_scan][+XLA_OPTION=VALUE ...]",
+        help="JAX runners, comma list: DTYPE[+onednn|+onednn_conv][+xla_defaults][+scan|+no_scan][+XLA_OPTION=VALUE]",
     )
     parser.add_argument("--steps-per-call", type=int, default=0, help="JAX steps per call; default 50 / 1 on CPU")
     parser.add_argument("--windows", type=int, default=5)

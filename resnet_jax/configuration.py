@@ -26,8 +26,8 @@ IDENTITY_SECTIONS = ("model", "data")
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
 RECORDED_KEYS = ("data.split_sizes.",)
-# How the network is computed, not what it is: a run may resume on other convolution kernels.
-COMPUTATION_KEYS = ("model.conv_backend",)
+# How the network is computed, not what it is: a run may resume on other convolution or BatchNorm kernels.
+COMPUTATION_KEYS = ("model.conv_backend", "model.norm_backend")
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
@@ -292,7 +292,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`key: old -> new` for every model or data key that differs between two configs (locations and the
-    convolution backend aside)."""
+    kernel backends aside)."""
     old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
     new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
     keys = sorted((old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS))

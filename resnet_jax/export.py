@@ -30,7 +30,7 @@ def export_run(
 ) -> jax.export.Exported:
     """`logits = f(uint8 images)` for any batch size, with the run's weights as constants."""
     # The artefact must run wherever jax does, without this package's oneDNN extension: XLA's convolutions.
-    xla_model = run.experiment.model.clone(conv_backend="xla")
+    xla_model = run.experiment.model.clone(conv_backend="xla", norm_backend="xla")
     run = dataclasses.replace(run, experiment=dataclasses.replace(run.experiment, model=xla_model))
     # On the host, the weights become plain constants of the program rather than arrays placed on this mesh.
     logits_fn = make_logits_fn(run, tta_flip, variables=jax.device_get(run.variables))

@@ -59,7 +59,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(x)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features, (3, 3), padding=_pad_1(3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
@@ -81,13 +81,20 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
+        y = self.norm(relu=True)(self.conv(self.features, (1, 1))(x))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
         return nn.relu(_add_shortcut(self, y, x, self.features * 4, self.norm))
+
+
+def xla_batch_norm(relu: bool = False, **kwargs: Any) -> Callable[[jax.Array], jax.Array]:
+    """flax's `nn.BatchNorm(**kwargs)`, then a ReLU when `relu`: the blocks' `norm` on XLA (oneDNN's `BatchNorm`
+    takes `relu` itself, and fuses it)."""
+    norm = nn.BatchNorm(**kwargs)
+    return (lambda x: nn.relu(norm(x))) if relu else norm
 
 
 def _project(
@@ -128,12 +135,12 @@ class PreActBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        preact = nn.relu(self.norm()(x))
+        preact = self.norm(relu=True)(x)
         needs_projection = self.strides != 1 or x.shape[-1] != self.features
         # When the shape changes the projection sees the pre-activated input, as in both papers' code.
         shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(preact)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(self.features, (3, 3), padding=_pad_1(3), kernel_init=last_init)(y)
@@ -156,13 +163,13 @@ class PreActBottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         out_features = self.features * 4
-        preact = nn.relu(self.norm()(x))
+        preact = self.norm(relu=True)(x)
         needs_projection = self.strides != 1 or x.shape[-1] != out_features
         shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (1, 1))(preact)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(out_features, (1, 1), kernel_init=last_init)(y)
@@ -203,6 +210,8 @@ class ResNet(nn.Module):
       conv_bias: biases in the block convs (the seed article's PyTorch code has them).
       residual: False builds the plain network (He et al. 2015's baseline): the same layers without shortcuts.
       conv_backend: "xla" or "onednn" (resnet_jax/onednn/, CPUs only); the parameters are the same either way.
+      norm_backend: "xla" or "onednn": training-mode BatchNorm and the ReLU after it in one oneDNN pass (one device
+        only: its statistics are those of the batch it is given); evaluation is flax's BatchNorm either way.
 
     Applied with the `STAGE_STATS` collection mutable (the train step does), it also records the standard deviation
     of the stem's and each stage's output: a scalar reduction each, for the gradient-flow metrics.
@@ -223,6 +232,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     conv_backend: str = "xla"
+    norm_backend: str = "xla"
 
     @nn.compact
     def __call__(
@@ -246,7 +256,7 @@ class ResNet(nn.Module):
             conv_general_dilated=onednn.conv_general_dilated if self.conv_backend == "onednn" else None,
         )
         norm = functools.partial(
-            nn.BatchNorm,
+            onednn.BatchNorm if self.norm_backend == "onednn" else xla_batch_norm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -264,7 +274,7 @@ class ResNet(nn.Module):
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
         if not preactivation:
-            x = nn.relu(norm(name="stem_bn")(x))
+            x = norm(relu=True, name="stem_bn")(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad_1(3))
         features = {STEM: x}
@@ -285,7 +295,7 @@ class ResNet(nn.Module):
                 )(x, train=train)
             features[f"stage{stage + 1}"] = x
         if preactivation:
-            x = nn.relu(norm(name=FINAL_BN)(x))
+            x = norm(relu=True, name=FINAL_BN)(x)
             features[f"stage{len(self.stage_sizes)}"] = x
         if not self.is_initializing():  # init would otherwise make the collection a variable
             for name in stage_names(self):
@@ -364,6 +374,9 @@ DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SHORTCUTS = ("A", "B")
 # "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/), XLA's elsewhere.
 CONV_BACKENDS = ("auto", "xla", "onednn")
+# "auto": oneDNN's training-mode BatchNorm (+ ReLU) where the convolutions run on oneDNN and the run has one CPU
+# device (its batch statistics are those of the batch it is given, which on a batch split over devices is a shard's).
+NORM_BACKENDS = ("auto", "xla", "onednn")
 
 # The `model` section of a config. shortcut "" keeps the registry's choice (A for the CIFAR family, B for
 # ResNet-18 and up).
@@ -374,6 +387,7 @@ DEFAULTS = {
     "zero_init_residual": False,
     "dropout_rate": 0.0,
     "conv_backend": "auto",
+    "norm_backend": "auto",
 }
 
 
@@ -407,11 +421,13 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
                 f"{plain}: model.zero_init_residual would zero its only path; leave it False"
             )
     configuration.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
-    configuration.check_choice("model.conv_backend", model_config.conv_backend, CONV_BACKENDS)
-    if model_config.conv_backend == "onednn" and onednn.library.unavailable_reason():
-        raise configuration.ConfigError(
-            f"model.conv_backend='onednn' cannot run: {onednn.library.unavailable_reason()}; or use 'auto'"
-        )
+    for key, backends in (("conv_backend", CONV_BACKENDS), ("norm_backend", NORM_BACKENDS)):
+        setting = model_config[key]
+        configuration.check_choice(f"model.{key}", setting, backends)
+        if setting == "onednn" and onednn.library.unavailable_reason():
+            raise configuration.ConfigError(
+                f"model.{key}='onednn' cannot run: {onednn.library.unavailable_reason()}; or use 'auto'"
+            )
 
 
 def conv_backend(setting: str) -> str:
@@ -425,13 +441,27 @@ def conv_backend(setting: str) -> str:
     return "onednn" if setting == "onednn" or (setting == "auto" and on_cpu and onednn.available()) else "xla"
 
 
+def norm_backend(setting: str, convolutions: str) -> str:
+    """The training-mode BatchNorm a checked `model.norm_backend` setting runs on with this process's devices, beside
+    `convolutions` (the resolved `conv_backend`)."""
+    one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    if setting == "onednn" and not one_cpu:
+        raise configuration.ConfigError(
+            f"model.norm_backend='onednn' needs one CPU device, and this run has {jax.device_count()} "
+            f"{jax.default_backend()} devices (each would normalise its own shard); use 'auto' or 'xla'"
+        )
+    return "onednn" if setting == "onednn" or (setting == "auto" and one_cpu and convolutions == "onednn") else "xla"
+
+
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The network a config's `model` section describes, checked first."""
     check_config(model_config)
+    convolutions = conv_backend(model_config.conv_backend)
     overrides = {
         "dtype": get_dtype(model_config.dtype),
         "zero_init_residual": model_config.zero_init_residual,
-        "conv_backend": conv_backend(model_config.conv_backend),
+        "conv_backend": convolutions,
+        "norm_backend": norm_backend(model_config.norm_backend, convolutions),
     }
     if model_config.shortcut:
         overrides["shortcut"] = model_config.shortcut
@@ -470,7 +500,7 @@ def forward_flops(model: nn.Module, image_shape: Sequence[int] = (32, 32, 3), ba
     """
     on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     # XLA counts its own convolutions only; oneDNN's are opaque calls to it.
-    model = model.clone(conv_backend="xla") if isinstance(model, ResNet) else model
+    model = model.clone(conv_backend="xla", norm_backend="xla") if isinstance(model, ResNet) else model
     variables = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu), init_shapes(model, image_shape)
     )

@@ -28,6 +28,7 @@ BAD_VALUES = {
     ),
     "dropout of 1": (["model.dropout_rate=1.0"], "model.dropout_rate=1.0 must be in [0.0, 1.0)"),
     "conv backend": (["model.conv_backend=mkl"], "model.conv_backend='mkl' is not known"),
+    "norm backend": (["model.norm_backend=cudnn"], "model.norm_backend='cudnn' is not known"),
     "unknown dataset": (["data.dataset=imagenet"], "data.dataset='imagenet'"),
     "unknown source": (["data.source=web"], "data.source='web'"),
     "files dir missing": (["data.source=files", "data.files_dir=/nonexistent/x"], "data.files_dir='/nonexistent/x'"),

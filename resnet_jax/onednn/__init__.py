@@ -1,8 +1,9 @@
-"""Convolutions on oneDNN (the library PyTorch's CPU convolutions run on) for XLA:CPU, through jax.ffi: the C++
-extension (conv.cc, built by build.py), its loading (library.py) and the differentiable, batch-partitioned JAX
-function over it (conv.py)."""
+"""Convolutions and batch normalisation on oneDNN (the library PyTorch's CPU kernels run on) for XLA:CPU, through
+jax.ffi: the C++ extension (conv.cc, batchnorm.cc, built by build.py), its loading (library.py) and the
+differentiable JAX functions over it (conv.py, batch-partitioned; batchnorm.py, with a flax module)."""
 
+from resnet_jax.onednn.batchnorm import BatchNorm, batch_norm
 from resnet_jax.onednn.conv import conv2d, conv_general_dilated, supports
 from resnet_jax.onednn.library import available, unavailable_reason
 
-__all__ = ["available", "conv2d", "conv_general_dilated", "supports", "unavailable_reason"]
+__all__ = ["BatchNorm", "available", "batch_norm", "conv2d", "conv_general_dilated", "supports", "unavailable_reason"]

@@ -1,6 +1,6 @@
-"""Builds the oneDNN convolution extension with the system's cmake and g++ against the venv's PyPI oneDNN
-(`pip install -e ".[cpu-onednn]"`): `python -m resnet_jax.onednn.build`. When it cannot, it says why in one line
-and exits 0, so that the set-up goes on and runs use XLA's convolutions.
+"""Builds the oneDNN extension (convolutions and BatchNorm) with the system's cmake and g++ against the venv's PyPI
+oneDNN (`pip install -e ".[cpu-onednn]"`): `python -m resnet_jax.onednn.build`. When it cannot, it says why in one
+line and exits 0, so that the set-up goes on and runs use XLA's kernels.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def cannot_build_reason() -> str:
 
 
 def build() -> str:
-    """Builds `libonednn_conv.so`; returns "" or the one-line reason it was not built."""
+    """Builds `libresnet_jax_onednn.so`; returns "" or the one-line reason it was not built."""
     reason = cannot_build_reason()
     if reason:
         return reason
@@ -56,9 +56,9 @@ def main() -> None:
     library.LIBRARY.unlink(missing_ok=True)
     reason = build() or library.unavailable_reason()
     print(
-        f"oneDNN convolutions: not built, runs use XLA's ({reason})"
+        f"oneDNN kernels: not built, runs use XLA's ({reason})"
         if reason
-        else f"oneDNN convolutions: built {library.LIBRARY}"
+        else f"oneDNN kernels (convolutions, BatchNorm): built {library.LIBRARY}"
     )
 
 

@@ -2,54 +2,16 @@
 // NHWC activations and HWIO kernels as flax lays them out, float32 or bfloat16 (accumulated in float32), any
 // stride and non-negative padding. Primitives are built once per shape and dtype and kept for the process.
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_map>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "runtime.h"
 
-namespace ffi = xla::ffi;
+using namespace resnet_jax_onednn;
 using dnnl::memory;
 using tag = memory::format_tag;
 
 namespace {
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-// One stream per calling thread: XLA may run several convolutions at once (one per forced host device), and a
-// stream is not meant to be shared between threads.
-dnnl::stream& thread_stream() {
-  thread_local dnnl::stream stream(cpu_engine());
-  return stream;
-}
-
-// A per-thread buffer that only grows: scratchpads and reordered kernels, so that concurrent calls never share one.
-class ThreadBuffer {
- public:
-  void* get(size_t bytes) {
-    if (bytes > size_) {
-      data_.reset(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
-      size_ = bytes;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-  std::unique_ptr<char, Free> data_;
-  size_t size_ = 0;
-};
 
 enum class Pass { kForward, kBackwardData, kBackwardWeights };
 
@@ -67,20 +29,9 @@ struct Conv {
   memory::desc reorder_scratchpad;
 };
 
-dnnl::primitive_attr user_scratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
-
 std::string cache_key(Pass pass, const Geometry& g) {
-  std::string key = std::to_string(static_cast<int>(pass)) + "/" + std::to_string(static_cast<int>(g.type)) +
-                    (g.bias ? "b" : "n");
-  for (const memory::dims* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r}) {
-    for (auto d : *dims) key += "," + std::to_string(d);
-    key += ";";
-  }
-  return key;
+  return "conv/" + std::to_string(static_cast<int>(pass)) + "/" + std::to_string(static_cast<int>(g.type)) +
+         (g.bias ? "b" : "n") + dims_key({&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r});
 }
 
 Conv build(Pass pass, const Geometry& g) {
@@ -129,26 +80,8 @@ Conv build(Pass pass, const Geometry& g) {
   return conv;
 }
 
-std::mutex cache_mutex;
-std::unordered_map<std::string, std::unique_ptr<Conv>> cache;
-
-const Conv& cached(Pass pass, const Geometry& g) {
-  const std::string key = cache_key(pass, g);
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  auto found = cache.find(key);
-  if (found == cache.end()) found = cache.emplace(key, std::make_unique<Conv>(build(pass, g))).first;
-  return *found->second;
-}
-
-std::optional<memory::data_type> dnnl_type(ffi::DataType type) {
-  switch (type) {
-    case ffi::DataType::F32:
-      return memory::data_type::f32;
-    case ffi::DataType::BF16:
-      return memory::data_type::bf16;
-    default:
-      return std::nullopt;
-  }
+const Conv& cached_conv(Pass pass, const Geometry& g) {
+  return cached<Conv>(cache_key(pass, g), [&] { return build(pass, g); });
 }
 
 // NHWC / HWIO buffer shapes to oneDNN's logical NCHW / OIHW dims.
@@ -184,23 +117,9 @@ std::optional<ffi::Error> make_geometry(const ffi::AnyBuffer& src, const ffi::An
   return std::nullopt;
 }
 
-void* scratchpad(const memory::desc& desc) {
-  thread_local ThreadBuffer buffer;
-  return buffer.get(desc.get_size());
-}
-
 void* reordered_weights(const memory::desc& desc) {
   thread_local ThreadBuffer buffer;
   return buffer.get(desc.get_size());
-}
-
-ffi::Error run(const std::function<void()>& body) {
-  try {
-    body();
-    return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
 }
 
 // Copies a kernel between the user's HWIO buffer and the primitive's layout; returns the memory the primitive uses.
@@ -227,7 +146,7 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias, ffi:
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached(Pass::kForward, g);
+    const Conv& conv = cached_conv(Pass::kForward, g);
     auto& engine = cpu_engine();
     memory weights = weights_for_primitive(conv, w.untyped_data(), true);
     std::unordered_map<int, memory> args = {
@@ -249,7 +168,7 @@ ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::An
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached(Pass::kBackwardData, g);
+    const Conv& conv = cached_conv(Pass::kBackwardData, g);
     auto& engine = cpu_engine();
     memory weights = weights_for_primitive(conv, w.untyped_data(), true);
     conv.primitive.execute(thread_stream(),
@@ -271,7 +190,7 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached(Pass::kBackwardWeights, g);
+    const Conv& conv = cached_conv(Pass::kBackwardWeights, g);
     auto& engine = cpu_engine();
     memory user(conv.user_weights, engine, dw->untyped_data());
     memory weights = weights_for_primitive(conv, dw->untyped_data(), false);
@@ -292,25 +211,6 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
 }
 
 }  // namespace
-
-// Creates the CPU engine and reports whether that worked: 0, or -1 with the reason in `message`, so that Python can
-// say in one line why oneDNN is unavailable instead of failing at a convolution's first call.
-extern "C" int OnednnConvProbe(char* message, int capacity) {
-  try {
-    cpu_engine();
-    thread_stream();
-    return 0;
-  } catch (const dnnl::error& e) {
-    std::snprintf(message, capacity, "%s", e.what());
-    return -1;
-  }
-}
-
-// How many primitives the cache holds (one per pass, shape and dtype seen).
-extern "C" int64_t OnednnConvCachedPrimitives() {
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  return static_cast<int64_t>(cache.size());
-}
 
 #define CONV_ATTRS                          \
   .Attr<int64_t>("stride_h")                \

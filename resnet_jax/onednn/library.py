@@ -1,6 +1,6 @@
-"""The oneDNN convolution extension (`libonednn_conv.so` beside this file): whether it can be used here, and its
-three XLA FFI targets registered for the CPU. `RESNET_JAX_ONEDNN=0` turns it off (and off the build), so that a
-machine with it built can still run as one without.
+"""The oneDNN extension (`libresnet_jax_onednn.so` beside this file): whether it can be used here, and its XLA FFI
+targets (convolutions, BatchNorm) registered for the CPU. `RESNET_JAX_ONEDNN=0` turns it off (and off the build),
+so that a machine with it built can still run as one without.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from pathlib import Path
 
 import jax
 
-LIBRARY = Path(__file__).with_name("libonednn_conv.so")
+LIBRARY = Path(__file__).with_name("libresnet_jax_onednn.so")
 SWITCH = "RESNET_JAX_ONEDNN"
 BUILD_COMMAND = "bash scripts/setup.sh (or: python -m resnet_jax.onednn.build)"
 TARGETS = {
     "resnet_jax_onednn_conv_forward": "OnednnConvForward",
     "resnet_jax_onednn_conv_backward_data": "OnednnConvBackwardData",
     "resnet_jax_onednn_conv_backward_weights": "OnednnConvBackwardWeights",
+    "resnet_jax_onednn_batch_norm_forward": "OnednnBatchNormForward",
+    "resnet_jax_onednn_batch_norm_backward": "OnednnBatchNormBackward",
 }
 
 
@@ -40,13 +42,15 @@ def _point_opencl_at_the_venv() -> None:
 def _library() -> ctypes.CDLL:
     _point_opencl_at_the_venv()
     library = ctypes.CDLL(str(LIBRARY))
-    library.OnednnConvCachedPrimitives.restype = ctypes.c_int64
+    library.OnednnCachedPrimitives.restype = ctypes.c_int64
+    library.OnednnBatchNormWorkspaceBytes.restype = ctypes.c_int64
+    library.OnednnBatchNormWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
     return library
 
 
 @functools.cache
 def unavailable_reason() -> str:
-    """Why the oneDNN convolutions cannot run in this process, or "" when they can (and are registered)."""
+    """Why the oneDNN primitives cannot run in this process, or "" when they can (and are registered)."""
     if switched_off():
         return f"{SWITCH}={os.environ[SWITCH]} turns oneDNN off"
     if not LIBRARY.exists():
@@ -56,7 +60,7 @@ def unavailable_reason() -> str:
     except (OSError, AttributeError) as error:
         return f"the oneDNN extension does not load ({error}); rebuild it with {BUILD_COMMAND}"
     message = ctypes.create_string_buffer(512)
-    if library.OnednnConvProbe(message, len(message)) != 0:
+    if library.OnednnProbe(message, len(message)) != 0:
         return f"oneDNN has no CPU engine here ({message.value.decode(errors='replace')})"
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
@@ -65,9 +69,18 @@ def unavailable_reason() -> str:
 
 def cached_primitives() -> int:
     """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run)."""
-    return int(_library().OnednnConvCachedPrimitives())
+    return int(_library().OnednnCachedPrimitives())
+
+
+def batch_norm_workspace_bytes(shape: tuple[int, int, int, int], bfloat16: bool) -> int:
+    """The bytes of oneDNN's workspace (the fused ReLU's mask) for batch normalisation of an NHWC `shape`."""
+    n, h, w, c = (int(size) for size in shape)
+    size = int(_library().OnednnBatchNormWorkspaceBytes(n, h, w, c, int(bfloat16)))
+    if size < 0:
+        raise RuntimeError(f"oneDNN cannot build batch normalisation for shape {shape}")
+    return size
 
 
 def available() -> bool:
-    """Whether the oneDNN convolutions can run here: built, loadable, not switched off, with a CPU engine."""
+    """Whether the oneDNN primitives can run here: built, loadable, not switched off, with a CPU engine."""
     return not unavailable_reason()
