@@ -41,6 +41,16 @@ def shortcut_a(x: jax.Array, features: int, strides: int) -> jax.Array:
     return x
 
 
+def norm_relu(norm: ModuleDef, **kwargs: Any) -> Callable[[jax.Array], jax.Array]:
+    """`norm(**kwargs)` (flax's `nn.BatchNorm` or oneDNN's, as a partial) followed by a ReLU: one fused pass where the
+    norm is oneDNN's, which takes the ReLU itself."""
+    module = getattr(norm, "func", norm)
+    if isinstance(module, type) and issubclass(module, onednn.BatchNorm):
+        return norm(relu=True, **kwargs)
+    layer = norm(**kwargs)
+    return lambda x: nn.relu(layer(x))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BN and ReLU; post-activation (He et al. 2015). Dropout, when asked for, sits
     between the two convolutions, where Wide-ResNets put it (every block here places it so). Every block with
@@ -59,7 +69,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(x)
-        y = self.norm(relu=True)(y)
+        y = norm_relu(self.norm)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features, (3, 3), padding=_pad_1(3))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
@@ -81,20 +91,13 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        y = self.norm(relu=True)(self.conv(self.features, (1, 1))(x))
+        y = norm_relu(self.norm)(self.conv(self.features, (1, 1))(x))
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
-        y = self.norm(relu=True)(y)
+        y = norm_relu(self.norm)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = self.conv(self.features * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last else nn.initializers.ones)(y)
         return nn.relu(_add_shortcut(self, y, x, self.features * 4, self.norm))
-
-
-def xla_batch_norm(relu: bool = False, **kwargs: Any) -> Callable[[jax.Array], jax.Array]:
-    """flax's `nn.BatchNorm(**kwargs)`, then a ReLU when `relu`: the blocks' `norm` on XLA (oneDNN's `BatchNorm`
-    takes `relu` itself, and fuses it)."""
-    norm = nn.BatchNorm(**kwargs)
-    return (lambda x: nn.relu(norm(x))) if relu else norm
 
 
 def _project(
@@ -135,12 +138,12 @@ class PreActBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        preact = self.norm(relu=True)(x)
+        preact = norm_relu(self.norm)(x)
         needs_projection = self.strides != 1 or x.shape[-1] != self.features
         # When the shape changes the projection sees the pre-activated input, as in both papers' code.
         shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(preact)
-        y = self.norm(relu=True)(y)
+        y = norm_relu(self.norm)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(self.features, (3, 3), padding=_pad_1(3), kernel_init=last_init)(y)
@@ -163,13 +166,13 @@ class PreActBottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         out_features = self.features * 4
-        preact = self.norm(relu=True)(x)
+        preact = norm_relu(self.norm)(x)
         needs_projection = self.strides != 1 or x.shape[-1] != out_features
         shortcut_input = preact if needs_projection and self.shortcut == "B" else x
         y = self.conv(self.features, (1, 1))(preact)
-        y = self.norm(relu=True)(y)
+        y = norm_relu(self.norm)(y)
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad_1(3))(y)
-        y = self.norm(relu=True)(y)
+        y = norm_relu(self.norm)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         last_init = nn.initializers.zeros if self.zero_init_last else conv_kernel_init
         y = self.conv(out_features, (1, 1), kernel_init=last_init)(y)
@@ -256,7 +259,7 @@ class ResNet(nn.Module):
             conv_general_dilated=onednn.conv_general_dilated if self.conv_backend == "onednn" else None,
         )
         norm = functools.partial(
-            onednn.BatchNorm if self.norm_backend == "onednn" else xla_batch_norm,
+            onednn.BatchNorm if self.norm_backend == "onednn" else nn.BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -274,7 +277,7 @@ class ResNet(nn.Module):
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
         if not preactivation:
-            x = norm(relu=True, name="stem_bn")(x)
+            x = norm_relu(norm, name="stem_bn")(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad_1(3))
         features = {STEM: x}
@@ -295,7 +298,7 @@ class ResNet(nn.Module):
                 )(x, train=train)
             features[f"stage{stage + 1}"] = x
         if preactivation:
-            x = norm(relu=True, name=FINAL_BN)(x)
+            x = norm_relu(norm, name=FINAL_BN)(x)
             features[f"stage{len(self.stage_sizes)}"] = x
         if not self.is_initializing():  # init would otherwise make the collection a variable
             for name in stage_names(self):
