@@ -3,7 +3,9 @@
 // float32 or bfloat16 with float32 scale, shift and statistics, optionally with the ReLU after it fused in (its mask
 // kept in oneDNN's workspace between the two passes).
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "runtime.h"
 
@@ -62,51 +64,51 @@ std::optional<ffi::Error> make_geometry(const ffi::AnyBuffer& x, float epsilon, 
   return std::nullopt;
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift, ffi::Result<ffi::AnyBuffer> y,
-                   ffi::Result<ffi::AnyBuffer> mean, ffi::Result<ffi::AnyBuffer> variance,
-                   ffi::Result<ffi::AnyBuffer> workspace, float epsilon, bool relu) {
+enum class Pass { kForward, kBackward };
+
+// Runs one pass over `x`: `per_channel` and `per_element` are the buffers of the pass's other arguments, by oneDNN
+// argument, shaped like the scale and like `x`; the ReLU's workspace joins them when it is fused.
+ffi::Error execute(Pass pass, const ffi::AnyBuffer& x, float epsilon, bool relu, void* workspace,
+                   std::initializer_list<std::pair<int, void*>> per_channel,
+                   std::initializer_list<std::pair<int, void*>> per_element) {
   Geometry g;
   if (auto error = make_geometry(x, epsilon, relu, &g)) return *error;
   return run([&] {
     const BatchNorm& bn = cached_batch_norm(g);
     auto& engine = cpu_engine();
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, memory(bn.data, engine, x.untyped_data())},
-        {DNNL_ARG_DST, memory(bn.data, engine, y->untyped_data())},
-        {DNNL_ARG_SCALE, memory(bn.channel, engine, scale.untyped_data())},
-        {DNNL_ARG_SHIFT, memory(bn.channel, engine, shift.untyped_data())},
-        {DNNL_ARG_MEAN, memory(bn.channel, engine, mean->untyped_data())},
-        {DNNL_ARG_VARIANCE, memory(bn.channel, engine, variance->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD, memory(bn.scratchpad_forward, engine, scratchpad(bn.scratchpad_forward))}};
-    if (relu) args[DNNL_ARG_WORKSPACE] = memory(bn.workspace, engine, workspace->untyped_data());
-    bn.forward.execute(thread_stream(), args);
+    const memory::desc& pad = pass == Pass::kForward ? bn.scratchpad_forward : bn.scratchpad_backward;
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(bn.data, engine, x.untyped_data())},
+                                            {DNNL_ARG_SCRATCHPAD, memory(pad, engine, scratchpad(pad))}};
+    for (auto [arg, data] : per_channel) args[arg] = memory(bn.channel, engine, data);
+    for (auto [arg, data] : per_element) args[arg] = memory(bn.data, engine, data);
+    if (relu) args[DNNL_ARG_WORKSPACE] = memory(bn.workspace, engine, workspace);
+    (pass == Pass::kForward ? bn.forward : bn.backward).execute(thread_stream(), args);
     thread_stream().wait();
   });
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Result<ffi::AnyBuffer> mean, ffi::Result<ffi::AnyBuffer> variance,
+                   ffi::Result<ffi::AnyBuffer> workspace, float epsilon, bool relu) {
+  return execute(Pass::kForward, x, epsilon, relu, workspace->untyped_data(),
+                 {{DNNL_ARG_SCALE, scale.untyped_data()},
+                  {DNNL_ARG_SHIFT, shift.untyped_data()},
+                  {DNNL_ARG_MEAN, mean->untyped_data()},
+                  {DNNL_ARG_VARIANCE, variance->untyped_data()}},
+                 {{DNNL_ARG_DST, y->untyped_data()}});
 }
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scale, ffi::AnyBuffer mean,
                     ffi::AnyBuffer variance, ffi::AnyBuffer workspace, ffi::Result<ffi::AnyBuffer> dx,
                     ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dshift, float epsilon,
                     bool relu) {
-  Geometry g;
-  if (auto error = make_geometry(x, epsilon, relu, &g)) return *error;
-  return run([&] {
-    const BatchNorm& bn = cached_batch_norm(g);
-    auto& engine = cpu_engine();
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, memory(bn.data, engine, x.untyped_data())},
-        {DNNL_ARG_DIFF_DST, memory(bn.data, engine, dy.untyped_data())},
-        {DNNL_ARG_SCALE, memory(bn.channel, engine, scale.untyped_data())},
-        {DNNL_ARG_MEAN, memory(bn.channel, engine, mean.untyped_data())},
-        {DNNL_ARG_VARIANCE, memory(bn.channel, engine, variance.untyped_data())},
-        {DNNL_ARG_DIFF_SRC, memory(bn.data, engine, dx->untyped_data())},
-        {DNNL_ARG_DIFF_SCALE, memory(bn.channel, engine, dscale->untyped_data())},
-        {DNNL_ARG_DIFF_SHIFT, memory(bn.channel, engine, dshift->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD, memory(bn.scratchpad_backward, engine, scratchpad(bn.scratchpad_backward))}};
-    if (relu) args[DNNL_ARG_WORKSPACE] = memory(bn.workspace, engine, workspace.untyped_data());
-    bn.backward.execute(thread_stream(), args);
-    thread_stream().wait();
-  });
+  return execute(Pass::kBackward, x, epsilon, relu, workspace.untyped_data(),
+                 {{DNNL_ARG_SCALE, scale.untyped_data()},
+                  {DNNL_ARG_MEAN, mean.untyped_data()},
+                  {DNNL_ARG_VARIANCE, variance.untyped_data()},
+                  {DNNL_ARG_DIFF_SCALE, dscale->untyped_data()},
+                  {DNNL_ARG_DIFF_SHIFT, dshift->untyped_data()}},
+                 {{DNNL_ARG_DIFF_DST, dy.untyped_data()}, {DNNL_ARG_DIFF_SRC, dx->untyped_data()}});
 }
 
 }  // namespace
@@ -122,6 +124,9 @@ extern "C" int64_t OnednnBatchNormWorkspaceBytes(int64_t n, int64_t h, int64_t w
   }
 }
 
+#define BATCH_NORM_ATTRS .Attr<float>("epsilon").Attr<bool>("relu")
+
+// x, scale, shift -> y, mean, variance, workspace.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormForward, Forward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
@@ -130,10 +135,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormForward, Forward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("relu"));
+                                  .Ret<ffi::AnyBuffer>() BATCH_NORM_ATTRS);
 
+// x, dy, scale, mean, variance, workspace -> dx, dscale, dshift.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
@@ -144,6 +148,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnBatchNormBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("relu"));
+                                  .Ret<ffi::AnyBuffer>() BATCH_NORM_ATTRS);
