@@ -15,8 +15,6 @@ import numpy as np
 
 from resnet_jax.onednn import library
 
-DTYPES = (jnp.float32, jnp.bfloat16)
-
 
 def _forward_call(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float, relu: bool) -> tuple:
     channels = x.shape[-1]
@@ -65,10 +63,8 @@ def batch_norm(
     """`x` (NHWC, float32 or bfloat16) normalised over its batch and spatial axes, times `scale` plus `shift`
     (float32, one per channel), then ReLU'd when `relu`; with the batch's mean and biased variance (float32, not
     differentiated). Differentiable in `x`, `scale` and `shift`."""
-    library_reason = library.unavailable_reason()
-    if library_reason:
-        raise RuntimeError(f"oneDNN batch normalisation cannot run: {library_reason}")
-    if x.ndim != 4 or x.dtype not in DTYPES:
+    library.require("oneDNN batch normalisation")
+    if x.ndim != 4 or x.dtype not in library.DTYPES:
         raise ValueError(f"oneDNN batch normalisation takes 4-D NHWC float32 or bfloat16, got {x.dtype}{x.shape}")
     scale, shift = scale.astype(jnp.float32), shift.astype(jnp.float32)
     y, mean, variance = _batch_norm(x, scale, shift, float(epsilon), bool(relu))

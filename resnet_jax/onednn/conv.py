@@ -17,7 +17,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from resnet_jax.onednn import library
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
-DTYPES = (jnp.float32, jnp.bfloat16)
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -132,12 +131,6 @@ def _conv_backward(strides, pads, residuals, dy):
 _conv.defvjp(_conv_forward, _conv_backward)
 
 
-def _ready() -> None:
-    reason = library.unavailable_reason()
-    if reason:
-        raise RuntimeError(f"oneDNN convolutions cannot run: {reason}")
-
-
 def conv2d(
     x: jax.Array,
     w: jax.Array,
@@ -147,7 +140,7 @@ def conv2d(
 ) -> jax.Array:
     """`x` (NHWC) convolved with `w` (HWIO) on oneDNN, plus `bias` (per output channel) when given; differentiable
     in all three. `padding` is "SAME", "VALID" or a (low, high) pair per spatial dimension, as in `jax.lax`."""
-    _ready()
+    library.require("oneDNN convolutions")
     strides = (int(strides[0]), int(strides[1]))
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
@@ -169,7 +162,7 @@ def supports(
 ) -> bool:
     """Whether oneDNN takes this `jax.lax.conv_general_dilated` call: 2-D, NHWC/HWIO, undilated, ungrouped, one
     float32 or bfloat16 dtype, padding never negative."""
-    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != rhs.dtype or lhs.dtype not in DTYPES:
+    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != rhs.dtype or lhs.dtype not in library.DTYPES:
         return False
     if preferred_element_type is not None and preferred_element_type != lhs.dtype:
         return False

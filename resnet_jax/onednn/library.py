@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 LIBRARY = Path(__file__).with_name("libresnet_jax_onednn.so")
 SWITCH = "RESNET_JAX_ONEDNN"
 BUILD_COMMAND = "bash scripts/setup.sh (or: python -m resnet_jax.onednn.build)"
+# What the extension's primitives compute in (bfloat16 with float32 accumulation and statistics).
+DTYPES = (jnp.float32, jnp.bfloat16)
 TARGETS = {
     "resnet_jax_onednn_conv_forward": "OnednnConvForward",
     "resnet_jax_onednn_conv_backward_data": "OnednnConvBackwardData",
@@ -79,6 +82,13 @@ def batch_norm_workspace_bytes(shape: tuple[int, int, int, int], bfloat16: bool)
     if size < 0:
         raise RuntimeError(f"oneDNN cannot build batch normalisation for shape {shape}")
     return size
+
+
+def require(what: str) -> None:
+    """Raises a one-line RuntimeError naming `what` (e.g. "oneDNN convolutions") when it cannot run here."""
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(f"{what} cannot run: {reason}")
 
 
 def available() -> bool:
