@@ -375,7 +375,8 @@ MODEL_REGISTRY |= {
 # runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SHORTCUTS = ("A", "B")
-# "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/), XLA's elsewhere.
+# "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/) and has kernels for the
+# model's dtype, XLA's elsewhere.
 CONV_BACKENDS = ("auto", "xla", "onednn")
 # "auto": oneDNN's training-mode BatchNorm (+ ReLU) where the convolutions run on oneDNN and the run has one CPU
 # device (its batch statistics are those of the batch it is given, which on a batch split over devices is a shard's).
@@ -427,21 +428,23 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     for key, backends in (("conv_backend", CONV_BACKENDS), ("norm_backend", NORM_BACKENDS)):
         setting = model_config[key]
         configuration.check_choice(f"model.{key}", setting, backends)
-        if setting == "onednn" and onednn.library.unavailable_reason():
+        reason = setting == "onednn" and onednn.library.dtype_unavailable_reason(DTYPES[model_config.dtype])
+        if reason:
             raise configuration.ConfigError(
-                f"model.{key}='onednn' cannot run: {onednn.library.unavailable_reason()}; or use 'auto'"
+                f"model.{key}='onednn' cannot run model.dtype={model_config.dtype!r}: {reason}; or use 'auto'"
             )
 
 
-def conv_backend(setting: str) -> str:
-    """The convolutions a checked `model.conv_backend` setting runs on with this process's devices."""
+def conv_backend(setting: str, dtype: Dtype) -> str:
+    """The convolutions a checked `model.conv_backend` setting runs on in `dtype` with this process's devices."""
     on_cpu = jax.default_backend() == "cpu"
     if setting == "onednn" and not on_cpu:
         raise configuration.ConfigError(
             f"model.conv_backend='onednn' runs on CPUs only, and this run's devices are {jax.default_backend()}; "
             "use 'auto' or 'xla'"
         )
-    return "onednn" if setting == "onednn" or (setting == "auto" and on_cpu and onednn.available()) else "xla"
+    runs_here = on_cpu and not onednn.library.dtype_unavailable_reason(dtype)
+    return "onednn" if setting == "onednn" or (setting == "auto" and runs_here) else "xla"
 
 
 def norm_backend(setting: str, convolutions: str) -> str:
@@ -459,9 +462,10 @@ def norm_backend(setting: str, convolutions: str) -> str:
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The network a config's `model` section describes, checked first."""
     check_config(model_config)
-    convolutions = conv_backend(model_config.conv_backend)
+    dtype = get_dtype(model_config.dtype)
+    convolutions = conv_backend(model_config.conv_backend, dtype)
     overrides = {
-        "dtype": get_dtype(model_config.dtype),
+        "dtype": dtype,
         "zero_init_residual": model_config.zero_init_residual,
         "conv_backend": convolutions,
         "norm_backend": norm_backend(model_config.norm_backend, convolutions),

@@ -223,10 +223,48 @@ def test_a_backend_that_cannot_run_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(library, "unavailable_reason", lambda: "the oneDNN extension is not built; build it with X")
     for key in ("conv_backend", "norm_backend"):
         config = load_config("smoke", **{f"model.{key}": "onednn"})
-        with pytest.raises(configuration.ConfigError, match=rf"model.{key}='onednn' cannot run: .* build it with"):
+        with pytest.raises(
+            configuration.ConfigError, match=rf"model.{key}='onednn' cannot run model.dtype='float32': .* build it with"
+        ):
             models.check_config(config.model)
     model = models.build_model(load_config("smoke").model, 10)
     assert (model.conv_backend, model.norm_backend) == ("xla", "xla")
+
+
+def test_a_dtype_without_kernels_on_this_cpu_stays_on_xla_under_auto_and_is_refused_when_forced(monkeypatch):
+    monkeypatch.setattr(library, "dtypes", lambda: (jnp.float32,))
+    bfloat16 = load_config("smoke", **{"model.dtype": "bfloat16"})
+    model = models.build_model(bfloat16.model, 10)
+    assert (model.conv_backend, model.norm_backend) == ("xla", "xla")
+    assert models.build_model(load_config("smoke").model, 10).conv_backend == "onednn"
+    for key in ("conv_backend", "norm_backend"):
+        forced = load_config("smoke", **{"model.dtype": "bfloat16", f"model.{key}": "onednn"})
+        with pytest.raises(configuration.ConfigError, match=rf"model.{key}='onednn' .* no bfloat16 kernels for this"):
+            models.check_config(forced.model)
+    with pytest.raises(RuntimeError, match="oneDNN convolutions cannot run: oneDNN has no bfloat16 kernels"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 8), jnp.bfloat16), jnp.ones((3, 3, 8, 8), jnp.bfloat16))
+
+
+def test_an_avx2_cpu_has_float32_kernels_only_and_its_bfloat16_runs_train_on_xla():
+    # oneDNN limited to AVX2, as on the AVX2-only AMD EPYC seen: it builds no bfloat16 convolution or BatchNorm there.
+    code = (
+        "import json, jax.numpy as jnp\n"
+        "from resnet_jax import models\n"
+        "from resnet_jax.onednn import library\n"
+        "from tests.conftest import load_config\n"
+        "model = models.build_model(load_config('smoke', **{'model.dtype': 'bfloat16'}).model, 10)\n"
+        "print(json.dumps({'dtypes': [jnp.dtype(d).name for d in library.dtypes()],\n"
+        "                  'bfloat16': [model.conv_backend, model.norm_backend]}))\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(ONEDNN_MAX_CPU_ISA="AVX2"),
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == {"dtypes": ["float32"], "bfloat16": ["xla", "xla"]}
 
 
 def test_the_switch_turns_it_off_in_a_child_process():

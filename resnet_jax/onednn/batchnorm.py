@@ -63,9 +63,9 @@ def batch_norm(
     """`x` (NHWC, float32 or bfloat16) normalised over its batch and spatial axes, times `scale` plus `shift`
     (float32, one per channel), then ReLU'd when `relu`; with the batch's mean and biased variance (float32, not
     differentiated). Differentiable in `x`, `scale` and `shift`."""
-    library.require("oneDNN batch normalisation")
     if x.ndim != 4 or x.dtype not in library.DTYPES:
         raise ValueError(f"oneDNN batch normalisation takes 4-D NHWC float32 or bfloat16, got {x.dtype}{x.shape}")
+    library.require("oneDNN batch normalisation", x.dtype)
     scale, shift = scale.astype(jnp.float32), shift.astype(jnp.float32)
     y, mean, variance = _batch_norm(x, scale, shift, float(epsilon), bool(relu))
     return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(variance)

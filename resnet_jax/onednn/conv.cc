@@ -212,6 +212,20 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
 
 }  // namespace
 
+// Whether oneDNN builds all three passes of a small 3x3 convolution in this dtype (0: float32, 1: bfloat16) on this
+// CPU: 1 or 0. oneDNN has bfloat16 convolutions only where the CPU has bfloat16 instructions (AVX-512 BF16, AMX,
+// AVX2 VNNI-2); elsewhere it builds none, and Python keeps those runs on XLA's convolutions.
+extern "C" int OnednnConvBuilds(int bfloat16) {
+  Geometry g{{2, 8, 6, 6}, {8, 8, 3, 3}, {2, 8, 6, 6}, {1, 1}, {1, 1}, {1, 1},
+             bfloat16 ? memory::data_type::bf16 : memory::data_type::f32, false};
+  try {
+    for (Pass pass : {Pass::kForward, Pass::kBackwardData, Pass::kBackwardWeights}) cached_conv(pass, g);
+    return 1;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
+
 #define CONV_ATTRS                          \
   .Attr<int64_t>("stride_h")                \
       .Attr<int64_t>("stride_w")            \

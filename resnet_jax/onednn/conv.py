@@ -140,7 +140,7 @@ def conv2d(
 ) -> jax.Array:
     """`x` (NHWC) convolved with `w` (HWIO) on oneDNN, plus `bias` (per output channel) when given; differentiable
     in all three. `padding` is "SAME", "VALID" or a (low, high) pair per spatial dimension, as in `jax.lax`."""
-    library.require("oneDNN convolutions")
+    library.require("oneDNN convolutions", x.dtype)
     strides = (int(strides[0]), int(strides[1]))
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)

@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 LIBRARY = Path(__file__).with_name("libresnet_jax_onednn.so")
 SWITCH = "RESNET_JAX_ONEDNN"
 BUILD_COMMAND = "bash scripts/setup.sh (or: python -m resnet_jax.onednn.build)"
-# What the extension's primitives compute in (bfloat16 with float32 accumulation and statistics).
+# What the extension's primitives compute in (bfloat16 with float32 accumulation and statistics), where the CPU lets
+# oneDNN build them: see `dtypes`.
 DTYPES = (jnp.float32, jnp.bfloat16)
 TARGETS = {
     "resnet_jax_onednn_conv_forward": "OnednnConvForward",
@@ -48,6 +50,7 @@ def _library() -> ctypes.CDLL:
     library.OnednnCachedPrimitives.restype = ctypes.c_int64
     library.OnednnBatchNormWorkspaceBytes.restype = ctypes.c_int64
     library.OnednnBatchNormWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+    library.OnednnConvBuilds.argtypes = [ctypes.c_int]
     return library
 
 
@@ -70,6 +73,31 @@ def unavailable_reason() -> str:
     return ""
 
 
+@functools.cache
+def dtypes() -> tuple[Any, ...]:
+    """The dtypes of `DTYPES` whose convolutions and BatchNorm oneDNN builds on this CPU (none where it cannot run):
+    bfloat16 needs bfloat16 instructions (AVX-512 BF16, AMX or AVX2 VNNI-2), which an AVX2-only CPU lacks."""
+    if not available():
+        return ()
+    library = _library()
+    return tuple(
+        dtype
+        for dtype in DTYPES
+        if library.OnednnConvBuilds(int(dtype == jnp.bfloat16)) == 1
+        and library.OnednnBatchNormWorkspaceBytes(2, 6, 6, 8, int(dtype == jnp.bfloat16)) >= 0
+    )
+
+
+def dtype_unavailable_reason(dtype: Any) -> str:
+    """Why oneDNN cannot compute in `dtype` here, or "" when it can."""
+    reason = unavailable_reason()
+    if reason or jnp.dtype(dtype) in dtypes():
+        return reason
+    if jnp.dtype(dtype) not in DTYPES:
+        return f"oneDNN computes in float32 or bfloat16, not {jnp.dtype(dtype).name}"
+    return f"oneDNN has no {jnp.dtype(dtype).name} kernels for this CPU (they need AVX-512 BF16, AMX or AVX2 VNNI-2)"
+
+
 def cached_primitives() -> int:
     """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run)."""
     return int(_library().OnednnCachedPrimitives())
@@ -84,9 +112,9 @@ def batch_norm_workspace_bytes(shape: tuple[int, int, int, int], bfloat16: bool)
     return size
 
 
-def require(what: str) -> None:
-    """Raises a one-line RuntimeError naming `what` (e.g. "oneDNN convolutions") when it cannot run here."""
-    reason = unavailable_reason()
+def require(what: str, dtype: Any) -> None:
+    """Raises a one-line RuntimeError naming `what` (e.g. "oneDNN convolutions") when it cannot run here in `dtype`."""
+    reason = dtype_unavailable_reason(dtype)
     if reason:
         raise RuntimeError(f"{what} cannot run: {reason}")
 
