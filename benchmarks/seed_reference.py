@@ -4,15 +4,17 @@ time each needs to reach 0.90 and 0.92.
 
     python -m benchmarks.seed_reference      # our README recipe (seeds 0, 1, 2), configs/seed_article.py, the seed
     python -m benchmarks.seed_reference --runs seed_torch --epochs 20 --stop-at 1.0    # the seed's whole 20 epochs
-    python -m benchmarks.seed_reference --runs ours,ours_bf16,recipe_torch,recipe_torch_bf16 --our-seeds 0 --stop-at 1
+    python -m benchmarks.seed_reference --runs ours,ours_float32,recipe_torch,recipe_torch_bf16 --our-seeds 0 \
+        --stop-at 1
 
 The seed program is the article's code unchanged except for the data: Fashion-MNIST from the Debian files (one input
 channel), on the CPU instead of 'cuda', the article's missing `import torch.nn.functional as F` added, and a test
 pass after each epoch (in eval mode, which the article's final test forgot). Adam at its defaults, batch 128,
 normalisation (0.5, 0.5), no augmentation, 20 epochs. Our runs are `train.py` itself, as a user starts it, timed from
-the command to each evaluation (`ours_bf16`: in bfloat16); `recipe_torch` and `recipe_torch_bf16` are our recipe
-written in PyTorch (`benchmarks/recipe_torch.py`: float32 channels_last, bfloat16 autocast), timed alike from their
-command. PyTorch is the optional extra `bench` (`pip install -e '.[bench]'`).
+the command to each evaluation (`ours`: in the config's own dtype; `ours_float32`, `ours_bf16`: in that one);
+`recipe_torch` and `recipe_torch_bf16` are our recipe written in PyTorch (`benchmarks/recipe_torch.py`: float32
+channels_last, bfloat16 autocast), timed alike from their command. PyTorch is the optional extra `bench`
+(`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
@@ -261,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
 
     def ours(name: str, seed: int, dtype: str) -> dict[str, Any]:
-        overrides = [f"--config.data.files_dir={files_dir}", f"--config.seed={seed}", f"--config.model.dtype={dtype}"]
+        overrides = [f"--config.data.files_dir={files_dir}", f"--config.seed={seed}"]
+        overrides += [f"--config.model.dtype={dtype}"] if dtype else []
         return run_train_py(f"{name} seed {seed}", args.config, overrides, args.stop_at)
 
     def seed_torch() -> dict[str, Any]:
@@ -278,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name, variant in (("recipe_torch", "channels_last"), ("recipe_torch_bf16", "bf16_autocast"))
         },
     }
-    our_dtypes = {"ours": "float32", "ours_bf16": "bfloat16"}
+    our_dtypes = {"ours": "", "ours_float32": "float32", "ours_bf16": "bfloat16"}
     names = common.parse_list(args.runs)
     unknown = set(names) - {*our_dtypes, *runners}
     if unknown:

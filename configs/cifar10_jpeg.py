@@ -19,7 +19,7 @@ ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg
 def get_config():
     config = base_config()
     config.model.name = "resnet20"
-    config.model.dtype = "bfloat16"
+    config.model.dtype = "auto"  # bfloat16, or float32 where oneDNN has no bfloat16 kernels
     use_folder(config.data, ARCHIVE)
     config.data.image_size = 32
     config.data.channels = 3

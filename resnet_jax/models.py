@@ -371,8 +371,9 @@ MODEL_REGISTRY |= {
     plain: functools.partial(MODEL_REGISTRY[twin], residual=False) for plain, twin in RESIDUAL_TWINS.items()
 }
 
-# No float16: it needs loss scaling to train (its gradients underflow), while bfloat16 has float32's range and
-# runs as fast wherever float16 does on today's GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
+# "auto" (`resolve_dtype`) picks one of these for the run's devices. No float16: it needs loss scaling to train
+# (its gradients underflow), while bfloat16 has float32's range and runs as fast wherever float16 does on today's
+# GPUs and CPUs (Ampere and later, AMX and AVX512-BF16).
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SHORTCUTS = ("A", "B")
 # "auto": oneDNN's convolutions on a CPU where the extension is built (resnet_jax/onednn/) and has kernels for the
@@ -410,7 +411,7 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
             "model.dtype='float16' is not offered: float16 trains only with loss scaling; use bfloat16, which needs "
             "none and runs as fast"
         )
-    configuration.check_choice("model.dtype", model_config.dtype, DTYPES)
+    configuration.check_choice("model.dtype", model_config.dtype, ("auto", *DTYPES))
     if model_config.shortcut:
         configuration.check_choice("model.shortcut", model_config.shortcut, SHORTCUTS)
     configuration.check_choice("model.zero_init_residual", model_config.zero_init_residual, (False, True))
@@ -428,11 +429,22 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     for key, backends in (("conv_backend", CONV_BACKENDS), ("norm_backend", NORM_BACKENDS)):
         setting = model_config[key]
         configuration.check_choice(f"model.{key}", setting, backends)
-        reason = setting == "onednn" and onednn.library.dtype_unavailable_reason(DTYPES[model_config.dtype])
+        reason = setting == "onednn" and onednn.library.dtype_unavailable_reason(resolve_dtype(model_config))
         if reason:
             raise configuration.ConfigError(
                 f"model.{key}='onednn' cannot run model.dtype={model_config.dtype!r}: {reason}; or use 'auto'"
             )
+
+
+def resolve_dtype(model_config: ml_collections.ConfigDict) -> Dtype:
+    """The dtype a checked `model` section computes in here: its `dtype`, or for "auto" bfloat16 (which trains as
+    well as float32 and runs faster) unless its convolutions would run on oneDNN, which has float32 kernels on this
+    CPU but no bfloat16 ones (an AVX2-only CPU: there float32 on oneDNN beats bfloat16 on XLA)."""
+    if model_config.dtype != "auto":
+        return DTYPES[model_config.dtype]
+    if conv_backend(model_config.conv_backend, jnp.float32) == "onednn" and jnp.bfloat16 not in onednn.library.dtypes():
+        return jnp.float32
+    return jnp.bfloat16
 
 
 def conv_backend(setting: str, dtype: Dtype) -> str:
@@ -462,7 +474,7 @@ def norm_backend(setting: str, convolutions: str) -> str:
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
     """The network a config's `model` section describes, checked first."""
     check_config(model_config)
-    dtype = get_dtype(model_config.dtype)
+    dtype = resolve_dtype(model_config)
     convolutions = conv_backend(model_config.conv_backend, dtype)
     overrides = {
         "dtype": dtype,
@@ -475,6 +487,15 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Re
     return MODEL_REGISTRY[model_config.name](
         num_classes=num_classes, dropout_rate=model_config.dropout_rate, **overrides
     )
+
+
+def describe_computation(model: nn.Module) -> str:
+    """What a model computes in and on, for the run's log: "bfloat16, convolutions and BatchNorm on onednn"."""
+    dtype = jnp.dtype(getattr(model, "dtype", jnp.float32)).name
+    convolutions, norm = getattr(model, "conv_backend", "xla"), getattr(model, "norm_backend", "xla")
+    if convolutions == norm:
+        return f"{dtype}, convolutions and BatchNorm on {convolutions}"
+    return f"{dtype}, convolutions on {convolutions}, BatchNorm on {norm}"
 
 
 def get_model(name: str, num_classes: int = 10, **overrides: Any) -> ResNet:

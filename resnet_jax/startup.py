@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnet_jax import checkpoint, finetune, parallel, pipeline
+from resnet_jax import checkpoint, finetune, models, parallel, pipeline
 from resnet_jax.experiment import Experiment, TrainProgram
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.state import TrainState
@@ -112,8 +112,9 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
         data_seconds = time.perf_counter() - data_started
         logger.info(
-            "%s on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
+            "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
             config.model.name,
+            models.describe_computation(experiment.model),
             config.data.dataset,
             experiment.train_examples,
             " / ".join(f"{examples} {split}" for split, (examples, _) in split_rows.items()),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import configuration, export, inference, models, onednn
+from resnet_jax import configuration, experiment, export, inference, models, onednn
 from resnet_jax.onednn import library
 from tests.conftest import PYTHON, REPO_ROOT, load_config, run_multidevice_probe, subprocess_env, train_command
 
@@ -245,7 +245,24 @@ def test_a_dtype_without_kernels_on_this_cpu_stays_on_xla_under_auto_and_is_refu
         onednn.conv2d(jnp.ones((1, 4, 4, 8), jnp.bfloat16), jnp.ones((3, 3, 8, 8), jnp.bfloat16))
 
 
-def test_an_avx2_cpu_has_float32_kernels_only_and_its_bfloat16_runs_train_on_xla():
+def test_auto_dtype_is_bfloat16_unless_onednn_has_float32_kernels_only(monkeypatch):
+    auto = load_config("smoke", **{"model.dtype": "auto"})
+    assert models.build_model(auto.model, 10).dtype == jnp.bfloat16
+    assert experiment_dtype(auto) == jnp.bfloat16
+    monkeypatch.setattr(library, "dtypes", lambda: (jnp.float32,))
+    model = models.build_model(auto.model, 10)
+    assert (model.dtype, model.conv_backend, model.norm_backend) == (jnp.float32, "onednn", "onednn")
+    assert experiment_dtype(auto) == jnp.float32
+    # On XLA's convolutions bfloat16 is the faster on every CPU measured.
+    on_xla = load_config("smoke", **{"model.dtype": "auto", "model.conv_backend": "xla"})
+    assert models.build_model(on_xla.model, 10).dtype == jnp.bfloat16
+
+
+def experiment_dtype(config) -> jnp.dtype:
+    return experiment.build(config).step_config.dtype
+
+
+def test_an_avx2_cpu_has_float32_kernels_only_so_bfloat16_trains_on_xla_and_auto_picks_float32():
     # oneDNN limited to AVX2, as on the AVX2-only AMD EPYC seen: it builds no bfloat16 convolution or BatchNorm there.
     code = (
         "import json, jax.numpy as jnp\n"
@@ -253,8 +270,10 @@ def test_an_avx2_cpu_has_float32_kernels_only_and_its_bfloat16_runs_train_on_xla
         "from resnet_jax.onednn import library\n"
         "from tests.conftest import load_config\n"
         "model = models.build_model(load_config('smoke', **{'model.dtype': 'bfloat16'}).model, 10)\n"
+        "auto = models.build_model(load_config('smoke', **{'model.dtype': 'auto'}).model, 10)\n"
         "print(json.dumps({'dtypes': [jnp.dtype(d).name for d in library.dtypes()],\n"
-        "                  'bfloat16': [model.conv_backend, model.norm_backend]}))\n"
+        "                  'bfloat16': [model.conv_backend, model.norm_backend],\n"
+        "                  'auto': [jnp.dtype(auto.dtype).name, auto.conv_backend]}))\n"
     )
     done = subprocess.run(
         [PYTHON, "-c", code],
@@ -264,7 +283,11 @@ def test_an_avx2_cpu_has_float32_kernels_only_and_its_bfloat16_runs_train_on_xla
         cwd=REPO_ROOT,
         env=subprocess_env(ONEDNN_MAX_CPU_ISA="AVX2"),
     )
-    assert json.loads(done.stdout.splitlines()[-1]) == {"dtypes": ["float32"], "bfloat16": ["xla", "xla"]}
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "dtypes": ["float32"],
+        "bfloat16": ["xla", "xla"],
+        "auto": ["float32", "onednn"],
+    }
 
 
 def test_the_switch_turns_it_off_in_a_child_process():
