@@ -77,6 +77,7 @@ class _TorchStep:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batchnorm_layers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--shapes", default="32x16,16x32,8x64", help="SIZExCHANNELS list (ResNet-20's three stages)")

@@ -114,6 +114,7 @@ def check_same_results(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.conv_layers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--shapes", default="32x16,16x32,8x64", help="SIZExCHANNELS list (ResNet-20's three stages)")

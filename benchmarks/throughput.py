@@ -136,6 +136,7 @@ def row(result: dict) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(common.MODELS))
     parser.add_argument("--batches", default="128,512,1024")

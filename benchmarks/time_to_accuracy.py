@@ -162,6 +162,7 @@ def summarize(records: list[dict[str, Any]], target: float, total_steps: int) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="fashion_mnist", choices=("fashion_mnist", "he_resnet20"))
     parser.add_argument("--target", type=float, default=0.95, help="test accuracy to reach")

@@ -392,6 +392,7 @@ def compare(args: argparse.Namespace, name: str, batch: int, device: str, arrays
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet20")
     parser.add_argument("--batches", default="128")
