@@ -23,7 +23,8 @@ NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = NEEDS["degradation_cpu"] = ne
 def test_recipe_builds_the_model_the_trainer_trains(name):
     config = configuration.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
     built = experiment.build(config)
-    assert built.model.dtype == models.get_dtype(config.model.dtype)
+    assert built.model.dtype == built.step_config.dtype == models.resolve_dtype(config.model)
+    assert config.model.dtype == "auto" or built.model.dtype == models.get_dtype(config.model.dtype)
     assert built.model.dropout_rate == config.model.dropout_rate
     if config.model.shortcut:
         assert built.model.shortcut == config.model.shortcut
