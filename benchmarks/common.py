@@ -26,6 +26,7 @@ import ml_collections
 from resnet_jax import data, experiment, runtime, steps
 
 MODELS = ("resnet20", "resnet56", "resnet18", "seed_resnet")
+IMAGE_SHAPE = (32, 32, 3)
 
 
 def use_the_tools_allocator() -> None:
@@ -33,9 +34,6 @@ def use_the_tools_allocator() -> None:
     first thing in a JAX benchmark's `main`, before JAX runs anything. The PyTorch-only programs (`recipe_torch`,
     the seed's) leave it out and run as a PyTorch user runs them."""
     runtime.reuse_freed_memory()
-
-
-IMAGE_SHAPE = (32, 32, 3)
 
 
 def on_accelerator() -> bool:

@@ -298,7 +298,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     step_config = steps.StepConfig(
         mean=mean,
         std=std,
-        dtype=models.resolve_dtype(config.model),
+        dtype=model.dtype,  # model.dtype=auto resolved once, by build_model
         augmentation=augment.Augmentation.from_config(config.augment, input_shape[0], config.train.batch_size),
         label_smoothing=config.train.label_smoothing,
         ema_decay=config.train.ema_decay,

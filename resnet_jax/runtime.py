@@ -107,6 +107,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MALLOC_ENVIRONMENT = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 
 
+def on_glibc() -> bool:
+    return "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+
+
 def reuse_freed_memory() -> bool:
     """Has glibc's malloc keep large freed blocks for reuse, where it would hand them back to the kernel at once;
     True when it took effect. A no-op off glibc, or where the environment already sets malloc's tunables.
@@ -118,8 +122,7 @@ def reuse_freed_memory() -> bool:
     anything: a thread that has allocated keeps its own arena, and an arena other than the first one still maps
     large blocks afresh.
     """
-    on_glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and os.confstr("CS_GNU_LIBC_VERSION")
-    if not on_glibc or any(name in os.environ for name in MALLOC_ENVIRONMENT):
+    if not on_glibc() or any(name in os.environ for name in MALLOC_ENVIRONMENT):
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return all(

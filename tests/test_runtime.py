@@ -10,8 +10,6 @@ import pytest
 
 from resnet_jax import runtime
 
-on_glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and bool(os.confstr("CS_GNU_LIBC_VERSION"))
-
 # Page faults per call of a program whose 64 MB result is freed before the next call: above glibc's 32 MB mmap
 # ceiling, each result is mapped afresh and every one of its pages faults, unless the tools' setting holds.
 FAULTS_PER_CALL = """
@@ -39,7 +37,7 @@ def faults_per_call(environment: dict[str, str]) -> dict[str, float]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-@pytest.mark.skipif(not on_glibc, reason="glibc's malloc only")
+@pytest.mark.skipif(not runtime.on_glibc(), reason="glibc's malloc only")
 def test_tools_keep_large_freed_blocks_mapped():
     kept = faults_per_call({})
     assert kept["faults"] < 0.25 * kept["pages"], kept
