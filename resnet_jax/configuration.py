@@ -26,6 +26,8 @@ IDENTITY_SECTIONS = ("model", "data")
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
 RECORDED_KEYS = ("data.split_sizes.",)
+# What a run scores, and the digests of its draws (checked as the data is read), not what it trains on.
+SCORING_KEYS = ("data.train_eval_size", "data.split_digests.")
 # How the network is computed, not what it is: a run may resume on other convolution or BatchNorm kernels.
 COMPUTATION_KEYS = ("model.conv_backend", "model.norm_backend")
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
@@ -295,7 +297,11 @@ def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]
     kernel backends aside)."""
     old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
     new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
-    keys = sorted((old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS))
+    keys = sorted(
+        key
+        for key in (old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS)
+        if not key.startswith(SCORING_KEYS)
+    )
     unrecorded = {key for key in keys if key.startswith(RECORDED_KEYS) and old.get(key) == 0}
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"

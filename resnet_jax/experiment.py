@@ -189,7 +189,9 @@ class Experiment:
     steps_per_epoch: int
     total_steps: int
     train_examples: int
-    eval_splits: tuple[str, ...]  # ("validation", "test"), or ("test",) for a run without a validation split
+    # ("train_eval", "validation", "test"): the train sample only with data.train_eval_size, validation only with
+    # a validation split.
+    eval_splits: tuple[str, ...]
 
     @property
     def eval_batch_per_device(self) -> int:
@@ -209,7 +211,7 @@ class Experiment:
 
     def eval_split_rows(self, split: str = "test") -> tuple[int, int]:
         """A split's size, and its rows for evaluation: padded to whole global batches."""
-        num_examples = self.config.data.split_sizes[split]  # recorded by `build`
+        num_examples = data.eval_split_size(self.config.data, split)  # recorded by `build`
         global_batch = self.eval_batch_per_device * self.mesh.devices.size
         return num_examples, pipeline.eval_rows(num_examples, global_batch)
 
@@ -317,5 +319,13 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         train_examples=train_examples,
-        eval_splits=(data.VALIDATION, "test") if sizes[data.VALIDATION] else ("test",),
+        eval_splits=tuple(
+            split
+            for split, present in (
+                (data.TRAIN_EVAL, config.data.train_eval_size > 0),
+                (data.VALIDATION, sizes[data.VALIDATION] > 0),
+                ("test", True),
+            )
+            if present
+        ),
     )

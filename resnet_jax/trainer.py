@@ -261,9 +261,10 @@ def best_values(best: dict[str, float] | None) -> dict[str, float]:
 
 
 def describe_evaluation(values: dict[str, float]) -> str:
-    """`validation accuracy 0.9012, loss 0.2810; test accuracy 0.8990, loss 0.2901` (the splits evaluated)."""
+    """`validation accuracy 0.9012, loss 0.2810; test accuracy 0.8990, loss 0.2901` (the splits evaluated; the
+    train sample first, as `train_eval`)."""
     return "; ".join(
         f"{split} accuracy {values[f'{split}_accuracy']:.4f}, loss {values[f'{split}_loss']:.4f}"
-        for split in (data.VALIDATION, "test")
+        for split in (data.TRAIN_EVAL, data.VALIDATION, "test")
         if f"{split}_accuracy" in values
     )

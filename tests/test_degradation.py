@@ -1,5 +1,6 @@
 """The degradation experiment: its depths are checked before anything runs, its table and verdict follow the
-validation error of every seed, and one tiny experiment runs through the command as a user runs it."""
+training error (the train sample in evaluation mode) of every seed, and one tiny experiment runs through the command
+as a user runs it."""
 
 import json
 import re
@@ -27,42 +28,68 @@ def test_depths_are_refused_in_one_line(text, problem):
         degradation.parse_depths(text)
 
 
-def _write_run(run_dir, train_errors, validation_errors, test_errors):
+def _write_run(run_dir, training_errors, validation_errors, test_errors):
     run_dir.mkdir(parents=True)
     lines = []
-    for epoch, (train, validation, test) in enumerate(zip(train_errors, validation_errors, test_errors, strict=True)):
-        lines.append({"step": epoch + 1, "epoch": epoch + 1.0, "train_accuracy": 1 - train})
+    for epoch, (train, validation, test) in enumerate(
+        zip(training_errors, validation_errors, test_errors, strict=True)
+    ):
+        # The logged windows' train accuracy (augmented, train mode) is deliberately the opposite ordering.
+        lines.append({"step": epoch + 1, "epoch": epoch + 1.0, "train_accuracy": train})
         lines.append(
-            {"step": epoch + 1, "epoch": epoch + 1.0, "validation_accuracy": 1 - validation, "test_accuracy": 1 - test}
+            {
+                "step": epoch + 1,
+                "epoch": epoch + 1.0,
+                "train_eval_accuracy": 1 - train,
+                "validation_accuracy": 1 - validation,
+                "test_accuracy": 1 - test,
+            }
         )
     (run_dir / metrics.METRICS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def test_the_table_and_verdict_follow_validation_never_test(tmp_path):
-    # Test error orders the plain nets the other way: the verdict must read validation.
-    errors = {
-        "plain20": ([0.5, 0.3], [0.5, 0.30], [0.5, 0.40]),
-        "plain56": ([0.6, 0.4], [0.6, 0.35], [0.6, 0.30]),
-        "resnet20": ([0.5, 0.3], [0.5, 0.30], [0.5, 0.30]),
-        "resnet56": ([0.5, 0.2], [0.5, 0.32], [0.5, 0.25]),
-    }
+def _networks(tmp_path, errors, shifts=(0.0, 0.02)):
     nets = []
     for name, (train, validation, test) in errors.items():
         runs = []
-        for seed, shift in ((0, 0.0), (1, 0.02)):
+        for seed, shift in enumerate(shifts):
             run_dir = tmp_path / name / f"seed{seed}"
-            _write_run(run_dir, train, [v + shift for v in validation], test)
+            _write_run(run_dir, [t + shift for t in train], validation, test)
             runs.append(run_dir)
         family, depth = re.fullmatch(r"([a-z]+)(\d+)", name).groups()
         nets.append(degradation.Network(name, family, int(depth), 1000, tuple(runs)))
+    return nets
+
+
+def test_the_verdict_reads_training_error_where_validation_disagrees(tmp_path):
+    # Validation (and test) order both families the other way round: the verdict must follow training error.
+    errors = {
+        "plain20": ([0.5, 0.10], [0.5, 0.40], [0.5, 0.40]),
+        "plain56": ([0.6, 0.20], [0.6, 0.30], [0.6, 0.30]),
+        "resnet20": ([0.5, 0.15], [0.5, 0.30], [0.5, 0.30]),
+        "resnet56": ([0.5, 0.05], [0.5, 0.35], [0.5, 0.35]),
+    }
+    nets = _networks(tmp_path, errors)
     final = nets[1].final_errors()
-    assert final["validation"].mean == pytest.approx(0.36) and final["validation"].runs == 2
-    assert final["train"].mean == pytest.approx(0.4)
+    assert final["train_eval"].mean == pytest.approx(0.21) and final["train_eval"].runs == 2
+    assert final["validation"].mean == pytest.approx(0.30)
     lines = degradation.ordering(nets)
-    assert "plain20 31.00% → plain56 36.00%; He's ordering holds" in lines[0]
-    assert "resnet20 31.00% → resnet56 33.00%; He's ordering does NOT hold" in lines[1]
+    assert "training error: plain20 11.00% → plain56 21.00%; He's ordering holds" in lines[0]
+    assert "training error: resnet20 16.00% → resnet56 6.00%; He's ordering holds" in lines[1]
     table = degradation.table(nets, seeds=2)
-    assert "| plain56 | 56 | 1,000 | 40.00 ± 0.00 (40.00-40.00) | 36.00 ± 1.41 (35.00-37.00) |" in table
+    assert "| plain56 | 56 | 1,000 | 21.00 ± 1.41 (20.00-22.00) | 30.00 ± 0.00 (30.00-30.00) |" in table
+
+
+def test_overlapping_seeds_hold_by_the_mean_only_and_a_reversed_order_does_not_hold(tmp_path):
+    errors = {
+        "plain20": ([0.5, 0.10], [0.5, 0.3], [0.5, 0.3]),
+        "plain56": ([0.5, 0.11], [0.5, 0.3], [0.5, 0.3]),  # ahead by 1 point; the seeds spread 5
+        "resnet20": ([0.5, 0.10], [0.5, 0.3], [0.5, 0.3]),
+        "resnet56": ([0.5, 0.12], [0.5, 0.3], [0.5, 0.3]),
+    }
+    lines = degradation.ordering(_networks(tmp_path, errors, shifts=(0.0, 0.05)))
+    assert lines[0].endswith("He's ordering holds by the mean, within the seeds' spread")
+    assert lines[1].endswith("He's ordering does NOT hold")
 
 
 def test_a_tiny_experiment_runs_as_a_user_runs_it(tmp_path, capsys):
@@ -82,6 +109,7 @@ def test_a_tiny_experiment_runs_as_a_user_runs_it(tmp_path, capsys):
         "--config.data.synthetic_test_examples=32",
         "--config.train.batch_size=32",
         "--config.eval.batch_size=32",
+        "--config.data.train_eval_size=40",
     ]
     assert resnet_jax_main.main(args) == 0
     table = (workdir / degradation.TABLE_FILE).read_text()
@@ -92,15 +120,14 @@ def test_a_tiny_experiment_runs_as_a_user_runs_it(tmp_path, capsys):
     assert table.count("| 2 of 2 |") == 4
     assert (workdir / degradation.PLOT_FILE).stat().st_size > 10_000
     assert "He's ordering" in capsys.readouterr().out
+    records = metrics.read_metrics(trial_dir / "seed0")
+    scored = [record["train_eval_examples"] for record in records if "train_eval_accuracy" in record]
+    assert scored == [40]  # one evaluation of the 40-image train sample
 
 
-def test_the_train_error_weighs_the_last_epochs_windows_by_their_steps():
-    # Two epochs of 4 steps, logged every 3: windows of 3, 3 and 2 steps; the last epoch is steps 5-8.
-    records = [
-        {"step": 3, "epoch": 0.75, "train_accuracy": 0.1},
-        {"step": 4, "epoch": 1.0, "test_accuracy": 0.5},
-        {"step": 6, "epoch": 1.5, "train_accuracy": 0.4},
-        {"step": 8, "epoch": 2.0, "train_accuracy": 1.0},
-    ]
-    assert degradation._last_epoch_train(records) == pytest.approx((0.4 * 3 + 1.0 * 2) / 5)
-    assert degradation._last_epoch_train(records[1:2]) is None
+def test_the_command_refuses_a_config_without_a_train_sample(tmp_path, capsys):
+    args = ["degradation", "--config", "configs/smoke.py", "--workdir", str(tmp_path / "d")]
+    with pytest.raises(SystemExit) as stop:
+        resnet_jax_main.main(args)
+    assert stop.value.code == 2
+    assert "data.train_eval_size=0" in capsys.readouterr().err

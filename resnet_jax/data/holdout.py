@@ -5,6 +5,8 @@ numpy only.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from resnet_jax.data.registry import DataError
@@ -41,9 +43,30 @@ def holdout_rows(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray,
             f"data.validation_size holds out all {len(members[list(classes).index(emptied[0])])} train examples of "
             f"class {emptied[0]}, leaving none to train on; give a smaller data.validation_size"
         )
+    validation = _draw(members, shares, classes, seed)
+    return np.setdiff1d(np.arange(len(labels)), validation), validation
+
+
+def subset_rows(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` rows of a split with `labels` (all of them when it has no more), stratified as `holdout_rows` draws
+    and in the split's order: a fixed sample of a split to score."""
+    if count >= len(labels):
+        return np.arange(len(labels))
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == label) for label in classes]
+    shares = class_shares(np.array([len(rows) for rows in members]), count)
+    return _draw(members, shares, classes, seed)
+
+
+def _draw(members: list[np.ndarray], shares: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
     chosen = [
         np.random.default_rng([seed, int(label)]).permutation(rows)[:share]
         for label, rows, share in zip(classes, members, shares, strict=True)
     ]
-    validation = np.sort(np.concatenate(chosen))
-    return np.setdiff1d(np.arange(len(labels)), validation), validation
+    return np.sort(np.concatenate(chosen))
+
+
+def rows_digest(rows: np.ndarray) -> str:
+    """A short digest of drawn rows: numpy does not promise its generators' streams across versions, so a run
+    records the digest of its draw and refuses to go on with another."""
+    return hashlib.sha256(np.asarray(rows, dtype="<i8").tobytes()).hexdigest()[:16]

@@ -11,6 +11,8 @@ import numpy as np
 SPLITS = ("train", "test")  # what every source holds
 VALIDATION = "validation"  # held out from train, or a folder's validation/
 RUN_SPLITS = ("train", VALIDATION, "test")  # what a run reads: its train split is what the holdout leaves
+# A fixed draw from the run's train split, scored unaugmented in evaluation mode: He et al.'s training error.
+TRAIN_EVAL = "train_eval"
 FOLDER = "folder"  # the source, and the dataset, of a run on a folder of class folders of images
 SOURCES = ("tfds", "files", "synthetic", FOLDER)
 

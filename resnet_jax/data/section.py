@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import ml_collections
+import numpy as np
 
 from resnet_jax import configuration
 from resnet_jax.data import download, folder, holdout, splits
@@ -20,6 +21,7 @@ from resnet_jax.data.registry import (
     RUN_SPLITS,
     SOURCES,
     SPLITS,
+    TRAIN_EVAL,
     VALIDATION,
     DataError,
     DatasetInfo,
@@ -45,7 +47,13 @@ DEFAULTS = {
     # Held out from train as the validation split, stratified by class: 0 none, below 1 a fraction of train, else a
     # count. A folder with a validation/ folder has its own (then 0 here).
     "validation_size": 0.0,
-    "validation_seed": 0,  # draws the held-out examples; independent of the training seed
+    "validation_seed": 0,  # draws the held-out examples (and the train_eval sample); independent of the training seed
+    # He et al.'s training error: this many of the run's train examples (a stratified draw by validation_seed, fixed
+    # for the run), scored unaugmented in evaluation mode at every evaluation as the `train_eval` split; 0 none.
+    "train_eval_size": 0,
+    # Digests of the drawn validation and train_eval rows, recorded as a run starts; a resume whose draw differs
+    # (another numpy) is refused. "": not yet.
+    "split_digests": {VALIDATION: "", TRAIN_EVAL: ""},
     # What each split of the run holds (train: what the holdout leaves), recorded as a run starts; 0: not yet.
     "split_sizes": {"train": 0, VALIDATION: 0, "test": 0},
     "synthetic_train_examples": 0,  # 0: the registry's size
@@ -136,6 +144,7 @@ def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
     seed = data_config.validation_seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise configuration.ConfigError(f"data.validation_seed={seed!r} must be an integer in [0, 2**32)")
+    configuration.check_at_least("data.train_eval_size", data_config.train_eval_size, 0, "0 scores no train sample")
 
 
 def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
@@ -345,6 +354,27 @@ def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int
     return run_split_sizes(data_config)[split]
 
 
+def eval_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """The examples an evaluation split of a built run holds: a recorded split's size, or the train_eval sample's
+    (`train_eval_size`, at most the run's train split)."""
+    if split == TRAIN_EVAL:
+        return min(data_config.train_eval_size, data_config.split_sizes.train)
+    return data_config.split_sizes[split]
+
+
+def _check_draw(data_config: ml_collections.ConfigDict, split: str, rows) -> None:
+    """Records the digest of a drawn split, or refuses a draw that differs from the one the run recorded."""
+    digest = holdout.rows_digest(rows)
+    recorded = data_config.split_digests[split]
+    if recorded and recorded != digest:
+        raise DataError(
+            f"the {split} rows drawn now (digest {digest}) are not the ones this run recorded ({recorded}): numpy's "
+            "generator or the data changed since it began; resume with the numpy it ran with, or start over with "
+            "--fresh"
+        )
+    data_config.split_digests[split] = digest
+
+
 def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int) -> Callable[[slice], SplitArrays]:
     """Reads given rows of one of the run's splits (`RUN_SPLITS`) as the section says (`seed` draws the synthetic
     source's images). A holdout reads the whole train split (in every process) to draw its validation rows."""
@@ -372,12 +402,21 @@ def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int)
                 "this run has no validation split; give data.validation_size (a fraction of train, or a count) or "
                 "a folder's validation/"
             )
-        if split == "test" or not data_config.validation_size:
+        if split == "test" or (split != TRAIN_EVAL and not data_config.validation_size):
             return read(split, rows)
         whole = read("train", None)
-        count = holdout.holdout_count(data_config.validation_size, len(whole))
-        train_rows, validation_rows = holdout.holdout_rows(whole.labels, count, data_config.validation_seed)
-        chosen = (train_rows if split == "train" else validation_rows)[slice(None) if rows is None else rows]
+        train_rows, validation_rows = np.arange(len(whole)), np.arange(len(whole))
+        if data_config.validation_size:
+            count = holdout.holdout_count(data_config.validation_size, len(whole))
+            train_rows, validation_rows = holdout.holdout_rows(whole.labels, count, data_config.validation_seed)
+            _check_draw(data_config, VALIDATION, validation_rows)
+        if split == TRAIN_EVAL:
+            sample = holdout.subset_rows(
+                whole.labels[train_rows], eval_split_size(data_config, TRAIN_EVAL), data_config.validation_seed
+            )
+            _check_draw(data_config, TRAIN_EVAL, train_rows[sample])
+            train_rows = train_rows[sample]
+        chosen = (validation_rows if split == VALIDATION else train_rows)[slice(None) if rows is None else rows]
         return SplitArrays(whole.images[chosen], whole.labels[chosen])
 
     return load
