@@ -22,6 +22,7 @@ import ml_collections
 CONFIG_FILE = "config.json"
 # The parts of a config that define what is trained on what: a workdir never silently mixes two of them.
 IDENTITY_SECTIONS = ("model", "data")
+RECORD_KEY = "record"  # config.json's record of what ran, beside the config's sections (resnet_jax.record)
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
@@ -254,11 +255,12 @@ def apply_override_texts(
 # config.json and the identity of a run.
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+def to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    return json.dumps(tree, indent=2, sort_keys=True, default=list)
 
 
-def write_json(config: ml_collections.ConfigDict, path: str | os.PathLike) -> None:
+def write_json(config: ml_collections.ConfigDict | Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes `config` to `path` atomically: a reader (another process, a restart after a kill) sees the old file
     or the whole new one, never a torn one."""
     path = Path(path)

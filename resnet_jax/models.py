@@ -437,14 +437,17 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
 
 
 def resolve_dtype(model_config: ml_collections.ConfigDict) -> Dtype:
-    """The dtype a checked `model` section computes in here: its `dtype`, or for "auto" bfloat16 (which trains as
-    well as float32 and runs faster) unless its convolutions would run on oneDNN, which has float32 kernels on this
-    CPU but no bfloat16 ones (an AVX2-only CPU: there float32 on oneDNN beats bfloat16 on XLA)."""
+    """The dtype a checked `model` section computes in here: its `dtype`, or for "auto" the faster measured choice
+    (benchmarks/RESULTS.md): bfloat16 on accelerators and where oneDNN has bfloat16 kernels for the convolutions,
+    float32 on XLA:CPU, whose bfloat16 convolutions were measured no faster (an AVX2-only CPU, or
+    `model.conv_backend=xla`). A run records what "auto" resolved to, and keeps it on resume."""
     if model_config.dtype != "auto":
         return DTYPES[model_config.dtype]
-    if conv_backend(model_config.conv_backend, jnp.float32) == "onednn" and jnp.bfloat16 not in onednn.library.dtypes():
-        return jnp.float32
-    return jnp.bfloat16
+    if jax.default_backend() != "cpu":
+        return jnp.bfloat16
+    if model_config.conv_backend != "xla" and jnp.bfloat16 in onednn.library.dtypes():
+        return jnp.bfloat16
+    return jnp.float32
 
 
 def conv_backend(setting: str, dtype: Dtype) -> str:

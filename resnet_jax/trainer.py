@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import checkpoint, data, experiment, parallel, pipeline, startup, steps
+from resnet_jax import checkpoint, data, experiment, parallel, pipeline, record, startup, steps
 from resnet_jax.metrics import MetricsWriteError, Progress
 from resnet_jax.state import TrainState
-from resnet_jax.workdir import check_workdir, prepare_workdir
+from resnet_jax.workdir import check_workdir, prepare_workdir, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,15 @@ def train_and_evaluate(
     experiment.check_config(config)
     path = check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
+    previous = record.read_previous(path) if mode == "resume" else None
+    asked, config = config, record.resolved(config, previous)
     built = experiment.build(config)
+    ran = record.what_ran(built.model)
+    changed, reshaped = record.check_resume(
+        previous, asked, config, ran, built.steps_per_epoch, built.total_steps, path
+    )
+    if reshaped:
+        logger.warning("%s", reshaped)
     # Before the workdir is touched (a --fresh or --finetune run archives the old run) and before anything compiles:
     # offline, the run stops in seconds and the same command can be run again. Each process fetches into its own
     # part file, so processes that share the folder never write one file.
@@ -95,6 +103,12 @@ def train_and_evaluate(
     finetune_source = prepare_workdir(config, path, mode)
     ready = startup.start(built, path, finetune_source)
     try:
+        # The run is accepted: its record says what was asked, what runs, and what changed from which step.
+        if jax.process_index() == 0:
+            if changed:
+                described = record.describe_changes(previous, config, changed)
+                logger.info("resumed with %s, from step %d", described, ready.restored_step)
+            write_record(config, record.make_record(previous, asked, config, ran, changed, ready.restored_step), path)
         # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
         ready.writer.truncate_after(ready.restored_step)
         results = _Loop(built, ready, on_evaluation).run()

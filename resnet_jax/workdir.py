@@ -80,52 +80,29 @@ def archive_previous_run(workdir: Path) -> Path | None:
     return target
 
 
-def check_identity(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses a workdir whose run trained another model or on other data (keys both configs have)."""
-    config_path = workdir / configuration.CONFIG_FILE
-    if not config_path.exists():
-        return
-    try:
-        previous = configuration.read_json(config_path)
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"{config_path} is damaged ({error}), so this run cannot be checked against it; delete it to resume "
-            "with the config given, or pass --fresh to archive the run and start over"
-        ) from None
-    current = config.to_dict()
-    # A key that one of the two configs lacks was added or removed by another version of resnet-jax: not a change.
-    shared = configuration.flatten(previous).keys() & configuration.flatten(current).keys()
-    differences = [
-        line for line in configuration.identity_differences(previous, current) if line.split(":", 1)[0] in shared
-    ]
-    if differences:
-        raise ConfigError(
-            f"--workdir={str(workdir)!r} holds a run with a different model/data config "
-            f"({'; '.join(differences)}); pass --fresh to archive it and start over, --finetune to start from "
-            "its weights, or use another workdir"
-        )
-
-
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str) -> Path | None:
-    """Readies `workdir` for a run in `mode` and writes its config.json. Returns the checkpoints to fine-tune from
-    (mode finetune), else None: a fresh run starts from a new initialisation, as in a new workdir."""
+    """Readies `workdir` for a run in `mode` (its config.json is written once start-up accepts the run: see
+    `write_record`). Returns the checkpoints to fine-tune from (mode finetune), else None: a fresh run starts from a
+    new initialisation, as in a new workdir."""
     if mode not in RESTART_MODES:
         raise ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
     create_workdir(workdir)
-    if mode == "resume":
-        check_identity(config, workdir)
     archived = archive_previous_run(workdir) if mode in ("fresh", "finetune") else None
     source = None
     if mode == "finetune":
         if archived is None or not (archived / CHECKPOINTS_DIR).is_dir():
             raise ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
         source = archived / CHECKPOINTS_DIR
-    if jax.process_index() == 0:
-        try:
-            configuration.write_json(config, workdir / configuration.CONFIG_FILE)
-        except OSError as error:
-            raise WorkdirError(
-                f"cannot write {workdir / configuration.CONFIG_FILE}: {error.strerror or error}; free some space "
-                "or choose another --workdir"
-            ) from error
     return source
+
+
+def write_record(config: ml_collections.ConfigDict, run_record: dict, workdir: Path) -> None:
+    """config.json: the config the run runs with and its record (`resnet_jax.record`), replaced whole."""
+    try:
+        saved = {**config.to_dict(), configuration.RECORD_KEY: run_record}
+        configuration.write_json(saved, workdir / configuration.CONFIG_FILE)
+    except OSError as error:
+        raise WorkdirError(
+            f"cannot write {workdir / configuration.CONFIG_FILE}: {error.strerror or error}; free some space "
+            "or choose another --workdir"
+        ) from error

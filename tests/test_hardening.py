@@ -479,7 +479,7 @@ def test_a_real_full_disk_stops_in_one_line_naming_it_and_the_last_good_checkpoi
 def test_a_different_optimizer_on_resume_is_refused_not_taken_for_damage(tmp_path):
     workdir = tmp_path / "run"
     trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
-    with pytest.raises(checkpoint.CheckpointError, match="the optimizer or train.ema_decay changed"):
+    with pytest.raises(configuration.ConfigError, match='optimizer.name="sgd", and this config says "adam"'):
         trainer.train_and_evaluate(load_config("smoke", **{"optimizer.name": "adam"}), workdir)
     assert complete_steps(workdir) == [8]
     assert not (workdir / "checkpoints_damaged").exists()

@@ -1,0 +1,255 @@
+"""What a run records beside the config it was asked (config.json's `record`): what that config ran as here (dtype,
+kernels, devices, processes, library versions) and every change accepted on a resume, with its step. And the resume
+rule: a resume trains what the run trained; it may be made longer, and its kernels or devices may change when asked.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax import configuration, models, onednn, optim
+from resnet_jax.configuration import ConfigError
+
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "onednn")
+KERNEL_KEYS = ("model.conv_backend", "model.norm_backend")
+LENGTH_KEYS = ("train.num_epochs", "train.num_steps")
+# What a run trains on and with: a change here on resume would make the record lie.
+TRAINING_SECTIONS = ("seed", "model", "data", "augment", "train", "optimizer", "schedule", "finetune")
+# Keys of those sections that do not change what is trained: where data is read from, how often things are logged
+# and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record) and the
+# run's length (`LENGTH_KEYS`, which may grow).
+NOT_TRAINING = (
+    *configuration.LOCATION_KEYS,
+    *configuration.SCORING_KEYS,
+    *configuration.RECORDED_KEYS,
+    *KERNEL_KEYS,
+    *LENGTH_KEYS,
+    "train.log_every_steps",
+    "train.steps_per_call",
+    "train.gradient_flow",
+    "finetune.source",  # the weights a run started from: a resume restores its own
+)
+RESTART_HINT = (
+    "pass --fresh to archive it and start over, --finetune to start from its weights, or use another --workdir"
+)
+
+
+def read_previous(workdir: Path) -> dict[str, Any] | None:
+    """The saved config.json of the run in `workdir` (None when there is none); a damaged one is one line."""
+    path = workdir / configuration.CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = configuration.read_json(path)
+    except (OSError, ValueError) as error:
+        saved, problem = None, str(error)
+    else:
+        problem = "" if isinstance(saved, dict) else f"it holds a JSON {type(saved).__name__}, not a config"
+    if problem:
+        raise ConfigError(
+            f"{path} is damaged ({problem}), so this run cannot be checked against it; delete it to resume with the "
+            "config given, or pass --fresh to archive the run and start over"
+        )
+    return saved
+
+
+def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
+    record = (previous or {}).get(configuration.RECORD_KEY)
+    return record if isinstance(record, dict) else {}
+
+
+def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None) -> ml_collections.ConfigDict:
+    """A copy of `config` as this run computes it: `model.dtype=auto` becomes the dtype the run recorded (a resume),
+    else what auto picks here; a resume keeps the digests of its validation and train_eval draws, so that another
+    draw is refused when the data is read."""
+    config = config.copy_and_resolve_references()
+    saved_model = (previous or {}).get("model", {})
+    if config.model.dtype == "auto":
+        recorded = saved_model.get("dtype") if isinstance(saved_model, dict) else None
+        config.model.dtype = (
+            recorded if recorded in models.DTYPES else jnp.dtype(models.resolve_dtype(config.model)).name
+        )
+    saved_digests = (previous or {}).get("data", {}).get("split_digests", {})
+    for split, digest in saved_digests.items() if isinstance(saved_digests, dict) else ():
+        if split in config.data.split_digests and isinstance(digest, str) and not config.data.split_digests[split]:
+            config.data.split_digests[split] = digest
+    return config
+
+
+def _versions() -> dict[str, str | None]:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def what_ran(model: models.ResNet) -> dict[str, Any]:
+    """How this process runs the built `model`: its dtype and kernels, the devices and processes, the versions."""
+    device = jax.devices()[0]
+    return {
+        "model.dtype": jnp.dtype(model.dtype).name,
+        "model.conv_backend": getattr(model, "conv_backend", "xla"),
+        "model.norm_backend": getattr(model, "norm_backend", "xla"),
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "versions": _versions(),
+    }
+
+
+def _training_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    flat = configuration.flatten({key: saved[key] for key in TRAINING_SECTIONS if key in saved})
+    return {key: value for key, value in flat.items() if not key.startswith(NOT_TRAINING)}
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, list, dict)) else repr(value)
+
+
+def _check_training_keys(previous: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path) -> None:
+    old, new = _training_keys(previous), _training_keys(config.to_dict())
+    # A key one of the two lacks was added or removed by another version of resnet-jax: not a change.
+    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key])
+    # Not yet recorded by the run (split sizes before they were recorded; a dtype stored as "auto" before it was
+    # resolved): nothing to hold the resume to.
+    unrecorded = {
+        key
+        for key in changed
+        if (key.startswith(configuration.RECORDED_KEYS) and old[key] == 0)
+        or (key == "model.dtype" and old[key] == "auto")
+    }
+    changed = [key for key in changed if key not in unrecorded]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"--workdir={str(workdir)!r} holds a run trained with {first}={_show(old[first])}, and this config says "
+            f"{_show(new[first])}{more}; a resume trains what the run trained: {RESTART_HINT}"
+        )
+
+
+def _check_kernels(record: dict[str, Any], asked: ml_collections.ConfigDict, ran: dict[str, Any]) -> list[str]:
+    """The kernels a resume runs on: the recorded ones, unless asked for by name (a change, recorded); 'auto' that
+    picks others here is refused in one line naming the override."""
+    recorded_ran = record.get("ran", {})
+    changed = []
+    for key in KERNEL_KEYS:
+        before, now = recorded_ran.get(key), ran[key]
+        if before is None or before == now:
+            continue
+        setting = asked.model[key.split(".", 1)[1]]
+        if setting == "auto":
+            why = ""
+            if before == "onednn":
+                why = onednn.library.dtype_unavailable_reason(models.DTYPES[ran["model.dtype"]])
+                why = f" ({why})" if why else ""
+            raise ConfigError(
+                f"{key}: this run computed on {before}, and here 'auto' picks {now}{why}; resume with "
+                f"--config.{key}={now} to go on with {now}'s kernels (the change is recorded), or on a machine that "
+                f"runs {before}'s"
+            )
+        changed.append(key)
+    return changed
+
+
+def _schedule_rates(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int, upto: int):
+    schedule = optim.make_schedule(config.schedule, config.optimizer.learning_rate, total_steps, steps_per_epoch)
+    return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(upto)))
+
+
+def _check_length(
+    previous: dict[str, Any], config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> tuple[list[str], str]:
+    """A run may be made longer, never shorter; the changed keys, and a line saying what a longer run does to a
+    schedule that follows the run's length ("" where the rate up to the old end stays as it was)."""
+    saved_train = previous.get("train", {})
+    keys = [key for key in LENGTH_KEYS if key.split(".")[1] in saved_train]
+    changed = [key for key in keys if saved_train[key.split(".")[1]] != config.train[key.split(".")[1]]]
+    if not changed:
+        return [], ""
+    old_steps = saved_train.get("num_steps", 0) or saved_train.get("num_epochs", 0) * steps_per_epoch
+    what = ", ".join(
+        f"{key} {_show(saved_train[key.split('.')[1]])} -> {_show(config.train[key.split('.')[1]])}" for key in changed
+    )
+    if total_steps < old_steps:
+        raise ConfigError(
+            f"{what} makes this run of {old_steps} steps shorter ({total_steps}); a resume may only make it longer: "
+            f"{RESTART_HINT}"
+        )
+    if total_steps == old_steps:
+        return changed, ""
+    old_config = configuration.from_saved(previous, config)
+    before = _schedule_rates(old_config, old_steps, steps_per_epoch, old_steps)
+    after = _schedule_rates(config, total_steps, steps_per_epoch, old_steps)
+    if np.allclose(before, after, rtol=1e-6, atol=0.0):
+        return changed, ""
+    last = old_steps - 1
+    return changed, (
+        f"{what} reshapes this run's learning-rate schedule ({config.schedule.name} follows the run's length): at "
+        f"step {last}, the old end, the rate was {before[last]:.3g} and is now {after[last]:.3g}; the change is "
+        "recorded in config.json (--fresh starts the longer run over instead)"
+    )
+
+
+def check_resume(
+    previous: dict[str, Any] | None,
+    asked: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    ran: dict[str, Any],
+    steps_per_epoch: int,
+    total_steps: int,
+    workdir: Path,
+) -> tuple[list[str], str]:
+    """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded; returns
+    the keys whose accepted change the record will carry (a longer run, kernels asked for by name), and a line to
+    show where a longer run reshapes its schedule ("" otherwise)."""
+    if previous is None:
+        return [], ""
+    _check_training_keys(previous, config, workdir)
+    kernels = _check_kernels(_recorded(previous), asked, ran)
+    length, reshaped = _check_length(previous, config, steps_per_epoch, total_steps)
+    return kernels + length, reshaped
+
+
+def describe_changes(previous: dict[str, Any], config: ml_collections.ConfigDict, keys: list[str]) -> str:
+    """`train.num_epochs 1 -> 2; model.conv_backend onednn -> xla` for the log."""
+    flat_old = configuration.flatten(previous)
+    flat_new = configuration.flatten(config.to_dict())
+    return "; ".join(f"{key} {_show(flat_old.get(key))} -> {_show(flat_new.get(key))}" for key in keys)
+
+
+def make_record(
+    previous: dict[str, Any] | None,
+    asked: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    ran: dict[str, Any],
+    changed: list[str],
+    step: int,
+) -> dict[str, Any]:
+    """The `record` config.json keeps: what was asked where the run resolved it, what ran (now), and the list of
+    accepted changes, each with the step from which it holds (the kernels, the devices and versions, the length)."""
+    record = _recorded(previous)
+    changes = list(record.get("changes", []))
+    old_ran = record.get("ran", {})
+    flat_old, flat_new = configuration.flatten(previous or {}), configuration.flatten(config.to_dict())
+    for key in changed:
+        if key not in KERNEL_KEYS:
+            changes.append({"step": step, "key": key, "from": flat_old.get(key), "to": flat_new.get(key)})
+    flat_ran_old, flat_ran_new = configuration.flatten(old_ran), configuration.flatten(ran)
+    for key in sorted(flat_ran_new):
+        if old_ran and flat_ran_old.get(key) != flat_ran_new[key]:
+            changes.append({"step": step, "key": f"ran.{key}", "from": flat_ran_old.get(key), "to": flat_ran_new[key]})
+    asked_values = {key: configuration.flatten(asked.to_dict())[key] for key in ("model.dtype", *KERNEL_KEYS)}
+    return {"asked": record.get("asked", asked_values), "ran": ran, "changes": changes}

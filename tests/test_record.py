@@ -1,0 +1,136 @@
+"""What a run records is what ran: config.json is written once a run is accepted, holds the dtype and kernels it
+resolved to, the devices and versions, and every change accepted on resume with its step; a resume that would train
+something else is refused in one line and leaves the workdir byte-identical; a changed holdout draw is refused."""
+
+import json
+import logging
+from pathlib import Path
+
+import jax
+import pytest
+
+from resnet_jax import configuration, data, metrics, trainer
+from resnet_jax.configuration import ConfigError
+from resnet_jax.data import DataError
+from tests.conftest import load_config
+
+ONE_EPOCH = {"train.num_epochs": 1}
+
+
+def snapshot(workdir: Path) -> dict[str, bytes]:
+    """Every file of a workdir and its bytes."""
+    return {str(path.relative_to(workdir)): path.read_bytes() for path in sorted(workdir.rglob("*")) if path.is_file()}
+
+
+def saved(workdir: Path) -> dict:
+    return json.loads((workdir / configuration.CONFIG_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished one-epoch smoke run (8 steps of batch 64, SGD 0.1, cosine) and the bytes of all its files."""
+    workdir = tmp_path_factory.mktemp("record") / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir)
+    return workdir, snapshot(workdir)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"optimizer.name": "adam"}, 'optimizer.name="sgd", and this config says "adam"'),
+        ({"optimizer.learning_rate": 0.05}, "optimizer.learning_rate=0.1, and this config says 0.05"),
+        ({"seed": 7}, "seed=0, and this config says 7"),
+        ({"train.batch_size": 32}, "train.batch_size=64, and this config says 32"),
+        ({"augment.flip": False}, "augment.flip=True, and this config says False"),
+        ({"model.name": "resnet8"}, 'model.name="resnet8_tiny", and this config says "resnet8"'),
+        ({"train.num_epochs": 1, "train.num_steps": 4}, "makes this run of 8 steps shorter (4)"),
+    ],
+)
+def test_a_changed_resume_is_refused_in_one_line_and_leaves_the_workdir_byte_identical(trained, overrides, named):
+    workdir, before = trained
+    with pytest.raises(ConfigError, match="--fresh") as refused:
+        trainer.train_and_evaluate(load_config("smoke", **(ONE_EPOCH | overrides)), workdir)
+    assert named in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert snapshot(workdir) == before
+
+
+def test_config_json_records_what_was_asked_and_what_ran(trained):
+    workdir, _ = trained
+    config = saved(workdir)
+    record = config[configuration.RECORD_KEY]
+    assert record["asked"]["model.dtype"] == "float32"  # smoke asks for float32 by name
+    assert config["model"]["dtype"] == record["ran"]["model.dtype"] == "float32"
+    assert record["ran"]["devices"] == jax.device_count() and record["ran"]["processes"] == 1
+    assert record["ran"]["versions"]["jax"] == jax.__version__
+    assert record["ran"]["model.conv_backend"] in ("xla", "onednn")
+    assert record["changes"] == []
+
+
+def test_auto_on_xla_cpu_is_recorded_as_float32_and_a_resume_keeps_a_recorded_bfloat16(tmp_path):
+    # On XLA's CPU convolutions bfloat16 was measured no faster, so 'auto' is float32 there...
+    xla = tmp_path / "xla"
+    trainer.train_and_evaluate(
+        load_config("smoke", **ONE_EPOCH, **{"model.dtype": "auto", "model.conv_backend": "xla"}), xla
+    )
+    assert saved(xla)["model"]["dtype"] == "float32"
+    assert saved(xla)[configuration.RECORD_KEY]["asked"]["model.dtype"] == "auto"
+    # ...but a run that recorded bfloat16 goes on in bfloat16 when resumed with 'auto', wherever it is resumed.
+    bf16 = tmp_path / "bf16"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"model.dtype": "bfloat16"}), bf16)
+    longer = {"train.num_epochs": 2, "model.dtype": "auto", "model.conv_backend": "xla"}
+    results = trainer.train_and_evaluate(load_config("smoke", **longer), bf16)
+    assert results["step"] == 16
+    assert saved(bf16)["model"]["dtype"] == "bfloat16"
+    with pytest.raises(ConfigError, match='model.dtype="bfloat16", and this config says "float32"'):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2, "model.dtype": "float32"}), bf16)
+
+
+def test_a_longer_run_says_what_its_schedule_does_and_records_the_change(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir)
+    with caplog.at_level(logging.WARNING, logger="resnet_jax.trainer"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    # Cosine from 0.1: 0.05 * (1 + cos(pi * 7/8)) = 0.00381 over 8 steps, 0.05 * (1 + cos(pi * 7/16)) = 0.0598 over 16.
+    (line,) = [record.getMessage() for record in caplog.records if "reshapes" in record.getMessage()]
+    assert line.startswith("train.num_epochs 1 -> 2 reshapes this run's learning-rate schedule (cosine")
+    assert "at step 7, the old end, the rate was 0.00381 and is now 0.0598" in line
+    changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
+    assert {"step": 8, "key": "train.num_epochs", "from": 1, "to": 2} in changes
+    assert saved(workdir)["train"]["num_epochs"] == 2
+
+
+def test_kernels_that_auto_picks_differently_on_resume_are_refused_unless_named(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir)
+    config = saved(workdir)
+    here = config[configuration.RECORD_KEY]["ran"]["model.conv_backend"]
+    elsewhere = "onednn" if here == "xla" else "xla"
+    config[configuration.RECORD_KEY]["ran"]["model.conv_backend"] = elsewhere  # as if it ran on another machine
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    before = snapshot(workdir)
+    with pytest.raises(ConfigError, match=f"resume with --config.model.conv_backend={here} to go on"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert snapshot(workdir) == before
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2, "model.conv_backend": here}), workdir)
+    changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
+    assert {"step": 8, "key": "ran.model.conv_backend", "from": elsewhere, "to": here} in changes
+
+
+def test_the_train_sample_is_fixed_across_resume_and_a_changed_holdout_draw_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    sampled = {"data.validation_size": 64, "data.train_eval_size": 40, "schedule.name": "constant"}
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **sampled), workdir)
+    digests = saved(workdir)["data"]["split_digests"]
+    assert all(len(digests[split]) == 16 for split in (data.VALIDATION, data.TRAIN_EVAL))
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}, **sampled), workdir)
+    assert saved(workdir)["data"]["split_digests"] == digests
+    scored = [r["train_eval_examples"] for r in metrics.read_metrics(workdir) if "train_eval_accuracy" in r]
+    assert scored == [40, 40]
+    config = saved(workdir)
+    config["data"]["split_digests"][data.VALIDATION] = "0123456789abcdef"  # as drawn by another numpy
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    before = snapshot(workdir)
+    with pytest.raises(DataError, match="the validation rows drawn now .* are not the ones this run recorded"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 3}, **sampled), workdir)
+    assert snapshot(workdir) == before
