@@ -4,7 +4,6 @@ is loaded; the models on either backend; a batch-sharded jit; a run resumed on t
 reason, where the extension is not built, unless RESNET_JAX_REQUIRE_ONEDNN=1 (CI) makes that an error."""
 
 import _ctypes
-import ctypes
 import functools
 import json
 import os
@@ -234,15 +233,17 @@ BROKEN = {
 }
 
 
-def without_root_s_file_access() -> None:
-    # Root reads a chmod 000 file through CAP_DAC_OVERRIDE (and CAP_DAC_READ_SEARCH): dropped from the bounding set
-    # before the exec, the child runs without them and meets the file's mode as any user would.
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
+# Runs argv[1:] without root's reading of any file: CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from the bounding
+# set before the exec, so that the program meets a chmod 000 file as any user would. A launcher of its own, since
+# JAX's threads make forking the test process itself unsafe.
+WITHOUT_ROOT_S_FILE_ACCESS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop root's file access here (errno {ctypes.get_errno()})")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 # A child process that builds the smoke config's model with `argv[1]` as the library and `argv[2]`'s sources.
 BUILD_MODEL_WITH_LIBRARY = """
 import sys
@@ -256,16 +257,18 @@ print(model.conv_backend, model.norm_backend)
 """
 
 
-def assert_falls_back_to_xla_in_one_warning(path, sources, problem, **run):
-    done = subprocess.run(
-        [PYTHON, "-c", BUILD_MODEL_WITH_LIBRARY, str(path), str(sources)],
+def build_model_with_library(path, sources, launcher=()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, PYTHON, "-c", BUILD_MODEL_WITH_LIBRARY, str(path), str(sources)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         env=subprocess_env(),
         check=False,
-        **run,
     )
+
+
+def assert_fell_back_to_xla_in_one_warning(done, path, problem):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "xla xla"
     [line] = [line for line in done.stderr.splitlines() if "oneDNN" in line]
@@ -280,12 +283,10 @@ def test_a_broken_library_is_found_before_loading_and_runs_fall_back_in_one_warn
     make, problem = BROKEN[broken]
     make(path)
     as_root = broken == "unreadable" and os.geteuid() == 0
-    try:
-        assert_falls_back_to_xla_in_one_warning(
-            path, library.SOURCE, problem, **({"preexec_fn": without_root_s_file_access} if as_root else {})
-        )
-    except subprocess.SubprocessError as error:  # a container that keeps root from dropping capabilities
-        pytest.skip(f"root reads any file here, and cannot drop that ({error})")
+    done = build_model_with_library(path, library.SOURCE, [PYTHON, "-c", WITHOUT_ROOT_S_FILE_ACCESS] if as_root else [])
+    if "cannot drop root's file access here" in done.stderr:  # a container that keeps root from dropping it
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert_fell_back_to_xla_in_one_warning(done, path, problem)
 
 
 def test_a_library_built_from_other_sources_is_stale(tmp_path):
@@ -296,7 +297,7 @@ def test_a_library_built_from_other_sources_is_stale(tmp_path):
     path = tmp_path / library.LIBRARY.name
     shutil.copyfile(library.LIBRARY, path)
     assert library.library_problem(path, library.source_stamp(library.SOURCE)) == ""
-    assert_falls_back_to_xla_in_one_warning(path, sources, "is stale")
+    assert_fell_back_to_xla_in_one_warning(build_model_with_library(path, sources), path, "is stale")
 
 
 def test_a_sound_library_is_probed_once_and_the_verdict_kept_by_its_hash(tmp_path, monkeypatch):

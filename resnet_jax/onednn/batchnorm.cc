@@ -75,7 +75,8 @@ ffi::Error execute(Pass pass, const ffi::AnyBuffer& x, float epsilon, bool relu,
   Geometry g;
   if (auto error = make_geometry(x, epsilon, relu, &g)) return *error;
   return run([&] {
-    const auto held = cached_batch_norm(g);  // kept until the wait below, whatever the cache evicts meanwhile
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_batch_norm(g);
     const BatchNorm& bn = *held;
     auto& engine = cpu_engine();
     const memory::desc& pad = pass == Pass::kForward ? bn.scratchpad_forward : bn.scratchpad_backward;

@@ -151,7 +151,8 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias, ffi:
     return *error;
   }
   return run([&] {
-    const auto held = cached_conv(Pass::kForward, g);  // kept until the wait below, whatever the cache evicts meanwhile
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kForward, g);
     const Conv& conv = *held;
     auto& engine = cpu_engine();
     const CallScratch scratch = call_scratch(conv);
@@ -175,7 +176,8 @@ ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::An
     return *error;
   }
   return run([&] {
-    const auto held = cached_conv(Pass::kBackwardData, g);  // kept until the wait below, whatever the cache evicts meanwhile
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kBackwardData, g);
     const Conv& conv = *held;
     auto& engine = cpu_engine();
     const CallScratch scratch = call_scratch(conv);
@@ -199,7 +201,8 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
     return *error;
   }
   return run([&] {
-    const auto held = cached_conv(Pass::kBackwardWeights, g);  // kept until the wait below, whatever the cache evicts meanwhile
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kBackwardWeights, g);
     const Conv& conv = *held;
     auto& engine = cpu_engine();
     const CallScratch scratch = call_scratch(conv);
