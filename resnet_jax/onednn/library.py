@@ -140,12 +140,18 @@ def _probed_stamp(path: Path) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         return "", f"does not load (loading it took over {PROBE_TIMEOUT_S} s)"
     if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:  # a real-time signal, which has no name
+            name = f"signal {-done.returncode}"
         return "", f"is truncated or corrupt (loading it killed a process with {name})"
     if done.returncode:
         error = (done.stderr.strip().splitlines() or ["no error message"])[-1]
         return "", f"does not load ({error})"
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return "", "does not load cleanly (loading it printed no stamp)"
     if found["missing"]:
         return "", f"is not this project's oneDNN extension (it lacks {', '.join(found['missing'][:3])})"
     return found["stamp"], ""
