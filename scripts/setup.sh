@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a checkout: a .venv with the project and its test extra, and the real Fashion-MNIST files that Debian
 # ships (/usr/share/datasets/fashion-mnist), and, on x86-64 Linux, oneDNN's convolutions and BatchNorm for the CPU (the
-# cpu-onednn extra, built with the system's cmake and g++; RESNET_JAX_ONEDNN=0 skips them). Safe to run again.
+# cpu-onednn extra, built with the system's cmake and g++). There a failed install or build fails the set-up, with
+# pip's or the compiler's error, unless RESNET_JAX_ONEDNN=0 asks for XLA's kernels only. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +13,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
+echo "setup: installing the project and its test extra into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
-# oneDNN's kernels: optional; when they cannot be installed or built, one line says so and runs use XLA's.
-if [ "${RESNET_JAX_ONEDNN:-1}" != "0" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
-  .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]" >/dev/null 2>&1 \
-    || echo "oneDNN kernels: the cpu-onednn extra did not install; runs use XLA's"
+# Empty where the extension is meant to be: x86-64 Linux, RESNET_JAX_ONEDNN not off (build.py's own test).
+NOT_WANTED="$(.venv/bin/python -c 'from resnet_jax.onednn import build; print(build.not_wanted_reason())')"
+if [ -z "$NOT_WANTED" ]; then
+  echo "setup: installing oneDNN (the cpu-onednn extra, about 2 GB; minutes on a first run)"
+  .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]"
 fi
+# Says why and exits 0 where the extension is not meant to be; exits 1 with the compiler's error where it fails.
 .venv/bin/python -m resnet_jax.onednn.build

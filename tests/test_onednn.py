@@ -1,9 +1,13 @@
 """oneDNN's convolutions and BatchNorm (resnet_jax/onednn/) against XLA's: outputs and gradients over strides,
-paddings, kernels, channels and batches, in float32 and bfloat16; the models on either backend; a batch-sharded jit;
-a run resumed on the other backend. Skipped, with the reason, where the extension is not built."""
+paddings, kernels, channels and batches, in float32 and bfloat16; the primitive cache; the library checked before it
+is loaded; the models on either backend; a batch-sharded jit; a run resumed on the other backend. Skipped, with the
+reason, where the extension is not built, unless RESNET_JAX_REQUIRE_ONEDNN=1 (CI) makes that an error."""
 
+import _ctypes
 import functools
 import json
+import os
+import shutil
 import subprocess
 
 import chex
@@ -17,7 +21,22 @@ from resnet_jax import configuration, experiment, export, inference, models, one
 from resnet_jax.onednn import library
 from tests.conftest import PYTHON, REPO_ROOT, load_config, run_multidevice_probe, subprocess_env, train_command
 
+# CI sets this where the extension must run (x86-64 Linux): a skip there would pass broken C++ as green.
+REQUIRE = "RESNET_JAX_REQUIRE_ONEDNN"
+if os.environ.get(REQUIRE) == "1" and not onednn.available():
+    pytest.fail(f"{REQUIRE}=1 and oneDNN's kernels cannot run: {onednn.unavailable_reason()}", pytrace=False)
 pytestmark = pytest.mark.skipif(not onednn.available(), reason=onednn.unavailable_reason())
+# bfloat16 where oneDNN has kernels for it on this CPU (none on an AVX2-only one, which the dtype tests below cover).
+DTYPES = [
+    pytest.param(jnp.float32, id="float32"),
+    pytest.param(
+        jnp.bfloat16,
+        id="bfloat16",
+        marks=pytest.mark.skipif(
+            jnp.bfloat16 not in library.dtypes(), reason="oneDNN has no bfloat16 kernels for this CPU"
+        ),
+    ),
+]
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # (batch, size, in channels, out channels, kernel, stride, padding): every kernel and stride the models use, their
@@ -61,7 +80,7 @@ def assert_close_relative(actual, expected, tolerance, floor=1e-6):
     assert float(np.max(np.abs(actual - expected))) <= max(tolerance * float(np.max(np.abs(expected))), floor)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_output_and_both_gradients_equal_xla(case, with_bias, dtype):
@@ -108,8 +127,9 @@ def test_primitives_are_built_once_per_pass_and_shape():
     second = grads(x * 2, w)
     assert library.cached_primitives() == before + 3
     chex.assert_trees_all_close(second[1], first[1] * 4)
-    grads(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-    assert library.cached_primitives() == before + 6
+    if jnp.bfloat16 in library.dtypes():  # not on an AVX2-only CPU
+        grads(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+        assert library.cached_primitives() == before + 6
 
 
 # (batch, size, channels): channels 1 -> 16 -> 64 -> 512, batches 1 to 128, a 1x1 map.
@@ -128,7 +148,7 @@ def flax_batch_norm(x, scale, shift, relu):
     return (nn.relu(y) if relu else y), stats["mean"], stats["var"]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("relu", [False, True], ids=["alone", "with ReLU"])
 @pytest.mark.parametrize("case", list(BATCH_NORM_CASES))
 def test_batch_norm_its_statistics_and_its_three_gradients_equal_flax(case, relu, dtype):
@@ -154,6 +174,19 @@ def test_batch_norm_its_statistics_and_its_three_gradients_equal_flax(case, relu
         assert_close_relative(a, e, TOLERANCE[dtype], floor=1e-3 if batch * size * size == 1 else 1e-6)
 
 
+def test_epsilons_that_print_alike_each_get_their_own_primitive():
+    # std::to_string prints both as "0.000000": a cache keyed on that text ran the second with the first's epsilon.
+    # A variance of about 1e-7 makes each epsilon move the output by tens of percent.
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32) * np.float32(3e-4)
+    for epsilon in (1e-7, 4e-7):
+        y, _, variance = onednn.batch_norm(jnp.asarray(x), jnp.ones(4), jnp.zeros(4), epsilon=epsilon)
+        x64 = x.astype(np.float64)
+        expected_variance = x64.var(axis=(0, 1, 2))
+        expected = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(expected_variance + np.float32(epsilon))
+        np.testing.assert_allclose(variance, expected_variance, rtol=1e-4)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_norm_statistics_are_not_differentiated_and_the_module_keeps_flax_s_variables():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3, 3, 8)), jnp.float32)
     mean_gradient = jax.grad(lambda x: jnp.sum(onednn.batch_norm(x, jnp.ones(8), jnp.zeros(8))[1]))(x)
@@ -168,6 +201,129 @@ def test_batch_norm_statistics_are_not_differentiated_and_the_module_keeps_flax_
     trained = {**variables, **updates}
     evaluated = onednn.BatchNorm(use_running_average=True).apply(trained, x)
     chex.assert_trees_all_equal(evaluated, nn.BatchNorm(use_running_average=True).apply(trained, x))
+
+
+def test_the_primitive_cache_keeps_its_capacity_and_drops_the_least_recently_used():
+    held, capacity = library.held_primitives()
+    # Batch sizes no other test uses, one BatchNorm primitive pair each (the workspace query builds it).
+    build = lambda n: library.batch_norm_workspace_bytes((10_000 + n, 1, 1, 3), False)  # noqa: E731
+    for n in range(capacity):  # fills BatchNorm's cache with these alone
+        build(n)
+    full = library.held_primitives()[0]
+    build(0)  # used again: now the most recent, so the next new shape drops shape 1 instead
+    built = library.cached_primitives()
+    build(capacity)
+    assert library.cached_primitives() == built + 1
+    assert library.held_primitives()[0] == full <= held + capacity
+    build(0)
+    assert library.cached_primitives() == built + 1
+    build(1)
+    assert library.cached_primitives() == built + 2
+
+
+# The library broken each way a checkout meets one: cut short (a full disk, an interrupted copy), empty, another file
+# in its place, unreadable. Loading either truncation kills the process that maps it with SIGBUS.
+BROKEN = {
+    "truncated to 4 kB": (lambda path: path.write_bytes(library.LIBRARY.read_bytes()[:4096]), "is truncated"),
+    "truncated to 100 kB": (lambda path: path.write_bytes(library.LIBRARY.read_bytes()[:100_000]), "is truncated"),
+    "empty": (lambda path: path.write_bytes(b""), "is empty"),
+    "a text file": (lambda path: path.write_text("not a library\n" * 1000), "invalid ELF header"),
+    "another shared library": (lambda path: shutil.copyfile(_ctypes.__file__, path), "not this project's"),
+    "unreadable": (lambda path: (shutil.copyfile(library.LIBRARY, path), path.chmod(0)), "cannot be read"),
+}
+
+
+# Runs argv[1:] without root's reading of any file: CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from the bounding
+# set before the exec, so that the program meets a chmod 000 file as any user would. A launcher of its own, since
+# JAX's threads make forking the test process itself unsafe.
+WITHOUT_ROOT_S_FILE_ACCESS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop root's file access here (errno {ctypes.get_errno()})")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+# A child process that builds the smoke config's model with `argv[1]` as the library and `argv[2]`'s sources.
+BUILD_MODEL_WITH_LIBRARY = """
+import sys
+from pathlib import Path
+from resnet_jax.onednn import library
+library.LIBRARY, library.SOURCE = Path(sys.argv[1]), Path(sys.argv[2])
+from resnet_jax import models
+from tests.conftest import load_config
+model = models.build_model(load_config("smoke").model, 10)
+print(model.conv_backend, model.norm_backend)
+"""
+
+
+def build_model_with_library(path, sources, launcher=()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, PYTHON, "-c", BUILD_MODEL_WITH_LIBRARY, str(path), str(sources)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        check=False,
+    )
+
+
+def assert_fell_back_to_xla_in_one_warning(done, path, problem):
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "xla xla"
+    [line] = [line for line in done.stderr.splitlines() if "oneDNN" in line]
+    assert line.startswith(f"warning: oneDNN's kernels are off: {path} ")
+    assert problem in line
+    assert line.endswith("; rebuild it with python -m resnet_jax.onednn.build")
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_broken_library_is_found_before_loading_and_runs_fall_back_in_one_warning(broken, tmp_path):
+    path = tmp_path / library.LIBRARY.name
+    make, problem = BROKEN[broken]
+    make(path)
+    as_root = broken == "unreadable" and os.geteuid() == 0
+    done = build_model_with_library(path, library.SOURCE, [PYTHON, "-c", WITHOUT_ROOT_S_FILE_ACCESS] if as_root else [])
+    if "cannot drop root's file access here" in done.stderr:  # a container that keeps root from dropping it
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert_fell_back_to_xla_in_one_warning(done, path, problem)
+
+
+def test_a_library_built_from_other_sources_is_stale(tmp_path):
+    sources = tmp_path / "sources"
+    shutil.copytree(library.SOURCE, sources, ignore=shutil.ignore_patterns("*.so*", "*.py", "__pycache__"))
+    with (sources / "conv.cc").open("a") as file:
+        file.write("// edited after the build\n")
+    path = tmp_path / library.LIBRARY.name
+    shutil.copyfile(library.LIBRARY, path)
+    assert library.library_problem(path, library.source_stamp(library.SOURCE)) == ""
+    assert_fell_back_to_xla_in_one_warning(build_model_with_library(path, sources), path, "is stale")
+
+
+def test_a_sound_library_is_probed_once_and_the_verdict_kept_by_its_hash(tmp_path, monkeypatch):
+    path = tmp_path / library.LIBRARY.name
+    shutil.copyfile(library.LIBRARY, path)
+    stamp = library.source_stamp(library.SOURCE)
+    assert library.library_problem(path, stamp) == ""
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("probed again"))
+        assert library.library_problem(path, stamp) == ""
+        assert "is stale" in library.library_problem(path, "0" * 64)
+    path.write_bytes(path.read_bytes()[:4096])  # another file under the same name is probed afresh
+    assert "is truncated" in library.library_problem(path, stamp)
+
+
+def test_ci_s_switch_turns_an_unusable_extension_into_an_error_instead_of_skips():
+    done = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_onednn.py", "-k", "the_switch"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=subprocess_env(RESNET_JAX_ONEDNN="0", **{REQUIRE: "1"}),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"{REQUIRE}=1 and oneDNN's kernels cannot run: RESNET_JAX_ONEDNN=0 turns oneDNN off" in done.stdout
 
 
 # The CIFAR family (option A), conv biases and 1x1 projections (the seed's net), the 7x7/2 ImageNet stem.

@@ -4,6 +4,7 @@
 // kept in oneDNN's workspace between the two passes).
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -49,9 +50,9 @@ BatchNorm build(const Geometry& g) {
           forward.workspace_desc()};
 }
 
-const BatchNorm& cached_batch_norm(const Geometry& g) {
+std::shared_ptr<const BatchNorm> cached_batch_norm(const Geometry& g) {
   const std::string key = "bn/" + std::to_string(static_cast<int>(g.type)) + (g.relu ? "r/" : "n/") +
-                          std::to_string(g.epsilon) + dims_key({&g.dims});
+                          float_key(g.epsilon) + dims_key({&g.dims});
   return cached<BatchNorm>(key, [&] { return build(g); });
 }
 
@@ -74,11 +75,14 @@ ffi::Error execute(Pass pass, const ffi::AnyBuffer& x, float epsilon, bool relu,
   Geometry g;
   if (auto error = make_geometry(x, epsilon, relu, &g)) return *error;
   return run([&] {
-    const BatchNorm& bn = cached_batch_norm(g);
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_batch_norm(g);
+    const BatchNorm& bn = *held;
     auto& engine = cpu_engine();
     const memory::desc& pad = pass == Pass::kForward ? bn.scratchpad_forward : bn.scratchpad_backward;
+    CallScratch scratch({pad.get_size()});
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(bn.data, engine, x.untyped_data())},
-                                            {DNNL_ARG_SCRATCHPAD, memory(pad, engine, scratchpad(pad))}};
+                                            {DNNL_ARG_SCRATCHPAD, memory(pad, engine, scratch[0])}};
     for (auto [arg, data] : per_channel) args[arg] = memory(bn.channel, engine, data);
     for (auto [arg, data] : per_element) args[arg] = memory(bn.data, engine, data);
     if (relu) args[DNNL_ARG_WORKSPACE] = memory(bn.workspace, engine, workspace);
@@ -118,8 +122,8 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scale, f
 extern "C" int64_t OnednnBatchNormWorkspaceBytes(int64_t n, int64_t h, int64_t w, int64_t c, int bfloat16) {
   try {
     Geometry g{{n, c, h, w}, bfloat16 ? memory::data_type::bf16 : memory::data_type::f32, 1e-5f, true};
-    return static_cast<int64_t>(cached_batch_norm(g).workspace.get_size());
-  } catch (const dnnl::error&) {
+    return static_cast<int64_t>(cached_batch_norm(g)->workspace.get_size());
+  } catch (...) {
     return -1;
   }
 }

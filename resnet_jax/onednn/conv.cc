@@ -1,7 +1,8 @@
 // oneDNN 2D convolutions (forward, backward-data, backward-weights) as XLA typed-FFI handlers for the CPU:
 // NHWC activations and HWIO kernels as flax lays them out, float32 or bfloat16 (accumulated in float32), any
-// stride and non-negative padding. Primitives are built once per shape and dtype and kept for the process.
+// stride and non-negative padding. Primitives are built once per pass, shape and dtype, in runtime.h's bounded cache.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -80,7 +81,7 @@ Conv build(Pass pass, const Geometry& g) {
   return conv;
 }
 
-const Conv& cached_conv(Pass pass, const Geometry& g) {
+std::shared_ptr<const Conv> cached_conv(Pass pass, const Geometry& g) {
   return cached<Conv>(cache_key(pass, g), [&] { return build(pass, g); });
 }
 
@@ -117,19 +118,23 @@ std::optional<ffi::Error> make_geometry(const ffi::AnyBuffer& src, const ffi::An
   return std::nullopt;
 }
 
-void* reordered_weights(const memory::desc& desc) {
-  thread_local ThreadBuffer buffer;
-  return buffer.get(desc.get_size());
+// One call's scratch: [0] the primitive's scratchpad, [1] the kernel in the primitive's layout and [2] the reorder's
+// scratchpad, where the primitive wants another layout than HWIO.
+CallScratch call_scratch(const Conv& conv) {
+  const bool reorder = conv.weights_reorder.has_value();
+  return CallScratch({conv.scratchpad.get_size(), reorder ? conv.weights.get_size() : 0,
+                      reorder ? conv.reorder_scratchpad.get_size() : 0});
 }
 
 // Copies a kernel between the user's HWIO buffer and the primitive's layout; returns the memory the primitive uses.
-memory weights_for_primitive(const Conv& conv, void* user_data, bool user_to_primitive) {
+memory weights_for_primitive(const Conv& conv, void* user_data, bool user_to_primitive,
+                             const CallScratch& scratch) {
   auto& engine = cpu_engine();
   memory user(conv.user_weights, engine, user_data);
   if (!conv.weights_reorder) return user;
-  memory mine(conv.weights, engine, reordered_weights(conv.weights));
+  memory mine(conv.weights, engine, scratch[1]);
   if (user_to_primitive) {
-    memory pad(conv.reorder_scratchpad, engine, scratchpad(conv.reorder_scratchpad));
+    memory pad(conv.reorder_scratchpad, engine, scratch[2]);
     conv.weights_reorder->execute(thread_stream(),
                                   {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, mine}, {DNNL_ARG_SCRATCHPAD, pad}});
   }
@@ -146,14 +151,17 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias, ffi:
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached_conv(Pass::kForward, g);
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kForward, g);
+    const Conv& conv = *held;
     auto& engine = cpu_engine();
-    memory weights = weights_for_primitive(conv, w.untyped_data(), true);
+    const CallScratch scratch = call_scratch(conv);
+    memory weights = weights_for_primitive(conv, w.untyped_data(), true, scratch);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, memory(conv.src, engine, x.untyped_data())},
         {DNNL_ARG_WEIGHTS, weights},
         {DNNL_ARG_DST, memory(conv.dst, engine, y->untyped_data())},
-        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}};
+        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratch[0])}};
     if (has_bias) args[DNNL_ARG_BIAS] = memory(conv.bias, engine, bias.untyped_data());
     conv.primitive.execute(thread_stream(), args);
     thread_stream().wait();
@@ -168,14 +176,17 @@ ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::An
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached_conv(Pass::kBackwardData, g);
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kBackwardData, g);
+    const Conv& conv = *held;
     auto& engine = cpu_engine();
-    memory weights = weights_for_primitive(conv, w.untyped_data(), true);
+    const CallScratch scratch = call_scratch(conv);
+    memory weights = weights_for_primitive(conv, w.untyped_data(), true, scratch);
     conv.primitive.execute(thread_stream(),
                            {{DNNL_ARG_DIFF_DST, memory(conv.dst, engine, dy.untyped_data())},
                             {DNNL_ARG_WEIGHTS, weights},
                             {DNNL_ARG_DIFF_SRC, memory(conv.src, engine, dx->untyped_data())},
-                            {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}});
+                            {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratch[0])}});
     thread_stream().wait();
   });
 }
@@ -190,19 +201,22 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
     return *error;
   }
   return run([&] {
-    const Conv& conv = cached_conv(Pass::kBackwardWeights, g);
+    // Held until the wait below, whatever the cache evicts meanwhile.
+    const auto held = cached_conv(Pass::kBackwardWeights, g);
+    const Conv& conv = *held;
     auto& engine = cpu_engine();
+    const CallScratch scratch = call_scratch(conv);
     memory user(conv.user_weights, engine, dw->untyped_data());
-    memory weights = weights_for_primitive(conv, dw->untyped_data(), false);
+    memory weights = weights_for_primitive(conv, dw->untyped_data(), false, scratch);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, memory(conv.src, engine, x.untyped_data())},
         {DNNL_ARG_DIFF_DST, memory(conv.dst, engine, dy.untyped_data())},
         {DNNL_ARG_DIFF_WEIGHTS, weights},
-        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratchpad(conv.scratchpad))}};
+        {DNNL_ARG_SCRATCHPAD, memory(conv.scratchpad, engine, scratch[0])}};
     if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(conv.bias, engine, dbias->untyped_data());
     conv.primitive.execute(thread_stream(), args);
     if (conv.weights_reorder) {
-      memory pad(conv.reorder_scratchpad, engine, scratchpad(conv.reorder_scratchpad));
+      memory pad(conv.reorder_scratchpad, engine, scratch[2]);
       conv.weights_reorder->execute(thread_stream(),
                                     {{DNNL_ARG_FROM, weights}, {DNNL_ARG_TO, user}, {DNNL_ARG_SCRATCHPAD, pad}});
     }
@@ -221,7 +235,7 @@ extern "C" int OnednnConvBuilds(int bfloat16) {
   try {
     for (Pass pass : {Pass::kForward, Pass::kBackwardData, Pass::kBackwardWeights}) cached_conv(pass, g);
     return 1;
-  } catch (const dnnl::error&) {
+  } catch (...) {
     return 0;
   }
 }

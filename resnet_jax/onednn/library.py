@@ -1,13 +1,20 @@
-"""The oneDNN extension (`libresnet_jax_onednn.so` beside this file): whether it can be used here, and its XLA FFI
-targets (convolutions, BatchNorm) registered for the CPU. `RESNET_JAX_ONEDNN=0` turns it off (and off the build),
-so that a machine with it built can still run as one without.
+"""The oneDNN extension (`libresnet_jax_onednn.so` beside this file): whether it can be used here, checked before it is
+loaded (its stamp against these sources, its loading in a child process), and its XLA FFI targets (convolutions,
+BatchNorm) registered for the CPU. `RESNET_JAX_ONEDNN=0` turns it off (and off the build), so that a machine with it
+built can still run as one without.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import hashlib
+import importlib.metadata
+import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +22,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-LIBRARY = Path(__file__).with_name("libresnet_jax_onednn.so")
+SOURCE = Path(__file__).parent
+LIBRARY = SOURCE / "libresnet_jax_onednn.so"
 SWITCH = "RESNET_JAX_ONEDNN"
-BUILD_COMMAND = "bash scripts/setup.sh (or: python -m resnet_jax.onednn.build)"
+REBUILD = "python -m resnet_jax.onednn.build"
+BUILD_COMMAND = f"bash scripts/setup.sh (or: {REBUILD})"
+# What a library's stamp hashes besides oneDNN's version: every C++ source and the build script.
+STAMPED = ("CMakeLists.txt", "*.h", "*.cc")
+# What the extension exports: the FFI handlers and its C entry points for ctypes.
+SYMBOLS = (
+    "OnednnStamp",
+    "OnednnProbe",
+    "OnednnCachedPrimitives",
+    "OnednnHeldPrimitives",
+    "OnednnCacheCapacity",
+    "OnednnBatchNormWorkspaceBytes",
+    "OnednnConvBuilds",
+)
 # What the extension's primitives compute in (bfloat16 with float32 accumulation and statistics), where the CPU lets
 # oneDNN build them: see `dtypes`.
 DTYPES = (jnp.float32, jnp.bfloat16)
@@ -28,6 +49,20 @@ TARGETS = {
     "resnet_jax_onednn_batch_norm_forward": "OnednnBatchNormForward",
     "resnet_jax_onednn_batch_norm_backward": "OnednnBatchNormBackward",
 }
+# Run in a child process, since mapping a truncated library kills its process with SIGBUS: loads the library given,
+# prints its stamp and the symbols of the rest it lacks.
+_PROBE = """
+import ctypes, json, sys
+library = ctypes.CDLL(sys.argv[1])
+stamp = getattr(library, "OnednnStamp", None)
+if stamp is not None:
+    stamp.restype = ctypes.c_char_p
+print(json.dumps({
+    "stamp": stamp().decode(errors="replace") if stamp is not None else "",
+    "missing": [symbol for symbol in sys.argv[2:] if not hasattr(library, symbol)],
+}))
+"""
+PROBE_TIMEOUT_S = 120
 
 
 def switched_off() -> bool:
@@ -48,19 +83,116 @@ def _library() -> ctypes.CDLL:
     _point_opencl_at_the_venv()
     library = ctypes.CDLL(str(LIBRARY))
     library.OnednnCachedPrimitives.restype = ctypes.c_int64
+    library.OnednnHeldPrimitives.restype = ctypes.c_int64
+    library.OnednnCacheCapacity.restype = ctypes.c_int64
     library.OnednnBatchNormWorkspaceBytes.restype = ctypes.c_int64
     library.OnednnBatchNormWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
     library.OnednnConvBuilds.argtypes = [ctypes.c_int]
     return library
 
 
+def _onednn_version() -> str:
+    try:
+        return importlib.metadata.version("onednn")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def source_stamp(directory: Path = SOURCE) -> str:
+    """The stamp of a library built here from `directory`'s C++ sources: a hash of them, CMakeLists.txt and the
+    installed oneDNN's version. build.py compiles it into the library (`OnednnStamp`)."""
+    digest = hashlib.sha256(f"onednn {_onednn_version()}\0".encode())
+    for path in sorted((path for pattern in STAMPED for path in directory.glob(pattern)), key=lambda p: p.name):
+        digest.update(f"{path.name}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _verdict_file(path: Path) -> Path:
+    # Beside the library: the hash of the file last found to load, and its stamp.
+    return path.with_name(path.name + ".probed")
+
+
+def _remembered_stamp(path: Path, digest: str) -> str | None:
+    try:
+        verdict = json.loads(_verdict_file(path).read_text())
+        return verdict["stamp"] if verdict["sha256"] == digest else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_stamp(path: Path, digest: str, stamp: str) -> None:
+    # Written whole (a rename) or not at all; where the folder is read-only, each process probes again.
+    verdict = _verdict_file(path)
+    staged = verdict.with_name(f".{verdict.name}.{os.getpid()}")
+    try:
+        staged.write_text(json.dumps({"sha256": digest, "stamp": stamp}))
+        os.replace(staged, verdict)
+    except OSError:
+        with contextlib.suppress(OSError):
+            staged.unlink(missing_ok=True)
+
+
+def _probed_stamp(path: Path) -> tuple[str, str]:
+    """The stamp of the library at `path` as a child process that loads it reads it, or "" and what went wrong."""
+    command = [sys.executable, "-I", "-c", _PROBE, str(path), *SYMBOLS, *TARGETS.values()]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return "", f"does not load (loading it took over {PROBE_TIMEOUT_S} s)"
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:  # a real-time signal, which has no name
+            name = f"signal {-done.returncode}"
+        return "", f"is truncated or corrupt (loading it killed a process with {name})"
+    if done.returncode:
+        error = (done.stderr.strip().splitlines() or ["no error message"])[-1]
+        return "", f"does not load ({error})"
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return "", "does not load cleanly (loading it printed no stamp)"
+    if found["missing"]:
+        return "", f"is not this project's oneDNN extension (it lacks {', '.join(found['missing'][:3])})"
+    return found["stamp"], ""
+
+
+def library_problem(path: Path, stamp: str) -> str:
+    """What keeps the extension library at `path` from being loaded with sources stamped `stamp` (unreadable, empty,
+    truncated, foreign, stale), or "" when it may be: found without loading it into this process, by loading it in a
+    child process, whose finding is kept beside the file by the file's hash."""
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if not content:
+        return "is empty"
+    digest = hashlib.sha256(content).hexdigest()
+    built_stamp = _remembered_stamp(path, digest)
+    if built_stamp is None:
+        built_stamp, problem = _probed_stamp(path)
+        if problem:
+            return problem
+        _remember_stamp(path, digest, built_stamp)
+    if built_stamp != stamp:
+        return "is stale: built from other C++ sources or another oneDNN than these"
+    return ""
+
+
 @functools.cache
 def unavailable_reason() -> str:
-    """Why the oneDNN primitives cannot run in this process, or "" when they can (and are registered)."""
+    """Why the oneDNN primitives cannot run in this process, or "" when they can (and are registered). A library that
+    is there but cannot be used (see `library_problem`) is also reported in one warning line on stderr, so that a run
+    never falls back to XLA's kernels unseen."""
     if switched_off():
         return f"{SWITCH}={os.environ[SWITCH]} turns oneDNN off"
     if not LIBRARY.exists():
         return f"the oneDNN extension is not built ({LIBRARY.name}); build it with {BUILD_COMMAND}"
+    problem = library_problem(LIBRARY, source_stamp(SOURCE))
+    if problem:
+        reason = f"{LIBRARY} {problem}; rebuild it with {REBUILD}"
+        print(f"warning: oneDNN's kernels are off: {reason}", file=sys.stderr, flush=True)
+        return reason
     try:
         library = _library()
     except (OSError, AttributeError) as error:
@@ -99,8 +231,15 @@ def dtype_unavailable_reason(dtype: Any) -> str:
 
 
 def cached_primitives() -> int:
-    """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run)."""
+    """How many oneDNN primitives this process has built (one per pass, shape and dtype it has run, again after the
+    cache dropped it)."""
     return int(_library().OnednnCachedPrimitives())
+
+
+def held_primitives() -> tuple[int, int]:
+    """How many built primitives the caches hold now, and how many each kind (convolutions, BatchNorm) keeps at most,
+    the least recently used dropped first."""
+    return int(_library().OnednnHeldPrimitives()), int(_library().OnednnCacheCapacity())
 
 
 def batch_norm_workspace_bytes(shape: tuple[int, int, int, int], bfloat16: bool) -> int:
