@@ -87,6 +87,8 @@ def check_identity(config: ml_collections.ConfigDict, workdir: Path) -> None:
         return
     try:
         previous = configuration.read_json(config_path)
+        if not isinstance(previous, dict):  # valid JSON, but no config: `[]`, a number, a string
+            raise ValueError(f"it holds a JSON {type(previous).__name__}, not an object of sections")
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"{config_path} is damaged ({error}), so this run cannot be checked against it; delete it to resume "
