@@ -52,7 +52,9 @@ def _acquire(path: Path) -> int | None:
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise ConfigError(f"cannot open {path}: {error.strerror}; choose a --workdir you can write") from None
+        raise ConfigError(
+            f"cannot create {path} ({error.strerror}); free some space or choose another --workdir"
+        ) from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -70,8 +72,10 @@ def _acquire(path: Path) -> int | None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": shlex.join(sys.argv)[:300],
     }
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
+    # The record only names the holder to a refused process: on a full disk the lock holds without it.
+    with contextlib.suppress(OSError):
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
     return descriptor
 
 

@@ -96,8 +96,7 @@ def train_and_evaluate(
         finetune_source = prepare_workdir(config, path, mode)
         ready = startup.start(built, path, finetune_source)
         try:
-            # Records past the restored step (or all, starting over) came from a run that was cut short: they log
-            # again.
+            # Records past the restored step (or all, starting over) came from a run cut short: they log again.
             ready.writer.truncate_after(ready.restored_step)
             results = _Loop(built, ready, on_evaluation).run()
         except BaseException as failure:
