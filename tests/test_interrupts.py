@@ -32,15 +32,10 @@ def wait_until(process: subprocess.Popen, condition, timeout: float = 120) -> No
 
 
 def start(command: list[str], ignore_sigint: bool = False, **env: str) -> subprocess.Popen:
+    if ignore_sigint:  # what a script's `command &` does to its background commands; exec keeps it ignored
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     return subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(**env),
-        cwd=REPO_ROOT,
-        # What a script's `command &` does to its background commands.
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(**env), cwd=REPO_ROOT
     )
 
 
