@@ -3,7 +3,15 @@
 
 import sys
 
-from resnet_jax.tools.train import main
+from resnet_jax import interrupts
+
+
+def main() -> int | None:
+    # Imported here, under `interrupts.run`: a Ctrl-C during the imports (seconds of them) ends in one line too.
+    from resnet_jax.tools import train
+
+    return train.main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run(main, interrupts.RESUMES))

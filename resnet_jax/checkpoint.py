@@ -103,6 +103,8 @@ class Checkpointer:
 
     def save(self, step: int, state_tree: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""
+        # orbax would finish the previous save inside its save and raise that save's failure from there, unreported.
+        self.wait()
         if step in self.manager.all_steps():
             return
         meta = meta | {"state_format": STATE_FORMAT}

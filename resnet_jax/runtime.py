@@ -17,14 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-from absl import logging as absl_logging
-
 
 def setup_logging() -> None:
     """This package's progress at INFO on stderr; the libraries' that log through absl (orbax, tfds) only from ERROR:
     their warnings are about what this package handles and reports itself (a save without metrics to rank it by,
     a tfds folder that is not prepared)."""
+    from absl import logging as absl_logging  # here, as jax in `use_compile_cache`: `resnet-jax` imports this first
+
     absl_logging.set_verbosity(absl_logging.ERROR)
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _BackgroundThreadTracebacks) for f in absl_logger.filters):
@@ -97,6 +96,9 @@ def use_compile_cache() -> None:
     """Turns on XLA's persistent compilation cache, unless the environment already decided."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
+    # Imported here: `resnet-jax` imports this module first, before it can turn a Ctrl-C into one line.
+    import jax
+
     jax.config.update("jax_compilation_cache_dir", str(default_compile_cache()))
     # Small programs too: on a CPU even a tiny network's init takes seconds to compile.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

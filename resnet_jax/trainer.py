@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import checkpoint, data, experiment, parallel, pipeline, record, startup, steps
+from resnet_jax import checkpoint, data, experiment, lock, parallel, pipeline, record, startup, steps
+from resnet_jax.configuration import ConfigError
 from resnet_jax.metrics import MetricsWriteError, Progress
 from resnet_jax.state import TrainState
 from resnet_jax.workdir import check_workdir, prepare_workdir, write_record
@@ -100,22 +101,26 @@ def train_and_evaluate(
     # offline, the run stops in seconds and the same command can be run again. Each process fetches into its own
     # part file, so processes that share the folder never write one file.
     data.fetch_if_asked(config.data, ".part" if jax.process_count() == 1 else f".part{jax.process_index()}")
-    finetune_source = prepare_workdir(config, path, mode)
-    ready = startup.start(built, path, finetune_source)
-    try:
-        # The run is accepted: its record says what was asked, what runs, and what changed from which step.
-        if jax.process_index() == 0:
-            if changed:
-                described = record.describe_changes(previous, config, changed)
-                logger.info("resumed with %s, from step %d", described, ready.restored_step)
-            write_record(config, record.make_record(previous, asked, config, ran, changed, ready.restored_step), path)
-        # Records past the restored step (or all, starting over) came from a run that was cut short: they log again.
-        ready.writer.truncate_after(ready.restored_step)
-        results = _Loop(built, ready, on_evaluation).run()
-    except BaseException as failure:
-        ready.close_after(failure)
-        raise
-    ready.close()
+    with lock.hold(path):  # one writer per workdir, from before a --fresh run archives the old one
+        if mode == "resume" and record.read_previous(path) != previous:
+            raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
+        finetune_source = prepare_workdir(config, path, mode)
+        ready = startup.start(built, path, finetune_source)
+        try:
+            # The run is accepted: its record says what was asked, what runs, and what changed from which step.
+            if jax.process_index() == 0:
+                if changed:
+                    described = record.describe_changes(previous, config, changed)
+                    logger.info("resumed with %s, from step %d", described, ready.restored_step)
+                run_record = record.make_record(previous, asked, config, ran, changed, ready.restored_step)
+                write_record(config, run_record, path)
+            # Records past the restored step (or all, starting over) came from a run cut short: they log again.
+            ready.writer.truncate_after(ready.restored_step)
+            results = _Loop(built, ready, on_evaluation).run()
+        except BaseException as failure:
+            ready.close_after(failure)
+            raise
+        ready.close()
     return results
 
 

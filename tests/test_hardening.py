@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, configuration, experiment, metrics, trainer
+from resnet_jax.tools import train as train_tool
 from resnet_jax.tools.main import COMMANDS
 from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
 
@@ -230,10 +231,12 @@ def test_workdir_with_a_different_model_or_data_is_refused_until_told(tmp_path):
     assert again["step"] == 8
 
 
-def test_a_damaged_config_json_is_refused_in_one_line_and_the_run_kept(tmp_path):
+# Torn by a kill before writes were atomic; valid JSON that holds no config.
+@pytest.mark.parametrize("damaged", ['{"model": {"na', "[]"])
+def test_a_damaged_config_json_is_refused_in_one_line_and_the_run_kept(tmp_path, damaged):
     workdir = tmp_path / "run"
     trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
-    (workdir / "config.json").write_text('{"model": {"na')  # torn by a kill before writes were atomic
+    (workdir / "config.json").write_text(damaged)
     result = run(train_command(workdir, "smoke", "train.num_epochs=2"), timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -420,6 +423,33 @@ def test_disk_full_during_a_save_stops_cleanly_and_keeps_the_previous_checkpoint
     assert json.loads((workdir / "config.json").read_text())["train"]["num_epochs"] == 2
     assert complete_steps(workdir)[-1] == 16
     assert os.access(workdir, os.W_OK)
+
+
+def test_a_failed_background_save_found_by_the_next_save_stops_in_one_line(tmp_path, monkeypatch, capfd):
+    # Epoch 2's save fails in orbax's background writer (as a full disk makes tensorstore fail, with a ValueError);
+    # the run carries on until epoch 3's save finds that failure.
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    write = json_checkpoint_handler.JsonCheckpointHandler._save_fn
+
+    async def failing_write(self, item, directory):
+        if item.get("step") == 16:
+            raise ValueError("[Errno 28] No space left on device")
+        return await write(self, item, directory)
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", failing_write)
+    workdir = tmp_path / "run"
+    status = train_tool.main(
+        [f"--workdir={workdir}", f"--config={REPO_ROOT / 'configs/smoke.py'}", "--config.train.num_epochs=3"]
+    )
+    stderr = capfd.readouterr().err
+    assert status == 1
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"training stopped: saving a checkpoint under {workdir / 'checkpoints'} failed")
+    assert line.endswith("No space left on device. Earlier checkpoints are untouched: the last good checkpoint is 8.")
+    assert complete_steps(workdir) == [8]
+    assert not list((workdir / "checkpoints").glob("*orbax-checkpoint-tmp*"))
 
 
 # A real full disk: a 1 MiB tmpfs, mounted in a mount namespace of its own (a user namespace too, so that no root is

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, inference, models, pipeline
+from resnet_jax import configuration, data, experiment, inference, lock, models, pipeline
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.interop import files, layouts
 from resnet_jax.interop.layouts import InteropError, Match
@@ -52,6 +52,11 @@ def _fresh_head(variables: dict[str, Any], fresh: dict[str, Any]) -> dict[str, A
     return {"params": params, "batch_stats": variables["batch_stats"]}
 
 
+def _refuse_a_run(workdir: Path) -> None:
+    if (workdir / configuration.CONFIG_FILE).exists() or (workdir / CHECKPOINTS_DIR).exists():
+        raise InteropError(f"{workdir} already holds a run; convert into a new folder")
+
+
 def write_converted_run(
     source: str | os.PathLike,
     workdir: str | os.PathLike,
@@ -65,8 +70,7 @@ def write_converted_run(
     and the backbone is kept: `conversion.json`'s `head` says "fresh" instead of "converted".
     """
     source, workdir = Path(source), Path(workdir)
-    if (workdir / configuration.CONFIG_FILE).exists() or (workdir / CHECKPOINTS_DIR).exists():
-        raise InteropError(f"{workdir} already holds a run; convert into a new folder")
+    _refuse_a_run(workdir)
     state_dict = files.read_state_dict(source)
     try:
         found = layouts.match(state_dict, layout_name)
@@ -101,16 +105,18 @@ def write_converted_run(
         "keys": len(state_dict),
     }
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        configuration.write_json(config, workdir / configuration.CONFIG_FILE)
-        checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
-        try:
-            meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
-            checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
-            checkpointer.wait()
-        finally:
-            checkpointer.close()
-        (workdir / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        # Locked only now, so that a refused conversion leaves no folder behind.
+        with lock.hold(workdir):
+            _refuse_a_run(workdir)  # again: a run may have been started there while this one converted
+            configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+            checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
+            try:
+                meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
+                checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
+                checkpointer.wait()
+            finally:
+                checkpointer.close()
+            (workdir / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as error:
         raise InteropError(f"cannot write the converted run into {workdir}: {error.strerror or error}") from None
     return record

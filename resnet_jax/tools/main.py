@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from resnet_jax.tools import common
+from resnet_jax import interrupts
 
 # command -> (module, what it does)
 COMMANDS = {
@@ -26,6 +26,9 @@ COMMANDS = {
     "features": ("resnet_jax.tools.features", "write a split's embeddings (pooled or per-stage features) and labels"),
 }
 
+# Commands whose work is kept in a workdir when a signal stops them, so that the same command goes on.
+RESUMABLE = ("train", "sweep", "degradation")
+
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
@@ -40,7 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    return interrupts.run(lambda: _run(argv[0], argv[1:]), interrupts.RESUMES if argv[0] in RESUMABLE else "")
+
+
+def _run(name: str, rest: list[str]) -> int:
+    # Imported here, under `interrupts.run`: a Ctrl-C during the imports (seconds of them) ends in one line too.
+    from resnet_jax.tools import common
+
     if name not in COMMANDS:
         common.fail(f"resnet-jax: unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[name][0])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from resnet_jax import plots, runtime, trainer
+from resnet_jax import interrupts, plots, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
@@ -68,4 +68,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(interrupts.run(main, interrupts.RESUMES))

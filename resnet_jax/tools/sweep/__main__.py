@@ -2,6 +2,7 @@
 
 import sys
 
+from resnet_jax import interrupts
 from resnet_jax.tools.sweep import main
 
-sys.exit(main())
+sys.exit(interrupts.run(main, interrupts.RESUMES))

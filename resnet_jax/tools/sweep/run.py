@@ -21,11 +21,11 @@ import ml_collections
 import optuna
 import sqlalchemy.exc
 
-from resnet_jax import configuration, data, experiment, metrics, trainer
+from resnet_jax import configuration, data, experiment, lock, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools.sweep import report
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
-from resnet_jax.workdir import check_workdir, create_workdir
+from resnet_jax.workdir import check_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,10 @@ def _open_study(workdir: Path, spec: SweepSpec, config: ml_collections.ConfigDic
         )
     except sqlalchemy.exc.SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        if "database is locked" in reason:  # sqlite's word for a database another process is writing
+            raise ConfigError(
+                f"{path} is in use by another sweep; wait for it to finish, or choose another --workdir"
+            ) from None
         raise ConfigError(
             f"{path} is not a study database Optuna can open ({reason}); move it away to start the sweep afresh, "
             "or choose another --workdir"
@@ -275,7 +279,14 @@ def run_sweep(
     `trainer.Preempted` when stopped by a signal."""
     config = with_validation(config)
     workdir = check_workdir(workdir)
-    create_workdir(workdir)
+    # One sweep per workdir: a second would take the first's running trial for an interrupted one and train it too.
+    with lock.hold(workdir):
+        return _run_trials(config, workdir, spec, top)
+
+
+def _run_trials(
+    config: ml_collections.ConfigDict, workdir: Path, spec: SweepSpec, top: int
+) -> list[report.TrialResult]:
     study = _open_study(workdir, spec, config)
     _resume_interrupted(study)
     if spec.sampler == "grid":

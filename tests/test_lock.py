@@ -1,0 +1,127 @@
+"""One writer per workdir: a second training, sweep or conversion on a workdir in use is refused in one line naming
+the holder and touches nothing; the lock goes with its holder, however it ends."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from safetensors.numpy import save_file
+
+from resnet_jax import lock, trainer
+from resnet_jax.configuration import ConfigError
+from resnet_jax.tools import convert as convert_tool
+from resnet_jax.tools import sweep
+from resnet_jax.tools.sweep import run as sweep_run
+from resnet_jax.tools.sweep import spec as sweep_spec
+from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
+from tests.fixtures.references import CASES
+from tests.test_interop import TINY_DATA, case_state_dict, cli_error
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from resnet_jax import lock
+with lock.hold(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def refusal(workdir: Path) -> str:
+    return f"is writing to {workdir}; wait for it or use another --workdir"
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("one_epoch") / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("flags", [(), ("--fresh",)], ids=["resume", "fresh"])
+def test_a_second_training_is_refused_in_one_line_and_changes_no_byte(tmp_path, one_epoch, flags):
+    workdir = tmp_path / "run"
+    shutil.copytree(one_epoch, workdir)
+    with lock.hold(workdir):
+        before = contents(workdir)
+        command = [*train_command(workdir, "smoke", "train.num_epochs=2"), *flags]
+        result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: another resnet-jax (pid {os.getpid()}, started ")
+    assert lines[0].endswith(refusal(workdir))
+    assert contents(workdir) == before  # config.json, metrics.jsonl, checkpoints; nothing archived
+    assert {"config.json", "metrics.jsonl", "checkpoints/8/_CHECKPOINT_METADATA"} <= before.keys()
+
+
+def test_the_lock_goes_with_a_holder_killed_by_sigkill(tmp_path):
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [PYTHON, "-c", HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO_ROOT
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(lock.WorkdirBusy, match=f"pid {holder.pid}, started .*{refusal(workdir)}"):
+            lock.hold(workdir).__enter__()
+    finally:
+        holder.kill()
+        holder.communicate()
+    with lock.hold(workdir):
+        assert f'"pid": {os.getpid()}' in (workdir / lock.LOCK_FILE).read_text()
+
+
+def test_a_second_sweep_is_refused_in_one_line_before_its_study_opens(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    with lock.hold(workdir), pytest.raises(SystemExit) as stop:
+        sweep.main(["--config", str(REPO_ROOT / "configs/smoke.py"), "--workdir", str(workdir), "--grid", "seed=0,1"])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(refusal(workdir)), lines
+    assert sorted(path.name for path in workdir.iterdir()) == [lock.LOCK_FILE]
+
+
+def test_a_study_database_in_use_says_another_sweep_runs_not_to_move_it(tmp_path):
+    workdir = tmp_path / "sweep"
+    workdir.mkdir()
+    study_file = workdir / sweep_run.STUDY_FILE
+    optuna.create_study(storage=f"sqlite:///{study_file}", study_name=sweep_run.STUDY_NAME, direction="maximize")
+    before = study_file.read_bytes()
+    writer = sqlite3.connect(study_file, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # what a sweep's write holds for a moment; sqlite waits 5 s, then gives up
+    try:
+        config = sweep_run.with_validation(load_config("smoke"))
+        spec = sweep_spec.make_spec(config, ["seed=0,1"], [], 0, "tpe", False, 2, 1)
+        with pytest.raises(ConfigError, match=f"{study_file} is in use by another sweep; wait for it") as error:
+            sweep_run.run_sweep(config, workdir, spec)
+    finally:
+        writer.close()
+    assert "move it away" not in str(error.value)
+    assert study_file.read_bytes() == before
+
+
+def test_a_conversion_into_a_held_folder_is_refused_in_one_line(tmp_path, capsys):
+    source, workdir = tmp_path / "resnet20.safetensors", tmp_path / "run"
+    save_file(case_state_dict(CASES["akamaster_resnet20"]), source)
+    with lock.hold(workdir):
+        message = cli_error(convert_tool.main, ["--from", str(source), "--workdir", str(workdir), *TINY_DATA], capsys)
+    assert message.endswith(refusal(workdir))
+    assert sorted(path.name for path in workdir.iterdir()) == [lock.LOCK_FILE]
+
+
+def test_the_holder_is_named_by_pid_start_and_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "--workdir", "my run"])
+    with lock.hold(tmp_path), pytest.raises(lock.WorkdirBusy) as error:
+        lock.hold(tmp_path).__enter__()
+    assert str(error.value).startswith(f"another resnet-jax (pid {os.getpid()}, started ")
+    assert f": train.py --workdir 'my run') {refusal(tmp_path)}" in str(error.value)
