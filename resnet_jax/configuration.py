@@ -20,8 +20,6 @@ from typing import Any
 import ml_collections
 
 CONFIG_FILE = "config.json"
-# The parts of a config that define what is trained on what: a workdir never silently mixes two of them.
-IDENTITY_SECTIONS = ("model", "data")
 RECORD_KEY = "record"  # config.json's record of what ran, beside the config's sections (resnet_jax.record)
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
@@ -29,8 +27,6 @@ LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.downl
 RECORDED_KEYS = ("data.split_sizes.",)
 # What a run scores, and the digests of its draws (checked as the data is read), not what it trains on.
 SCORING_KEYS = ("data.train_eval_size", "data.split_digests.")
-# How the network is computed, not what it is: a run may resume on other convolution or BatchNorm kernels.
-COMPUTATION_KEYS = ("model.conv_backend", "model.norm_backend")
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 
@@ -292,21 +288,3 @@ def from_saved(saved: Mapping[str, Any], defaults: ml_collections.ConfigDict) ->
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
-
-
-def identity_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """`key: old -> new` for every model or data key that differs between two configs (locations and the
-    kernel backends aside)."""
-    old = flatten({key: previous.get(key, {}) for key in IDENTITY_SECTIONS})
-    new = flatten({key: current.get(key, {}) for key in IDENTITY_SECTIONS})
-    keys = sorted(
-        key
-        for key in (old | new).keys() - set(LOCATION_KEYS) - set(COMPUTATION_KEYS)
-        if not key.startswith(SCORING_KEYS)
-    )
-    unrecorded = {key for key in keys if key.startswith(RECORDED_KEYS) and old.get(key) == 0}
-    return [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in keys
-        if old.get(key) != new.get(key) and key not in unrecorded
-    ]

@@ -118,8 +118,9 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, dict)) else repr(value)
 
 
-def _check_training_keys(previous: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path) -> None:
-    old, new = _training_keys(previous), _training_keys(config.to_dict())
+def training_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys, sorted, in which two saved configs differ in what they train."""
+    old, new = _training_keys(previous), _training_keys(current)
     # A key one of the two lacks was added or removed by another version of resnet-jax: not a change.
     changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key])
     # Not yet recorded by the run (split sizes before they were recorded; a dtype stored as "auto" before it was
@@ -130,8 +131,13 @@ def _check_training_keys(previous: dict[str, Any], config: ml_collections.Config
         if (key.startswith(configuration.RECORDED_KEYS) and old[key] == 0)
         or (key == "model.dtype" and old[key] == "auto")
     }
-    changed = [key for key in changed if key not in unrecorded]
+    return [key for key in changed if key not in unrecorded]
+
+
+def _check_training_keys(previous: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path) -> None:
+    changed = training_differences(previous, config.to_dict())
     if changed:
+        old, new = _training_keys(previous), _training_keys(config.to_dict())
         first = changed[0]
         more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
         raise ConfigError(

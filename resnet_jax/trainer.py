@@ -95,8 +95,6 @@ def train_and_evaluate(
     changed, reshaped = record.check_resume(
         previous, asked, config, ran, built.steps_per_epoch, built.total_steps, path
     )
-    if reshaped:
-        logger.warning("%s", reshaped)
     # Before the workdir is touched (a --fresh or --finetune run archives the old run) and before anything compiles:
     # offline, the run stops in seconds and the same command can be run again. Each process fetches into its own
     # part file, so processes that share the folder never write one file.
@@ -104,6 +102,8 @@ def train_and_evaluate(
     with lock.hold(path):  # one writer per workdir, from before a --fresh run archives the old one
         if mode == "resume" and record.read_previous(path) != previous:
             raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
+        if reshaped:
+            logger.warning("%s", reshaped)
         finetune_source = prepare_workdir(config, path, mode)
         ready = startup.start(built, path, finetune_source)
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from resnet_jax import configuration, data, metrics, trainer
+from resnet_jax import configuration, data, lock, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from tests.conftest import load_config
@@ -18,8 +18,12 @@ ONE_EPOCH = {"train.num_epochs": 1}
 
 
 def snapshot(workdir: Path) -> dict[str, bytes]:
-    """Every file of a workdir and its bytes."""
-    return {str(path.relative_to(workdir)): path.read_bytes() for path in sorted(workdir.rglob("*")) if path.is_file()}
+    """Every file of a workdir and its bytes (the lock file names its latest holder, and is no part of the run)."""
+    return {
+        str(path.relative_to(workdir)): path.read_bytes()
+        for path in sorted(workdir.rglob("*"))
+        if path.is_file() and path.name != lock.LOCK_FILE
+    }
 
 
 def saved(workdir: Path) -> dict:
