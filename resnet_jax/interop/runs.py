@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, inference, models, pipeline
+from resnet_jax import atomic, configuration, data, experiment, inference, models, pipeline
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.interop import files, layouts
 from resnet_jax.interop.layouts import InteropError, Match
@@ -65,6 +65,7 @@ def write_converted_run(
     and the backbone is kept: `conversion.json`'s `head` says "fresh" instead of "converted".
     """
     source, workdir = Path(source), Path(workdir)
+    atomic.check_names(workdir, "--workdir")
     if (workdir / configuration.CONFIG_FILE).exists() or (workdir / CHECKPOINTS_DIR).exists():
         raise InteropError(f"{workdir} already holds a run; convert into a new folder")
     state_dict = files.read_state_dict(source)
@@ -110,7 +111,7 @@ def write_converted_run(
             checkpointer.wait()
         finally:
             checkpointer.close()
-        (workdir / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        atomic.write_text(workdir / CONVERSION_FILE, json.dumps(record, indent=2) + "\n")
     except OSError as error:
         raise InteropError(f"cannot write the converted run into {workdir}: {error.strerror or error}") from None
     return record
