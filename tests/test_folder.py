@@ -160,7 +160,12 @@ def not_square(root):
         Image.open(path).resize((8, 6)).save(path)
 
 
+def one_class(root):
+    write_folder(root, classes=("cat",))
+
+
 BAD_FOLDERS = {  # each layout, and its one line
+    one_class: "train/ holds one class folder \\(cat/\\); a classifier needs at least 2 classes",
     empty_class: "train/fox/ holds no images",
     class_only_in_test: "test/ has classes that train/ lacks \\(yak\\)",
     mixed_sizes: "images of different sizes .* give data.image_size",
@@ -181,6 +186,12 @@ def test_a_bad_folder_is_one_data_error_line(tmp_path, case, as_tar):
     with pytest.raises(data.DataError, match=BAD_FOLDERS[case]) as error:
         data.open_folder(source)
     assert "\n" not in str(error.value)
+
+
+def test_a_dataset_of_fewer_than_two_classes_is_refused_whatever_its_source():
+    for names, count in (((), "0 classes \\(none\\)"), (("cat",), "1 class \\(cat\\)")):
+        with pytest.raises(data.DataError, match=f"pets has {count}; a classifier needs at least 2"):
+            data.DatasetInfo("pets", names, (8, 8, 3), (0.5,) * 3, (0.2,) * 3, {"train": 4, "test": 2})
 
 
 def test_a_path_that_is_no_folder_or_tar_is_one_line(tmp_path):

@@ -191,6 +191,11 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
                 raise DataError(
                     f"{source}: {split}/{name}/ holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
                 )
+    if len(classes["train"]) < 2:
+        raise DataError(
+            f"{source}: train/ holds one class folder ({next(iter(classes['train']))}/); a classifier needs at least "
+            "2 classes (one class trains to loss 0 and learns nothing): add a folder for each other class"
+        )
     for split in set(classes) - {"train"}:
         unknown = sorted(classes[split].keys() - classes["train"].keys())
         if unknown:
