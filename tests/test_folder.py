@@ -114,6 +114,18 @@ def test_images_are_resized_to_image_size_and_made_grey_or_rgb(tmp_path):
     assert len(grey.info.mean) == 1
 
 
+def test_a_folder_of_16_bit_pngs_holds_their_8_bit_values_and_statistics(tmp_path):
+    # Each class one grey level v stored as 16-bit v * 257; clipped to 8 bits every image would be white (mean 1.0).
+    levels = {"cat": 40, "dog": 200}
+    for split in ("train", "test"):
+        for name, level in levels.items():
+            (tmp_path / "deep" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), level * 257, np.uint16)).save(tmp_path / "deep" / split / name / "0.png")
+    opened = data.open_folder(tmp_path / "deep")
+    np.testing.assert_array_equal(opened.split("train").images[:, 0, 0, 0], [40, 200])
+    assert opened.info.mean == pytest.approx((120 / 255,))
+
+
 def test_an_all_grey_folder_stays_grey(tmp_path):
     root = tmp_path / "digits"
     for split in data.SPLITS:
