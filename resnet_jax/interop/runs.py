@@ -77,7 +77,10 @@ def write_converted_run(
     # Built as the tools build a run (no training batch to fit), with the optimizer state a resume starts from.
     built = inference.build_for_inference(config)
     state = built.new_state()
-    variables = layouts.to_variables(state_dict, found)
+    try:
+        variables = layouts.to_variables(state_dict, found)
+    except InteropError as error:
+        raise InteropError(f"{source}: {error}") from None
     head = "converted"
     if found.num_classes != built.info.num_classes:
         variables, head = _fresh_head(variables, state.variables), "fresh"
