@@ -138,6 +138,7 @@ def write_run_weights(
     workdir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "latest", layout_name: str | None = None
 ) -> tuple[Path, layouts.Layout, inference.TrainedRun]:
     """Writes a run's weights to `out` (.safetensors or .pth) in a torch layout; what `run_state_dict` says."""
+    atomic.check_names(out, "--to")  # before the run is restored, not after
     state_dict, layout, run = run_state_dict(workdir, checkpoint, layout_name)
     return files.write_state_dict(state_dict, out), layout, run
 
