@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from resnet_jax import atomic, export
+from resnet_jax import atomic, export, metrics
 from resnet_jax.tools import convert, evaluate, features, plots, sweep
 from resnet_jax.tools import export as export_tool
 from resnet_jax.tools import train as train_tool
@@ -150,3 +150,15 @@ def test_a_name_over_255_bytes_is_one_line_in_every_tool(run_dir, tmp_path, caps
     assert message.startswith(f"error: {flag} {tmp_path}/"), message
     assert re.search(r"is 2[5-9][0-9] bytes, over the 255 a file name may have; give a shorter name$", message), message
     assert os.listdir(tmp_path) == []  # refused before anything was written
+
+
+def test_a_resume_drops_the_later_metrics_records_in_one_replacement(tmp_path):
+    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    for step in (4, 8, 12):
+        writer.write(step, step / 4, {"train_loss": 1.0 / step})
+    writer.close()
+    resumed = metrics.MetricWriter(tmp_path, enabled=True)
+    resumed.truncate_after(8)
+    resumed.close()
+    assert [record["step"] for record in metrics.read_metrics(tmp_path)] == [4, 8]
+    assert hidden_files(tmp_path) == []
