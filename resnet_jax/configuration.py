@@ -19,6 +19,8 @@ from typing import Any
 
 import ml_collections
 
+from resnet_jax import atomic
+
 CONFIG_FILE = "config.json"
 RECORD_KEY = "record"  # config.json's record of what ran, beside the config's sections (resnet_jax.record)
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
@@ -259,16 +261,7 @@ def to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
 def write_json(config: ml_collections.ConfigDict | Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes `config` to `path` atomically: a reader (another process, a restart after a kill) sees the old file
     or the whole new one, never a torn one."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(partial, "w") as file:
-            file.write(to_json(config))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)  # a write that failed (a full disk) leaves nothing behind
+    atomic.write_text(path, to_json(config))
 
 
 def from_saved(saved: Mapping[str, Any], defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import atomic
 from resnet_jax.inference import RunError, TrainedRun, make_logits_fn
 
 # The artefact runs on CPUs and NVIDIA GPUs whichever of them exported it.
@@ -58,16 +59,19 @@ def describe_export(run: TrainedRun, exported: jax.export.Exported, tta_flip: bo
 def write_export(
     run: TrainedRun, out_path: str | Path, tta_flip: bool = False, platforms: Sequence[str] = DEFAULT_PLATFORMS
 ) -> tuple[Path, Path]:
-    """Writes the serialized function to `out_path` and its description to `out_path` + ".json"."""
+    """Writes the serialized function to `out_path` and its description to `out_path` + ".json", each atomically
+    and both renamed into place only once both are written: a kill or a full disk leaves the previous pair whole."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise RunError(f"{out_path} is a folder; give a file name such as model.bin")
-    exported = export_run(run, tta_flip, platforms)
     description_path = out_path.with_name(out_path.name + ".json")
+    atomic.check_names(description_path, "--out (its description)")  # before the export's minutes, not after
+    exported = export_run(run, tta_flip, platforms)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_bytes(exported.serialize())
-        description_path.write_text(json.dumps(describe_export(run, exported, tta_flip), indent=2) + "\n")
+        with atomic.replacing(out_path) as model_file, atomic.replacing(description_path) as description_file:
+            model_file.write_bytes(exported.serialize())
+            description_file.write_text(json.dumps(describe_export(run, exported, tta_flip), indent=2) + "\n")
     except OSError as error:
         reason = error.strerror or error
         raise RunError(f"cannot write {out_path} ({reason}); give --out a place you can write") from None

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_jax import data
+from resnet_jax.data import pixels
 
 
 class ImageError(ValueError):
@@ -28,16 +29,17 @@ def read_image(path: str | Path, info: data.DatasetInfo, input_shape: Sequence[i
     height, width, native_channels = info.image_shape
     try:
         with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("L" if native_channels == 1 else "RGB")
+            image = pixels.to_eight_bits(ImageOps.exif_transpose(opened))
+            image = image.convert("L" if native_channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BICUBIC)
-            pixels = np.asarray(image, np.uint8)
+            array = np.asarray(image, np.uint8)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"{path}: cannot be read as an image ({error})") from None
-    pixels = pixels.reshape(height, width, native_channels)
+    array = array.reshape(height, width, native_channels)
     input_height, _, channels = input_shape
-    return data.to_input_shape(pixels[None], input_height, channels)[0]
+    return data.to_input_shape(array[None], input_height, channels)[0]

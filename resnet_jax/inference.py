@@ -88,9 +88,18 @@ def build_for_inference(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
 ) -> experiment.Experiment:
     """`experiment.build` for a run's tools on any device count: inference takes no training batch, so the copy
-    it builds from trains with one example per device, and only `eval.batch_size` meets the mesh."""
+    it builds from trains with one example per device, and only `eval.batch_size` meets the mesh.
+
+    Nor does it take a learning rate: the copy's schedule is a constant one. Its steps are one example each, so the
+    run's own schedule measured on them (a warm-up in epochs against `train.num_steps`) would refuse a run that
+    trained, and the optimizer state a converted run starts from does not depend on the schedule."""
     mesh = mesh or parallel.make_mesh()
-    return experiment.build(configuration.apply_overrides(config, {"train.batch_size": int(mesh.devices.size)}), mesh)
+    for_inference = {
+        "train.batch_size": int(mesh.devices.size),
+        "schedule.name": "constant",
+        "schedule.warmup_epochs": 0.0,
+    }
+    return experiment.build(configuration.apply_overrides(config, for_inference), mesh)
 
 
 def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from resnet_jax import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +145,8 @@ class MetricWriter:
         if not self.enabled or not self.path.exists():
             return
         kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
-        staging = self.path.with_suffix(".jsonl.tmp")
-        try:
-            with self._reporting(self.path):
-                staging.write_text("".join(json.dumps(record) + "\n" for record in kept))
-                os.replace(staging, self.path)  # atomic: a kill leaves the old file or the new one
-        finally:
-            staging.unlink(missing_ok=True)
+        with self._reporting(self.path):
+            atomic.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from resnet_jax import atomic
 from resnet_jax.configuration import CONFIG_FILE
 from resnet_jax.metrics import METRICS_FILE, read_metrics
 
@@ -199,8 +200,15 @@ def write_curves(
     figure = curves_figure(workdirs, labels)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=120)
+    save_figure(figure, out_path)
     return out_path
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 120) -> None:
+    """Writes a matplotlib figure to `path` in the format its suffix names, atomically: a kill mid-write leaves
+    the previous figure whole."""
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
 
 
 def write_confusion_matrix(
@@ -231,5 +239,5 @@ def write_confusion_matrix(
             axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize="small")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=120)
+    save_figure(figure, out_path)
     return out_path

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import configuration, parallel
+from resnet_jax import atomic, configuration, parallel
 from resnet_jax.configuration import ConfigError
 
 RESTART_MODES = ("resume", "fresh", "finetune")
@@ -43,6 +43,7 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
     if not str(workdir).strip():
         raise ConfigError("--workdir is empty; give the folder for the run (it is created when missing)")
     path = Path(workdir).expanduser().absolute()
+    atomic.check_names(path, "--workdir")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir={str(path)!r} is a file; give a folder (it is created when missing)")
     existing = next(parent for parent in (path, *path.parents) if parent.exists())

@@ -114,6 +114,18 @@ def test_images_are_resized_to_image_size_and_made_grey_or_rgb(tmp_path):
     assert len(grey.info.mean) == 1
 
 
+def test_a_folder_of_16_bit_pngs_holds_their_8_bit_values_and_statistics(tmp_path):
+    # Each class one grey level v stored as 16-bit v * 257; clipped to 8 bits every image would be white (mean 1.0).
+    levels = {"cat": 40, "dog": 200}
+    for split in ("train", "test"):
+        for name, level in levels.items():
+            (tmp_path / "deep" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), level * 257, np.uint16)).save(tmp_path / "deep" / split / name / "0.png")
+    opened = data.open_folder(tmp_path / "deep")
+    np.testing.assert_array_equal(opened.split("train").images[:, 0, 0, 0], [40, 200])
+    assert opened.info.mean == pytest.approx((120 / 255,))
+
+
 def test_an_all_grey_folder_stays_grey(tmp_path):
     root = tmp_path / "digits"
     for split in data.SPLITS:
@@ -160,7 +172,12 @@ def not_square(root):
         Image.open(path).resize((8, 6)).save(path)
 
 
+def one_class(root):
+    write_folder(root, classes=("cat",))
+
+
 BAD_FOLDERS = {  # each layout, and its one line
+    one_class: "train/ holds one class folder \\(cat/\\); a classifier needs at least 2 classes",
     empty_class: "train/fox/ holds no images",
     class_only_in_test: "test/ has classes that train/ lacks \\(yak\\)",
     mixed_sizes: "images of different sizes .* give data.image_size",
@@ -181,6 +198,12 @@ def test_a_bad_folder_is_one_data_error_line(tmp_path, case, as_tar):
     with pytest.raises(data.DataError, match=BAD_FOLDERS[case]) as error:
         data.open_folder(source)
     assert "\n" not in str(error.value)
+
+
+def test_a_dataset_of_fewer_than_two_classes_is_refused_whatever_its_source():
+    for names, count in (((), "0 classes \\(none\\)"), (("cat",), "1 class \\(cat\\)")):
+        with pytest.raises(data.DataError, match=f"pets has {count}; a classifier needs at least 2"):
+            data.DatasetInfo("pets", names, (8, 8, 3), (0.5,) * 3, (0.2,) * 3, {"train": 4, "test": 2})
 
 
 def test_a_path_that_is_no_folder_or_tar_is_one_line(tmp_path):

@@ -363,3 +363,23 @@ def test_live_torch_a_truncated_pth_is_one_line(torch_nets, tmp_path, capsys):
     path.write_bytes(path.read_bytes()[:3000])
     message = cli_error(convert_tool.main, ["--from", str(path), "--workdir", str(tmp_path / "run")], capsys)
     assert "cannot be read by torch.load" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("layer1.0.bn1.weight", np.nan, "layer1.0.bn1.weight holds 1 NaN or infinite value"),
+        ("linear.weight", np.inf, "linear.weight holds 1 NaN or infinite value"),
+        ("layer1.0.bn2.running_var", -0.5, "layer1.0.bn2.running_var holds 1 negative variance"),
+    ],
+    ids=["nan", "inf", "negative-variance"],
+)
+def test_weights_no_network_could_run_are_refused_naming_the_tensor(tmp_path, capsys, key, value, expected):
+    drawn = case_state_dict(CASES["seed_resnet"])
+    drawn[key] = drawn[key].copy()
+    drawn[key].flat[0] = value
+    save_file(drawn, tmp_path / "bad.safetensors")
+    argv = ["--from", str(tmp_path / "bad.safetensors"), "--workdir", str(tmp_path / "run"), *TINY_DATA]
+    message = cli_error(convert_tool.main, argv, capsys)
+    assert f"{tmp_path / 'bad.safetensors'}: {expected}" in message, message
+    assert not (tmp_path / "run").exists()

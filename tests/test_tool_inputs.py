@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_jax import configuration, metrics, plots
+from resnet_jax import atomic, configuration, metrics, plots
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.tools import common, compare, evaluate, export, models, predict, sweep
 from resnet_jax.tools import data as data_tool
@@ -184,10 +184,10 @@ def test_compare_shows_its_measurements_when_it_cannot_save_them(tmp_path, capsy
     m = compare.Measurement("resnet8_tiny", 5006, 0.002, 1.0, 100.0, 10.0, 2**20, None, "cpu", "cpu", 1, "0")
     monkeypatch.setattr(compare, "measure_isolated", lambda config, repeats: m)
 
-    def refuse(self, text):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    def refuse(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(type(tmp_path), "write_text", refuse)
+    monkeypatch.setattr(atomic, "write_text", refuse)
     argv = ["--models", "resnet8_tiny", "--outdir", str(tmp_path / "c"), "--batch", "2", "--steps", "1"]
     with pytest.raises(SystemExit) as exit_info:
         compare.main(argv)

@@ -19,8 +19,10 @@ import pytest
 from PIL import Image
 
 from resnet_jax import checkpoint, configuration, data, experiment, export, inference, metrics, parallel, plots
+from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import export as export_tool
+from resnet_jax.tools import features as features_tool
 from resnet_jax.tools import main as tools_main
 from resnet_jax.tools import plots as plots_tool
 from resnet_jax.tools import predict as predict_tool
@@ -420,3 +422,21 @@ def test_evaluate_on_three_devices_gives_the_single_device_report(run_dir, run, 
     assert report["loss"] == pytest.approx(evaluation.loss, rel=1e-5)
     assert "per-class accuracy" in completed.stdout
     assert run.class_names[0] in completed.stdout
+
+
+def test_a_run_cut_short_by_num_steps_within_its_warm_up_epoch_is_read_by_every_tool(
+    tmp_path, built, new_state, capsys
+):
+    # 256 examples in batches of 64: the 1-epoch warm-up is 4 steps of this 16-step run, which trains. The tools'
+    # copy of the run steps one example at a time, where one epoch is 256 steps, longer than the run.
+    config = tiny_config(**{"train.num_steps": 16, "schedule.warmup_epochs": 1.0})
+    assert experiment.build(config).total_steps == 16
+    workdir = write_workdir(tmp_path / "run", config, {16: new_state.checkpoint_tree()})
+    (image,) = save_images(split_arrays(config, "test").images[:1], tmp_path)
+    run = ["--workdir", str(workdir)]
+    assert evaluate_tool.main([*run, "--out", str(tmp_path / "eval")]) == 0
+    assert predict_tool.main([*run, str(image)]) == 0
+    assert features_tool.main([*run, "--out", str(tmp_path / "features.npz")]) == 0
+    assert export_tool.main([*run, "--out", str(tmp_path / "model.bin"), "--platforms", "cpu"]) == 0
+    assert convert_tool.main([*run, "--to", str(tmp_path / "weights.safetensors")]) == 0
+    assert "error" not in capsys.readouterr().err

@@ -59,3 +59,23 @@ def test_files_that_are_not_images_name_the_file(tmp_path):
             images.read_image(tmp_path / name, CIFAR, (32, 32, 3))
         assert str(tmp_path / name) in str(error.value)
         assert "\n" not in str(error.value)
+
+
+def test_a_16_bit_png_is_brought_to_8_bits_not_clipped_white(tmp_path):
+    # 8-bit values v stored as 16-bit v * 257 (0 -> 0, 255 -> 65535): reading them back gives v, not 255.
+    expected = np.arange(28 * 28, dtype=np.int64).reshape(28, 28) % 256
+    Image.fromarray((expected * 257).astype(np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    image = images.read_image(tmp_path / "deep.png", FASHION, (28, 28, 1))
+    np.testing.assert_array_equal(image[..., 0], expected)
+    colour = images.read_image(tmp_path / "deep.png", CIFAR, (32, 32, 3))
+    np.testing.assert_array_equal(colour[..., 0], colour[..., 2])
+    assert 100 < colour.mean() < 160  # the ramp's mean is 127.5; clipped, it would be about 255
+
+
+def test_a_float_image_is_scaled_from_0_1_and_refused_outside_it(tmp_path):
+    Image.fromarray(np.full((28, 28), 0.5, np.float32)).save(tmp_path / "half.tif")
+    np.testing.assert_array_equal(images.read_image(tmp_path / "half.tif", FASHION, (28, 28, 1)), 128)
+    Image.fromarray(np.full((28, 28), 3.0, np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(images.ImageError, match="hdr.tif: .*floating-point pixels from 3 to 3, not within 0-1"):
+        images.read_image(tmp_path / "hdr.tif", FASHION, (28, 28, 1))

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from resnet_jax import atomic
 from resnet_jax.data.registry import DataError
 
 CHUNK_BYTES = 1 << 20
@@ -293,7 +294,7 @@ def _fetch_unlocked(
             f"{url} is not the official {target.name} (sha256 {actual}, expected {sha256}); nothing was kept: "
             "check the host or mirror, and run again"
         )
-    os.replace(part, target)
+    atomic.commit(part, target)
     return Fetched.DOWNLOADED
 
 

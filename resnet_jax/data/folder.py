@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from resnet_jax.data.pixels import to_eight_bits
 from resnet_jax.data.registry import FOLDER, SPLITS, VALIDATION, DataError, DatasetInfo, SplitArrays
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png (and validation/<class>/*, if you have one)"
 FOLDER_SPLITS = ("train", VALIDATION, "test")  # validation/ is optional
-_CACHE_FORMAT = 2  # bump when the cached arrays or info.json change meaning
+_CACHE_FORMAT = 3  # bump when the cached arrays or info.json change meaning (3: 16-bit images scaled, not clipped)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _warned: set[str] = set()  # cache entries whose skipped files were reported in this process
 
@@ -191,6 +192,11 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
                 raise DataError(
                     f"{source}: {split}/{name}/ holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
                 )
+    if len(classes["train"]) < 2:
+        raise DataError(
+            f"{source}: train/ holds one class folder ({next(iter(classes['train']))}/); a classifier needs at least "
+            "2 classes (one class trains to loss 0 and learns nothing): add a folder for each other class"
+        )
     for split in set(classes) - {"train"}:
         unknown = sorted(classes[split].keys() - classes["train"].keys())
         if unknown:
@@ -214,6 +220,7 @@ def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str
                 # A JPEG decodes straight at the smallest scale (1/2, 1/4, 1/8) still at least image_size.
                 image.draft(mode, (image_size, image_size))
             image = ImageOps.exif_transpose(image)  # upright, as `images.read_image` reads a file to predict
+            image = to_eight_bits(image)
             if image.mode == "P":  # a palette, perhaps with a transparent entry: through RGBA drops it cleanly
                 image = image.convert("RGBA")
             image = image.convert(mode)

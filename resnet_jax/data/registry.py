@@ -35,6 +35,14 @@ class DatasetInfo:
     download_url: str | None = None  # the official archive; its host is probed before tfds tries to download
     official_files: tuple[str, ...] = ()  # what a `files` folder or a tfds manual dir should hold
 
+    def __post_init__(self) -> None:
+        # Any source and a recorded data.class_names alike: with one class every label is right before any step.
+        if len(self.class_names) < 2:
+            raise DataError(
+                f"{self.name} has {len(self.class_names)} class{'' if len(self.class_names) == 1 else 'es'} "
+                f"({', '.join(self.class_names) or 'none'}); a classifier needs at least 2: give a dataset of several"
+            )
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax import atomic
 from resnet_jax.interop.layouts import InteropError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -94,18 +95,17 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
     so that a failed write leaves no half file."""
     path = Path(path)
     _check_suffix(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    torch = None if path.suffix in SAFETENSORS_SUFFIXES else _import_torch(path, "writing")
     try:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            from safetensors.numpy import save_file
+        with atomic.replacing(path) as temporary:
+            if torch is None:
+                from safetensors.numpy import save_file
 
-            save_file(dict(state_dict), temporary, metadata={"format": "pt"})
-        else:
-            torch = _import_torch(path, "writing")
-            torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, temporary)
-        os.replace(temporary, path)
+                save_file(dict(state_dict), temporary, metadata={"format": "pt"})
+            else:
+                torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, temporary)
     except OSError as error:
-        raise InteropError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+        raise InteropError(
+            f"cannot write {path} ({error.strerror or error}); give --to a place you can write"
+        ) from None
     return path

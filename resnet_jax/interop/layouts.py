@@ -252,11 +252,30 @@ def to_variables(state_dict: Mapping[str, np.ndarray], found: Match) -> dict[str
         value = np.asarray(state_dict[entry.torch_key])
         if not np.issubdtype(value.dtype, np.floating):
             raise InteropError(f"{entry.torch_key} holds {value.dtype} values; weights must be floating point")
+        _check_values(entry.torch_key, value)
         node = variables
         for key in entry.path[:-1]:
             node = node.setdefault(key, {})
         node[entry.path[-1]] = np.ascontiguousarray(entry.to_flax(value.astype(np.float32)))
     return variables
+
+
+def _check_values(key: str, value: np.ndarray) -> None:
+    """Refuses values no network could run on: they would turn every logit to NaN, or (a negative variance) make
+    inference-mode BatchNorm take the square root of a negative number, and nothing downstream would say why."""
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise InteropError(
+            f"{key} holds {bad} NaN or infinite value{'' if bad == 1 else 's'} (of {np.size(value):,}); the file is "
+            "damaged or its run diverged: convert weights saved before it did"
+        )
+    if key.endswith(f".{_BN_STATS['var']}"):
+        negative = int(np.count_nonzero(value < 0))
+        if negative:
+            raise InteropError(
+                f"{key} holds {negative} negative variance{'' if negative == 1 else 's'} (of {np.size(value):,}); "
+                "a variance is never below 0, so the file is damaged: convert another"
+            )
 
 
 def to_state_dict(variables: Mapping[str, Any], layout: Layout, batches_tracked: int = 0) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, inference, lock, models, pipeline
+from resnet_jax import atomic, configuration, data, experiment, inference, lock, models, pipeline
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.interop import files, layouts
 from resnet_jax.interop.layouts import InteropError, Match
@@ -70,6 +70,7 @@ def write_converted_run(
     and the backbone is kept: `conversion.json`'s `head` says "fresh" instead of "converted".
     """
     source, workdir = Path(source), Path(workdir)
+    atomic.check_names(workdir, "--workdir")
     _refuse_a_run(workdir)
     state_dict = files.read_state_dict(source)
     try:
@@ -80,7 +81,10 @@ def write_converted_run(
     # Built as the tools build a run (no training batch to fit), with the optimizer state a resume starts from.
     built = inference.build_for_inference(config)
     state = built.new_state()
-    variables = layouts.to_variables(state_dict, found)
+    try:
+        variables = layouts.to_variables(state_dict, found)
+    except InteropError as error:
+        raise InteropError(f"{source}: {error}") from None
     head = "converted"
     if found.num_classes != built.info.num_classes:
         variables, head = _fresh_head(variables, state.variables), "fresh"
@@ -116,7 +120,7 @@ def write_converted_run(
                 checkpointer.wait()
             finally:
                 checkpointer.close()
-            (workdir / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            atomic.write_text(workdir / CONVERSION_FILE, json.dumps(record, indent=2) + "\n")
     except OSError as error:
         raise InteropError(f"cannot write the converted run into {workdir}: {error.strerror or error}") from None
     return record
@@ -140,6 +144,7 @@ def write_run_weights(
     workdir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "latest", layout_name: str | None = None
 ) -> tuple[Path, layouts.Layout, inference.TrainedRun]:
     """Writes a run's weights to `out` (.safetensors or .pth) in a torch layout; what `run_state_dict` says."""
+    atomic.check_names(out, "--to")  # before the run is restored, not after
     state_dict, layout, run = run_state_dict(workdir, checkpoint, layout_name)
     return files.write_state_dict(state_dict, out), layout, run
 

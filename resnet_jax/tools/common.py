@@ -16,13 +16,13 @@ from typing import NoReturn
 
 import ml_collections
 
-from resnet_jax import configuration
+from resnet_jax import atomic, configuration
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 
 BAD_INPUT = 2  # exit status for a config, flag, file or data problem; 1 is a run that had to stop
-INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError, atomic.NameTooLongError)
 CONFIG_OVERRIDE_PREFIX = "--config."
 
 
@@ -68,6 +68,13 @@ def cannot_write(path: str | os.PathLike, error: OSError, flag: str) -> str:
     return f"cannot write {path} ({error.strerror or error}); give {flag} a place you can write"
 
 
+def _check_names(path: Path, flag: str) -> None:
+    try:
+        atomic.check_names(path, flag)
+    except atomic.NameTooLongError as error:
+        fail(error)
+
+
 def _file_in_the_way(path: Path) -> Path | None:
     """The first part of `path`, from the root down, that is a file where a folder has to be."""
     return next((part for part in (*reversed(path.parents), path) if part.exists() and not part.is_dir()), None)
@@ -76,6 +83,7 @@ def _file_in_the_way(path: Path) -> Path | None:
 def output_folder(path: str | os.PathLike, flag: str) -> Path:
     """A folder the tool writes into, created (with its parents) when missing; one line when it cannot be."""
     path = Path(path).expanduser()
+    _check_names(path, flag)
     blocking = _file_in_the_way(path)
     if blocking == path:
         fail(f"{flag} {path} is a file; give a folder (it is created when missing)")
@@ -95,6 +103,7 @@ def output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] = ()
     """A file the tool writes, its folder created when missing; one line for a folder, a suffix it cannot write
     (`suffixes`, e.g. (".png",)), or a place it cannot write. `example` is a file name the fix suggests."""
     path = Path(path).expanduser()
+    _check_names(path, flag)
     if path.is_dir():
         name = example + (suffixes[0] if suffixes else "")
         fail(f"{flag} {path} is a folder; give a file name, e.g. {path / name}")

@@ -22,7 +22,7 @@ import matplotlib.ticker
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, inference, metrics, models, runtime
+from resnet_jax import atomic, configuration, data, experiment, inference, metrics, models, plots, runtime
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools import common
 
@@ -334,7 +334,7 @@ def plot_compare(
     measurements: Sequence[Measurement], accuracies: dict[str, RunAccuracy], path: Path, title: str
 ) -> Path:
     """`compare_figure` written to `path`."""
-    compare_figure(measurements, accuracies, title).savefig(path, dpi=110)
+    plots.save_figure(compare_figure(measurements, accuracies, title), path, dpi=110)
     return path
 
 
@@ -400,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = compare_markdown(measurements, accuracies, configs[0], args.repeats)
     title = f"{', '.join(c.model.name for c in configs)} on {measurements[0].device_kind}, batch {args.batch}"
     try:
-        (outdir / COMPARE_MD).write_text(markdown)
-        (outdir / COMPARE_JSON).write_text(json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
+        atomic.write_text(outdir / COMPARE_MD, markdown)
+        atomic.write_text(outdir / COMPARE_JSON, json.dumps([dataclasses.asdict(m) for m in measurements], indent=2))
         plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
     except OSError as error:
         print(markdown, end="")  # the measurements took minutes: shown, though not saved

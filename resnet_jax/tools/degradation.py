@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from resnet_jax import configuration, data, experiment, metrics, models
+from resnet_jax import atomic, configuration, data, experiment, metrics, models, plots
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import common
@@ -147,7 +147,7 @@ def plot(path: Path, nets: Sequence[Network], title: str) -> Path:
         axis.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     figure.suptitle(title)
-    figure.savefig(path, dpi=120)
+    plots.save_figure(figure, path)
     plt.close(figure)
     return path
 
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"plain against residual networks: {dataset} at {size}x{size}, {common.plural(args.seeds, 'seed')}"
     plot(workdir / PLOT_FILE, nets, title)
     text = table(nets, args.seeds)
-    (workdir / TABLE_FILE).write_text(text)
+    atomic.write_text(workdir / TABLE_FILE, text)
     print(text, flush=True)
     print(f"wrote {workdir / PLOT_FILE} and {workdir / TABLE_FILE}", flush=True)
     return 0

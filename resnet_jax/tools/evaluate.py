@@ -7,6 +7,7 @@ with a validation split is scored on it too: report.json's `splits` gives both.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import data, inference, metrics, plots, runtime
+from resnet_jax import atomic, data, inference, metrics, plots, runtime
 from resnet_jax.inference import Evaluation, TrainedRun
 from resnet_jax.tools import common, run_arguments
 
@@ -81,11 +82,12 @@ def write_outputs(
     matrix = inference.confusion_matrix(evaluation.labels, evaluation.logits.argmax(-1), len(run.class_names))
     report = build_report(run, evaluation, matrix, others)
     paths = {name: out_dir / name for name in OUTPUT_FILES}
-    paths["report.json"].write_text(json.dumps(report, indent=2) + "\n")
-    with paths["confusion_matrix.csv"].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["true \\ predicted", *run.class_names])
-        writer.writerows([name, *map(int, row)] for name, row in zip(run.class_names, matrix, strict=True))
+    atomic.write_text(paths["report.json"], json.dumps(report, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["true \\ predicted", *run.class_names])
+    writer.writerows([name, *map(int, row)] for name, row in zip(run.class_names, matrix, strict=True))
+    atomic.write_text(paths["confusion_matrix.csv"], table.getvalue())
     title = (
         f"{run.config.model.name} on {run.config.data.dataset} {evaluation.split}, step {run.step}: "
         f"accuracy {evaluation.accuracy:.4f}"

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import augment, data, inference, metrics, runtime
+from resnet_jax import atomic, augment, data, inference, metrics, runtime
 from resnet_jax.tools import common, run_arguments
 
 SUFFIXES = (".npz", ".npy")
@@ -46,14 +46,22 @@ def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled") 
     return np.concatenate(chunks)
 
 
+def labels_file(out: Path) -> Path:
+    """Where the labels of `out` (a .npy file of features) go: emb.npy -> emb.labels.npy."""
+    return out.with_name(out.stem + ".labels.npy")
+
+
 def write(out: Path, features: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Through files of the same suffix: numpy adds .npz or .npy to a name that lacks it.
     if out.suffix == ".npz":
-        np.savez(out, features=features, labels=labels, class_names=np.asarray(class_names))
+        with atomic.replacing(out) as temporary:
+            np.savez(temporary, features=features, labels=labels, class_names=np.asarray(class_names))
         return [out]
-    labels_path = out.with_name(out.stem + ".labels.npy")
-    np.save(out, features)
-    np.save(labels_path, labels)
+    labels_path = labels_file(out)
+    with atomic.replacing(out) as temporary, atomic.replacing(labels_path) as temporary_labels:
+        np.save(temporary, features)
+        np.save(temporary_labels, labels)
     return [out, labels_path]
 
 
@@ -69,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix not in SUFFIXES:
         parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
+    out = common.output_file(out, "--out")  # a name, folder or permission it cannot write: said before the work
+    if out.suffix == ".npy":
+        common.output_file(labels_file(out), "--out (its labels)")
     runtime.setup_logging()
     try:
         run = inference.restore_run(args.workdir, args.checkpoint)

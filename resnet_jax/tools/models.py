@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import models
+from resnet_jax import atomic, models
 from resnet_jax.tools import common
 
 
@@ -46,9 +46,7 @@ def measure_row(name: str, image_shape: Sequence[int], num_classes: int, cache: 
     if cache:
         with contextlib.suppress(OSError):  # a cache it cannot write only costs the next call the time again
             path.parent.mkdir(parents=True, exist_ok=True)
-            staging = path.with_suffix(f".{os.getpid()}.tmp")
-            staging.write_text(json.dumps({"params": params, "flops": flops}))
-            os.replace(staging, path)
+            atomic.write_text(path, json.dumps({"params": params, "flops": flops}))
     return params, flops
 
 

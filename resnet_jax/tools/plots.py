@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.fail(error)
     out = common.output_file(args.out or default_out(args.workdir), "--out", plots.FIGURE_SUFFIXES, "curves")
     try:
-        figure.savefig(out, dpi=120)
+        plots.save_figure(figure, out)
     except OSError as error:
         common.fail(common.cannot_write(out, error, "--out"))
     print(f"wrote {out}")

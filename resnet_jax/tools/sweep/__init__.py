@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 
 from resnet_jax import runtime, trainer
+from resnet_jax.atomic import NameTooLongError
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
@@ -77,7 +78,7 @@ def run_as_a_tool(
     runtime.use_compile_cache()
     try:
         return run.run_sweep(config, workdir, sweep, top)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, NameTooLongError) as error:
         common.fail(error)
     except CheckpointError as error:
         print(f"{name} stopped: {error}", file=sys.stderr)

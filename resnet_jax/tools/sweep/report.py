@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_jax import metrics, trainer
+from resnet_jax import atomic, metrics, plots, trainer
 from resnet_jax.tools import common
 from resnet_jax.tools.sweep.spec import Dimension, SweepSpec, format_value
 
@@ -108,12 +109,13 @@ def _cell(value: Any, digits: int) -> str:
 def write_results(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], top: int = 5) -> None:
     """DIR/results.csv, DIR/results.md and DIR/sweep.png."""
     header = ["rank", "trial", "state", *spec.keys, *RESULT_COLUMNS]
-    with (workdir / RESULTS_CSV).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for rank, result in enumerate(results, 1):
-            writer.writerow([rank, result.name, result.state, *result.overrides.values(), *result.csv_values()])
-    (workdir / RESULTS_MD).write_text(results_markdown(spec, results))
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(header)
+    for rank, result in enumerate(results, 1):
+        writer.writerow([rank, result.name, result.state, *result.overrides.values(), *result.csv_values()])
+    atomic.write_text(workdir / RESULTS_CSV, rows.getvalue())
+    atomic.write_text(workdir / RESULTS_MD, results_markdown(spec, results))
     if results:
         plot_sweep(workdir, spec, results, top)
 
@@ -199,7 +201,7 @@ def plot_sweep(workdir: Path, spec: SweepSpec, results: Sequence[TrialResult], t
     figure.suptitle(f"{workdir.name}: {spec.sampler} sweep, {common.plural(len(results), 'trial')}{seeds}")
     figure.tight_layout()
     path = workdir / PLOT_FILE
-    figure.savefig(path, dpi=110)
+    plots.save_figure(figure, path, dpi=110)
     plt.close(figure)
     return path
 
