@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n### Time to accuracy (benchmarks/time_to_accuracy.py --task {args.task})\n")
+    print(f"\n### A fixed-length recipe to its end (benchmarks/time_to_accuracy.py --task {args.task})\n")
     print(common.environment_line(env))
     overrides = " ".join(f"{key}={value}" for key, value in args.overrides)
     print(
