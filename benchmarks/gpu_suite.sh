@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark suite in ONE call on a lent GPU machine, within a hard time budget (default 480 s):
-# throughput and floors, JAX against PyTorch (ResNet-20 and ResNet-18, batch 512), Fashion-MNIST time to 0.95,
+# throughput and floors, JAX against PyTorch (ResNet-20 and ResNet-18, batch 512), the fixed-length Fashion-MNIST
+# recipe to its end (its wall time and final test accuracy, one seed; nothing stops on test),
 # the GPU-relevant tests, He et al.'s 64k-step ResNet-20 recipe, and last the scan as one CUDA graph (XLA flags).
 # Each stage has its own time limit, and a failing stage does not stop the next. Full logs and JSON go to
 # $OUT/gpu_suite.tar.gz (refreshed after every stage), the summary to $OUT/summary.md and, last, to stdout.
@@ -111,7 +112,7 @@ resnet18:128:bfloat16:50" --windows 5 --min-window-seconds 0.5 --budget-seconds 
     --deadline-seconds 85)
   TORCH_FIRST=(--models resnet20 "${TORCH_COMMON[@]}")
   TORCH_SECOND=(--models resnet18 "${TORCH_COMMON[@]}")
-  FASHION=(--task fashion_mnist --target 0.95 --time-limit 55)
+  FASHION=(--task fashion_mnist --time-limit 55)
   HE=(--task he_resnet20 --time-limit 70)
   TESTS=()
   for file in tests/test_steps.py tests/test_models.py tests/test_augment.py tests/test_trainer.py; do

@@ -41,16 +41,39 @@ def _ratio_row(comparison: dict[str, Any] | None, model: str, goal: float) -> li
     return [label, detail, f">= {goal}x", "yes" if ratio >= goal else "no"]
 
 
-def _time_row(label: str, run: dict[str, Any] | None, seconds: float | None, goal: float) -> list[str]:
+def _time_row(label: str, run: dict[str, Any] | None, seconds: float | None, goal: float, note: str = "") -> list[str]:
+    """A wall-time goal: met or not on `seconds` (the finished run's); `note` follows the measured figure."""
     if not run:
         return [label, "not measured", f"<= {goal:.0f} s", "?"]
     if seconds is not None:
-        return [label, f"{seconds:.1f} s", f"<= {goal:.0f} s", "yes" if seconds <= goal else "no"]
+        return [label, f"{seconds:.1f} s{note}", f"<= {goal:.0f} s", "yes" if seconds <= goal else "no"]
     projected = run.get("projected_total_seconds")
-    detail = f"not reached in {run['total_seconds']:.0f} s ({run['steps_done']} of {run['total_steps']} steps"
+    detail = f"not finished in {run['total_seconds']:.0f} s ({run['steps_done']} of {run['total_steps']} steps"
     detail += f", final accuracy {run['evaluations'][-1]['test_accuracy']:.4f}" if run.get("evaluations") else ""
     detail += f"; all steps projected at {projected:.0f} s)" if projected else ")"
     return [label, detail, f"<= {goal:.0f} s", "no"]
+
+
+def _fashion_row(run: dict[str, Any] | None, goal: float) -> list[str]:
+    """The Fashion-MNIST recipe in airbench's form: its fixed length run to the end, the wall time judged against
+    the goal, its final accuracy reported (one seed: a goal on accuracy is for the mean over seeds, not judged
+    here); seconds to a target only as read off the finished run's test curve."""
+    epochs = ((run or {}).get("config") or {}).get("train", {}).get("num_epochs")
+    label = f"Fashion-MNIST, the fixed {epochs or '?'}-epoch recipe to its end, compile included"
+    finished = bool(run) and run.get("steps_done") == run.get("total_steps")
+    if not finished:
+        return _time_row(label, run, None, goal)
+    note = ""
+    if run.get("final_test_accuracy") is not None:
+        note = f"; final test accuracy {run['final_test_accuracy']:.4f} (one seed)"
+    if run.get("final_validation_accuracy") is not None:
+        note += f", validation {run['final_validation_accuracy']:.4f}"
+    if run.get("target") is not None:
+        reached = run.get("curve_seconds_to_target")
+        note += f"; {run['target']} read off its test curve: " + (
+            f"{reached:.1f} s" if reached is not None else "never"
+        )
+    return _time_row(label, run, run["total_seconds"], goal, note)
 
 
 def _tests_row(folder: Path) -> list[str]:
@@ -100,7 +123,7 @@ def summarize(folder: Path) -> str:
             he_run["total_seconds"] if he_finished else None,
             60,
         ),
-        _time_row("Fashion-MNIST to 0.95 test accuracy", fashion, fashion and fashion.get("seconds_to_target"), 30),
+        _fashion_row(fashion, 30),
         _tests_row(folder),
     ]
     lines = ["### GPU suite summary", ""]

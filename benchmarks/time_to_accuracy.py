@@ -1,5 +1,9 @@
-"""Wall time of the real trainer (`trainer.train_and_evaluate`) to a target test accuracy, and the accuracy after
-each epoch. The clock starts before the trainer reads its data, so loading and compiling count.
+"""Wall time of the real trainer (`trainer.train_and_evaluate`) running a fixed-length recipe to its end, and the
+accuracy after each epoch. The clock starts before the trainer reads its data, so loading and compiling count.
+Reported: the finished run's wall time and its final validation accuracy (when the config holds a split out, e.g.
+`--set data.validation_size=5000`) and test accuracy, one seed a call. Nothing stops on test and nothing is
+chosen by it: `--target X` only reads the seconds to X off the finished run's test curve, labelled so, and
+`--time-limit` is a budget (a SIGTERM after that many seconds, whatever the accuracy).
 
     python -m benchmarks.time_to_accuracy --task fashion_mnist            # real Fashion-MNIST, the `files` source
     python -m benchmarks.time_to_accuracy --task he_resnet20              # He et al.'s 64k steps, synthetic CIFAR
@@ -24,7 +28,7 @@ from typing import Any
 
 import ml_collections
 
-from benchmarks import common
+from benchmarks import common, fixed_runs
 from resnet_jax import experiment, metrics, trainer
 
 FASHION_MNIST_DIRS = (".data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
@@ -39,8 +43,10 @@ def fashion_mnist_dir(given: str = "") -> str:
 def fashion_mnist_config(files_dir: str, accelerator: bool) -> ml_collections.ConfigDict:
     """ResNet-20 on Fashion-MNIST (28x28 padded to 32x32), set for speed: batch 512, one-cycle SGD with Nesterov
     momentum, label smoothing, an EMA of the weights, flip test-time augmentation; bfloat16 on accelerators.
-    117 steps per epoch, run as 3 dispatches of 39; metrics fetched once per epoch. 32 epochs: over 16 this recipe
-    ended at 0.9449, short of 0.95 (benchmarks/RESULTS.md); an H200 runs an epoch in about 0.45 s."""
+    117 steps per epoch, run as 3 dispatches of 39; metrics fetched once per epoch. 32 epochs: the length was
+    doubled from 16 after that run's TEST accuracy ended at 0.9449, short of the 0.95 goal (one seed, float32 on a
+    CPU; benchmarks/RESULTS.md), so the 32 was chosen on test and a 32-epoch figure is not a held-out one. An H200
+    runs an epoch in about 0.45 s."""
     config = experiment.base_config()
     config.model.name = "resnet20"
     config.model.dtype = "bfloat16" if accelerator else "float32"
@@ -133,10 +139,14 @@ class MetricsWatcher(threading.Thread):
         self.poll()
 
 
-def summarize(records: list[dict[str, Any]], target: float, total_steps: int) -> dict[str, Any]:
-    evals = [record for record in records if record.get("test_accuracy") is not None]
+def summarize(records: list[dict[str, Any]], total_steps: int, target: float | None = None) -> dict[str, Any]:
+    """The run's figures: steps done, whether it finished its recipe, its final validation (None without a split)
+    and test accuracy, the seconds to `target` read off its test curve (only for a finished run; never a stopping
+    point), start-up and pace, and each evaluation."""
+    evals = fixed_runs.evaluations(records)
     trains = [record for record in records if record.get("images_per_second") is not None]
-    reached = next((record for record in evals if record["test_accuracy"] >= target), None)
+    steps_done = trains[-1]["step"] if trains else 0
+    finished = steps_done >= total_steps
     rates = sorted(record["images_per_second"] for record in trains[1:]) or [float("nan")]
     projected = None
     if len(trains) >= 2 and trains[-1]["step"] < total_steps:
@@ -146,29 +156,72 @@ def summarize(records: list[dict[str, Any]], target: float, total_steps: int) ->
         projected = last["seconds"] + pace * (total_steps - last["step"])
     return {
         "total_steps": total_steps,
-        "steps_done": trains[-1]["step"] if trains else 0,
+        "steps_done": steps_done,
+        "finished": finished,
         "projected_total_seconds": projected,
-        "target": target,
-        "seconds_to_target": reached["seconds"] if reached else None,
         # The last evaluation's: the highest would be chosen on test.
-        "final_test_accuracy": evals[-1]["test_accuracy"] if evals else float("nan"),
+        "final_validation_accuracy": fixed_runs.final(evals, "validation_accuracy"),
+        "final_test_accuracy": fixed_runs.final(evals, "test_accuracy"),
+        "target": target,
+        "curve_seconds_to_target": (
+            fixed_runs.curve_seconds_to(evals, target) if finished and target is not None else None
+        ),
         "seconds_to_first_log": trains[0]["seconds"] if trains else None,
         "median_images_per_second": rates[len(rates) // 2],
         "evaluations": [
-            {key: record.get(key) for key in ("epoch", "step", "seconds", "test_accuracy", "test_loss")}
+            {
+                key: record.get(key)
+                for key in ("epoch", "step", "seconds", "validation_accuracy", "test_accuracy", "test_loss")
+            }
             for record in evals
         ],
     }
+
+
+def _accuracy(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+def report_line(summary: dict[str, Any], total: float, time_limit: float) -> str:
+    """What the call measured: the fixed recipe's wall time and final accuracy (one seed), or how far a run cut by
+    the time limit got; the seconds to the target only as read off a finished run's curve."""
+    steps = f"{summary['steps_done']} of {summary['total_steps']} steps"
+    validation = summary["final_validation_accuracy"]
+    accuracy = f"final test accuracy {_accuracy(summary['final_test_accuracy'])}"
+    accuracy += f", final validation accuracy {_accuracy(validation)}" if validation is not None else ""
+    if summary["finished"]:
+        line = f"the fixed recipe to its end ({steps}) in {total:.1f} s: {accuracy} (one seed)"
+    else:
+        line = f"NOT finished: stopped by the {time_limit:.0f} s time limit (a budget) after {steps}, {total:.1f} s"
+        line += f"; the last evaluation's {accuracy}, not the recipe's figure" if summary["evaluations"] else ""
+        projected = summary["projected_total_seconds"]
+        line += f"; projected {projected:.1f} s for all {summary['total_steps']} steps" if projected else ""
+    target = summary["target"]
+    if target is not None and summary["finished"]:
+        reached = summary["curve_seconds_to_target"]
+        line += f"; read off its test curve afterwards (stopped nothing): first at or above {target} " + (
+            f"after {reached:.1f} s" if reached is not None else "never"
+        )
+    first_log = summary["seconds_to_first_log"]
+    line += f"; first train log at {first_log if first_log is not None else float('nan'):.1f} s"
+    return line + f", median {summary['median_images_per_second']:,.0f} images/s"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="fashion_mnist", choices=("fashion_mnist", "he_resnet20"))
-    parser.add_argument("--target", type=float, default=0.95, help="test accuracy to reach")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="also read off the finished run's test curve the seconds to this accuracy (never stops the run)",
+    )
     parser.add_argument("--files-dir", default="", help="Fashion-MNIST files; default .data/fashion-mnist or Debian's")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="K=V")
-    parser.add_argument("--time-limit", type=float, default=0.0, help="stop the run (as a SIGTERM would) after this")
+    parser.add_argument(
+        "--time-limit", type=float, default=0.0, help="a budget: stop the run (as a SIGTERM would) after this"
+    )
     parser.add_argument("--workdir", default="", help="keep the run here (default: a temporary folder, removed)")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
@@ -204,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         watcher.stop()
     total = time.perf_counter() - start
     total_steps = experiment.build(config).total_steps
-    summary = summarize(watcher.records, args.target, total_steps) | {
+    summary = summarize(watcher.records, total_steps, args.target) | {
         "task": args.task,
         "total_seconds": total,
         "final": final,
@@ -212,34 +265,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n### Time to accuracy (benchmarks/time_to_accuracy.py --task {args.task})\n")
+    print(f"\n### A fixed-length recipe to its end (benchmarks/time_to_accuracy.py --task {args.task})\n")
     print(common.environment_line(env))
     overrides = " ".join(f"{key}={value}" for key, value in args.overrides)
     print(
         f"{config.model.name} {config.model.dtype}, batch {config.train.batch_size}, "
         f"{summary['steps_done']} of {total_steps} steps, {config.train.steps_per_call} steps per call {overrides}\n"
     )
+    validated = summary["final_validation_accuracy"] is not None
     print(
         common.markdown_table(
-            ("epoch", "step", "seconds", "test accuracy", "test loss"),
+            (
+                "epoch",
+                "step",
+                "seconds",
+                *(("validation accuracy",) if validated else ()),
+                "test accuracy",
+                "test loss",
+            ),
             [
-                [e["epoch"], e["step"], e["seconds"], f"{e['test_accuracy']:.4f}", e["test_loss"]]
+                [
+                    e["epoch"],
+                    e["step"],
+                    e["seconds"],
+                    *((f"{e['validation_accuracy']:.4f}" if e["validation_accuracy"] is not None else "",) * validated),
+                    f"{e['test_accuracy']:.4f}",
+                    e["test_loss"],
+                ]
                 for e in summary["evaluations"]
             ],
         )
     )
-    reached = summary["seconds_to_target"]
-    print(
-        f"\n{'reached' if reached is not None else 'did NOT reach'} test accuracy {args.target}"
-        + (f" after {reached:.1f} s" if reached is not None else f" (final {summary['final_test_accuracy']:.4f})")
-        + f"; total {total:.1f} s, first train log at {summary['seconds_to_first_log'] or float('nan'):.1f} s, "
-        f"median {summary['median_images_per_second']:,.0f} images/s"
-        + (
-            f"; projected {summary['projected_total_seconds']:.1f} s for all {total_steps} steps"
-            if summary["projected_total_seconds"]
-            else ""
-        )
-    )
+    print("\n" + report_line(summary, total, args.time_limit))
     common.write_json(args.json, {"environment": env, "config": config.to_dict(), **summary})
 
 
