@@ -150,24 +150,18 @@ def _check_kernels(record: dict[str, Any], asked: ml_collections.ConfigDict, ran
     """The kernels a resume runs on: the recorded ones, unless asked for by name (a change, recorded); 'auto' that
     picks others here is refused in one line naming the override."""
     recorded_ran = record.get("ran", {})
-    changed = []
-    for key in KERNEL_KEYS:
-        before, now = recorded_ran.get(key), ran[key]
-        if before is None or before == now:
-            continue
-        setting = asked.model[key.split(".", 1)[1]]
-        if setting == "auto":
-            why = ""
-            if before == "onednn":
-                why = onednn.library.dtype_unavailable_reason(models.DTYPES[ran["model.dtype"]])
-                why = f" ({why})" if why else ""
-            raise ConfigError(
-                f"{key}: this run computed on {before}, and here 'auto' picks {now}{why}; resume with "
-                f"--config.{key}={now} to go on with {now}'s kernels (the change is recorded), or on a machine that "
-                f"runs {before}'s"
-            )
-        changed.append(key)
-    return changed
+    changed = [key for key in KERNEL_KEYS if recorded_ran.get(key) not in (None, ran[key])]
+    # BatchNorm's 'auto' follows the convolutions: naming either one is asking for the change.
+    if not changed or any(asked.model[key.split(".", 1)[1]] != "auto" for key in changed):
+        return changed
+    key = changed[0]
+    before, now = recorded_ran[key], ran[key]
+    why = onednn.library.dtype_unavailable_reason(models.DTYPES[ran["model.dtype"]]) if before == "onednn" else ""
+    raise ConfigError(
+        f"{key}: this run computed on {before}, and here 'auto' picks {now}{f' ({why})' if why else ''}; resume "
+        f"with --config.{key}={now} to go on with {now}'s kernels (the change is recorded), or on a machine that "
+        f"runs {before}'s"
+    )
 
 
 def _schedule_rates(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int, upto: int):

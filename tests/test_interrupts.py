@@ -73,9 +73,10 @@ def test_resnet_jax_train_stops_in_one_line_during_the_imports_too(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_the_start_up_compiles_stops_in_one_line(tmp_path, signum):
     workdir = tmp_path / "run"
-    # An empty compile cache: the start-up compiles for seconds after config.json is written.
+    # An empty compile cache: the start-up compiles for seconds after the workdir's lock is taken (config.json is
+    # written only once they are done).
     process = start(train_command(workdir, "smoke"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
-    wait_until(process, (workdir / "config.json").exists)
+    wait_until(process, (workdir / ".lock").exists)
     process.send_signal(signum)
     assert_one_line_stop(process, signum, lines=None)  # the start-up's own log lines may come first
 

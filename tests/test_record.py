@@ -126,13 +126,14 @@ def test_the_train_sample_is_fixed_across_resume_and_a_changed_holdout_draw_is_r
     sampled = {"data.validation_size": 64, "data.train_eval_size": 40, "schedule.name": "constant"}
     trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **sampled), workdir)
     digests = saved(workdir)["data"]["split_digests"]
-    assert all(len(digests[split]) == 16 for split in (data.VALIDATION, data.TRAIN_EVAL))
+    assert digests[data.VALIDATION].startswith("validation_seed 0, 64 rows: ")
+    assert digests[data.TRAIN_EVAL].startswith("validation_seed 0, 40 rows: ")
     trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}, **sampled), workdir)
     assert saved(workdir)["data"]["split_digests"] == digests
     scored = [r["train_eval_examples"] for r in metrics.read_metrics(workdir) if "train_eval_accuracy" in r]
     assert scored == [40, 40]
     config = saved(workdir)
-    config["data"]["split_digests"][data.VALIDATION] = "0123456789abcdef"  # as drawn by another numpy
+    config["data"]["split_digests"][data.VALIDATION] = "validation_seed 0, 64 rows: 0123456789abcdef"  # another numpy
     configuration.write_json(config, workdir / configuration.CONFIG_FILE)
     before = snapshot(workdir)
     with pytest.raises(DataError, match="the validation rows drawn now .* are not the ones this run recorded"):

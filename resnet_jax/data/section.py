@@ -51,8 +51,8 @@ DEFAULTS = {
     # He et al.'s training error: this many of the run's train examples (a stratified draw by validation_seed, fixed
     # for the run), scored unaugmented in evaluation mode at every evaluation as the `train_eval` split; 0 none.
     "train_eval_size": 0,
-    # Digests of the drawn validation and train_eval rows, recorded as a run starts; a resume whose draw differs
-    # (another numpy) is refused. "": not yet.
+    # What drew the validation and train_eval rows and their digest, recorded as a run starts; a resume whose draw
+    # differs (another numpy) is refused. "": not yet.
     "split_digests": {VALIDATION: "", TRAIN_EVAL: ""},
     # What each split of the run holds (train: what the holdout leaves), recorded as a run starts; 0: not yet.
     "split_sizes": {"train": 0, VALIDATION: 0, "test": 0},
@@ -362,17 +362,20 @@ def eval_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
     return data_config.split_sizes[split]
 
 
-def _check_draw(data_config: ml_collections.ConfigDict, split: str, rows) -> None:
-    """Records the digest of a drawn split, or refuses a draw that differs from the one the run recorded."""
-    digest = holdout.rows_digest(rows)
+def _check_draw(data_config: ml_collections.ConfigDict, split: str, rows: np.ndarray) -> None:
+    """Records what a split's rows were drawn by and their digest (`validation_seed 0, 5000 of 50000: 4128...`), or
+    refuses a draw by the same recorded parameters whose rows differ (another numpy). A config copied and given
+    other parameters records its own draw."""
+    drawn_by = f"validation_seed {data_config.validation_seed}, {len(rows)} rows"
+    stamp = f"{drawn_by}: {holdout.rows_digest(rows)}"
     recorded = data_config.split_digests[split]
-    if recorded and recorded != digest:
+    if recorded.rpartition(": ")[0] == drawn_by and recorded != stamp:
         raise DataError(
-            f"the {split} rows drawn now (digest {digest}) are not the ones this run recorded ({recorded}): numpy's "
+            f"the {split} rows drawn now ({stamp}) are not the ones this run recorded ({recorded}): numpy's "
             "generator or the data changed since it began; resume with the numpy it ran with, or start over with "
             "--fresh"
         )
-    data_config.split_digests[split] = digest
+    data_config.split_digests[split] = stamp
 
 
 def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int) -> Callable[[slice], SplitArrays]:
