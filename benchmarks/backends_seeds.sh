@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?give a folder for the runs}"
+mkdir -p "$out"
 for backend in xla onednn; do
   for seed in 0 1 2; do
     workdir="$out/$backend-seed$seed"
