@@ -5,6 +5,7 @@ run is moved to `DIR/archive/<time>/`.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -17,6 +18,8 @@ from jax.experimental import multihost_utils
 
 from resnet_jax import atomic, configuration, parallel
 from resnet_jax.configuration import ConfigError
+
+logger = logging.getLogger(__name__)
 
 RESTART_MODES = ("resume", "fresh", "finetune")
 ARCHIVE_DIR = "archive"
@@ -89,6 +92,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
         raise ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
     create_workdir(workdir)
     archived = archive_previous_run(workdir) if mode in ("fresh", "finetune") else None
+    if archived is not None:
+        logger.info("the previous run in %s is archived in %s", workdir, archived)
     source = None
     if mode == "finetune":
         if archived is None or not (archived / CHECKPOINTS_DIR).is_dir():

@@ -4,6 +4,7 @@ something else is refused in one line and leaves the workdir byte-identical; a c
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -139,3 +140,13 @@ def test_the_train_sample_is_fixed_across_resume_and_a_changed_holdout_draw_is_r
     with pytest.raises(DataError, match="the validation rows drawn now .* are not the ones this run recorded"):
         trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 3}, **sampled), workdir)
     assert snapshot(workdir) == before
+
+
+def test_fresh_says_where_the_previous_run_went(trained, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    with caplog.at_level(logging.INFO, logger="resnet_jax.workdir"):
+        trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir, mode="fresh")
+    (archived,) = (workdir / "archive").iterdir()
+    assert f"the previous run in {workdir} is archived in {archived}" in caplog.text
+    assert (archived / configuration.CONFIG_FILE).read_bytes() == trained[1]["config.json"]
