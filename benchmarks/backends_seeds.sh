@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?give a folder for the runs}"
 mkdir -p "$out"
-for backend in xla onednn; do
-  for seed in 0 1 2; do
+for seed in 0 1 2; do
+  for backend in xla onednn; do
     workdir="$out/$backend-seed$seed"
     log="$workdir.log"
     if [ -f "$log" ] && grep -q '^done: ' "$log"; then continue; fi
