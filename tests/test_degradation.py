@@ -57,7 +57,7 @@ def _networks(tmp_path, errors, shifts=(0.0, 0.02)):
             _write_run(run_dir, [t + shift for t in train], validation, test)
             runs.append(run_dir)
         family, depth = re.fullmatch(r"([a-z]+)(\d+)", name).groups()
-        nets.append(degradation.Network(name, family, int(depth), 1000, tuple(runs)))
+        nets.append(degradation.Network(name, family, int(depth), 1000, tuple(runs), total_steps=2))
     return nets
 
 
@@ -78,6 +78,15 @@ def test_the_verdict_reads_training_error_where_validation_disagrees(tmp_path):
     assert "training error: resnet20 16.00% → resnet56 6.00%; He's ordering holds" in lines[1]
     table = degradation.table(nets, seeds=2)
     assert "| plain56 | 56 | 1,000 | 21.00 ± 1.41 (20.00-22.00) | 30.00 ± 0.00 (30.00-30.00) |" in table
+
+
+def test_a_run_still_running_has_no_final_error(tmp_path):
+    errors = {"plain20": ([0.5, 0.10], [0.5, 0.3], [0.5, 0.3])}
+    (net,) = _networks(tmp_path, errors)
+    assert net.final_errors()["train_eval"].runs == 2
+    longer = degradation.Network(net.name, net.family, net.depth, net.params, net.run_dirs, total_steps=3)
+    assert longer.final_errors()["train_eval"] is None
+    assert "| plain20 | 20 | 1,000 |  |  |  | 0 of 2 |" in degradation.table([longer], seeds=2)
 
 
 def test_overlapping_seeds_hold_by_the_mean_only_and_a_reversed_order_does_not_hold(tmp_path):

@@ -68,14 +68,18 @@ class Network:
     depth: int
     params: int
     run_dirs: tuple[Path, ...]
+    total_steps: int  # a run's length: only runs evaluated at their end have final errors
 
     def records(self) -> list[list[dict]]:
         return [metrics.read_metrics(run_dir) for run_dir in self.run_dirs if (run_dir / metrics.METRICS_FILE).exists()]
 
     def final_errors(self) -> dict[str, common.Spread | None]:
-        """Training error (the train sample, evaluation mode), validation and test error at each run's end."""
+        """Training error (the train sample, evaluation mode), validation and test error at the end of each run that
+        has finished (one still running has no final error)."""
         finals: dict[str, list[float | None]] = {data.TRAIN_EVAL: [], data.VALIDATION: [], "test": []}
         for records in self.records():
+            if _last(records, "test_accuracy") is None or _last_step(records, "test_accuracy") != self.total_steps:
+                continue
             for split in finals:
                 accuracy = _last(records, f"{split}_accuracy")
                 finals[split].append(None if accuracy is None else 1.0 - accuracy)
@@ -85,6 +89,11 @@ class Network:
 def _last(records: Sequence[dict], key: str) -> float | None:
     values = [record[key] for record in records if record.get(key) is not None]
     return values[-1] if values else None
+
+
+def _last_step(records: Sequence[dict], key: str) -> int | None:
+    steps = [record["step"] for record in records if record.get(key) is not None]
+    return steps[-1] if steps else None
 
 
 def _curve(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[common.Spread]]:
@@ -108,7 +117,7 @@ def networks(config: ml_collections.ConfigDict, workdir: Path, depths: Sequence[
             params = models.count_params(models.init_shapes(built.model, built.input_shape)["params"])
             trial_dir = workdir / run.TRIALS_DIR / run.trial_name({"model.name": name})
             run_dirs = tuple(path for _, path in run.seed_runs(trial_dir, seeds, config.seed))
-            found.append(Network(name, family, depth, params, run_dirs))
+            found.append(Network(name, family, depth, params, run_dirs, built.total_steps))
     return found
 
 
@@ -144,7 +153,8 @@ def plot(path: Path, nets: Sequence[Network], title: str) -> Path:
         axis.set_title(FAMILY_TITLES[family])
         axis.set_xlabel("iterations")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.lines:  # a family whose runs have not evaluated yet has nothing to name
+            axis.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     figure.suptitle(title)
     plots.save_figure(figure, path)
