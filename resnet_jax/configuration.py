@@ -23,12 +23,6 @@ from resnet_jax import atomic
 
 CONFIG_FILE = "config.json"
 RECORD_KEY = "record"  # config.json's record of what ran, beside the config's sections (resnet_jax.record)
-# Where the data is read or fetched from, not what it is: moving the files does not make another run.
-LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
-# Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
-RECORDED_KEYS = ("data.split_sizes.",)
-# What a run scores, and the digests of its draws (checked as the data is read), not what it trains on.
-SCORING_KEYS = ("data.train_eval_size", "data.split_digests.")
 OVERRIDABLE_TYPES = (bool, int, float, str, tuple, list)
 
 

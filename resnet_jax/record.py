@@ -19,6 +19,12 @@ from resnet_jax import configuration, models, onednn, optim
 from resnet_jax.configuration import ConfigError
 
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "onednn")
+# Where the data is read or fetched from, not what it is: moving the files does not make another run.
+LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
+# Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
+RECORDED_KEYS = ("data.split_sizes.",)
+# What a run scores, and the digests of its draws (checked as the data is read), not what it trains on.
+SCORING_KEYS = ("data.train_eval_size", "data.split_digests.")
 KERNEL_KEYS = ("model.conv_backend", "model.norm_backend")
 LENGTH_KEYS = ("train.num_epochs", "train.num_steps")
 # What a run trains on and with: a change here on resume would make the record lie.
@@ -27,9 +33,9 @@ TRAINING_SECTIONS = ("seed", "model", "data", "augment", "train", "optimizer", "
 # and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record) and the
 # run's length (`LENGTH_KEYS`, which may grow).
 NOT_TRAINING = (
-    *configuration.LOCATION_KEYS,
-    *configuration.SCORING_KEYS,
-    *configuration.RECORDED_KEYS,
+    *LOCATION_KEYS,
+    *SCORING_KEYS,
+    *RECORDED_KEYS,
     *KERNEL_KEYS,
     *LENGTH_KEYS,
     "train.log_every_steps",
@@ -128,7 +134,7 @@ def training_differences(previous: dict[str, Any], current: dict[str, Any]) -> l
     unrecorded = {
         key
         for key in changed
-        if (key.startswith(configuration.RECORDED_KEYS) and old[key] == 0)
+        if (key.startswith(RECORDED_KEYS) and old[key] == 0)
         or (key == "model.dtype" and old[key] == "auto")
     }
     return [key for key in changed if key not in unrecorded]
