@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from resnet_jax import configuration, parallel
+from resnet_jax import configuration, errors, parallel
 
 # The kept best is chosen on the validation split, never on test: a run without one keeps no best.
 # A failed save's temporary folders: removed up to this many times, this long apart, until they stay gone.
@@ -124,7 +124,7 @@ class Checkpointer:
         except Exception as error:
             self._save_failed = True
             raise CheckpointError(
-                f"saving a checkpoint under {self.directory} failed: {' '.join(str(error).split())}. Earlier "
+                f"saving a checkpoint under {self.directory} failed: {errors.one_line(error)}. Earlier "
                 f"checkpoints are untouched: {self.last_good()}."
             ) from error
         finally:

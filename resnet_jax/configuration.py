@@ -11,6 +11,7 @@ import difflib
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax import atomic
+from resnet_jax import atomic, errors
 
 CONFIG_FILE = "config.json"
 RECORD_KEY = "record"  # config.json's record of what ran, beside the config's sections (resnet_jax.record)
@@ -48,14 +49,40 @@ def check_at_least(key: str, value: Any, low: int, meaning: str) -> None:
         raise ConfigError(f"{key}={value!r} must be an integer of at least {low} ({meaning})")
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float; a bool is not a number here, though Python counts it as an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _within(value: Any, low: float, high: float, closed: str) -> bool:
+    above = is_number(value) and (value >= low if closed[0] == "[" else value > low)
+    return above and (value <= high if closed[1] == "]" else value < high)
+
+
+def check_number(key: str, value: Any, low: float, high: float, closed: str = "[)", fix: str = "") -> None:
+    """A finite number between `low` and `high`, each end included or not as `closed` says (`"[)"`, `"(]"`, ...);
+    `fix` ends the message (` (0: no clipping)`). The bounds are shown as given: 0 as 0, 0.0 as 0.0."""
+    if not _within(value, low, high, closed):
+        if math.isinf(high):
+            allowed = "a positive number" if closed[0] == "(" else f"a number of {low} or more"
+        else:
+            allowed = f"in {closed[0]}{low}, {high}{closed[1]}"
+        raise ConfigError(f"{key}={value!r} must be {allowed}{fix}")
+
+
 def check_in_range(key: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ConfigError(f"{key}={value!r} must be in [{low}, {high})")
+    check_number(key, value, low, high, "[)")
 
 
 def check_probability(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not _within(value, 0, 1, "[]"):
         raise ConfigError(f"{key}={value!r} must be a probability, in [0, 1]")
+
+
+def check_seed(key: str, value: Any) -> None:
+    # numpy's generators (the synthetic source) take no negative seed, and jax's keys hold 32 bits of one.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ConfigError(f"{key}={value!r} must be an integer in [0, 2**32)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -63,7 +90,7 @@ def check_probability(key: str, value: Any) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
+    return f"{type(error).__name__}: {errors.one_line(error)}".rstrip(": ")
 
 
 def _line_in(path: str, error: BaseException) -> str:

@@ -49,27 +49,12 @@ SCHEDULE_DEFAULTS = {
 }
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_number(key: str, value: Any, low: float, high: float, closed: str = "[)", fix: str = "") -> None:
-    """A finite number between `low` and `high`, each end included or not as `closed` says (`"[)"`, `"(]"`, ...)."""
-    above = _is_number(value) and (value >= low if closed[0] == "[" else value > low)
-    if not (above and (value <= high if closed[1] == "]" else value < high)):
-        if math.isinf(high):
-            allowed = "a positive number" if closed[0] == "(" else f"a number of {low:g} or more"
-        else:
-            allowed = f"in {closed[0]}{low:g}, {high:g}{closed[1]}"
-        raise configuration.ConfigError(f"{key}={value!r} must be {allowed}{fix}")
-
-
 def check_optimizer_config(optimizer_config: ml_collections.ConfigDict) -> None:
     """Raises a one-line ConfigError for the first `optimizer` key that cannot work."""
     config = optimizer_config
     configuration.check_choice("optimizer.name", config.name, OPTIMIZERS)
-    _check_number("optimizer.learning_rate", config.learning_rate, 0, math.inf, "()")
-    _check_number("optimizer.momentum", config.momentum, 0, 1)
+    configuration.check_number("optimizer.learning_rate", config.learning_rate, 0, math.inf, "()")
+    configuration.check_number("optimizer.momentum", config.momentum, 0, 1)
     for key in ("nesterov", "decay_all_params"):
         configuration.check_choice(f"optimizer.{key}", config[key], (False, True))
     if config.nesterov and (config.name != "sgd" or config.momentum == 0):
@@ -77,11 +62,11 @@ def check_optimizer_config(optimizer_config: ml_collections.ConfigDict) -> None:
             f"optimizer.nesterov=True needs sgd with momentum (here {config.name}, momentum {config.momentum}); "
             "set optimizer.momentum above 0, or optimizer.nesterov=false"
         )
-    _check_number("optimizer.weight_decay", config.weight_decay, 0, 1)
-    _check_number("optimizer.clip_grad_norm", config.clip_grad_norm, 0, math.inf, fix=" (0: no clipping)")
+    configuration.check_number("optimizer.weight_decay", config.weight_decay, 0, 1)
+    configuration.check_number("optimizer.clip_grad_norm", config.clip_grad_norm, 0, math.inf, fix=" (0: no clipping)")
     for key in ("b1", "b2"):
-        _check_number(f"optimizer.{key}", config[key], 0, 1)
-    _check_number("optimizer.eps", config.eps, 0, math.inf, "()")
+        configuration.check_number(f"optimizer.{key}", config[key], 0, 1)
+    configuration.check_number("optimizer.eps", config.eps, 0, math.inf, "()")
 
 
 def check_schedule_config(schedule_config: ml_collections.ConfigDict) -> None:
@@ -91,7 +76,7 @@ def check_schedule_config(schedule_config: ml_collections.ConfigDict) -> None:
     configuration.check_choice("schedule.warmup_mode", config.warmup_mode, WARMUP_MODES)
     configuration.check_choice("schedule.boundary_unit", config.boundary_unit, BOUNDARY_UNITS)
     unit = config.boundary_unit
-    if not isinstance(config.boundaries, (tuple, list)) or not all(map(_is_number, config.boundaries)):
+    if not isinstance(config.boundaries, (tuple, list)) or not all(map(configuration.is_number, config.boundaries)):
         raise configuration.ConfigError(
             f"schedule.boundaries={config.boundaries!r} must be a list of numbers (in {unit}), e.g. 0.5,0.75"
         )
@@ -106,11 +91,11 @@ def check_schedule_config(schedule_config: ml_collections.ConfigDict) -> None:
                 f"schedule.boundaries={boundaries} are fractions of the run and must be below 1; set "
                 "schedule.boundary_unit=epochs or steps to give them so"
             )
-    _check_number("schedule.decay_factor", config.decay_factor, 0, math.inf, "()")
-    _check_number("schedule.warmup_epochs", config.warmup_epochs, 0, math.inf, fix=" (0: no warm-up)")
-    _check_number("schedule.warmup_factor", config.warmup_factor, 0, 1, "[]")
-    _check_number("schedule.end_factor", config.end_factor, 0, 1, "[]")
-    _check_number("schedule.pct_start", config.pct_start, 0, 1, "()")
+    configuration.check_number("schedule.decay_factor", config.decay_factor, 0, math.inf, "()")
+    configuration.check_number("schedule.warmup_epochs", config.warmup_epochs, 0, math.inf, fix=" (0: no warm-up)")
+    configuration.check_number("schedule.warmup_factor", config.warmup_factor, 0, 1, "[]")
+    configuration.check_number("schedule.end_factor", config.end_factor, 0, 1, "[]")
+    configuration.check_number("schedule.pct_start", config.pct_start, 0, 1, "()")
     if config.warmup_epochs > 0:
         if config.name == "onecycle":
             raise configuration.ConfigError(

@@ -4,7 +4,6 @@ here whole; no other module reads its keys.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -131,7 +130,7 @@ def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
     """`data.validation_size` and `data.validation_seed`; a size the train split cannot give is refused when the
     split sizes are known (`run_split_sizes`)."""
     size = data_config.validation_size
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size < 0:
+    if not configuration.is_number(size) or size < 0:
         raise configuration.ConfigError(
             f"data.validation_size={size!r} must be 0 (no validation split), a fraction of train below 1, or a "
             "count of at least 1"
@@ -141,9 +140,7 @@ def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
             f"data.validation_size={size!r}: a count of examples is a whole number, and a fraction of train is "
             "below 1; give e.g. 5000 or 0.1"
         )
-    seed = data_config.validation_seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise configuration.ConfigError(f"data.validation_seed={seed!r} must be an integer in [0, 2**32)")
+    configuration.check_seed("data.validation_seed", data_config.validation_seed)
     configuration.check_at_least("data.train_eval_size", data_config.train_eval_size, 0, "0 scores no train sample")
 
 
@@ -175,9 +172,7 @@ def _check_normalization(data_config: ml_collections.ConfigDict, channels: tuple
     (`channels`: the counts that can be, more than one for a folder not yet read)."""
     for key, allowed, inside in (("mean", "[0, 1]", lambda v: 0 <= v <= 1), ("std", "(0, 1]", lambda v: 0 < v <= 1)):
         values = data_config[key]
-        numbers = isinstance(values, (tuple, list)) and all(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values
-        )
+        numbers = isinstance(values, (tuple, list)) and all(map(configuration.is_number, values))
         if not numbers or len(values) not in (0, *channels):
             raise configuration.ConfigError(
                 f"data.{key}={values!r} must give one number per input channel "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import atomic
+from resnet_jax import atomic, errors
 from resnet_jax.interop.layouts import InteropError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -41,7 +41,7 @@ def _check_suffix(path: Path) -> None:
 
 
 def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = errors.one_line(error) or type(error).__name__
     return text[:300]
 
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import ml_collections
 
-from resnet_jax import atomic, configuration
+from resnet_jax import atomic, configuration, errors
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
@@ -28,7 +28,7 @@ CONFIG_OVERRIDE_PREFIX = "--config."
 
 def fail(message: object) -> NoReturn:
     """Ends a command with `message` as one line on stderr, exit status 2."""
-    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+    print("error: " + errors.one_line(message), file=sys.stderr, flush=True)
     raise SystemExit(BAD_INPUT)
 
 

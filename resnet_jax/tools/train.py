@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from resnet_jax import interrupts, plots, runtime, trainer
+from resnet_jax import errors, interrupts, plots, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             plots.write_curves(args.workdir, curves)
         except (plots.PlotError, MetricsError, OSError) as error:  # the run itself is complete and saved
-            print(f"warning: {curves} not written: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+            print(f"warning: {curves} not written: {errors.one_line(error)}", file=sys.stderr, flush=True)
     best = (
         f"; best validation accuracy {results['best_validation_accuracy']:.4f}, test accuracy there "
         f"{results['test_accuracy_at_best_validation']:.4f}"
