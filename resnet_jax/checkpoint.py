@@ -5,10 +5,8 @@ state's arrays (`state`) and a small JSON record (`meta`: data position, the bes
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -20,15 +18,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from resnet_jax import configuration, errors, parallel
+from resnet_jax import best, configuration, errors, parallel
 
-# The kept best is chosen on the validation split, never on test: a run without one keeps no best.
 # A failed save's temporary folders: removed up to this many times, this long apart, until they stay gone.
 UNFINISHED_SAVE_REMOVALS = 5
 UNFINISHED_SAVE_SETTLE_SECONDS = 0.2
-BEST_METRIC = "validation_accuracy"
-# What checkpoints of earlier releases recorded (they chose on test); they are kept, and never ranked as best.
-EARLIER_METRIC = "test_accuracy"
+# The metric a save records for the kept best (`best.score` ranks by it): a run without a validation split keeps none.
+BEST_METRIC = best.VALIDATION_ACCURACY
 DEFAULTS = {"every_epochs": 1, "keep": 3, "async_save": True}
 # The train state's layout in `meta["state_format"]`. 2: the learning rate is applied at the state's step by a
 # stateless transform (earlier checkpoints kept optax's schedule count in the optimizer state).
@@ -51,18 +47,6 @@ def check_config(checkpoint_config: ml_collections.ConfigDict) -> None:
     configuration.check_choice("checkpoint.async_save", checkpoint_config.async_save, (False, True))
 
 
-def _best_metric(metrics: dict[str, float]) -> float:
-    return metrics.get(BEST_METRIC, -math.inf)
-
-
-@dataclasses.dataclass
-class _KeepEarlier(checkpoint_managers.PreservationPolicy):
-    """Preserves the checkpoints an earlier release ranked by test accuracy: a resumed old run loses none of them."""
-
-    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
-        return [bool(info.metrics) and BEST_METRIC not in info.metrics for info in checkpoints]
-
-
 class Checkpointer:
     """Saves and restores `{"state": pytree, "meta": json}` under `directory` with an orbax CheckpointManager."""
 
@@ -71,14 +55,13 @@ class Checkpointer:
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(n=keep),
-                checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
-                _KeepEarlier(),
+                checkpoint_managers.BestN(get_metric_fn=best.score, n=1, keep_checkpoints_without_metrics=False),
             ]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             # best_fn also makes orbax write each step's metrics to disk, so the best survives a restart.
-            best_fn=_best_metric,
+            best_fn=best.score,
             best_mode="max",
             enable_async_checkpointing=async_save,
             create=create,
@@ -96,8 +79,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step with the highest validation accuracy among the checkpoints that recorded one; None when none did
-        (a run without a validation split, or one of an earlier release, which recorded test accuracy only)."""
+        """The step with the highest validation accuracy among the checkpoints that recorded one (`best.score`); None
+        when none did (a run without a validation split)."""
         step = self.manager.best_step()
         return step if step is not None and BEST_METRIC in (self.manager.metrics(step) or {}) else None
 

@@ -119,7 +119,7 @@ def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:
         if best is None:
             raise RunError(
                 f"no checkpoint in {where} recorded a validation accuracy to rank it by (the run had no validation "
-                "split, or an earlier release ranked it on test); use --checkpoint latest or a step"
+                "split); use --checkpoint latest or a step"
             )
         return best
     if not is_checkpoint_name(checkpoint):

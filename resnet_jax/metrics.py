@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from resnet_jax import atomic
+from resnet_jax.best import best_of
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def summarize_run(workdir: str | Path) -> dict[str, float | None]:
     records = read_metrics(workdir)
     evaluations = [record for record in records if record.get("test_accuracy") is not None]
     validated = [record for record in evaluations if record.get("validation_accuracy") is not None]
-    best = max(reversed(validated), key=lambda record: record["validation_accuracy"], default=None)
+    best = best_of(evaluations)
     speeds = [record["images_per_second"] for record in records if record.get("images_per_second")]
     return {
         "final_validation_accuracy": validated[-1]["validation_accuracy"] if validated else None,

@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from resnet_jax import checkpoint, data, experiment, lock, parallel, pipeline, record, startup, steps
+from resnet_jax.best import best_values, better_best
 from resnet_jax.configuration import ConfigError
 from resnet_jax.metrics import MetricsWriteError, Progress
 from resnet_jax.state import TrainState
@@ -252,31 +253,6 @@ class _Loop:
             last_eval = self._evaluate(state)
             best = better_best(best, last_eval, step)
         return last_eval | best_values(best) | {"step": step}
-
-
-def better_best(best: dict[str, float] | None, evaluation: dict[str, float], step: int) -> dict[str, float] | None:
-    """The best evaluation so far after `evaluation` at `step`: chosen by validation accuracy alone (a later one wins
-    a tie, as orbax's kept best does); None without a validation split."""
-    if VALIDATION_ACCURACY not in evaluation:
-        return best
-    if best is not None and evaluation[VALIDATION_ACCURACY] < best[VALIDATION_ACCURACY]:
-        return best
-    return {
-        "step": step,
-        VALIDATION_ACCURACY: evaluation[VALIDATION_ACCURACY],
-        "test_accuracy": evaluation["test_accuracy"],
-    }
-
-
-def best_values(best: dict[str, float] | None) -> dict[str, float]:
-    """`best_validation_accuracy` and the test accuracy of that same evaluation, `test_accuracy_at_best_validation`
-    (reported, never chosen on); nothing without a validation split."""
-    if best is None:
-        return {}
-    return {
-        "best_validation_accuracy": best[VALIDATION_ACCURACY],
-        "test_accuracy_at_best_validation": best["test_accuracy"],
-    }
 
 
 def describe_evaluation(values: dict[str, float]) -> str:

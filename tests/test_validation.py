@@ -1,13 +1,12 @@
 """The validation split held out from train: stratified by class, fixed by its own seed, disjoint from what trains,
-for each source; what chooses (the kept best checkpoint, the run's best) follows it and never test; and a workdir of
-the earlier release, which chose on test, still resumes."""
+for each source; and what chooses (the kept best checkpoint, the run's best) follows it, by one rule, and never test."""
 
 import json
 
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, configuration, data, experiment, metrics, trainer
+from resnet_jax import best, checkpoint, configuration, data, experiment, metrics, trainer
 from resnet_jax.data import holdout
 from tests.conftest import FASHION_DIR, load_config, needs_fashion_files
 
@@ -109,6 +108,28 @@ def test_the_kept_best_checkpoint_follows_validation_accuracy_and_never_test(tmp
     assert meta == {"step": 2, "state_format": checkpoint.STATE_FORMAT}
 
 
+def test_the_kept_checkpoint_the_runs_record_and_its_summary_break_a_tie_alike_the_later_wins(tmp_path):
+    validation, test = [0.5, 0.8, 0.8, 0.6], [0.1, 0.2, 0.3, 0.4]
+    evaluations = [
+        {"step": step, "validation_accuracy": accuracy, "test_accuracy": test_accuracy}
+        for step, (accuracy, test_accuracy) in enumerate(zip(validation, test, strict=True), 1)
+    ]
+    assert best.best_of(evaluations) == {"step": 3, "validation_accuracy": 0.8, "test_accuracy": 0.3}
+    checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", keep=1, async_save=False)
+    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    for evaluation in evaluations:
+        step = evaluation["step"]
+        checkpointer.save(
+            step, {"w": np.zeros(1)}, {"step": step}, {"validation_accuracy": evaluation["validation_accuracy"]}
+        )
+        writer.write(step, step, {key: value for key, value in evaluation.items() if key != "step"})
+    checkpointer.wait()
+    writer.close()
+    assert (checkpointer.steps(), checkpointer.best_step()) == ([3, 4], 3)
+    summary = metrics.summarize_run(tmp_path)
+    assert (summary["best_validation_accuracy"], summary["test_accuracy_at_best_validation"]) == (0.8, 0.3)
+
+
 def test_without_validation_no_best_is_kept(tmp_path):
     checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
     for step in range(1, 5):
@@ -169,25 +190,3 @@ def test_a_run_without_validation_reports_test_and_keeps_no_best(tmp_path, monke
     summary = metrics.summarize_run(tmp_path)
     assert summary["final_test_accuracy"] == results["test_accuracy"]
     assert summary["best_validation_accuracy"] is summary["test_accuracy_at_best_validation"] is None
-
-
-def test_a_workdir_of_the_earlier_release_resumes_and_loses_no_checkpoint(tmp_path, monkeypatch):
-    def earlier_save(self, state, step, position, best, metrics=None):
-        # What the earlier release saved: its best test accuracy in the meta, test accuracy as orbax's metric.
-        meta = {"position": position.to_dict(), "best_test_accuracy": 0.3, "step": step}
-        self.checkpointer.save(step, state.checkpoint_tree(), meta, {"test_accuracy": 0.3 - step / 100})
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer._Loop, "_save", earlier_save)
-        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())  # its config.json, as that release wrote it
-    saved["data"]["split_sizes"] = {"train": 0, "test": 0}
-    del saved["data"]["validation_size"], saved["data"]["validation_seed"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-
-    results = trainer.train_and_evaluate(load_config("smoke"), tmp_path)
-    assert results["step"] == 32 and "best_validation_accuracy" not in results
-    checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoints", create=False)
-    assert checkpointer.steps() == [8, 16, 24, 32]  # keep=2, and both of the earlier release's are still there
-    assert checkpointer.best_step() is None  # they were ranked on test: never a best
-    assert [record["step"] for record in metrics.read_metrics(tmp_path) if "test_accuracy" in record] == [8, 16, 24, 32]
