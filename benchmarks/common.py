@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jaxlib
 import ml_collections
 
-from resnet_jax import data, experiment, runtime, steps
+from resnet_jax import atomic, data, experiment, runtime, steps
 
 MODELS = ("resnet20", "resnet56", "resnet18", "seed_resnet")
 IMAGE_SHAPE = (32, 32, 3)
@@ -361,7 +361,7 @@ def write_json(path: str | os.PathLike | None, payload: dict[str, Any]) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    atomic.write_text(target, json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:

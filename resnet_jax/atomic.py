@@ -1,6 +1,7 @@
-"""Files written whole or not at all, by the one helper every writer here uses: the content goes to a temporary file
-in the target's folder, reaches the disk and is renamed over the target, so that a kill, a full disk or an error
-leaves the old file whole and no temporary behind; and the check that a path's names fit a file system at all.
+"""Files (and folders of files) written whole or not at all, by the one helper every writer here uses: the content
+goes to a temporary in the target's folder, reaches the disk and is renamed over the target, so that a kill, a full
+disk or an error leaves the old file whole and no temporary behind; and the check that a path's names fit a file
+system at all.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,18 +59,22 @@ def _sync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _sync_folder(path: Path) -> None:
+    # Some file systems cannot sync a folder (EINVAL); the files' own content is on disk by then.
+    with contextlib.suppress(OSError):
+        folder = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
 def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
     """Puts the finished file `temporary` in `path`'s place: synced first, so that a crash after the rename cannot
     leave an empty file under the new name, and the folder synced after, so that the rename itself survives one."""
     _sync(Path(temporary))
     os.replace(temporary, path)
-    # Some file systems cannot sync a folder (EINVAL); the file's own content is on disk by then.
-    with contextlib.suppress(OSError):
-        folder = os.open(Path(path).parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    _sync_folder(Path(path).parent)
 
 
 @contextlib.contextmanager
@@ -82,6 +88,24 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         commit(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """`replacing` for a folder: yields a new temporary folder to fill; when the block ends, its files are synced and
+    it is renamed to `path` whole. A non-empty folder already at `path` is kept, and the rename's OSError raised (the
+    caller decides whether the folder there will do). When the block raises, the temporary folder is removed."""
+    temporary = temporary_path(path)
+    try:
+        temporary.mkdir(parents=True)
+        yield temporary
+        for file in temporary.rglob("*"):
+            if file.is_file():
+                _sync(file)
+        os.replace(temporary, path)
+        _sync_folder(Path(path).parent)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

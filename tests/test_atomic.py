@@ -62,6 +62,26 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_pa
     assert hidden_files(tmp_path) == []
 
 
+def test_a_folder_takes_its_place_whole_and_a_failed_one_leaves_nothing(tmp_path):
+    entry = tmp_path / "cache" / "entry"
+
+    def write(content, fail=False):
+        with atomic.replacing_folder(entry) as partial:
+            (partial / "info.json").write_text(content)
+            if fail:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write("half", fail=True)
+    assert not entry.exists() and hidden_files(entry.parent) == []
+    write("first")
+    assert (entry / "info.json").read_text() == "first"
+    # A second writer of the same entry (another process that decoded it too) finds it there and leaves it as it is.
+    with pytest.raises(OSError, match="Directory not empty|File exists"):  # ENOTEMPTY or EEXIST
+        write("second")
+    assert (entry / "info.json").read_text() == "first" and hidden_files(entry.parent) == []
+
+
 def test_a_process_killed_mid_write_leaves_the_old_file_whole(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"old": true}')

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import posixpath
-import shutil
 import tarfile
 import time
 import zlib
@@ -23,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from resnet_jax import atomic
 from resnet_jax.data.pixels import to_eight_bits
 from resnet_jax.data.registry import FOLDER, SPLITS, VALIDATION, DataError, DatasetInfo, SplitArrays
 
@@ -322,16 +322,13 @@ def _statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def _write_entry(entry: Path, arrays: dict[str, SplitArrays], meta: dict) -> None:
     """Written beside the entry and renamed into place, so that a run killed mid-write leaves no half entry."""
-    partial = entry.with_name(f"{entry.name}.part{os.getpid()}")
     try:
-        partial.mkdir(parents=True, exist_ok=True)
-        for split, split_arrays in arrays.items():
-            np.save(partial / f"{split}_images.npy", split_arrays.images)
-            np.save(partial / f"{split}_labels.npy", split_arrays.labels)
-        (partial / "info.json").write_text(json.dumps(meta, indent=1))
-        partial.replace(entry)
+        with atomic.replacing_folder(entry) as partial:
+            for split, split_arrays in arrays.items():
+                np.save(partial / f"{split}_images.npy", split_arrays.images)
+                np.save(partial / f"{split}_labels.npy", split_arrays.labels)
+            (partial / "info.json").write_text(json.dumps(meta, indent=1))
     except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
         if not (entry / "info.json").is_file():  # another process may have written the same entry first
             raise DataError(
                 f"cannot write the decoded images to {entry} ({error.strerror or error}); free some space, or "
