@@ -124,6 +124,8 @@ class MetricWriter:
         self._events = None
         if self.enabled:
             # Imported here: tensorboardX imports torch where it is installed, a second the tools need not wait.
+            # Its EventsWriter, not its SummaryWriter: that one writes from a thread of its own and flushes again at
+            # exit, where a full disk becomes two tracebacks (tests/test_metrics.py writes into one).
             from tensorboardX import summary
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto import event_pb2

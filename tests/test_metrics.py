@@ -1,0 +1,77 @@
+"""Where a run's metrics go: TensorBoard event files that TensorBoard's own reader reads back, tag by tag, and a
+failed write that stops the caller with a MetricsWriteError and nothing else on stderr."""
+
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from resnet_jax import metrics
+from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
+
+
+def test_tensorboards_reader_reads_back_every_scalar_at_its_step(tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="the test extra installs tensorboard"
+    )
+    written = {
+        4: {"train_loss": 2.302585, "learning_rate": 0.1, "grad_norm/stage1": 0.75},
+        8: {"train_loss": 1.5, "learning_rate": 0.1, "grad_norm/stage1": 0.5},
+        10: {"test_accuracy": 0.4375, "test_loss": 1.25},
+    }
+    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    for step, values in written.items():
+        writer.write(step, step / 10, values)
+    writer.close()
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    read = {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # TensorBoard keeps a scalar as a float32: each value comes back as exactly that rounding of what was written.
+    expected = {}
+    for step, values in written.items():
+        for tag, value in values.items():
+            expected.setdefault(tag, []).append((step, float(np.float32(value))))
+    assert read == expected
+
+
+# The event file is written in the calling thread. tensorboardX's SummaryWriter writes from a thread of its own and
+# flushes again at exit, so a full disk there would print "Exception in thread" and "Exception ignored in atexit
+# callback" tracebacks besides the run's one line. metrics.jsonl goes to /dev/null here, so that the event file is
+# the one that fills up.
+FILL_EVENTS = textwrap.dedent(
+    """
+    import os, resource, signal, sys
+    from pathlib import Path
+    from resnet_jax import metrics
+
+    workdir = Path(sys.argv[1])
+    os.symlink(os.devnull, workdir / metrics.METRICS_FILE)
+    writer = metrics.MetricWriter(workdir, enabled=True)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # a write past 4 KiB fails, as on a full disk
+    try:
+        for step in range(1000):
+            writer.write(step, step, {f"value_{key}": 1.0 for key in range(20)})
+    except metrics.MetricsWriteError as error:
+        print(error)
+    try:
+        writer.close()
+    except metrics.MetricsWriteError as error:
+        print(error)
+    """
+)
+
+
+def test_a_failed_event_write_is_a_metrics_write_error_in_the_caller_and_nothing_else(tmp_path):
+    done = subprocess.run(
+        [PYTHON, "-c", FILL_EVENTS, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [f"cannot write {tmp_path / 'tensorboard'}: File too large"] * 2
+    assert done.stderr == ""
