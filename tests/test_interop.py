@@ -30,6 +30,11 @@ TINY_DATA = [
 ]
 # torchvision's deepest nets, whose compile alone takes tens of seconds on a CPU.
 SLOW_CASES = {"torchvision_resnet101", "torchvision_resnet152"}
+# Eval logits against torch's float32 ones (max relative error): two float32 computations that sum in different
+# orders. Measured 1.1e-7 to 8.2e-7 on an Intel Xeon and 2.1e-7 to 1.2e-6 on an AMD EPYC (README, "How exact it
+# is"); 3e-6 leaves 2.5 times the largest for other CPUs, while one layer converted wrong (ResNet-20 with a kernel's
+# channels swapped, or flipped, or a BN's running mean dropped) is 1.7e-2 to 1.3e-1 off.
+EVAL_TOLERANCE = 3e-6
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -84,7 +89,7 @@ def test_each_layout_converts_to_torchs_logits_and_back_bit_exact(name, tmp_path
     images = jnp.asarray(reference["input"].transpose(0, 2, 3, 1))
 
     eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-    assert relative_error(eval_logits, reference["eval_logits"]) <= 1e-5
+    assert relative_error(eval_logits, reference["eval_logits"]) <= EVAL_TOLERANCE
     train_logits, updated = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
         variables, images
     )

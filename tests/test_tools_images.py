@@ -14,7 +14,9 @@ def test_a_native_grey_image_is_padded_like_the_training_data(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "item.png")
     image = images.read_image(tmp_path / "item.png", FASHION, (32, 32, 1))
-    np.testing.assert_array_equal(image, data.to_input_shape(pixels[None, :, :, None], 32, 1)[0])
+    padded = np.zeros((32, 32, 1), np.uint8)  # the 28x28 image centred in a black 32x32 one, two pixels each side
+    padded[2:30, 2:30, 0] = pixels
+    np.testing.assert_array_equal(image, padded)
 
 
 def test_a_large_colour_jpeg_becomes_a_grey_native_size_input(tmp_path):
