@@ -40,7 +40,7 @@ def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10", validati
     return workdir
 
 
-def measurement(model: str, **overrides) -> compare.Measurement:
+def measurement(model: str, **overrides) -> compare.measure.Measurement:
     values = dict(
         model=model,
         params=registry_params(model),
@@ -55,7 +55,7 @@ def measurement(model: str, **overrides) -> compare.Measurement:
         device_count=1,
         jax_version=jax.__version__,
     )
-    return compare.Measurement(**(values | overrides))
+    return compare.measure.Measurement(**(values | overrides))
 
 
 @pytest.mark.slow
@@ -99,15 +99,15 @@ def test_runs_of_one_model_show_the_spread_of_their_validation_and_test_accuracy
         fake_run(tmp_path / "d", "resnet20", [0.6, 0.8, 0.9], validation=[0.6, 0.9, 0.95]),
         fake_run(tmp_path / "c", "resnet56", [0.4, 0.9]),
     ]
-    accuracies, config = compare.read_runs(runs)
+    accuracies, config = compare.accuracy.read_runs(runs)
     # Each run's last evaluation: the highest (0.7 in run a) would be chosen on test.
-    assert accuracies["resnet20"] == compare.RunAccuracy(
+    assert accuracies["resnet20"] == compare.accuracy.RunAccuracy(
         workdirs=tuple(map(str, runs[:3])), validation=(0.65, 0.85, 0.95), test=(0.6, 0.8, 0.9), epochs=(3, 3, 3)
     )
-    assert accuracies["resnet56"] == compare.RunAccuracy((str(runs[3]),), (None,), (0.9,), (2,))
+    assert accuracies["resnet56"] == compare.accuracy.RunAccuracy((str(runs[3]),), (None,), (0.9,), (2,))
     assert config.model.name == "resnet20"
 
-    table = compare.compare_markdown(
+    table = compare.report.compare_markdown(
         [measurement("resnet20"), measurement("resnet56"), measurement("resnet8_tiny")], accuracies, config, 5
     )
     rows = table_rows(table)
@@ -125,7 +125,7 @@ def test_runs_of_one_model_show_the_spread_of_their_validation_and_test_accuracy
     assert f"- resnet20: {runs[0]} validation 0.6500, test 0.6000, 3 epochs" in table
     assert f"- resnet20: {runs[1]} validation 0.8500, test 0.8000, 3 epochs" in table
     assert "- resnet56" not in table  # a model of one run is its row
-    compare.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
+    compare.report.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
@@ -133,10 +133,10 @@ def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):
     cifar = fake_run(tmp_path / "a", "resnet20", [0.5])
     fashion = fake_run(tmp_path / "b", "resnet20", [0.5], dataset="fashion_mnist")
     with pytest.raises(configuration.ConfigError, match="mixes datasets"):
-        compare.read_runs([cifar, fashion])
+        compare.accuracy.read_runs([cifar, fashion])
     (tmp_path / "empty").mkdir()
     with pytest.raises(configuration.ConfigError, match=r"holds no config\.json"):
-        compare.read_runs([tmp_path / "empty"])
+        compare.accuracy.read_runs([tmp_path / "empty"])
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_measurement_config_keeps_the_runs_data_shape_on_synthetic_data():
     base.data.dataset = "fashion_mnist"
     base.data.source = "files"
     base.data.image_size = 32
-    config = compare.measurement_config(base, "resnet56", batch=16, steps=3, dtype="bfloat16")
+    config = compare.measure.measurement_config(base, "resnet56", batch=16, steps=3, dtype="bfloat16")
     assert (config.model.name, config.model.dtype) == ("resnet56", "bfloat16")
     assert (config.data.dataset, config.data.source, config.data.image_size) == ("fashion_mnist", "synthetic", 32)
     assert (config.train.batch_size, config.train.steps_per_call, config.data.synthetic_train_examples) == (16, 3, 48)
@@ -187,5 +187,5 @@ def test_resnet_jax_compare_is_the_same_command(tmp_path, capsys):
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_a_measurement_of_a_few_steps_builds_from_any_recipe(steps):
     # The default recipe drops its rate at 1/2 and 3/4 of the run: a run of a few steps has no room for that.
-    config = compare.measurement_config(experiment.base_config(), "resnet8_tiny", 32, steps, None)
+    config = compare.measure.measurement_config(experiment.base_config(), "resnet8_tiny", 32, steps, None)
     assert experiment.build(config).total_steps == steps

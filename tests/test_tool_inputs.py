@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_jax import atomic, configuration, metrics, plots
+from resnet_jax import atomic, configuration, experiment, metrics, plots
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.tools import common, compare, evaluate, export, models, predict, sweep
 from resnet_jax.tools import data as data_tool
@@ -181,8 +181,8 @@ def test_compare_refuses_an_outdir_that_is_a_file_before_measuring(tmp_path, cap
 
 
 def test_compare_shows_its_measurements_when_it_cannot_save_them(tmp_path, capsys, monkeypatch):
-    m = compare.Measurement("resnet8_tiny", 5006, 0.002, 1.0, 100.0, 10.0, 2**20, None, "cpu", "cpu", 1, "0")
-    monkeypatch.setattr(compare, "measure_isolated", lambda config, repeats: m)
+    m = compare.measure.Measurement("resnet8_tiny", 5006, 0.002, 1.0, 100.0, 10.0, 2**20, None, "cpu", "cpu", 1, "0")
+    monkeypatch.setattr(compare.measure, "measure_isolated", lambda config, repeats: m)
 
     def refuse(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -357,19 +357,19 @@ def labelled_ticks(axis) -> list[str]:
 def test_the_compare_figure_labels_its_gflops_axis_without_runs():
     # ResNet-18 and -34: 0.97 and 2.0 GFLOPs, no power of ten between them.
     measurements = [
-        compare.Measurement(name, params, gflops, 1.0, rate, 1.0, None, None, "cpu", "cpu", 1, "0")
+        compare.measure.Measurement(name, params, gflops, 1.0, rate, 1.0, None, None, "cpu", "cpu", 1, "0")
         for name, params, gflops, rate in (("resnet18", 11_173_962, 0.966, 900.0), ("resnet34", 21_282_122, 2.0, 500.0))
     ]
-    gflops_axes, params_axes = compare.compare_figure(measurements, {}, "t").axes
+    gflops_axes, params_axes = compare.report.compare_figure(measurements, {}, "t").axes
     assert len(labelled_ticks(gflops_axes.xaxis)) >= 2
     assert len(labelled_ticks(params_axes.xaxis)) >= 2
 
 
 def test_counts_are_written_with_their_plural():
     assert [common.plural(count, "device") for count in (1, 2, 0)] == ["1 device", "2 devices", "0 devices"]
-    config = configuration.apply_overrides(compare.experiment.base_config(), {"train.steps_per_call": 1})
-    m = compare.Measurement("resnet20", 1, 0.1, 1.0, 100.0, 10.0, None, None, "cpu", "cpu", 1, "0")
-    markdown = compare.compare_markdown([m], {}, config, 5)
+    config = configuration.apply_overrides(experiment.base_config(), {"train.steps_per_call": 1})
+    m = compare.measure.Measurement("resnet20", 1, 0.1, 1.0, 100.0, 10.0, None, None, "cpu", "cpu", 1, "0")
+    markdown = compare.report.compare_markdown([m], {}, config, 5)
     assert "(cpu, 1 device, jax 0)" in markdown
     assert "(1 step per call" in markdown
 
