@@ -14,10 +14,8 @@ import ml_collections
 
 from resnet_jax import configuration
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock, PreActBasicBlock
-from resnet_jax.models.network import ResNet
+from resnet_jax.models.network import Dtype, ResNet
 from resnet_jax.onednn import backend
-
-Dtype = Any
 
 
 def _cifar_resnet(depth: int) -> Callable[..., ResNet]:
