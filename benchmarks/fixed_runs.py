@@ -4,9 +4,8 @@ mean ± sd (min-max), with the number of seeds. Nothing stops on test and nothin
 figure, where one is printed, is read off the finished run's test curve afterwards and labelled so: the first
 evaluation at or above X is picked on test, so it describes that run and decides nothing.
 
-Kept free of `resnet_jax.tools` (whose import sets the tools' malloc for the whole process): `seed_reference` runs
-the seed's PyTorch program in its own process, as a PyTorch user runs it. `spread` writes what
-`resnet_jax.tools.common.Spread.text` writes, with the count of seeds after it.
+`spread` writes what `resnet_jax.tools.common.Spread.text` writes, to any number of digits and with a unit, and with
+the count of seeds after it.
 """
 
 from __future__ import annotations

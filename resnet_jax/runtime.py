@@ -1,5 +1,6 @@
 """Process-wide settings shared by the command-line tools: log output, XLA's persistent compilation cache, and the
-C allocator's reuse of freed memory.
+C allocator's reuse of freed memory. Made by each command's `main` as it starts, never on import: a program that
+imports resnet_jax as a library keeps its own.
 
 The cache makes a resumed or repeated run skip most of its compile time (a restart after pre-emption, a sweep's
 trials). `JAX_COMPILATION_CACHE_DIR` chooses another folder; an empty value turns the cache off.
@@ -120,9 +121,10 @@ def reuse_freed_memory() -> bool:
     XLA:CPU allocates each execution's temporaries as one block (240 MB for a ResNet-20 train step at batch 128).
     Above glibc's 32 MB ceiling on its mmap threshold every such block is mapped afresh, and the kernel zero-fills
     each page at its first touch: 60,000 page faults a step, a third of the step's time on a 2-core CPU. One arena,
-    no mmap and a 2 GB trim threshold keep those pages mapped from one step to the next. Call it before JAX runs
-    anything: a thread that has allocated keeps its own arena, and an arena other than the first one still maps
-    large blocks afresh.
+    no mmap and a 2 GB trim threshold keep those pages mapped from one step to the next. The commands that train
+    (train, sweep, degradation, compare's measurements) and the JAX benchmarks call it first thing in their `main`,
+    before JAX runs anything: a thread that has allocated keeps its own arena, and an arena other than the first one
+    still maps large blocks afresh.
     """
     if not on_glibc() or any(name in os.environ for name in MALLOC_ENVIRONMENT):
         return False

@@ -21,7 +21,7 @@ NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = NEEDS["degradation_cpu"] = ne
 
 
 def expected_dtype(name: str) -> type:
-    """What a recipe's `model.dtype` computes in, as the recipes and README say (not as the code works it out): the
+    """What a recipe's `model.dtype` computes in, as the recipes and docs say (not as the code works it out): the
     dtype named, and for "auto" bfloat16 on an accelerator, and on a CPU only where oneDNN has bfloat16 kernels."""
     if name != "auto":
         return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]

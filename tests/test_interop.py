@@ -31,9 +31,9 @@ TINY_DATA = [
 # torchvision's deepest nets, whose compile alone takes tens of seconds on a CPU.
 SLOW_CASES = {"torchvision_resnet101", "torchvision_resnet152"}
 # Eval logits against torch's float32 ones (max relative error): two float32 computations that sum in different
-# orders. Measured 1.1e-7 to 8.2e-7 on an Intel Xeon and 2.1e-7 to 1.2e-6 on an AMD EPYC (README, "How exact it
-# is"); 3e-6 leaves 2.5 times the largest for other CPUs, while one layer converted wrong (ResNet-20 with a kernel's
-# channels swapped, or flipped, or a BN's running mean dropped) is 1.7e-2 to 1.3e-1 off.
+# orders. Measured 1.1e-7 to 8.2e-7 on an Intel Xeon and 2.1e-7 to 1.2e-6 on an AMD EPYC (docs/pytorch.md, "How
+# exact it is"); 3e-6 leaves 2.5 times the largest for other CPUs, while one layer converted wrong (ResNet-20 with
+# a kernel's channels swapped, or flipped, or a BN's running mean dropped) is 1.7e-2 to 1.3e-1 off.
 EVAL_TOLERANCE = 3e-6
 
 

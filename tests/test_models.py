@@ -1,5 +1,5 @@
-"""The model zoo: shapes, BatchNorm state, shortcuts, mixed precision and published parameter counts; and the
-`models` tool that lists it."""
+"""The model zoo: shapes, BatchNorm state, shortcuts, mixed precision and published parameter counts; its config
+section checked without native code; and the `models` tool that lists it."""
 
 import functools
 
@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax import experiment, models
+from resnet_jax.onednn import library
 from resnet_jax.tools import models as models_tool
+from tests.conftest import load_config
 
 PUBLISHED_PARAMS = {
     "resnet20": 269_722,
@@ -183,6 +185,24 @@ def test_unknown_model_and_dtype_name_the_choices():
         models.get_model("resnet21")
     with pytest.raises(ValueError, match=r"unknown dtype 'float8'.*bfloat16"):
         models.get_dtype("float8")
+
+
+class AskedTheExtension(Exception):
+    """Raised in place of every question to the oneDNN extension: loading it, its kernels, its dtypes."""
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16"])
+def test_checking_a_config_never_loads_native_code_and_building_its_model_asks_once(dtype, monkeypatch):
+    def asked(*args):
+        raise AskedTheExtension
+
+    for name in ("unavailable_reason", "dtypes", "dtype_unavailable_reason", "_library"):
+        monkeypatch.setattr(library, name, asked)
+    on_onednn = {"model.conv_backend": "onednn", "model.norm_backend": "onednn"}
+    config = load_config("smoke", **{"model.dtype": dtype, **on_onednn})
+    experiment.check_config(config)
+    with pytest.raises(AskedTheExtension):
+        models.build_model(config.model, 10)
 
 
 def test_forward_flops_counts_the_convolutions():

@@ -375,14 +375,15 @@ def test_auto_puts_convolutions_and_batch_norm_on_onednn_here_and_batch_norm_onl
         models.build_model(forced.model, 10)
 
 
-def test_a_backend_that_cannot_run_is_refused_in_one_line(monkeypatch):
+def test_a_backend_that_cannot_run_is_refused_in_one_line_when_the_model_is_built(monkeypatch):
     monkeypatch.setattr(library, "unavailable_reason", lambda: "the oneDNN extension is not built; build it with X")
     for key in ("conv_backend", "norm_backend"):
         config = load_config("smoke", **{f"model.{key}": "onednn"})
+        models.check_config(config.model)  # the config is sound; this machine's kernels are the build's to ask
         with pytest.raises(
             configuration.ConfigError, match=rf"model.{key}='onednn' cannot run model.dtype='float32': .* build it with"
         ):
-            models.check_config(config.model)
+            models.build_model(config.model, 10)
     model = models.build_model(load_config("smoke").model, 10)
     assert (model.conv_backend, model.norm_backend) == ("xla", "xla")
 
@@ -396,7 +397,7 @@ def test_a_dtype_without_kernels_on_this_cpu_stays_on_xla_under_auto_and_is_refu
     for key in ("conv_backend", "norm_backend"):
         forced = load_config("smoke", **{"model.dtype": "bfloat16", f"model.{key}": "onednn"})
         with pytest.raises(configuration.ConfigError, match=rf"model.{key}='onednn' .* no bfloat16 kernels for this"):
-            models.check_config(forced.model)
+            models.build_model(forced.model, 10)
     with pytest.raises(RuntimeError, match="oneDNN convolutions cannot run: oneDNN has no bfloat16 kernels"):
         onednn.conv2d(jnp.ones((1, 4, 4, 8), jnp.bfloat16), jnp.ones((3, 3, 8, 8), jnp.bfloat16))
 

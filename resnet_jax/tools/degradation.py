@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from resnet_jax import atomic, configuration, data, experiment, metrics, models, plots
+from resnet_jax import atomic, configuration, data, experiment, metrics, models, plots, runtime
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import common
@@ -224,6 +224,7 @@ def table(nets: Sequence[Network], seeds: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.reuse_freed_memory()
     args, config = common.parse_with_config(_parser(), argv)
     try:
         depths = parse_depths(args.depths)

@@ -28,9 +28,11 @@ def cache_dir() -> Path:
 
 
 def _row_key(name: str, image_shape: Sequence[int], num_classes: int) -> str:
-    """A row's cache key: the model, its input and head, this models.py and the jax and flax that measured it."""
+    """A row's cache key: the model, its input and head, the models package's sources and the jax and flax that
+    measured it."""
     what = json.dumps([name, list(image_shape), num_classes, jax.__version__, flax.__version__]).encode()
-    return hashlib.sha256(Path(models.__file__).read_bytes() + what).hexdigest()[:32]
+    sources = sorted(Path(models.__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources) + what).hexdigest()[:32]
 
 
 def measure_row(name: str, image_shape: Sequence[int], num_classes: int, cache: bool = True) -> tuple[int, float]:

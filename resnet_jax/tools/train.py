@@ -23,6 +23,7 @@ STOPPED = 1  # exit status of a run that had to stop (non-finite values, a faile
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.reuse_freed_memory()
     parser = common.parser("train", __doc__)
     parser.add_argument("--workdir", required=True, help="folder for config.json, metrics, TensorBoard, checkpoints")
     common.add_config_argument(parser)

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, experiment, models
+from resnet_jax import configuration, experiment, models, runtime
 
 
 @dataclasses.dataclass
@@ -78,6 +78,7 @@ def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
 def measure_model(config_json: str, repeats: int) -> Measurement:
     """Compiles the run's own train program (`Experiment.make_train_program`: `train.steps_per_call` steps over
     device-resident data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
+    runtime.reuse_freed_memory()  # in this fresh process, before JAX runs anything: the step a run takes is timed
     import jax
     import jax.numpy as jnp
 

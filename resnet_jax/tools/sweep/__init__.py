@@ -92,6 +92,7 @@ def run_as_a_tool(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    runtime.reuse_freed_memory()
     args, config = common.parse_with_config(_parser(), argv)
     try:
         config = run.with_validation(config)
