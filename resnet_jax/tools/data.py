@@ -9,10 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from resnet_jax import data
+from resnet_jax import data, runtime
 from resnet_jax.data import download, folder
 from resnet_jax.tools import common
-
 
 # The config keys a data error names, as this command's own flags spell them.
 FLAGS_OF_KEYS = {
@@ -161,6 +160,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.setup_logging()
     try:
         {"info": _info, "download": _download, "prepare": _prepare}[args.command](args)
     except common.INPUT_ERRORS as error:
