@@ -90,6 +90,18 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise RunError(f"{path} holds a value of the wrong type ({error}); it is damaged: restore it") from None
 
 
+def check_reading_overrides(overrides: Sequence[str]) -> list[str]:
+    """The keys of `key=value` overrides, each of `READING_SECTIONS`; else a RunError naming the first that is not."""
+    keys = [text.split("=", 1)[0].strip() for text in overrides]
+    outside = next((key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS), None)
+    if outside is not None:
+        raise RunError(
+            f"--config.{outside}: a trained run's tools take data.* and eval.* overrides only (the data to read and "
+            "how to score it); the model and its training are the run's"
+        )
+    return keys
+
+
 def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """A run's config with `section.key=value` overrides of `READING_SECTIONS` applied: other data to score.
 
@@ -98,13 +110,7 @@ def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequenc
     held out of it. `data.source=folder` alone is enough for a folder (it is also the dataset)."""
     if not overrides:
         return config
-    keys = [text.split("=", 1)[0].strip() for text in overrides]
-    outside = next((key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS), None)
-    if outside is not None:
-        raise RunError(
-            f"--config.{outside}: a trained run's tools take data.* and eval.* overrides only (the data to read and "
-            "how to score it); the model and its training are the run's"
-        )
+    keys = check_reading_overrides(overrides)
     try:  # what the network was trained on, when the run's own data section can still say it
         shape, (mean, std) = data.config_input_shape(config.data), data.config_normalization(config.data)
     except (data.DataError, configuration.ConfigError):

@@ -57,7 +57,12 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     """`argv` (default: the command line) parsed, and its `--config.KEY=VALUE` overrides as `KEY=VALUE` texts for
     `inference.restore_run`."""
     rest, overrides = common.split_config_overrides(sys.argv[1:] if argv is None else argv)
-    return parser.parse_args(rest), overrides
+    args = parser.parse_args(rest)
+    try:
+        inference.check_reading_overrides(overrides)  # before any work
+    except inference.RunError as error:
+        common.fail(error)
+    return args, overrides
 
 
 def data_tag(run: inference.TrainedRun, overrides: Sequence[str]) -> str:
