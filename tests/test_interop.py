@@ -534,3 +534,28 @@ def test_a_converted_run_is_evaluated_on_a_folder_of_images_by_an_override(tmp_p
         evaluate_tool.main(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the folder's decoding, logged as it goes
     assert stop.value.code == 2 and last.startswith("error: the run's head has 10 classes"), last
+
+
+def test_features_with_flip_tta_are_the_mean_of_the_image_and_its_mirror(converted, capsys):
+    folder, _ = converted
+    run = inference.restore_run(folder / "run")
+    assert features_tool.main(["--workdir", str(folder / "run"), "--tta", "flip"]) == 0
+    assert features_tool.main(["--workdir", str(folder / "run"), "--tta", "none"]) == 0
+    # Without --out, each goes inside the run, named by what it holds.
+    flipped = np.load(folder / "run" / "features" / "latest-test-pooled-tta_flip.npz")["features"]
+    plain = np.load(folder / "run" / "features" / "latest-test-pooled.npz")["features"]
+    # By hand: the network's pooled features of the (non-symmetric, random) images and of their mirrors.
+    images = data.config_loader(run.config.data, "test", run.config.seed)(None).images
+    assert not np.array_equal(images, images[:, :, ::-1])
+    mean, std = (np.asarray(value, np.float32) for value in (run.config.data.mean, run.config.data.std))
+
+    def pooled(batch):
+        inputs = (batch.astype(np.float32) / 255.0 - mean) / std
+        return np.asarray(
+            run.experiment.model.apply(run.variables, inputs, train=False, return_features=True)[1]["pooled"]
+        )
+
+    np.testing.assert_allclose(plain, pooled(images), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flipped, (pooled(images) + pooled(images[:, :, ::-1])) / 2, rtol=1e-4, atol=1e-5)
+    assert np.abs(flipped - plain).max() > 1e-3
+    assert "tta flip" in capsys.readouterr().out

@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = common.add_subcommand(commands, "download", "download the official files, verified by sha256")
     fetch.add_argument("--dataset", default="cifar10", choices=list(download.OFFICIAL_FILES), help="the dataset")
     fetch.add_argument(
-        "--files-dir", default=None, help=f"where to put them (default: {data.default_files_dir('DATASET')})"
+        "--files-dir",
+        "--out",
+        dest="files_dir",
+        default=None,
+        help=f"where to put them (default: {data.default_files_dir('DATASET')})",
     )
     fetch.add_argument("--mirror", default=None, help="a base URL serving the same file names (default: none)")
 
@@ -73,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--manual-dir", required=True, help="folder holding the official archive(s)")
     prepare.add_argument(
-        "--data-dir", default=None, help="tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+        "--data-dir",
+        "--out",
+        dest="data_dir",
+        default=None,
+        help="the tfds data dir to write (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
     return parser
 

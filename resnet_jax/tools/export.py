@@ -30,10 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(platforms) - set(export.PLATFORMS)) if platforms else ["(none)"]
     if unknown:
         parser.error(f"--platforms: {', '.join(unknown)} not known; choose from {', '.join(export.PLATFORMS)}")
-    out = common.output_file(args.out or Path(args.workdir) / DEFAULT_OUT, "--out", example="model.bin")
+    # A file named is checked before the run is restored; the default, inside the run, once it is known to be one.
+    out = common.output_file(args.out, "--out", example="model.bin") if args.out else None
     runtime.setup_logging()
     try:
         run = inference.restore_run(args.workdir, args.checkpoint)
+        out = out or common.output_file(Path(args.workdir) / DEFAULT_OUT, "--out", example="model.bin")
         tta_flip = run_arguments.tta_flip(run, args.tta)
         out_path, description_path = export.write_export(run, out, tta_flip, platforms)
     except run_arguments.ERRORS as error:
