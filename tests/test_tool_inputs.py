@@ -538,3 +538,20 @@ def test_library_chatter_stays_out_of_predict_and_sweep(run_dir, tmp_path, monke
     monkeypatch.setattr(sweep.run, "run_sweep", lambda *args: [])
     assert sweep.run_as_a_tool(None, str(tmp_path), None, top=1, name="sweep") == []
     assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+
+
+def test_default_outputs_go_inside_the_run_never_into_the_current_folder(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    here = tmp_path / "checkout"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert export.main(["--workdir", str(workdir), "--platforms", "cpu"]) == 0
+    assert (workdir / "export" / "model.bin").is_file() and (workdir / "export" / "model.bin.json").is_file()
+    assert plots_tool.main(["--workdir", f"{workdir},{run_dir}"]) == 0
+    assert (workdir / "plots" / f"run_vs_{run_dir.name}.png").is_file()
+    assert list(here.iterdir()) == []
+    # No run there: nothing is created in its place.
+    with pytest.raises(SystemExit):
+        export.main(["--workdir", str(tmp_path / "no-run")])
+    assert not (tmp_path / "no-run").exists()

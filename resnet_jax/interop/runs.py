@@ -25,6 +25,7 @@ from resnet_jax.workdir import CHECKPOINTS_DIR
 CONVERSION_FILE = "conversion.json"
 DEFAULT_DATASET = "cifar10"  # of a file that does not say which dataset its weights were trained on
 NORMALIZATION_KEYS = ("mean", "std")
+OTHER_DATA_KEYS = ("source", "files_dir", "data_dir")  # where a dataset is read from
 
 
 def _recorded_data(recorded: Mapping[str, Any], found: Match) -> dict[str, Any]:
@@ -70,8 +71,11 @@ def converted_config(
     config.model.name = found.model_name
     config.data.dataset = dataset or kept.get("dataset") or DEFAULT_DATASET
     if kept.get("dataset") == config.data.dataset:
-        # The run's data as it read it; official files that are not on this machine leave the source as default.
+        # The run's data as it read it. Official files that are not on this machine leave the source as default;
+        # data that the overrides name instead (another folder) leaves out what the run recorded of its own.
         unread = () if _readable_here(kept) else ("source", "files_dir")
+        if {text.split("=", 1)[0].strip() for text in overrides} & {f"data.{key}" for key in OTHER_DATA_KEYS}:
+            unread = (*unread, "class_names", "image_shape", "split_sizes", "split_digests")
         _set_data(config, {key: value for key, value in kept.items() if key not in unread})
     config = configuration.apply_override_texts(config, list(overrides))
     layouts.check_has_shortcuts(config.model.name)
