@@ -6,7 +6,7 @@ example of a split. The tools on a trained run build on this module; it prints n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,12 @@ from resnet_jax.checkpoint import Checkpointer, CheckpointError, error_reason
 from resnet_jax.workdir import CHECKPOINTS_DIR
 
 CHECKPOINT_NAMES = ("latest", "best")
+# The sections a trained run's tools let `--config.KEY=VALUE` override: the data to read, and how to score it. The
+# model and its training are the run's own.
+READING_SECTIONS = ("data", "eval")
+# The `data` keys that name another dataset: what the run recorded of its own (a folder's classes, the splits'
+# sizes and draws) no longer holds, and the run's holdouts are not drawn from it.
+_OTHER_DATA_KEYS = ("dataset", "source", "files_dir", "data_dir")
 
 
 class RunError(RuntimeError):
@@ -82,6 +88,52 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
         return configuration.from_saved(saved, defaults)
     except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type than the key's
         raise RunError(f"{path} holds a value of the wrong type ({error}); it is damaged: restore it") from None
+
+
+def check_reading_overrides(overrides: Sequence[str]) -> list[str]:
+    """The keys of `key=value` overrides, each of `READING_SECTIONS`; else a RunError naming the first that is not."""
+    keys = [text.split("=", 1)[0].strip() for text in overrides]
+    outside = next((key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS), None)
+    if outside is not None:
+        raise RunError(
+            f"--config.{outside}: a trained run's tools take data.* and eval.* overrides only (the data to read and "
+            "how to score it); the model and its training are the run's"
+        )
+    return keys
+
+
+def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """A run's config with `section.key=value` overrides of `READING_SECTIONS` applied: other data to score.
+
+    The network still sees its input as it was trained: unless the overrides set them, other data is brought to the
+    run's input shape (`data.image_size`, `data.channels`) and normalised with the run's mean and std, with nothing
+    held out of it. `data.source=folder` alone is enough for a folder (it is also the dataset)."""
+    if not overrides:
+        return config
+    keys = check_reading_overrides(overrides)
+    try:  # what the network was trained on, when the run's own data section can still say it
+        shape, (mean, std) = data.config_input_shape(config.data), data.config_normalization(config.data)
+    except (data.DataError, configuration.ConfigError):
+        shape, mean, std = None, None, None
+    config = configuration.apply_override_texts(config, list(overrides))
+    given = {key.split(".", 1)[1] for key in keys if key.startswith("data.")}
+    section = config.data
+    if not given & set(_OTHER_DATA_KEYS):
+        return config
+    if data.FOLDER in (section.source, section.dataset) and not {"source", "dataset"} <= given:
+        section.source = section.dataset = data.FOLDER
+    defaults = data.DEFAULTS
+    for key in ("class_names", "image_shape", "validation_size", "train_eval_size"):
+        if key not in given:
+            section[key] = defaults[key]
+    section.split_sizes.update(defaults["split_sizes"])
+    section.split_digests.update(defaults["split_digests"])
+    if shape is not None:
+        section.image_size = shape[0] if "image_size" not in given else section.image_size
+        section.channels = shape[-1] if "channels" not in given else section.channels
+    if mean is not None and not given & {"mean", "std"}:
+        section.mean, section.std = tuple(mean), tuple(std)
+    return config
 
 
 def build_for_inference(
@@ -160,9 +212,15 @@ def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     )
 
 
-def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
+def restore_run(
+    workdir: str | Path,
+    checkpoint: str = "latest",
+    mesh: jax.sharding.Mesh | None = None,
+    overrides: Sequence[str] = (),
+) -> TrainedRun:
     """Rebuilds a workdir's model from its config.json and restores the weights of one checkpoint (latest, best or
-    a step number), replicated on `mesh` (default: every device).
+    a step number), replicated on `mesh` (default: every device). `overrides` (`data.KEY=VALUE`, `eval.KEY=VALUE`)
+    point it at other data (`with_reading_overrides`).
 
     Only the weights are taken: the checkpoint is read as it was saved, so one whose optimizer state has another
     layout (an optimizer of another release, another optimizer) still loads. Weights that do not fit the config's
@@ -170,7 +228,11 @@ def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.shard
     """
     workdir = Path(workdir)
     config = load_run_config(workdir)
+    classes = _run_classes(config)
+    config = with_reading_overrides(config, overrides)
     built = build_for_inference(config, mesh)
+    if overrides:
+        _check_same_classes(built, classes)
     directory = workdir / CHECKPOINTS_DIR
     if not directory.is_dir():
         raise RunError(
@@ -201,6 +263,25 @@ def restore_run(workdir: str | Path, checkpoint: str = "latest", mesh: jax.shard
         )
     variables = saved.get("ema", saved)
     return TrainedRun(workdir, config, built, checkpoint, step, _replicate(jax.device_get(variables), built.mesh))
+
+
+def _run_classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The classes a run's head scores, as its config names them (a folder's recorded, else the registry's)."""
+    if config.data.class_names:
+        return tuple(config.data.class_names)
+    info = data.DATASETS.get(config.data.dataset)
+    return info.class_names if info else ()
+
+
+def _check_same_classes(built: experiment.Experiment, run_classes: Sequence[str]) -> None:
+    """Other data than the run's must have as many classes as its head (scored by index: its classes' order is
+    the run's); a head of another count is refused in one line."""
+    if not run_classes or len(run_classes) == built.info.num_classes:
+        return
+    raise RunError(
+        f"the run's head has {len(run_classes)} classes ({', '.join(run_classes)}) and the data given has "
+        f"{built.info.num_classes} ({', '.join(built.info.class_names)}); give data of the run's classes, in its order"
+    )
 
 
 def make_logits_fn(run: TrainedRun, tta_flip: bool = False, variables: Any = None) -> Callable[[jax.Array], jax.Array]:

@@ -224,9 +224,9 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.close()
-        self._bar = tqdm(
-            total=self.steps_per_epoch, initial=initial, desc=f"epoch {epoch + 1}", unit="step", leave=False
-        )
+        # The steps this epoch runs (a run's last may be cut short by train.num_steps); each finished bar is kept.
+        total = min(self.steps_per_epoch, self.total_steps - (step - initial))
+        self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}", unit="step", leave=True)
 
     def advance(self, steps: int) -> None:
         if self._bar is not None:

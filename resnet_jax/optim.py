@@ -57,10 +57,15 @@ def check_optimizer_config(optimizer_config: ml_collections.ConfigDict) -> None:
     configuration.check_number("optimizer.momentum", config.momentum, 0, 1)
     for key in ("nesterov", "decay_all_params"):
         configuration.check_choice(f"optimizer.{key}", config[key], (False, True))
-    if config.nesterov and (config.name != "sgd" or config.momentum == 0):
+    if config.nesterov and config.name != "sgd":
         raise configuration.ConfigError(
-            f"optimizer.nesterov=True needs sgd with momentum (here {config.name}, momentum {config.momentum}); "
-            "set optimizer.momentum above 0, or optimizer.nesterov=false"
+            f"optimizer.nesterov=True applies to sgd only, and optimizer.name is {config.name!r}; set "
+            f"optimizer.nesterov=false for {config.name}"
+        )
+    if config.nesterov and config.momentum == 0:
+        raise configuration.ConfigError(
+            "optimizer.nesterov=True needs momentum, and optimizer.momentum is 0; set optimizer.momentum above 0, "
+            "or optimizer.nesterov=false"
         )
     configuration.check_number("optimizer.weight_decay", config.weight_decay, 0, 1)
     configuration.check_number("optimizer.clip_grad_norm", config.clip_grad_norm, 0, math.inf, fix=" (0: no clipping)")

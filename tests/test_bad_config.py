@@ -93,8 +93,16 @@ BAD_VALUES = {
     "zero learning rate": (["optimizer.learning_rate=0"], "optimizer.learning_rate=0.0 must be a positive number"),
     "infinite learning rate": (["optimizer.learning_rate=1e999"], "optimizer.learning_rate=inf"),
     "momentum of 1": (["optimizer.momentum=1.0"], "optimizer.momentum=1.0 must be in [0, 1)"),
-    "nesterov without momentum": (["optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer.nesterov=True"),
-    "nesterov under adam": (["optimizer.nesterov=true", "optimizer.name=adam"], "optimizer.nesterov=True needs sgd"),
+    "nesterov without momentum": (
+        ["optimizer.nesterov=true", "optimizer.momentum=0"],
+        "optimizer.nesterov=True needs momentum, and optimizer.momentum is 0; set optimizer.momentum above 0",
+    ),
+    # Issue 36: momentum is 0.9 here, so the line must not ask for momentum above 0.
+    "nesterov under adam": (
+        ["optimizer.nesterov=true", "optimizer.name=adam", "optimizer.momentum=0.9"],
+        "optimizer.nesterov=True applies to sgd only, and optimizer.name is 'adam'; set optimizer.nesterov=false for "
+        "adam",
+    ),
     "negative weight decay": (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1"),
     "negative clip": (["optimizer.clip_grad_norm=-1"], "optimizer.clip_grad_norm=-1.0 must be a number of 0 or more"),
     "b1 past 1": (["optimizer.b1=1.5"], "optimizer.b1=1.5 must be in [0, 1)"),

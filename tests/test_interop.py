@@ -13,14 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from resnet_jax import configuration, inference, models
+from resnet_jax import configuration, data, experiment, inference, models
 from resnet_jax.interop import files, layouts, runs
 from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import features as features_tool
 from tests.fixtures.references import CASES, draw_state_dict
+from tests.test_tools import jitter, tiny_config, write_workdir
 
 TINY_DATA = [
     "--dataset=synthetic",
@@ -388,3 +390,177 @@ def test_weights_no_network_could_run_are_refused_naming_the_tensor(tmp_path, ca
     message = cli_error(convert_tool.main, argv, capsys)
     assert f"{tmp_path / 'bad.safetensors'}: {expected}" in message, message
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 36: a run's weights go out and come back in as the same run; what no layout's code builds is refused going
+# out; a converted run is scored on data one has.
+
+
+def zoo_run(workdir, model, dataset="synthetic", **overrides):
+    """A run of `model` as the trainer leaves one (config.json, a checkpoint at step 4), without training: its
+    weights and BatchNorm statistics moved off their initial values, so that every leaf is its own. Returns the
+    weights written, as numpy."""
+    config = configuration.apply_overrides(
+        tiny_config(),
+        {
+            "model.name": model,
+            "data.dataset": dataset,
+            "data.source": "synthetic",
+            "data.image_size": 0,
+            "data.synthetic_train_examples": 64,
+            "data.synthetic_test_examples": 20,
+            **overrides,
+        },
+    )
+    built = experiment.build(config)
+    state = built.new_state()
+    batch_stats = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf + 0.1 if "mean" in jax.tree_util.keystr(path) else leaf * 1.5, state.batch_stats
+    )
+    state = state.replace(params=jitter(state.params, seed=3), batch_stats=batch_stats)
+    write_workdir(workdir, built.config, {4: state.checkpoint_tree()})
+    return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def assert_same_leaves(actual, expected):
+    flat_actual = dict(jax.tree_util.tree_leaves_with_path(actual))
+    flat_expected = dict(jax.tree_util.tree_leaves_with_path(expected))
+    assert sorted(map(str, flat_actual)) == sorted(map(str, flat_expected))
+    for path, leaf in flat_expected.items():
+        assert np.array_equal(np.asarray(flat_actual[path]), np.asarray(leaf)), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "layout", "channels"),
+    [
+        ("resnet8_tiny", "synthetic", "akamaster", 3),
+        ("resnet8", "fashion_mnist", "akamaster", 1),  # the README's first run: grey 28x28 images
+        ("seed_resnet", "synthetic", "seed", 3),
+        ("resnet18", "mnist", "kuangliu", 1),
+    ],
+)
+def test_a_run_goes_out_and_comes_back_in_as_the_same_run(tmp_path, capsys, model, dataset, layout, channels):
+    written = zoo_run(tmp_path / "run", model, dataset)
+    out = tmp_path / "weights.safetensors"
+    assert convert_tool.main(["--workdir", str(tmp_path / "run"), "--to", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"{layout} layout" in said
+    assert (f"conv1 takes {channels}-channel images" in said) == (channels != 3)
+    assert load_file(out)["conv1.weight"].shape[1] == channels
+    # Back in with no flag but the file: the dataset, its input and its normalisation come from the file.
+    assert convert_tool.main(["--from", str(out), "--workdir", str(tmp_path / "back")]) == 0
+    assert f"{model} on {dataset}, 10 classes, {channels}-channel input, head converted" in capsys.readouterr().out
+    original, back = (inference.load_run_config(tmp_path / name).data for name in ("run", "back"))
+    assert (back.dataset, back.source, back.image_size) == (dataset, "synthetic", 0)
+    # The run's own normalisation (its dataset's), not the layout's training code's.
+    info = data.DATASETS[dataset]
+    assert tuple(back.mean) == info.mean and tuple(back.std) == info.std
+    assert original.dataset == dataset
+    run = inference.restore_run(tmp_path / "back")
+    assert run.input_shape == (*info.image_shape[:2], channels)
+    assert_same_leaves(jax.device_get(run.variables), written)
+
+
+def test_a_file_without_the_runs_record_takes_its_channels_from_its_shapes(tmp_path, capsys):
+    zoo_run(tmp_path / "run", "resnet8", "fashion_mnist")
+    convert_tool.main(["--workdir", str(tmp_path / "run"), "--to", str(tmp_path / "recorded.safetensors")])
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(tmp_path / "recorded.safetensors"), bare)  # the same tensors, no metadata (another writer)
+    message = cli_error(convert_tool.main, ["--from", str(bare), "--workdir", str(tmp_path / "cifar")], capsys)
+    assert "conv1 takes 1-channel images and cifar10's input has 3" in message and "--dataset fashion_mnist" in message
+    assert not (tmp_path / "cifar").exists()
+    argv = ["--from", str(bare), "--workdir", str(tmp_path / "grey"), "--dataset", "fashion_mnist"]
+    assert convert_tool.main([*argv, "--config.data.source=synthetic"]) == 0
+    assert inference.restore_run(tmp_path / "grey").input_shape == (32, 32, 1)  # the default image_size, padded
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "layout", "expected"),
+    [
+        ("resnet8_tiny", {"model.shortcut": "B"}, None, "built with model.shortcut='B', and the akamaster layout"),
+        ("preact_resnet18", {}, None, "preact_resnet18 has no PyTorch layout"),
+        ("wrn16_8", {}, None, "wrn16_8 has no PyTorch layout"),
+        ("resnet8_tiny", {}, "kuangliu", "the kuangliu layout's code builds resnet18"),
+        ("resnet8_tiny", {}, "torchvision", "not resnet8_tiny; use its own, --layout akamaster"),
+    ],
+)
+def test_a_model_no_layouts_code_builds_is_refused_on_the_way_out(tmp_path, capsys, model, overrides, layout, expected):
+    # The config alone is refused: no weights are read for a run whose model cannot go out.
+    (tmp_path / "run").mkdir()
+    config = configuration.apply_overrides(tiny_config(), {"model.name": model, **overrides})
+    configuration.write_json(config, tmp_path / "run" / configuration.CONFIG_FILE)
+    out = tmp_path / "out.safetensors"
+    argv = ["--workdir", str(tmp_path / "run"), "--to", str(out), *(["--layout", layout] if layout else [])]
+    assert expected in cli_error(convert_tool.main, argv, capsys)
+    assert not out.exists()
+
+
+def class_folder(root, images, labels, classes):
+    for split in ("train", "test"):
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{index}.png")
+    return root
+
+
+def test_a_converted_run_is_evaluated_on_a_folder_of_images_by_an_override(tmp_path, capsys):
+    zoo_run(tmp_path / "run", "resnet8_tiny")
+    out = tmp_path / "weights.safetensors"
+    convert_tool.main(["--workdir", str(tmp_path / "run"), "--to", str(out)])
+    convert_tool.main(["--from", str(out), "--workdir", str(tmp_path / "back")])
+    # Images of the run's 10 classes, one folder each, and labels the network gets both right and wrong.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(30) % 10
+    classes = [f"c{index}" for index in range(10)]
+    pets = class_folder(tmp_path / "pets", images, labels, classes)
+    capsys.readouterr()
+    argv = ["--workdir", str(tmp_path / "back"), "--config.data.source=folder", f"--config.data.files_dir={pets}"]
+    assert evaluate_tool.main(argv) == 0
+    report = json.loads((tmp_path / "back" / "eval" / "latest-pets" / "report.json").read_text())
+    # The expectation by hand: the converted weights applied to the images, normalised as the run was.
+    run = inference.restore_run(tmp_path / "back")
+    mean, std = (np.asarray(value, np.float32) for value in (run.config.data.mean, run.config.data.std))
+    logits = run.experiment.model.apply(run.variables, (images / 255.0 - mean) / std, train=False)
+    expected = float(np.mean(np.argmax(logits, -1) == labels))
+    assert report["num_examples"] == 30 and report["accuracy"] == pytest.approx(expected)
+    assert 0 < expected < 1
+    # The run's own evaluation is left where it was, and a model override is refused in one line.
+    assert not (tmp_path / "back" / "eval" / "latest").exists()
+    capsys.readouterr()
+    message = cli_error(evaluate_tool.main, [*argv, "--config.model.name=resnet20"], capsys)
+    assert "take data.* and eval.* overrides only" in message
+    # Data of another class count than the run's head is named, not scored.
+    few = class_folder(tmp_path / "few", images[:6], labels[:6] % 3, classes)
+    argv = ["--workdir", str(tmp_path / "back"), "--config.data.source=folder", f"--config.data.files_dir={few}"]
+    with pytest.raises(SystemExit) as stop:
+        evaluate_tool.main(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the folder's decoding, logged as it goes
+    assert stop.value.code == 2 and last.startswith("error: the run's head has 10 classes"), last
+
+
+def test_features_with_flip_tta_are_the_mean_of_the_image_and_its_mirror(converted, capsys):
+    folder, _ = converted
+    run = inference.restore_run(folder / "run")
+    assert features_tool.main(["--workdir", str(folder / "run"), "--tta", "flip"]) == 0
+    assert features_tool.main(["--workdir", str(folder / "run"), "--tta", "none"]) == 0
+    # Without --out, each goes inside the run, named by what it holds.
+    flipped = np.load(folder / "run" / "features" / "latest-test-pooled-tta_flip.npz")["features"]
+    plain = np.load(folder / "run" / "features" / "latest-test-pooled.npz")["features"]
+    # By hand: the network's pooled features of the (non-symmetric, random) images and of their mirrors.
+    images = data.config_loader(run.config.data, "test", run.config.seed)(None).images
+    assert not np.array_equal(images, images[:, :, ::-1])
+    mean, std = (np.asarray(value, np.float32) for value in (run.config.data.mean, run.config.data.std))
+
+    def pooled(batch):
+        inputs = (batch.astype(np.float32) / 255.0 - mean) / std
+        return np.asarray(
+            run.experiment.model.apply(run.variables, inputs, train=False, return_features=True)[1]["pooled"]
+        )
+
+    np.testing.assert_allclose(plain, pooled(images), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flipped, (pooled(images) + pooled(images[:, :, ::-1])) / 2, rtol=1e-4, atol=1e-5)
+    assert np.abs(flipped - plain).max() > 1e-3
+    assert "tta flip" in capsys.readouterr().out

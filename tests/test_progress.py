@@ -2,6 +2,7 @@
 with the step, loss, images/s and the time left."""
 
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -69,3 +70,68 @@ def test_training_with_stdout_captured_logs_a_progress_line_per_window(tmp_path)
     assert lines[-1]["eta"] == "0s"
     # Evaluations keep their own lines, between the windows.
     assert result.stderr.count("test accuracy") == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 36: each epoch's bar counts the steps that epoch runs, reaches them, and stays in the scroll-back.
+
+
+def final_bar(stderr: str) -> str:
+    """What a terminal shows last of tqdm's writes: the text after the last carriage return, with its line end."""
+    return stderr.rsplit("\r", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    ("total_steps", "steps_per_epoch", "epoch", "step", "initial", "runs", "shown"),
+    [
+        (250, 468, 0, 0, 0, 250, "250/250"),  # --config.train.num_steps=250 in 468-step epochs
+        (1000, 468, 2, 936, 0, 64, "64/64"),  # the last epoch of a run cut short
+        (1000, 468, 1, 500, 32, 436, "468/468"),  # a whole epoch resumed 32 steps in
+        (20, 8, 2, 18, 2, 2, "4/4"),  # a resumed last epoch cut short
+    ],
+)
+def test_an_epochs_bar_counts_the_steps_it_runs_and_is_kept(
+    capsys, total_steps, steps_per_epoch, epoch, step, initial, runs, shown
+):
+    progress = metrics.Progress(total_steps, steps_per_epoch, bar=True, lines=False)
+    progress.start_epoch(epoch, step, initial)
+    for _ in range(runs // 4):
+        progress.advance(4)
+    progress.advance(runs % 4)
+    progress.close()
+    last = final_bar(capsys.readouterr().err)
+    assert last.startswith(f"epoch {epoch + 1}: 100%") and f" {shown} " in last, last
+    assert last.endswith("\n")  # left on its line, not blanked for the next one
+
+
+def test_setup_says_each_phase_before_it_runs(tmp_path):
+    """scripts/setup.sh with every long command stubbed (they print what they were asked): a line naming each phase
+    comes before the phase's command."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    stub = '#!/bin/sh\necho "RAN $(basename "$0") $*"\ncase "$*" in *--version*) echo "Python 3";; esac\n'
+    for name in ("python3", "sudo", "apt-get"):
+        (stubs / name).write_text(stub)
+        (stubs / name).chmod(0o755)
+    # `python3 -m venv .venv` is stubbed, so the venv's python is one too.
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text(stub)
+    (tmp_path / ".venv" / "bin" / "python").chmod(0o755)
+    env = subprocess_env(PATH=f"{stubs}:/usr/bin:/bin")
+    result = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    said = [index for index, line in enumerate(lines) if line.startswith("setup [")]
+    ran = [index for index, line in enumerate(lines) if line.startswith("RAN ")]
+    assert ran and said[0] < ran[0]
+    # Every command runs after a line saying what it is part of: no silent stretch of commands.
+    phases = ("Debian data", "venv", "pip install", "oneDNN build")
+    for phase in phases:
+        assert any(phase in lines[index] for index in said), (phase, result.stdout)
+    pip = [index for index in ran if "pip install" in lines[index]]
+    assert pip and all(any(s < index and "pip install" in lines[s] for s in said) for index in pip)
+    assert "done; next:" in lines[-1]

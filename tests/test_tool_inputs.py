@@ -2,14 +2,18 @@
 naming the path and the fix, exit status 2, no traceback; the tools' default outputs never share a file; the
 figures and tables say what they show."""
 
+import argparse
 import errno
+import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from PIL import Image
 
 from resnet_jax import atomic, configuration, experiment, metrics, plots
 from resnet_jax.metrics import MetricWriter
@@ -291,9 +295,12 @@ def test_the_default_outputs_of_plots_and_compare_never_share_a_file(tmp_path, s
     assert plots_tool.default_out([first]) == first / plots.CURVES_FILE
     assert plots_tool.default_out([first, second]) != plots_tool.default_out([second, first])
     monkeypatch.chdir(tmp_path)
-    assert plots_tool.main(["--workdir", str(first), str(second)]) == 0
+    # Issue 36: inside the first run, never in the current folder; the list comma-separated, or (as before) not.
+    assert plots_tool.main(["--workdir", f"{first},{second}"]) == 0
     written = {str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.png")}
-    assert written == {"plots/fmnist_vs_fmnist_adam.png"}
+    assert written == {"fmnist/plots/fmnist_vs_fmnist_adam.png"}
+    assert plots_tool.main(["--workdir", str(second), str(first)]) == 0
+    assert (second / "plots" / "fmnist_adam_vs_fmnist.png").is_file()
     outdir = compare._parser().parse_args([]).outdir
     assert outdir == compare.DEFAULT_OUTDIR == "compare"
     assert f"{outdir}/{compare.COMPARE_PNG}" not in written
@@ -406,3 +413,145 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     assert child.wait(timeout=300) == 1
     assert "Traceback" not in child.stderr.read()
     child.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 36: one flag convention (defaults in every --help, --version everywhere), and `data info` on a folder.
+
+EVERY_COMMAND = [[name] for name in tools_main.COMMANDS] + [["data", sub] for sub in ("info", "download", "prepare")]
+
+
+def parser_of(command, monkeypatch):
+    """The parser `resnet-jax COMMAND` builds (a subcommand's for `data info`), caught as it parses `--help`."""
+    caught = []
+    real = common.ArgumentParser.parse_known_args
+
+    def catch(self, args=None, namespace=None):
+        caught.append(self)
+        return real(self, args, namespace)
+
+    monkeypatch.setattr(common.ArgumentParser, "parse_known_args", catch)
+    with pytest.raises(SystemExit):
+        tools_main.main([*command, "--help"])
+    monkeypatch.undo()
+    return caught[-1]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_every_option_with_a_default_shows_it_in_help(command, monkeypatch, capsys):
+    parser = parser_of(command, monkeypatch)
+    formatter = parser._get_formatter()
+    shown = 0
+    for action in parser._actions:
+        quiet = action.nargs == 0 or action.required or action.default in (None, [], argparse.SUPPRESS)
+        if not action.option_strings or quiet:
+            continue
+        text = formatter._expand_help(action)
+        assert "default" in text, (command, action.option_strings, text)
+        shown += 1
+    help_text = " ".join(capsys.readouterr().out.split())
+    if command == ["degradation"]:
+        assert shown and "(default: 20,56)" in help_text and "(default: 3)" in help_text
+    if command == ["data", "info"]:
+        assert "default: cifar10, or folder with --source folder" in help_text
+
+
+def exit_status(main, argv) -> int:
+    """What a command returns, or the status it exits with (argparse's --version exits)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize("command", [[], *EVERY_COMMAND], ids=lambda command: " ".join(command) or "resnet-jax")
+def test_resnet_jax_and_every_command_say_their_version(command, capsys):
+    version = importlib.metadata.version("resnet-jax")
+    assert exit_status(tools_main.main, [*command, "--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"resnet-jax {version}"
+
+
+def pets_folder(root):
+    """bird, cat and dog images of two sizes (a folder that needs --image-size), in train/ and test/."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in ("bird", "cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                image = rng.integers(0, 256, (40 + index % 2, 40, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / split / name / f"{index}.png")
+    return root
+
+
+def test_data_info_describes_a_folder_by_its_own_classes_and_flags(tmp_path, capsys):
+    pets = pets_folder(tmp_path / "pets")
+    for spelling in (["--source", "folder"], ["--dataset", "folder"], ["--dataset", "folder", "--source", "folder"]):
+        assert data_tool.main(["info", *spelling, "--files-dir", str(pets), "--image-size", "64"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"folder {pets}: 3 classes (bird, cat, dog), image shape (64, 64, 3)"), out
+        assert "airplane" not in out and "cifar10" not in out
+        histograms = re.findall(r"^    (bird|cat|dog) +(\d+)$", out, re.MULTILINE)
+        assert histograms == [("bird", "4"), ("cat", "4"), ("dog", "4"), ("bird", "2"), ("cat", "2"), ("dog", "2")]
+    # Images of two sizes: the fix names this command's flag, not the config key.
+    assert exit_status(data_tool.main, ["info", "--source", "folder", "--files-dir", str(pets)]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # after the folder's decoding, logged as it goes
+    assert message.startswith("error: ") and "give --image-size to resize them" in message
+    assert "data.image_size" not in message
+    message = one_line_error(data_tool.main, ["info", "--dataset", "cifar10", "--source", "folder"], capsys)
+    assert "not cifar10's; leave out --dataset" in message
+    assert "needs --files-dir" in one_line_error(data_tool.main, ["info", "--dataset", "folder"], capsys)
+
+
+_NOISY_PREDICT = """
+import sys
+from absl import logging as absl_logging
+from resnet_jax import inference
+from resnet_jax.tools import main
+restore = inference.restore_run
+def noisy_restore(*args, **kwargs):
+    absl_logging.warning("Variant folder has no dataset_info.json")
+    return restore(*args, **kwargs)
+inference.restore_run = noisy_restore
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_library_chatter_stays_out_of_predict_and_sweep(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    # absl's warnings (tfds probing a folder it has not prepared) leaked twice into predict's output: a command run
+    # as a person runs it, with a library warning on the way.
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
+    completed = subprocess.run(
+        [PYTHON, "-c", _NOISY_PREDICT, "predict", "--workdir", str(run_dir), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(JAX_PLATFORMS="cpu"),
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "dataset_info.json" not in completed.stdout + completed.stderr
+    assert completed.stdout.startswith(f"{image}: ")
+    # Optuna's `[I ...]` line per trial: a sweep (and the degradation experiment, which runs one) keeps only warnings.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    monkeypatch.setattr(sweep.run, "run_sweep", lambda *args: [])
+    assert sweep.run_as_a_tool(None, str(tmp_path), None, top=1, name="sweep") == []
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+
+
+def test_default_outputs_go_inside_the_run_never_into_the_current_folder(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    here = tmp_path / "checkout"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert export.main(["--workdir", str(workdir), "--platforms", "cpu"]) == 0
+    assert (workdir / "export" / "model.bin").is_file() and (workdir / "export" / "model.bin.json").is_file()
+    assert plots_tool.main(["--workdir", f"{workdir},{run_dir}"]) == 0
+    assert (workdir / "plots" / f"run_vs_{run_dir.name}.png").is_file()
+    assert list(here.iterdir()) == []
+    # No run there: nothing is created in its place.
+    with pytest.raises(SystemExit):
+        export.main(["--workdir", str(tmp_path / "no-run")])
+    assert not (tmp_path / "no-run").exists()

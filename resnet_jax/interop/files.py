@@ -5,6 +5,7 @@ wraps its weights (`{"state_dict": ...}`, kuangliu's `{"net": ...}`) or prefixes
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ TORCH_SUFFIXES = (".pth", ".pt", ".th")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 DATA_PARALLEL_PREFIX = "module."
 TORCH_INSTALL = "pip install torch (a CPU build: pip install torch==2.13.0)"
+# The safetensors metadata key under which `convert --to` records the run a file came from (a JSON object: model,
+# layout, classes, input shape and the data section), so that `convert --from` rebuilds the same run.
+RUN_METADATA_KEY = "resnet_jax"
 
 
 def _import_torch(path: Path, verb: str) -> Any:
@@ -90,9 +94,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+def read_run_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What `write_state_dict` recorded of the run a .safetensors file came from; {} for a file without it (any other
+    writer's, or a .pth file, which keeps no metadata)."""
+    path = Path(path)
+    if path.suffix not in SAFETENSORS_SUFFIXES:
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "np") as handle:
+            text = (handle.metadata() or {}).get(RUN_METADATA_KEY)
+        recorded = json.loads(text) if text else {}
+    except (SafetensorError, OSError, ValueError):  # read_state_dict names an unreadable file
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def write_state_dict(
+    state_dict: Mapping[str, np.ndarray], path: str | os.PathLike, run_metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Writes a state_dict as `.safetensors` (no torch needed) or `.pth` (torch.save), through a temporary file,
-    so that a failed write leaves no half file."""
+    so that a failed write leaves no half file. `run_metadata` goes into a .safetensors file's metadata."""
     path = Path(path)
     _check_suffix(path)
     torch = None if path.suffix in SAFETENSORS_SUFFIXES else _import_torch(path, "writing")
@@ -101,7 +124,10 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
             if torch is None:
                 from safetensors.numpy import save_file
 
-                save_file(dict(state_dict), temporary, metadata={"format": "pt"})
+                metadata = {"format": "pt"}
+                if run_metadata:
+                    metadata[RUN_METADATA_KEY] = json.dumps(run_metadata, sort_keys=True)
+                save_file(dict(state_dict), temporary, metadata=metadata)
             else:
                 torch.save({key: torch.from_numpy(np.array(value)) for key, value in state_dict.items()}, temporary)
     except OSError as error:

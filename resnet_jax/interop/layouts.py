@@ -161,10 +161,11 @@ def _shape_of(value: Any) -> tuple[int, ...]:
     return tuple(np.shape(value))
 
 
-def expected_keys(model_name: str, num_classes: int, layout: Layout) -> dict[str, tuple[int, ...]]:
-    """Each key a `model_name` state_dict has in `layout`, with its torch shape (BN counters included)."""
+def expected_keys(model_name: str, num_classes: int, layout: Layout, channels: int = 3) -> dict[str, tuple[int, ...]]:
+    """Each key a `model_name` state_dict has in `layout`, with its torch shape (BN counters included), for images
+    of `channels` channels (3: RGB, 1: grey)."""
     check_has_shortcuts(model_name)
-    shapes = models.init_shapes(models.get_model(model_name, num_classes=num_classes))
+    shapes = models.init_shapes(models.get_model(model_name, num_classes=num_classes), (32, 32, channels))
     table = entries(shapes, layout)
     expected = {entry.torch_key: entry.torch_shape(_leaf(shapes, entry.path).shape) for entry in table}
     return expected | {f"{module}.num_batches_tracked": () for module in bn_modules(table)}
@@ -219,6 +220,7 @@ class Match:
     layout: Layout
     model_name: str
     num_classes: int
+    channels: int = 3  # of the images its first conv takes: 3 (RGB) or 1 (grey)
 
 
 def match(state_dict: Mapping[str, Any], layout_name: str | None = None) -> Match:
@@ -234,10 +236,14 @@ def match(state_dict: Mapping[str, Any], layout_name: str | None = None) -> Matc
             problems.append((0, layout, found))
             continue
         name, num_classes = found
-        expected = expected_keys(name, num_classes, layout)
+        channels = _shape_of(state_dict["conv1.weight"])[1]
+        if channels not in (1, 3):
+            problems.append((0, layout, f"conv1.weight takes {channels}-channel images; a run's take 1 or 3"))
+            continue
+        expected = expected_keys(name, num_classes, layout, channels)
         problem = first_misfit(state_dict, expected)
         if problem is None:
-            return Match(layout, name, num_classes)
+            return Match(layout, name, num_classes, channels)
         problems.append((len(set(state_dict) & set(expected)), layout, f"as {name}: {problem}"))
     _, layout, problem = max(problems, key=lambda item: item[0])
     where = f"the {layout.name} layout" if layout_name else f"no known layout; nearest, {layout.name}"
@@ -301,6 +307,17 @@ def check_has_shortcuts(model_name: str) -> None:
     if model_name in models.RESIDUAL_TWINS:
         raise InteropError(
             f"{model_name} is a plain network (no shortcuts), which no PyTorch layout holds; it cannot be converted"
+        )
+
+
+def check_layout_holds(model_name: str, layout: Layout) -> None:
+    """Refuses a zoo model that `layout`'s own code does not build: its file would load into no torch class of it."""
+    check_has_shortcuts(model_name)
+    if model_name not in layout.model_names:
+        own = next((other.name for other in LAYOUTS.values() if model_name in other.model_names), None)
+        fix = f"use its own, --layout {own}" if own else "no layout holds it, so it cannot be converted"
+        raise InteropError(
+            f"the {layout.name} layout's code builds {', '.join(layout.model_names)}, not {model_name}; {fix}"
         )
 
 

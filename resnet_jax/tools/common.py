@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import os
 import statistics
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -118,6 +120,52 @@ def output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] = ()
     return path
 
 
+def version() -> str:
+    """This package's version: the installed distribution's, else pyproject.toml's beside the package."""
+    try:
+        return importlib.metadata.version("resnet-jax")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+        return str(project["project"]["version"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+def version_line() -> str:
+    return f"resnet-jax {version()}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default shown where it has one that its help does not already
+    state: `(default: 20,56)`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or action.required
+            or action.nargs == 0  # --fresh, --json, --version: a switch's default is its absence
+            or default is None
+            or default == argparse.SUPPRESS
+            or default == []
+            or "default" in text.lower()
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            return text + f" (default: {','.join(map(str, default))})"
+        return text + " (default: %(default)s)"
+
+
+def split_list(values: str | Sequence[str]) -> list[str]:
+    """The tools' one way of giving a list: comma-separated (`A,B`); several words (`A B`, the older form of some
+    flags) are accepted too, and empty items dropped."""
+    words = [values] if isinstance(values, str) else list(values)
+    return [item.strip() for word in words for item in word.split(",") if item.strip()]
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (argparse's own print the usage first), exit status 2."""
 
@@ -127,9 +175,27 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parser(name: str, description: str) -> ArgumentParser:
     """The parser of `resnet-jax NAME`; `description` is the tool's module docstring (its first paragraph shows)."""
-    return ArgumentParser(
-        prog=f"resnet-jax {name}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = ArgumentParser(prog=f"resnet-jax {name}", description=description, formatter_class=HelpFormatter)
+    add_version_argument(parser)
+    return parser
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
+
+
+def add_subcommands(parser: argparse.ArgumentParser, names: Sequence[str]) -> argparse._SubParsersAction:
+    """`parser`'s subcommands (`data info|download|prepare`), each built as `parser` is: the same one-line errors,
+    defaults in --help and --version."""
+    return parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(names) + "}", parser_class=ArgumentParser
     )
+
+
+def add_subcommand(commands: argparse._SubParsersAction, name: str, help_text: str) -> ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+    add_version_argument(sub)
+    return sub
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -3,10 +3,15 @@
 In: `--from FILE --workdir NEW` reads a state_dict (.safetensors; .pth/.pt/.th need torch) of torchvision's
 ResNet-18...152, akamaster's CIFAR ResNets, kuangliu's ResNet-18...152 or the seed article's net (the layout is
 recognised from the keys, or named with --layout) and writes a run that evaluate, predict, export and train read:
-config.json, checkpoints/0 and conversion.json. A head of another class count than --dataset starts fresh.
+config.json, checkpoints/0 and conversion.json. The input channels (grey or RGB), depth and classes are read from
+the file's shapes; a head of another class count than --dataset starts fresh. `--config.data.KEY=VALUE` overrides
+choose the run's data (e.g. --config.data.source=files --config.data.files_dir=DIR).
 
-Out: `--workdir RUN --to FILE` writes the run's weights (its EMA when it kept one) as a state_dict that the
-layout's torch classes load with strict=True: .safetensors needs no torch, .pth does.
+Out: `--workdir RUN --to FILE` (or --out FILE) writes the run's weights (its EMA when it kept one) as a state_dict
+that the layout's torch classes load with strict=True: .safetensors needs no torch, .pth does. A .safetensors file
+also records the run (model, dataset, data source, input shape, normalisation), so that `--from` brings it back as
+it was. A model that no layout's code builds (a plain net, a wide or pre-activation ResNet, other shortcuts than
+its layout's) is refused.
 """
 
 from __future__ import annotations
@@ -26,16 +31,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("convert", __doc__)
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from", dest="source", metavar="FILE", help="a PyTorch weight file to convert in")
-    direction.add_argument("--to", dest="target", metavar="FILE", help="write --workdir's weights to this file")
+    direction.add_argument(
+        "--to", "--out", dest="target", metavar="FILE", help="write --workdir's weights to this file"
+    )
     parser.add_argument("--workdir", required=True, help="the run to write (with --from) or to read (with --to)")
     parser.add_argument(
-        "--layout", choices=tuple(LAYOUTS), default=None, help="the file's layout (default: from its keys / the model)"
+        "--layout",
+        choices=tuple(LAYOUTS),
+        default=None,
+        help="the file's layout (default: the one the file recorded, else from its keys; with --to, the model's)",
     )
     parser.add_argument(
         "--dataset",
-        choices=tuple(data.DATASETS),
-        default="cifar10",
-        help="with --from: the run's dataset (default cifar10)",
+        choices=(*data.DATASETS, data.FOLDER),
+        default=None,
+        help="with --from: the run's dataset (default: the one a file written by --to recorded, else cifar10; "
+        "folder needs --config.data.files_dir=DIR)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -47,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(rest)
     if args.target and overrides:
         parser.error("--config.key=value overrides apply to --from only")
+    if args.target and args.dataset:
+        parser.error("--dataset applies to --from only (--to writes the run's own)")
+    if args.dataset == data.FOLDER:
+        overrides = [f"data.source={data.FOLDER}", *overrides]
     runtime.setup_logging()
     try:
         if args.source:
@@ -58,14 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(
                 f"converted {args.source} ({record['layout']} layout) into {args.workdir}: {record['model']} on "
-                f"{args.dataset}, {record['classes']} classes, head {head}; config.json, checkpoints/0, "
-                "conversion.json"
+                f"{record['dataset']}, {record['classes']} classes, {record['channels']}-channel input, head {head}; "
+                "config.json, checkpoints/0, conversion.json"
             )
         else:
             path, layout, run = write_run_weights(args.workdir, args.target, args.checkpoint, args.layout)
+            channels = run.input_shape[-1]
+            grey = (
+                f"; its conv1 takes {channels}-channel images: build the torch model's conv1 with in_channels="
+                f"{channels} before load_state_dict"
+                if channels != 3
+                else ""
+            )
+            kept = "with the run recorded in its metadata" if path.suffix == ".safetensors" else "no metadata in .pth"
             print(
                 f"wrote {run.config.model.name} (checkpoint {run.step}) of {args.workdir} to {path} in the "
-                f"{layout.name} layout ({layout.description}); {path.stat().st_size:,} bytes"
+                f"{layout.name} layout ({layout.description}), {kept}; {path.stat().st_size:,} bytes{grey}"
             )
     except ERRORS as error:
         common.fail(error)

@@ -66,9 +66,10 @@ def build_report(
     }
 
 
-def output_dir(run: TrainedRun, split: str, tta_flip: bool) -> Path:
-    """DIR/eval/<checkpoint>, with -<split> for a split other than test and -tta_flip with flip averaging."""
-    name = run.checkpoint + ("" if split == "test" else f"-{split}") + ("-tta_flip" if tta_flip else "")
+def output_dir(run: TrainedRun, split: str, tta_flip: bool, tag: str = "") -> Path:
+    """DIR/eval/<checkpoint>, with -<split> for a split other than test, -tta_flip with flip averaging and `tag`
+    (`-<name>`) for other data than the run's."""
+    name = run.checkpoint + ("" if split == "test" else f"-{split}") + ("-tta_flip" if tta_flip else "") + tag
     return run.workdir / "eval" / name
 
 
@@ -119,7 +120,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("evaluate", __doc__)
-    run_arguments.add_run_arguments(parser)
+    run_arguments.add_run_arguments(parser, reads_data=True)
     parser.add_argument(
         "--split",
         default="test",
@@ -127,15 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the split to score (default test; with a validation split, scored too)",
     )
     parser.add_argument(
-        "--out", default=None, help="the folder of the files (default: DIR/eval/<checkpoint>[-split][-tta_flip])"
+        "--out",
+        default=None,
+        help="the folder of the files (default: DIR/eval/<checkpoint>[-split][-tta_flip][-<data>], <data> naming "
+        "other data given by --config.data overrides)",
     )
-    args = parser.parse_args(argv)
+    args, overrides = run_arguments.parse_run_args(parser, argv)
     runtime.setup_logging()
     try:
-        run = inference.restore_run(args.workdir, args.checkpoint)
+        run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
         tta_flip = run_arguments.tta_flip(run, args.tta)
+        tag = run_arguments.data_tag(run, overrides)
         # The files' folder is checked before the long part: a folder it cannot write ends the command at once.
-        out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip), "--out")
+        out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip, tag), "--out")
         also = [data.VALIDATION] if args.split == "test" and data.VALIDATION in run.experiment.eval_splits else []
         evaluations = []
         for split in (*also, args.split):

@@ -1,8 +1,11 @@
 """Writes a split's embeddings: every example through a run's network (its EMA when it kept one), in split order,
-as the pooled vector its head reads (or a stage's map, averaged over space, with --layer), with the labels.
+as the pooled vector its head reads (or a stage's map, averaged over space, with --layer), with the labels. With
+--tta flip, each example's features are the mean of the image's and its mirror's (the head then reads the mean of
+their logits, as evaluate's --tta flip scores).
 
 --out emb.npz holds `features` (N, D) float32, `labels` (N,) int32 and `class_names`; --out emb.npy holds the
-features, and emb.labels.npy beside it the labels.
+features, and emb.labels.npy beside it the labels. The default is DIR/features/<checkpoint>-<split>-<layer>[-tta_flip]
+.npz.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ def layer_names(run: inference.TrainedRun) -> tuple[str, ...]:
     return ("stem", *(f"stage{index + 1}" for index in range(len(run.experiment.model.stage_sizes))), "pooled")
 
 
-def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled") -> np.ndarray:
-    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (maps averaged over space)."""
+def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled", tta_flip: bool = False) -> np.ndarray:
+    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (maps averaged over space);
+    with `tta_flip`, the mean of each image's and its mirror's."""
     step_config, model = run.experiment.step_config, run.experiment.model
+
+    def at_layer(variables, inputs):
+        value = model.apply(variables, inputs, train=False, return_features=True)[1][layer]
+        return (value if value.ndim == 2 else jnp.mean(value, axis=(1, 2))).astype(jnp.float32)
 
     @jax.jit
     def features(variables, batch):
         inputs = augment.normalize(batch, step_config.mean, step_config.std, step_config.dtype)
-        value = model.apply(variables, inputs, train=False, return_features=True)[1][layer]
-        return (value if value.ndim == 2 else jnp.mean(value, axis=(1, 2))).astype(jnp.float32)
+        value = at_layer(variables, inputs)
+        if tta_flip:  # the mirror as evaluate's flip TTA takes it: along the width
+            value = (value + at_layer(variables, inputs[:, :, ::-1, :])) / 2
+        return value
 
     batch = max(1, min(int(run.config.eval.batch_size), len(images)))
     chunks = []
@@ -65,34 +75,48 @@ def write(out: Path, features: np.ndarray, labels: np.ndarray, class_names: Sequ
     return [out, labels_path]
 
 
+def default_out(run: inference.TrainedRun, split: str, layer: str, tta_flip: bool, tag: str = "") -> Path:
+    """DIR/features/<checkpoint>-<split>-<layer>[-tta_flip][-<other data>].npz: inside the run, one file per choice."""
+    name = f"{run.checkpoint}-{split}-{layer}" + ("-tta_flip" if tta_flip else "") + tag
+    return run.workdir / "features" / f"{name}.npz"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("features", __doc__)
-    run_arguments.add_run_arguments(parser)
+    run_arguments.add_run_arguments(parser, reads_data=True)
+    parser.add_argument("--split", default="test", choices=("test", "validation", "train"), help="the split to embed")
+    parser.add_argument("--layer", default="pooled", help="pooled, stem or stageN: where to read features")
     parser.add_argument(
-        "--split", default="test", choices=("test", "validation", "train"), help="the split to embed (default test)"
+        "--out",
+        default=None,
+        help="file to write: emb.npz, or emb.npy (+ emb.labels.npy) (default: "
+        "DIR/features/<checkpoint>-<split>-<layer>[-tta_flip].npz)",
     )
-    parser.add_argument("--layer", default="pooled", help="pooled (default), stem or stageN: where to read features")
-    parser.add_argument("--out", required=True, help="file to write: emb.npz, or emb.npy (+ emb.labels.npy)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.suffix not in SUFFIXES:
-        parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
-    out = common.output_file(out, "--out")  # a name, folder or permission it cannot write: said before the work
-    if out.suffix == ".npy":
-        common.output_file(labels_file(out), "--out (its labels)")
+    args, overrides = run_arguments.parse_run_args(parser, argv)
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix not in SUFFIXES:
+            parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
+        out = common.output_file(out, "--out")  # a name, folder or permission it cannot write: said before the work
+        if out.suffix == ".npy":
+            common.output_file(labels_file(out), "--out (its labels)")
     runtime.setup_logging()
     try:
-        run = inference.restore_run(args.workdir, args.checkpoint)
+        run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
         if args.layer not in layer_names(run):
             raise inference.RunError(
                 f"--layer {args.layer!r}: {run.config.model.name} has {', '.join(layer_names(run))}"
             )
+        tta_flip = run_arguments.tta_flip(run, args.tta)
+        if args.out is None:
+            tag = run_arguments.data_tag(run, overrides)
+            out = common.output_file(default_out(run, args.split, args.layer, tta_flip, tag), "--out")
         config = run.config.data
         data.fetch_if_asked(config)
         num_examples = data.config_split_size(config, args.split)
         split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
         with metrics.stage(f"embedding {num_examples:,} {args.split} examples at {args.layer}, compile included"):
-            features = embed(run, split.images, args.layer)
+            features = embed(run, split.images, args.layer, tta_flip)
     except run_arguments.ERRORS as error:
         common.fail(error)
     try:
@@ -100,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         common.fail(f"cannot write {out}: {error.strerror or error}")
     print(
-        f"wrote {features.shape[0]:,} x {features.shape[1]} {args.layer} features and their labels to "
-        f"{', '.join(map(str, paths))}"
+        f"wrote {features.shape[0]:,} x {features.shape[1]} {args.layer} features (tta "
+        f"{'flip' if tta_flip else 'none'}) and their labels to {', '.join(map(str, paths))}"
     )
     return 0
 

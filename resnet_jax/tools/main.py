@@ -32,9 +32,9 @@ RESUMABLE = ("train", "sweep", "degradation")
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: resnet-jax COMMAND [--help] ...", "", "commands:"]
+    lines = ["usage: resnet-jax [--version] COMMAND [--help] ...", "", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "resnet-jax COMMAND --help shows a command's options."]
+    lines += ["", "resnet-jax COMMAND --help shows a command's options and their defaults."]
     return "\n".join(lines)
 
 
@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from resnet_jax.tools import common
+
+        print(common.version_line())
         return 0
     return interrupts.run(lambda: _run(argv[0], argv[1:]), interrupts.RESUMES if argv[0] in RESUMABLE else "")
 

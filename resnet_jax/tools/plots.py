@@ -1,7 +1,7 @@
 """Plots the training curves of one or more runs from their metrics.jsonl: loss, accuracy and learning rate
 against epoch (and each stage's gradient norm, where the runs logged it), several runs overlaid with a legend.
-With one workdir the figure goes to DIR/curves.png; with several, to plots/NAME_vs_NAME.png under the current
-folder, unless --out names the file.
+With one workdir the figure goes to DIR/curves.png; with several (--workdir A,B), to A/plots/A_vs_B.png inside the
+first run, unless --out names the file.
 """
 
 from __future__ import annotations
@@ -13,34 +13,42 @@ from pathlib import Path
 from resnet_jax import metrics, plots
 from resnet_jax.tools import common
 
-DEFAULT_DIR = "plots"  # several runs' figure: a folder named after the tool, one file per set of runs
+DEFAULT_DIR = "plots"  # several runs' figure: a folder inside the first run, one file per set of runs
 
 
 def default_out(workdirs: Sequence[str | Path]) -> Path:
-    """DIR/curves.png for one run; plots/<name>_vs_<name>....png for several, so that no two sets share a file."""
+    """DIR/curves.png for one run; FIRST/plots/<name>_vs_<name>....png for several (inside the first run, never in
+    the current folder), so that no two sets share a file."""
     paths = [Path(workdir) for workdir in workdirs]
     if len(paths) == 1:
         return paths[0] / plots.CURVES_FILE
     names = "_vs_".join(path.resolve().name or "root" for path in paths)
     safe = "".join(c if c.isalnum() or c in "._+-" else "-" for c in names)
-    return Path(DEFAULT_DIR) / f"{safe[:200]}.png"
+    return paths[0] / DEFAULT_DIR / f"{safe[:200]}.png"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("plots", __doc__)
-    parser.add_argument("--workdir", nargs="+", required=True, help="one or more training workdirs")
+    parser.add_argument(
+        "--workdir",
+        nargs="+",
+        required=True,
+        metavar="DIR[,DIR...]",
+        help="one or more training workdirs, comma-separated (A,B; A B is also read)",
+    )
     parser.add_argument(
         "--out",
         default=None,
         help=f"the figure to write, {', '.join(plots.FIGURE_SUFFIXES)} (default: DIR/{plots.CURVES_FILE} for one "
-        f"run, {DEFAULT_DIR}/NAME_vs_NAME.png for several)",
+        f"run, FIRST/{DEFAULT_DIR}/FIRST_vs_SECOND.png inside the first run for several)",
     )
     args = parser.parse_args(argv)
+    workdirs = common.split_list(args.workdir)
     try:
-        figure = plots.curves_figure(args.workdir)
+        figure = plots.curves_figure(workdirs)
     except (plots.PlotError, metrics.MetricsError) as error:
         common.fail(error)
-    out = common.output_file(args.out or default_out(args.workdir), "--out", plots.FIGURE_SUFFIXES, "curves")
+    out = common.output_file(args.out or default_out(workdirs), "--out", plots.FIGURE_SUFFIXES, "curves")
     try:
         plots.save_figure(figure, out)
     except OSError as error:

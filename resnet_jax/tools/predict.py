@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import images, inference
+from resnet_jax import images, inference, runtime
 from resnet_jax.inference import TrainedRun
 from resnet_jax.tools import common, run_arguments
 
@@ -68,15 +68,16 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("predict", __doc__)
-    run_arguments.add_run_arguments(parser)
+    run_arguments.add_run_arguments(parser, reads_data=True)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files")
-    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default 3)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per image")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
-    args = parser.parse_args(argv)
+    args, overrides = run_arguments.parse_run_args(parser, argv)
     if args.top_k < 1:
         parser.error(f"--top-k={args.top_k} must be at least 1")
+    runtime.setup_logging()  # absl's warnings (a tfds folder not prepared) are not the predictions' business
     try:
-        run = inference.restore_run(args.workdir, args.checkpoint)
+        run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
         predictions = predict_files(run, args.images, args.top_k, run_arguments.tta_flip(run, args.tta))
     except run_arguments.ERRORS as error:
         common.fail(error)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+import optuna
 
 from resnet_jax import runtime, trainer
 from resnet_jax.atomic import NameTooLongError
@@ -75,6 +76,8 @@ def run_as_a_tool(
     """`run.run_sweep` as a command runs it: bad input ends in one line; a checkpoint error, a pre-emption or an
     interrupt give the exit status to end with (the same command resumes)."""
     runtime.setup_logging()
+    # Optuna's own `[I ...]` line per trial repeats what the sweep reports itself (its trials' progress and results).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     runtime.use_compile_cache()
     try:
         return run.run_sweep(config, workdir, sweep, top)
