@@ -23,12 +23,14 @@ def registry_params(name: str) -> int:
     return models.count_params(models.init_shapes(models.get_model(name))["params"])
 
 
-def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10", validation=None):
+def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10", validation=None, seed=0, overrides=None):
     """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records (test
     `accuracies`, and `validation` ones of the same evaluations when given)."""
     config = experiment.base_config()
     config.model.name = model
     config.data.dataset = dataset
+    config.seed = seed
+    config = configuration.apply_overrides(config, overrides or {})
     workdir.mkdir(parents=True)
     (workdir / configuration.CONFIG_FILE).write_text(configuration.to_json(config))
     writer = MetricWriter(workdir, enabled=True)
@@ -70,7 +72,7 @@ def test_compare_of_two_tiny_models_times_the_train_step_and_counts_the_registry
             "2",
             "--repeats",
             "2",
-            "--outdir",
+            "--out",
             str(tmp_path),
         ]
     )
@@ -102,9 +104,13 @@ def test_runs_of_one_model_show_the_spread_of_their_validation_and_test_accuracy
     accuracies, config = compare.accuracy.read_runs(runs)
     # Each run's last evaluation: the highest (0.7 in run a) would be chosen on test.
     assert accuracies["resnet20"] == compare.accuracy.RunAccuracy(
-        workdirs=tuple(map(str, runs[:3])), validation=(0.65, 0.85, 0.95), test=(0.6, 0.8, 0.9), epochs=(3, 3, 3)
+        workdirs=tuple(map(str, runs[:3])),
+        validation=(0.65, 0.85, 0.95),
+        test=(0.6, 0.8, 0.9),
+        epochs=(3, 3, 3),
+        model="resnet20",
     )
-    assert accuracies["resnet56"] == compare.accuracy.RunAccuracy((str(runs[3]),), (None,), (0.9,), (2,))
+    assert accuracies["resnet56"] == compare.accuracy.RunAccuracy((str(runs[3]),), (None,), (0.9,), (2,), "resnet56")
     assert config.model.name == "resnet20"
 
     table = compare.report.compare_markdown(
@@ -127,6 +133,26 @@ def test_runs_of_one_model_show_the_spread_of_their_validation_and_test_accuracy
     assert "- resnet56" not in table  # a model of one run is its row
     compare.report.plot_compare([measurement("resnet20"), measurement("resnet56")], accuracies, tmp_path / "c.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_runs_trained_differently_are_never_averaged_as_seeds_and_what_differs_is_said(tmp_path):
+    sgd = [fake_run(tmp_path / f"sgd{seed}", "resnet20", [0.6 + seed / 10], seed=seed) for seed in (0, 1)]
+    adam = fake_run(tmp_path / "adam", "resnet20", [0.3], overrides={"optimizer.name": "adam"})
+    deeper = fake_run(tmp_path / "deep", "resnet56", [0.5], overrides={"optimizer.name": "adam"})
+    accuracies, config = compare.accuracy.read_runs([*sgd, adam, deeper])
+    # The two SGD seeds are one row; the Adam run of the same model is its own, named by the key that differs.
+    assert set(accuracies) == {"resnet20 (optimizer.name=sgd)", "resnet20 (optimizer.name=adam)", "resnet56"}
+    assert accuracies["resnet20 (optimizer.name=sgd)"].test == (0.6, 0.7)
+    assert accuracies["resnet20 (optimizer.name=adam)"].test == (0.3,)
+    differing = compare.accuracy.differences_besides_the_model([*sgd, adam, deeper])
+    assert differing == ["optimizer.name"]
+    table = compare.report.compare_markdown(
+        [measurement("resnet20"), measurement("resnet56")], accuracies, config, 5, differing
+    )
+    rows = table_rows(table)
+    assert rows["resnet20 (optimizer.name=sgd)"]["runs"] == "2"
+    assert rows["resnet20 (optimizer.name=adam)"]["test acc"] == "0.3000"
+    assert "also differ in optimizer.name" in table
 
 
 def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):
@@ -153,7 +179,7 @@ def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):
 )
 def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        compare.main([*argv, "--outdir", str(tmp_path / "out")])
+        compare.main([*argv, "--out", str(tmp_path / "out")])
     assert stop.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ")
@@ -178,7 +204,7 @@ def test_measurement_config_keeps_the_runs_data_shape_on_synthetic_data():
 
 def test_resnet_jax_compare_is_the_same_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        resnet_jax_main.main(["compare", "--models", "resnet9", "--outdir", str(tmp_path / "out")])
+        resnet_jax_main.main(["compare", "--models", "resnet9", "--out", str(tmp_path / "out")])
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("error: --models: unknown resnet9; choose from resnet")
     assert not (tmp_path / "out").exists()

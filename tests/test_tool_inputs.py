@@ -181,7 +181,7 @@ def test_compare_refuses_an_outdir_that_is_a_file_before_measuring(tmp_path, cap
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     argv = ["--models", "resnet8_tiny", "--outdir", str(a_file)]
-    assert f"--outdir {a_file} is a file" in one_line_error(compare.main, argv, capsys)
+    assert f"--out {a_file} is a file" in one_line_error(compare.main, argv, capsys)
 
 
 def test_compare_shows_its_measurements_when_it_cannot_save_them(tmp_path, capsys, monkeypatch):
@@ -201,7 +201,7 @@ def test_compare_shows_its_measurements_when_it_cannot_save_them(tmp_path, capsy
     assert "Traceback" not in captured.err
     assert captured.err.strip().splitlines()[-1] == (  # after the progress log's lines
         f"error: cannot write {tmp_path / 'c' / compare.COMPARE_MD} (No space left on device); "
-        "give --outdir a place you can write"
+        "give --out a place you can write"
     )
 
 
@@ -301,9 +301,9 @@ def test_the_default_outputs_of_plots_and_compare_never_share_a_file(tmp_path, s
     assert written == {"fmnist/plots/fmnist_vs_fmnist_adam.png"}
     assert plots_tool.main(["--workdir", str(second), str(first)]) == 0
     assert (second / "plots" / "fmnist_adam_vs_fmnist.png").is_file()
-    outdir = compare._parser().parse_args([]).outdir
-    assert outdir == compare.DEFAULT_OUTDIR == "compare"
-    assert f"{outdir}/{compare.COMPARE_PNG}" not in written
+    # compare's default is its own folder inside the first run (never the plots' file), or runs/compare/.
+    assert compare._parser().parse_args([]).out is None
+    assert (compare.DEFAULT_OUTDIR, str(compare.MODELS_ONLY_OUTDIR)) == ("compare", "runs/compare")
 
 
 def test_the_curves_say_which_loss_is_smoothed_or_mixed_and_put_decades_of_rates_on_a_log_axis(tmp_path, smoke):

@@ -1,7 +1,9 @@
 """Architecture comparison: parameters, forward GFLOPs, train-step speed, memory and compile time per model, and
 the validation and test accuracy of trained runs, as the spread over each model's runs (seeds). `resnet-jax compare
---models resnet18,resnet34 [--runs DIR ...]` writes compare.md, compare.png and compare.json (the raw measurements)
-into --outdir (default ./compare/).
+--models resnet18,resnet34 [--runs A,B,...]` writes compare.md, compare.png and compare.json (the raw measurements)
+into --out (default: the first run's compare/, or runs/compare/ without runs). Runs that differ only in their seed
+are one row; runs of one model trained differently are rows of their own, and the keys the runs differ in besides
+the model are said.
 """
 
 # The command line; what it runs lives beside it: `measure` (a model's cost), `accuracy` (the runs read), `report`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -24,22 +27,27 @@ COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
 COMPARE_JSON = "compare.json"
 DEFAULT_OUTDIR = "compare"  # a folder named after the tool: its files never land on another tool's
+MODELS_ONLY_OUTDIR = Path("runs") / DEFAULT_OUTDIR  # without runs: beside the README's runs, not in the repository
 
 
 def _parser() -> common.ArgumentParser:
     parser = common.parser("compare", __doc__)
     parser.add_argument("--models", default="", help="comma-separated registry names (default: the runs' models)")
-    parser.add_argument("--runs", nargs="+", default=[], help="trained workdirs (config.json + metrics.jsonl)")
+    parser.add_argument(
+        "--runs", nargs="+", default=[], help="comma-separated trained workdirs (config.json + metrics.jsonl)"
+    )
     parser.add_argument("--dataset", default="cifar10", help="input shape and classes when no --runs are given")
     parser.add_argument("--batch", type=int, default=128, help="global train batch to time")
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (after one warm-up call)")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the run's, else float32)")
     parser.add_argument(
+        "--out",
         "--outdir",
-        default=DEFAULT_OUTDIR,
-        help=f"the folder of compare.md, compare.png and compare.json (default: ./{DEFAULT_OUTDIR}/, created when "
-        "missing)",
+        dest="out",
+        default=None,
+        help=f"the folder of compare.md, compare.png and compare.json (default: the first run's {DEFAULT_OUTDIR}/, "
+        f"or {MODELS_ONLY_OUTDIR}/ without --runs; created when missing)",
     )
     return parser
 
@@ -47,8 +55,9 @@ def _parser() -> common.ArgumentParser:
 def _checked_configs(args: Any) -> tuple[dict[str, accuracy.RunAccuracy], list[ml_collections.ConfigDict]]:
     """The runs' accuracies, and the measurement config of each model to compare, each one built once."""
     accuracies, run_config = accuracy.read_runs(args.runs)
-    names = [name.strip() for name in args.models.split(",") if name.strip()] or list(accuracies)
-    names += [name for name in accuracies if name not in names]
+    trained = list(dict.fromkeys(run.model for run in accuracies.values()))
+    names = common.split_list(args.models) or trained
+    names += [name for name in trained if name not in names]
     if not names:
         raise ConfigError("give --models a,b,... or --runs DIR ...")
     unknown = [name for name in names if name not in models.MODEL_REGISTRY]
@@ -67,11 +76,13 @@ def _checked_configs(args: Any) -> tuple[dict[str, accuracy.RunAccuracy], list[m
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.runs = common.split_list(args.runs)
     try:
         accuracies, configs = _checked_configs(args)
     except (ConfigError, data.DataError) as error:
         common.fail(error)
-    outdir = common.output_folder(args.outdir, "--outdir")  # before the long part
+    default_out = Path(args.runs[0]) / DEFAULT_OUTDIR if args.runs else MODELS_ONLY_OUTDIR
+    outdir = common.output_folder(args.out or default_out, "--out")  # before the long part
     runtime.setup_logging()
     progress = metrics.ItemProgress("model", len(configs), enabled=metrics.wants_log_lines())
     measurements = []
@@ -88,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name}: {m.params:,} params, {m.gflops:.3f} GFLOPs, {report.rate(m.images_per_second)} images/s",
             flush=True,
         )
-    markdown = report.compare_markdown(measurements, accuracies, configs[0], args.repeats)
+    differing = accuracy.differences_besides_the_model(args.runs)
+    markdown = report.compare_markdown(measurements, accuracies, configs[0], args.repeats, differing)
     title = f"{', '.join(c.model.name for c in configs)} on {measurements[0].device_kind}, batch {args.batch}"
     try:
         atomic.write_text(outdir / COMPARE_MD, markdown)
@@ -96,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.plot_compare(measurements, accuracies, outdir / COMPARE_PNG, title)
     except OSError as error:
         print(markdown, end="")  # the measurements took minutes: shown, though not saved
-        common.fail(common.cannot_write(error.filename or outdir, error, "--outdir"))
+        common.fail(common.cannot_write(error.filename or outdir, error, "--out"))
     print(markdown, end="")
     print(f"wrote {', '.join(str(outdir / name) for name in (COMPARE_MD, COMPARE_PNG, COMPARE_JSON))}")
     return 0

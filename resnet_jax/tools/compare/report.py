@@ -36,6 +36,7 @@ def compare_markdown(
     accuracies: dict[str, RunAccuracy],
     config: ml_collections.ConfigDict,
     repeats: int,
+    differing: Sequence[str] = (),
 ) -> str:
     first = measurements[0]
     shape = "x".join(map(str, data.config_input_shape(config.data)))
@@ -60,22 +61,30 @@ def compare_markdown(
         lines += [
             "Accuracy: each run's final evaluation, on the validation split held out of train and on test. A model "
             "trained in several runs (seeds) shows the mean ± the standard deviation (min-max) of its runs (their "
-            "number in runs; each run is listed below the table).",
+            "number in runs; each run is listed below the table). Runs in one row differ only in their seed.",
             "",
         ]
+        if differing:
+            lines += [
+                f"Besides the model, these runs also differ in {', '.join(differing)}: the rows do not compare the "
+                "architectures alone.",
+                "",
+            ]
     lines += [header, rule]
     for m in measurements:
-        row = (
-            f"| {m.model} | {m.params:,} | {m.gflops:.3f} | {rate(m.images_per_second)} | "
+        cost = (
+            f"{m.params:,} | {m.gflops:.3f} | {rate(m.images_per_second)} | "
             f"{m.step_milliseconds:,.1f} | {m.compile_seconds:.1f} | {_mib(m.peak_bytes)} | {_mib(m.xla_step_bytes)} |"
         )
-        if accuracies:
-            run = accuracies.get(m.model)
-            spreads = run.spreads() if run else {}
-            texts = tuple(spread.text() if spread else "n/a" for spread in spreads.values())
-            cells = (*texts, _epochs(run.epochs), str(run.runs)) if run else ("",) * 4
-            row += "".join(f" {cell} |" for cell in cells)
-        lines.append(row)
+        groups = [(label, run) for label, run in accuracies.items() if run.model == m.model] or [(m.model, None)]
+        for label, run in groups:
+            row = f"| {label} | {cost}"
+            if accuracies:
+                spreads = run.spreads() if run else {}
+                texts = tuple(spread.text() if spread else "n/a" for spread in spreads.values())
+                cells = (*texts, _epochs(run.epochs), str(run.runs)) if run else ("",) * 4
+                row += "".join(f" {cell} |" for cell in cells)
+            lines.append(row)
     several = [(model, run) for model, run in accuracies.items() if run.runs > 1]
     if several:
         lines.append("")
@@ -111,9 +120,12 @@ def compare_figure(
         legend = {"validation": "validation", "test": "test"}  # each entry labels the first model drawn
         for m in measurements:
             x = getattr(m, attribute)
-            if accuracies:
-                run = accuracies.get(m.model)
-                if run is None:
+            if not accuracies:
+                axis.scatter([x], [m.images_per_second], color="C0")
+                axis.annotate(m.model, (x, m.images_per_second), textcoords="offset points", xytext=(4, 4))
+                continue
+            for label, run in accuracies.items():
+                if run.model != m.model:
                     continue
                 spreads = run.spreads()
                 for (name, spread), colour, marker in zip(spreads.items(), ("C0", "C1"), ("o", "x"), strict=True):
@@ -128,10 +140,7 @@ def compare_figure(
                             label=legend.pop(name, None),
                         )
                 y = (spreads["validation"] or spreads["test"]).mean
-            else:
-                y = m.images_per_second
-                axis.scatter([x], [y], color="C0")
-            axis.annotate(m.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+                axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
         axis.set_xscale("log")
         # Values within one decade have no power of ten between them: 1-2-5 ticks, each labelled, keep the axis read.
         axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
