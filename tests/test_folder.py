@@ -261,7 +261,10 @@ def test_folder_config_checks_are_one_line(tmp_path):
 def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
     root = write_folder(tmp_path / "pets")
     config = folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})
+    asked = config.to_dict()
     built = experiment.build(config)
+    assert config.to_dict() == asked  # the config given is left as it was: the experiment records in its own
+    config = built.config
     assert built.info.class_names == ("cat", "dog", "eel")
     assert config.data.class_names == ("cat", "dog", "eel")
     assert config.data.image_shape == (8, 8, 3)
@@ -269,8 +272,7 @@ def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
     assert config.data.mean == (0.5, 0.5, 0.5)  # the user's, kept
     assert config.data.std == data.open_folder(root).info.std
     # A resumed run records the same, so it trains what the run trained.
-    resumed = folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})
-    experiment.build(resumed)
+    resumed = experiment.build(folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})).config
     assert record.training_differences(config.to_dict(), resumed.to_dict()) == []
     # A changed folder no longer matches the record: its run's data would mix with another's.
     shutil.copytree(root / "train" / "eel", root / "train" / "fox")
