@@ -249,6 +249,7 @@ class TrainProgram:
         )
 
     def compile(self) -> TrainProgram:
+        """The program compiled, here and now (start-up compiles in threads instead)."""
         return self.map(lambda lowered: lowered.compile())
 
 
@@ -279,7 +280,7 @@ def lower_train_steps(
     if compiler_options is None:
         compiler_options = train_compiler_options(mesh)
 
-    def steps(state, totals, split: DeviceSplit, permutation, first_step):
+    def run_steps(state, totals, split: DeviceSplit, permutation, first_step):
         def step(state, index):
             images, labels = gather_batch(split, permutation, index, batch_per_device, mesh)
             return train_step(state, images, labels)
@@ -295,7 +296,9 @@ def lower_train_steps(
 
     sharding = replicated(mesh)
     window = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), totals)
-    jitted = jax.jit(steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None)
+    jitted = jax.jit(
+        run_steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None
+    )
     return jitted.lower(state, window, split, permutation, jax.ShapeDtypeStruct((), jnp.int32))
 
 

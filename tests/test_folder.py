@@ -344,8 +344,8 @@ def test_a_folders_validation_folder_is_the_runs_validation_split(tmp_path):
     root = write_folder(tmp_path / "pets", train=4, test=2, validation=3)
     opened = data.open_folder(root)
     assert opened.info.split_sizes == {"train": 12, "validation": 9, "test": 6}
-    config = folder_config(root)
-    built = experiment.build(config)
+    built = experiment.build(folder_config(root))
+    config = built.config
     assert config.data.split_sizes.to_dict() == {"train": 12, "validation": 9, "test": 6}
     assert built.eval_splits == ("validation", "test")
     validation = data.config_loader(config.data, "validation", config.seed)(None)
@@ -361,8 +361,7 @@ def test_a_folders_validation_folder_is_the_runs_validation_split(tmp_path):
 
 def test_a_folder_without_validation_holds_one_out_of_train(tmp_path):
     root = write_folder(tmp_path / "pets", train=4, test=2)
-    config = folder_config(root, **{"data.validation_size": 3.0})
-    experiment.build(config)
+    config = experiment.build(folder_config(root, **{"data.validation_size": 3.0})).config
     assert config.data.split_sizes.to_dict() == {"train": 9, "validation": 3, "test": 6}
     validation = data.config_loader(config.data, "validation", config.seed)(None)
     train = data.config_loader(config.data, "train", config.seed)(None)
