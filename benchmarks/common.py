@@ -1,5 +1,5 @@
 """What the benchmarks share: the environment they ran in, interleaved timed windows, the runs' own train program
-(`Experiment.make_train_program`) on synthetic device-resident data, XLA's FLOP and byte counts, the device's
+(`Experiment.lower_train_program`) on synthetic device-resident data, XLA's FLOP and byte counts, the device's
 measured ceilings (matrix-product rate, copy bandwidth) and the floors they give, and the JSON/Markdown output."""
 
 from __future__ import annotations

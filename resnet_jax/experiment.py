@@ -89,11 +89,11 @@ def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Every section that `build` reads, checked by the module that reads it, without devices or data; one
-    ConfigError line. Three are checked where they are read instead: `model` by `models.build_model` and `augment`
-    by `augment.Augmentation.from_config` (both as `build` makes them: the augmentation needs the input shape), and
-    `distributed` by `parallel.initialize_distributed`. What needs the run's length (schedule boundaries, warm-up)
-    is checked by `optim.make_schedule`."""
+    """The sections no builder checks as it reads them, each by its module, without devices or data; one
+    ConfigError line (`build` calls it, once a run). The others are checked where they are read: `model` by
+    `models.build_model` and `augment` by `augment.Augmentation.from_config` as `build` makes them (the augmentation
+    needs the input shape), and `distributed` by `parallel.initialize_distributed`. What needs the run's length
+    (schedule boundaries, warm-up) is checked by `optim.make_schedule`."""
     check_seed(config.seed)
     data.check_config(config.data)
     check_train_config(config.train)
