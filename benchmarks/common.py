@@ -1,5 +1,5 @@
 """What the benchmarks share: the environment they ran in, interleaved timed windows, the runs' own train program
-(`Experiment.make_train_program`) on synthetic device-resident data, XLA's FLOP and byte counts, the device's
+(`Experiment.lower_train_program`) on synthetic device-resident data, XLA's FLOP and byte counts, the device's
 measured ceilings (matrix-product rate, copy bandwidth) and the floors they give, and the JSON/Markdown output."""
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def synthetic_images(examples: int, seed: int = 0) -> data.SplitArrays:
 
 @dataclass
 class JaxTrainLoop:
-    """`Experiment.make_train_program()`, the program every run trains with, over its synthetic training split on
+    """`Experiment.lower_train_program()`, the program every run trains with, over its synthetic training split on
     the device. One unit of work is one call: `steps_per_call` steps in one dispatch (or, on the CPU,
     `steps_per_call` asynchronous per-step dispatches)."""
 
@@ -202,29 +202,27 @@ class JaxTrainLoop:
         config.model.conv_backend = self.conv_backend
         config.model.norm_backend = self.norm_backend
         self.experiment = experiment.build(config)
-        self.program = self.experiment.make_train_program(
-            scan=self.scan, compiler_options={} if self.xla_defaults else None
-        )
-        if self.program.steps_per_epoch < self.steps_per_call:
+        if self.experiment.steps_per_epoch < self.steps_per_call:
             raise ValueError(f"{self.examples} examples hold fewer than steps_per_call={self.steps_per_call} batches")
         self.split = self.experiment.load_train_split()
-        self.permutation = self.program.permutation(jnp.int32(0))
         self.state = self.experiment.new_state()
-        self.totals = self.program.zero_totals()
         self.steps_per_unit = self.steps_per_call
-        self._compiled: Any = None
+        self.program: steps.TrainProgram | None = None  # compiled by the first call
 
     def _call(self) -> None:
-        if self._compiled is None:
-            lowered = self.program.loop.lower(
-                self.state, self.totals, self.split, self.permutation, jnp.int32(0), self.steps_per_call
+        if self.program is None:
+            lowered = self.experiment.lower_train_program(
+                self.state, self.split, [self.steps_per_call], self.scan, {} if self.xla_defaults else None
             )
-            self._compiled = lowered.compile(self.compiler_options)
-        positions = self.program.steps_per_epoch - self.steps_per_call + 1
+            self.program = lowered.map(lambda program: program.compile(self.compiler_options))
+            self.permutation, self.totals = self.program.permutation(jnp.int32(0)), self.program.zero_totals()
+        positions = self.experiment.steps_per_epoch - self.steps_per_call + 1
         first = (self.calls * self.steps_per_call) % positions
-        self.state, self.totals = self._compiled(
-            self.state, self.totals, self.split, self.permutation, jnp.int32(first)
-        )
+        per_call = self.steps_per_call if self.program.scan else 1
+        for offset in range(0, self.steps_per_call, per_call):
+            self.state, self.totals = self.program.train[per_call](
+                self.state, self.totals, self.split, self.permutation, jnp.int32(first + offset)
+            )
         self.calls += 1
 
     def first_call_seconds(self) -> float:
@@ -405,5 +403,5 @@ def _option_value(text: str) -> bool | int | str:
 
 
 def parse_scan(text: str) -> bool | None:
-    """`auto` leaves the choice to `steps.make_train_loop` (scan off the CPU only)."""
+    """`auto` leaves the choice to `steps.scan_is_fast` (scan off the CPU only)."""
     return {"auto": None, "on": True, "off": False}[text]

@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", default="cifar10", help="synthetic images in this dataset's shape")
     parser.add_argument("--image-sizes", default="32", help="comma list; 0 keeps the dataset's native size")
     parser.add_argument(
-        "--scan", default="auto", choices=("auto", "on", "off"), help="Experiment.make_train_program(scan=)"
+        "--scan", default="auto", choices=("auto", "on", "off"), help="Experiment.lower_train_program(scan=)"
     )
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--min-window-seconds", type=float, default=0.0, help="default 1 (accelerator), 3 (CPU)")

@@ -1,7 +1,7 @@
-"""The experiment a config describes, assembled: `build(config, mesh)` gives the model, optimizer, schedule, steps,
-shapes and split sizes, and `Experiment.make_train_program()` the one train program that the trainer, the tools and
-the benchmarks all run. No loop, and no I/O but a new image folder's first reading; `base_config()` gathers every
-section's defaults.
+"""The experiment a config describes, assembled: `build(config, mesh)` checks the config once and gives the model,
+optimizer, schedule, steps, shapes and split sizes, and `Experiment.lower_train_program()` the one train program that
+the trainer, the tools and the benchmarks all run. No loop, and no I/O but a new image folder's first reading;
+`base_config()` gathers every section's defaults.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -60,12 +60,6 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
 
-def check_seed(seed: Any) -> None:
-    # numpy's generators (the synthetic source) take no negative seed, and jax's keys hold 32 bits of one.
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise configuration.ConfigError(f"seed={seed!r} must be an integer in [0, 2**32)")
-
-
 def check_train_config(train_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("train.batch_size", train_config.batch_size, integer=True)
     configuration.check_at_least("train.num_steps", train_config.num_steps, 0, "0 trains for train.num_epochs")
@@ -89,18 +83,19 @@ def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Every section checked by the module that reads it, without devices or data; one ConfigError line. What
-    needs the run's length (schedule boundaries, warm-up) is checked by `build`."""
-    check_seed(config.seed)
+    """The sections no builder checks as it reads them, each by its module, without devices, data or native code;
+    one ConfigError line (`build` calls it, once a run, before a folder of images is read). The others are checked
+    where they are read: `augment` by `augment.Augmentation.from_config` as `build` makes it (it needs the input
+    shape), and `distributed` by `parallel.initialize_distributed`. What needs the run's length (schedule boundaries,
+    warm-up) is checked by `optim.make_schedule`, and whether the kernels can run the dtype by `models.build_model`."""
+    configuration.check_seed("seed", config.seed)
     models.check_config(config.model)
     data.check_config(config.data)
-    augment.Augmentation.from_config(config.augment, data.config_input_shape(config.data)[0], config.train.batch_size)
     check_train_config(config.train)
     optim.check_optimizer_config(config.optimizer)
     optim.check_schedule_config(config.schedule)
     check_eval_config(config.eval)
     checkpoint.check_config(config.checkpoint)
-    parallel.check_config(config.distributed)
     finetune.check_config(config.finetune)
 
 
@@ -116,62 +111,29 @@ def summarize_eval(sums: dict[str, jax.Array], prefix: str = "test") -> dict[str
     }
 
 
-@dataclasses.dataclass
-class TrainProgram:
-    """The train program of a run: the loop of steps over the device-resident split, the epoch permutation, the
-    metric window it accumulates into, and the learning rate at a step. Each is one jitted program."""
-
-    loop: steps.TrainLoop
-    permutation: Callable[[jax.Array], jax.Array]  # epoch -> each device's shuffle of its shard
-    zero_totals: Callable[[], steps.Metrics]
-    learning_rate: Callable[[jax.Array], jax.Array]
-    steps_per_call: int
-    steps_per_epoch: int
-    total_steps: int
-
-    def chunk_sizes(self, position: pipeline.DataPosition, step: int) -> list[int]:
-        """Every `num_steps` the loop dispatches from `step` on (at most three distinct values), sorted."""
-        # Each chunk must advance, or this loop (and the trainer's) would never end.
-        if min(self.steps_per_call, self.steps_per_epoch, self.total_steps) < 1:
-            raise ValueError(
-                f"a train program of {self.steps_per_call} steps per call, {self.steps_per_epoch} an epoch and "
-                f"{self.total_steps} in all cannot run"
-            )
-        if not 0 <= position.step_in_epoch < self.steps_per_epoch:
-            raise configuration.ConfigError(
-                f"the run stopped at step {position.step_in_epoch} of an epoch, past this config's "
-                f"{self.steps_per_epoch} steps an epoch (was train.batch_size changed?); resume with the batch it "
-                "ran with, or start over with --fresh"
-            )
-        sizes, in_epoch = set(), position.step_in_epoch
-        while step < self.total_steps:
-            count = min(self.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
-            sizes.add(count)
-            step, in_epoch = step + count, (in_epoch + count) % self.steps_per_epoch
-        return sorted(sizes)
-
-    def lowerings(
-        self, state: Any, train_split: pipeline.DeviceSplit, position: pipeline.DataPosition, step: int
-    ) -> dict[str, Callable[[], Any]]:
-        """By name, a function lowering each program the run calls from `step` on, for arguments that may be
-        abstract: the train loop (once per chunk length when it scans), the permutation and the metric window."""
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        permutation = jax.eval_shape(self.permutation, scalar)
-        totals = jax.eval_shape(self.zero_totals)
-        counts = self.chunk_sizes(position, step)
-
-        def train(count: int) -> Callable[[], Any]:
-            return lambda: self.loop.lower(state, totals, train_split, permutation, scalar, count)
-
-        # Stepping one dispatch at a time, every chunk length runs the same one-step program: lower it once.
-        scan = self.loop.scan
-        lowerings = {
-            (f"train x{count}" if scan else "train step"): train(count) for count in counts[: None if scan else 1]
-        }
-        return lowerings | {
-            "permutation": lambda: self.permutation.lower(scalar),
-            "metric window": self.zero_totals.lower,
-        }
+def chunk_sizes(
+    steps_per_call: int, steps_per_epoch: int, total_steps: int, position: pipeline.DataPosition, step: int
+) -> list[int]:
+    """Every number of steps the loop runs in one call from `step` on, where the data stands at `position` (at most
+    three distinct values), sorted."""
+    # Each chunk must advance, or this loop (and the trainer's) would never end.
+    if min(steps_per_call, steps_per_epoch, total_steps) < 1:
+        raise ValueError(
+            f"a train program of {steps_per_call} steps per call, {steps_per_epoch} an epoch and {total_steps} in "
+            "all cannot run"
+        )
+    if not 0 <= position.step_in_epoch < steps_per_epoch:
+        raise configuration.ConfigError(
+            f"the run stopped at step {position.step_in_epoch} of an epoch, past this config's {steps_per_epoch} "
+            "steps an epoch (was train.batch_size changed?); resume with the batch it ran with, or start over with "
+            "--fresh"
+        )
+    sizes, in_epoch = set(), position.step_in_epoch
+    while step < total_steps:
+        count = min(steps_per_call, steps_per_epoch - in_epoch, total_steps - step)
+        sizes.add(count)
+        step, in_epoch = step + count, (in_epoch + count) % steps_per_epoch
+    return sorted(sizes)
 
 
 @dataclasses.dataclass
@@ -240,15 +202,21 @@ class Experiment:
         eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
         return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
 
-    def make_train_program(
-        self, scan: bool | None = None, compiler_options: dict[str, Any] | None = None
-    ) -> TrainProgram:
-        """The train program; `scan` and `compiler_options` default as `steps.make_train_loop`'s do (the tuned
-        options for the mesh's platform; `{}` is XLA's own defaults)."""
+    def lower_train_program(
+        self,
+        state: Any,
+        train_split: pipeline.DeviceSplit,
+        chunks: Collection[int],
+        scan: bool | None = None,
+        compiler_options: dict[str, Any] | None = None,
+    ) -> steps.TrainProgram:
+        """The train program for `state` and `train_split` (arrays, or their shapes), lowered; `.compile()` gives
+        the one the loop calls. `chunks` are the numbers of steps the loop runs in one call (`chunk_sizes`):
+        scanned (`scan` defaults to `steps.scan_is_fast`), the program holds one for each; one step at a time, the
+        one program of one step serves them all. `compiler_options` default as `steps.lower_train_steps`'s do (the
+        tuned options for the mesh's platform; `{}` is XLA's own defaults)."""
         mesh, seed = self.mesh, self.config.seed
-        batch_per_device = self.config.train.batch_size // mesh.devices.size
-        train_step = steps.make_train_step(self.step_config)
-        loop = steps.make_train_loop(train_step, mesh, batch_per_device, scan=scan, compiler_options=compiler_options)
+        scan = steps.scan_is_fast(mesh) if scan is None else scan
         rows_per_device = self.train_examples // mesh.devices.size
 
         def permutation(epoch: jax.Array) -> jax.Array:
@@ -256,26 +224,40 @@ class Experiment:
             data_key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
             return pipeline.epoch_permutation(data_key, epoch, rows_per_device, mesh)
 
-        return TrainProgram(
-            loop=loop,
-            # Its sharding declared, so that its abstract value (to compile the loop ahead of time) carries it.
-            permutation=jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh)),
-            # Placed like the loop's outputs, so that feeding them back in never retraces the loop.
-            zero_totals=jax.jit(
-                functools.partial(steps.zero_train_metrics, self.stage_sums), out_shardings=parallel.replicated(mesh)
-            ),
-            # One program for the logged learning rate, not a dozen eager ops (each compiled on its first use).
-            learning_rate=jax.jit(self.schedule),
-            steps_per_call=self.steps_per_call,
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
-        )
+        epoch = jax.ShapeDtypeStruct((), jnp.int32)
+        # The shardings declared, so that the train programs are lowered for the permutation and the metric window
+        # as they come (the window placed as the train programs give it back).
+        shuffle = jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh)).lower(epoch)
+        zero_totals = functools.partial(steps.zero_train_metrics, self.stage_sums)
+        window = jax.jit(zero_totals, out_shardings=parallel.replicated(mesh)).lower()
+        train_step = steps.make_train_step(self.step_config)
+        batch_per_device = self.config.train.batch_size // mesh.devices.size
+        train = {
+            count: steps.lower_train_steps(
+                train_step,
+                mesh,
+                batch_per_device,
+                state,
+                window.out_info,
+                train_split,
+                shuffle.out_info,
+                count,
+                scan,
+                compiler_options,
+            )
+            for count in (sorted(chunks) if scan else [1])
+        }
+        # The logged rate takes the step as a Python int, which jax makes a weakly typed int32.
+        learning_rate = jax.jit(self.schedule).lower(jax.ShapeDtypeStruct((), jnp.int32, weak_type=True))
+        return steps.TrainProgram(train, shuffle, window, learning_rate, scan)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
-    """Checks the config and builds model, optimizer, schedule and step settings; compiles nothing and reads no data,
-    but for a folder of images that the config has not recorded yet (its classes and statistics: see
-    `data.config_dataset_info`). The splits' sizes are recorded in `config.data.split_sizes`."""
+    """Checks the config, once, and builds model, optimizer, schedule and step settings; compiles nothing and reads
+    no data, but for a folder of images that the config has not recorded yet (its classes and statistics: see
+    `data.config_dataset_info`). `config` is left as it is: the experiment holds a copy, `Experiment.config`, which
+    records the splits' sizes in `data.split_sizes` (and what a folder holds)."""
+    config = config.copy_and_resolve_references()
     check_config(config)
     mesh = mesh or parallel.make_mesh()
     try:

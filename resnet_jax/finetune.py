@@ -54,8 +54,8 @@ def parameter_groups(params: Any) -> Any:
 def wrap_optimizer(
     tx: optax.GradientTransformationExtraArgs, finetune_config: ml_collections.ConfigDict
 ) -> optax.GradientTransformationExtraArgs:
-    """`tx` for the head; for the backbone nothing (frozen) or `tx` at `backbone_learning_rate_scale` of its rate."""
-    check_config(finetune_config)
+    """`tx` for the head; for the backbone nothing (frozen) or `tx` at `backbone_learning_rate_scale` of its rate
+    (a section checked as the run is built: `check_config`)."""
     scale = finetune_config.backbone_learning_rate_scale
     if finetune_config.freeze == "none" and scale == 1:
         return tx

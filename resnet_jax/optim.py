@@ -172,8 +172,10 @@ def make_schedule(
     - onecycle: Smith's one-cycle (cosine up for `pct_start` of the steps, then down).
     Any schedule but onecycle may start with `warmup_epochs` of warm-up: "linear" from `base_lr * warmup_factor`,
     or "constant" at `base_lr * warmup_factor` (He et al.'s ResNet-110 warm-up at 0.01).
+
+    The section's own keys are checked as the run is built (`check_schedule_config`); here, what needs the run's
+    length.
     """
-    check_schedule_config(schedule_config)
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or min(total_steps, steps_per_epoch) < 1:
         raise ValueError(f"a run of {total_steps} steps ({steps_per_epoch} an epoch) has no schedule")
     _check_run_length(schedule_config, total_steps, steps_per_epoch)
@@ -244,9 +246,9 @@ def make_optimizer(
     clipping. `update` takes the train state's step: `tx.update(grads, opt_state, params, step=step)`.
 
     For sgd and adam the weight decay is an L2 term added to the gradient, as in PyTorch's optimisers and the
-    papers; adamw decouples it. Unless `decay_all_params`, BN parameters and biases are not decayed.
+    papers; adamw decouples it. Unless `decay_all_params`, BN parameters and biases are not decayed. The section is
+    checked as the run is built (`check_optimizer_config`).
     """
-    check_optimizer_config(optimizer_config)
     config = optimizer_config
     mask = None if config.decay_all_params else decay_mask
     parts = [optax.clip_by_global_norm(config.clip_grad_norm)] if config.clip_grad_norm > 0 else []

@@ -1,5 +1,6 @@
 """A run's start-up: the state restored (or initialised, or fine-tuned), the data on the devices, and every program
-the loop will call compiled ahead of time, side by side, while the data loads. `start` returns it all as `Ready`.
+the loop will call compiled ahead of time, side by side, while the data loads. `start` returns it all as `Ready`,
+the compiled executables included: the loop calls them, and nothing traces or compiles once it runs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from resnet_jax import checkpoint, finetune, models, parallel, pipeline
-from resnet_jax.experiment import Experiment, TrainProgram
+from resnet_jax.experiment import Experiment, chunk_sizes
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.state import TrainState
+from resnet_jax.steps import TrainProgram
 from resnet_jax.workdir import CHECKPOINTS_DIR
 
 logger = logging.getLogger(__name__)
@@ -34,8 +38,9 @@ class Ready:
     restored_step: int  # the state's step: 0 when starting over or fine-tuning
     train_split: pipeline.DeviceSplit
     eval_splits: dict[str, pipeline.DeviceSplit]  # by name, as `Experiment.eval_splits`
-    program: TrainProgram
-    evaluate: Any
+    program: TrainProgram  # compiled
+    # By split, as `eval_splits`: its compiled evaluation (`Experiment.make_evaluate`), one per padded split length.
+    evaluations: dict[str, jax.stages.Compiled]
     checkpointer: checkpoint.Checkpointer
     writer: MetricWriter
 
@@ -98,15 +103,23 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
             logger.info(
                 "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
             )
-        program = experiment.make_train_program()
-        evaluate = experiment.make_evaluate()
         train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
         # Lowering holds the GIL and compiling does not: lower here, compile in the threads.
-        lowerings = program.lowerings(abstract_state, train_shapes, position, step)
-        for rows in sorted({rows for _, rows in split_rows.values()}):  # one program per padded split length
-            shapes = pipeline.abstract_split(rows, experiment.input_shape, mesh)
-            lowerings[f"evaluation x{rows}"] = functools.partial(evaluate.lower, abstract_state.eval_variables, shapes)
-        compiles = {name: compiler.submit(_timed_compile, lower()) for name, lower in lowerings.items()}
+        chunks = chunk_sizes(
+            experiment.steps_per_call, experiment.steps_per_epoch, experiment.total_steps, position, step
+        )
+        lowered = experiment.lower_train_program(abstract_state, train_shapes, chunks)
+        train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
+        evaluate = experiment.make_evaluate()
+        eval_compiles = {
+            rows: compiler.submit(
+                _timed_compile,
+                evaluate.lower(
+                    abstract_state.eval_variables, pipeline.abstract_split(rows, experiment.input_shape, mesh)
+                ),
+            )
+            for rows in sorted({rows for _, rows in split_rows.values()})  # one program per padded split length
+        }
         data_started = time.perf_counter()
         train_split = experiment.load_train_split()
         eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
@@ -133,7 +146,13 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
             state = checkpoint.transplant_weights(state, weights, str(finetune_source))
         elif config.finetune.source:
             state = finetune.start_weights(state, config.finetune.source)
-        compile_seconds = {"init": init_seconds} | {name: done.result()[1] for name, done in compiles.items()}
+        program = train_compiles.map(lambda compiling: compiling.result()[0])
+        evaluations = {split: eval_compiles[rows].result()[0] for split, (_, rows) in split_rows.items()}
+        compile_seconds = (
+            {"init": init_seconds}
+            | {name: compiling.result()[1] for name, compiling in train_compiles.programs().items()}
+            | {f"evaluation x{rows}": compiling.result()[1] for rows, compiling in eval_compiles.items()}
+        )
         # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
         # inside a collective with a short timeout (gloo's, on CPUs).
         parallel.barrier("resnet_jax:compiled")
@@ -150,4 +169,4 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         "side by side" if on_cpu else "one at a time",
         ", ".join(f"{name} {seconds:.1f}" for name, seconds in compile_seconds.items()),
     )
-    return Ready(state, position, best, step, train_split, eval_splits, program, evaluate, checkpointer, writer)
+    return Ready(state, position, best, step, train_split, eval_splits, program, evaluations, checkpointer, writer)

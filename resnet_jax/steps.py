@@ -1,8 +1,8 @@
-"""The train and eval steps, pure functions of (state, batch), and the jitted loops that run them on the mesh.
+"""The train and eval steps, pure functions of (state, batch), and the programs that run them on the mesh.
 
-Augmentation and normalisation run inside the step, on the device. `make_train_loop` runs several steps per call,
-gathering each batch from the device-resident split: in one `lax.scan` on accelerators, as asynchronous per-step
-dispatches on the CPU; either way Python never waits between steps.
+Augmentation and normalisation run inside the step, on the device. `lower_train_steps` runs several steps per
+dispatch, gathering each batch from the device-resident split: in one `lax.scan` on accelerators, as asynchronous
+per-step dispatches on the CPU; either way Python never waits between steps. `TrainProgram` holds a run's programs.
 """
 
 from __future__ import annotations
@@ -177,20 +177,6 @@ def _accumulate(totals: Metrics, stacked: Metrics) -> Metrics:
     }
 
 
-def _committed(totals: Metrics, mesh: Mesh) -> Metrics:
-    """Fresh metric windows (`zero_train_metrics`) placed like the loop's own output: otherwise the first call of
-    each window sees other input shardings than the next, and jit traces and compiles the loop twice. Abstract
-    windows (`jax.ShapeDtypeStruct`s, to compile ahead of time) get that sharding too."""
-    sharding = replicated(mesh)
-
-    def place(leaf):
-        if isinstance(leaf, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-        return jax.device_put(leaf, sharding)
-
-    return jax.tree.map(place, totals)
-
-
 # XLA:CPU's default YNNPACK fusions, less individual convolutions: those then run on Eigen, which computes this
 # project's weight gradients faster (the train step takes 15-35% less time on 2 cores). LLVM at -O2 instead of -O3
 # compiles the step 0.8 s faster and it runs as fast, to the bit (benchmarks/RESULTS.md).
@@ -203,10 +189,10 @@ CPU_TRAIN_COMPILER_OPTIONS = {
 @functools.cache
 def _cpu_options_supported() -> bool:
     """Whether this jaxlib knows `CPU_TRAIN_COMPILER_OPTIONS` (an unknown option fails the compile)."""
+    probe = jnp.zeros(1, device=jax.devices("cpu")[0])
     try:
-        probe = jnp.zeros(1, device=jax.devices("cpu")[0])
         jax.jit(jnp.negative).lower(probe).compile(CPU_TRAIN_COMPILER_OPTIONS)
-    except Exception:  # jaxlib's error type for unknown options differs between versions
+    except jax.errors.JaxRuntimeError:  # "No such compile option", or a fusion type this XLA does not have
         return False
     return True
 
@@ -228,98 +214,92 @@ def scan_is_fast(mesh: Mesh) -> bool:
     return mesh.devices.flat[0].platform != "cpu"
 
 
-class TrainLoop:
-    """`loop(state, totals, split, permutation, first_step, num_steps) -> (state, totals)`, and, ahead of time,
-    `loop.lower(...the same...).compile()`, called without `num_steps`.
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """A run's train programs. `train[n](state, totals, split, permutation, first_step) -> (state, totals)` runs
+    steps `first_step .. first_step + n - 1` of an epoch in one dispatch and adds their metrics to the window
+    `totals`; `permutation(epoch)` is each device's shuffle of its shard, `zero_totals()` an empty window and
+    `learning_rate(step)` the schedule's rate.
 
-    Scanned, the steps run in one dispatch, one compiled program per distinct `num_steps`; per step, each step is
-    its own asynchronous dispatch of one compiled program, whatever `num_steps`.
+    Scanned, `train` holds one program per chunk length the run dispatches; per step (see `scan_is_fast`), only
+    `train[1]`, dispatched once for each step. Each program is a `jax.stages.Lowered` until `compile` makes it the
+    `jax.stages.Compiled` that the loop calls: once compiled, nothing traces or compiles again.
     """
 
-    def __init__(self, jitted: Callable, mesh: Mesh, scan: bool):
-        self.jitted, self.mesh, self.scan = jitted, mesh, scan
+    train: dict[int, Any]
+    permutation: Any
+    zero_totals: Any
+    learning_rate: Any
+    scan: bool
 
-    def __call__(self, state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
-        totals = _committed(totals, self.mesh)
-        if self.scan:
-            return self.jitted(state, totals, split, permutation, first_step, num_steps)
-        for offset in range(num_steps):
-            state, totals = self.jitted(state, totals, split, permutation, first_step + offset)
-        return state, totals
+    def programs(self) -> dict[str, Any]:
+        """Each program by the name the start-up log gives its compile time."""
+        train = {(f"train x{n}" if self.scan else "train step"): program for n, program in self.train.items()}
+        named = {"permutation": self.permutation, "metric window": self.zero_totals}
+        return train | named | {"learning rate": self.learning_rate}
 
-    def lower(self, state, totals, split: DeviceSplit, permutation, first_step, num_steps: int) -> Any:
-        args = (state, _committed(totals, self.mesh), split, permutation, first_step)
-        if self.scan:
-            return self.jitted.lower(*args, num_steps)
-        return _PerStepLowered(self.jitted.lower(*args), num_steps)
+    def map(self, stage: Callable[[Any], Any]) -> TrainProgram:
+        """This program with `stage` applied to each of its programs (start-up hands them to compile threads)."""
+        return dataclasses.replace(
+            self,
+            train={n: stage(program) for n, program in self.train.items()},
+            permutation=stage(self.permutation),
+            zero_totals=stage(self.zero_totals),
+            learning_rate=stage(self.learning_rate),
+        )
 
-
-class _PerStepLowered:
-    def __init__(self, lowered: Any, num_steps: int):
-        self.lowered, self.num_steps = lowered, num_steps
-
-    def compile(self, *args, **kwargs) -> _PerStepCompiled:
-        return _PerStepCompiled(self.lowered.compile(*args, **kwargs), self.num_steps)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.lowered, name)
+    def compile(self) -> TrainProgram:
+        """The program compiled, here and now (start-up compiles in threads instead)."""
+        return self.map(lambda lowered: lowered.compile())
 
 
-class _PerStepCompiled:
-    """`num_steps` dispatches of one compiled step; its analyses (memory, cost, text) are those of one step."""
-
-    def __init__(self, compiled: Any, num_steps: int):
-        self.compiled, self.num_steps = compiled, num_steps
-
-    def __call__(self, state, totals, split: DeviceSplit, permutation, first_step):
-        for offset in range(self.num_steps):
-            state, totals = self.compiled(state, totals, split, permutation, first_step + offset)
-        return state, totals
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.compiled, name)
-
-
-def make_train_loop(
+def lower_train_steps(
     train_step: Callable,
     mesh: Mesh,
     batch_per_device: int,
-    scan: bool | None = None,
+    state: Any,
+    totals: Metrics,
+    split: DeviceSplit,
+    permutation: Any,
+    num_steps: int = 1,
+    scan: bool = False,
     compiler_options: dict[str, Any] | None = None,
-) -> TrainLoop:
-    """The loop that runs steps `first_step .. first_step + num_steps - 1` of an epoch and adds their metrics to
-    `totals` on the device, with no host synchronisation (see `TrainLoop`). `scan` defaults to `scan_is_fast`;
-    both forms give the same state. `compiler_options` default to `train_compiler_options(mesh)`; `{}` compiles
+) -> jax.stages.Lowered:
+    """The program that runs steps `first_step .. first_step + num_steps - 1` of an epoch, each on its batch
+    gathered from the device-resident `split` in the epoch's `permutation`, and adds their metrics to the window
+    `totals`, with no host synchronisation: `(state, totals, split, permutation, first_step) -> (state, totals)`,
+    lowered for these arguments (arrays or their shapes; `first_step` is an int32 scalar). The state and the
+    window are donated, and the window is replicated, as the program's output is.
+
+    Scanned, the steps run in one `lax.scan`; else the program is one step (`num_steps` 1), dispatched once per
+    step. Both give the same state. `compiler_options` default to `train_compiler_options(mesh)`; `{}` compiles
     with XLA's own defaults.
     """
-    if scan is None:
-        scan = scan_is_fast(mesh)
+    if not scan and num_steps != 1:
+        raise ValueError(f"a program of one step per dispatch runs 1 step, not {num_steps}; scan to run several")
     if compiler_options is None:
         compiler_options = train_compiler_options(mesh)
-    jit = functools.partial(
-        jax.jit, donate_argnums=(0, 1), out_shardings=replicated(mesh), compiler_options=compiler_options or None
+
+    def run_steps(state, totals, split: DeviceSplit, permutation, first_step):
+        def step(state, index):
+            images, labels = gather_batch(split, permutation, index, batch_per_device, mesh)
+            return train_step(state, images, labels)
+
+        if scan:
+            state, stacked = jax.lax.scan(
+                lambda state, offset: step(state, first_step + offset), state, jnp.arange(num_steps)
+            )
+        else:
+            state, metrics = step(state, first_step)
+            stacked = jax.tree.map(lambda value: value[None], metrics)
+        return state, _accumulate(totals, stacked)
+
+    sharding = replicated(mesh)
+    window = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), totals)
+    jitted = jax.jit(
+        run_steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None
     )
-
-    def gathered_step(state, split: DeviceSplit, permutation, step):
-        images, labels = gather_batch(split, permutation, step, batch_per_device, mesh)
-        return train_step(state, images, labels)
-
-    if scan:
-
-        def loop(state, totals, split: DeviceSplit, permutation, first_step, num_steps: int):
-            def body(state, offset):
-                return gathered_step(state, split, permutation, first_step + offset)
-
-            state, stacked = jax.lax.scan(body, state, jnp.arange(num_steps))
-            return state, _accumulate(totals, stacked)
-
-        return TrainLoop(jit(loop, static_argnums=5), mesh, scan=True)
-
-    def one_step(state, totals, split: DeviceSplit, permutation, step):
-        state, metrics = gathered_step(state, split, permutation, step)
-        return state, _accumulate(totals, jax.tree.map(lambda value: value[None], metrics))
-
-    return TrainLoop(jit(one_step), mesh, scan=False)
+    return jitted.lower(state, window, split, permutation, jax.ShapeDtypeStruct((), jnp.int32))
 
 
 def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:

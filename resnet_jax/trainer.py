@@ -86,12 +86,13 @@ def train_and_evaluate(
     a checkpoint is saved, `TrainingError` when training cannot go on, and `ConfigError` / `DataError` on bad
     input, all before anything is lost.
     """
-    experiment.check_config(config)
     path = check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
     previous = record.read_previous(path) if mode == "resume" else None
-    asked, config = config, record.resolved(config, previous)
-    built = experiment.build(config)
+    # Built from the config as this run computes it (checked there, once); `built.config` is that config with what
+    # the run records as it starts (the splits' sizes, and the draws' digests as the data is read).
+    built = experiment.build(record.resolved(config, previous))
+    asked, config = config, built.config
     ran = record.what_ran(built.model)
     changed, reshaped = record.check_resume(
         previous, asked, config, ran, built.steps_per_epoch, built.total_steps, path
@@ -117,7 +118,13 @@ def train_and_evaluate(
                 write_record(config, run_record, path)
             # Records past the restored step (or all, starting over) came from a run cut short: they log again.
             ready.writer.truncate_after(ready.restored_step)
-            results = _Loop(built, ready, on_evaluation).run()
+            try:
+                results = _Loop(built, ready, on_evaluation).run()
+            except MetricsWriteError as error:  # a full disk: the line says what became of the checkpoints too
+                ready.checkpointer.wait()
+                raise TrainingError(
+                    f"{error}; {ready.checkpointer.last_good()} in {ready.checkpointer.directory}"
+                ) from error
         except BaseException as failure:
             ready.close_after(failure)
             raise
@@ -126,7 +133,7 @@ def train_and_evaluate(
 
 
 class _Loop:
-    """The epoch loop over a ready run; `run` is the loop itself."""
+    """The epoch loop over a ready run; `run` is the loop itself, calling the programs start-up compiled."""
 
     def __init__(
         self,
@@ -135,8 +142,8 @@ class _Loop:
         on_evaluation: Callable[[int, dict[str, float]], None] | None,
     ):
         self.config, self.ready, self.on_evaluation = built.config, ready, on_evaluation
-        self.program, self.evaluate = ready.program, ready.evaluate
-        self.checkpointer, self.writer = ready.checkpointer, ready.writer
+        self.program, self.checkpointer, self.writer = ready.program, ready.checkpointer, ready.writer
+        self.steps_per_call = built.steps_per_call
         self.steps_per_epoch, self.total_steps = built.steps_per_epoch, built.total_steps
         self.progress = Progress(built.total_steps, built.steps_per_epoch)
 
@@ -185,20 +192,13 @@ class _Loop:
         """Every evaluation split's metrics, `validation_*` and `test_*`."""
         values = {}
         for split, device_split in self.ready.eval_splits.items():
-            sums, _ = self.evaluate(state.eval_variables, device_split)
+            sums, _ = self.ready.evaluations[split](state.eval_variables, device_split)
             values |= experiment.summarize_eval(sums, prefix=split)
         return values
 
     def run(self) -> dict[str, float]:
-        """The loop; a metrics file that cannot be written (a full disk) stops it, reported as the checkpoint
-        error when a save failed too, so that the line says what became of the checkpoints."""
-        try:
-            return self._run()
-        except MetricsWriteError as error:
-            self.checkpointer.wait()
-            raise TrainingError(f"{error}; {self.checkpointer.last_good()} in {self.checkpointer.directory}") from error
-
-    def _run(self) -> dict[str, float]:
+        """Steps, logs, evaluations and checkpoints, epoch by epoch, to the run's end (or a stop); the final
+        metrics."""
         ready, program, config = self.ready, self.program, self.config
         state, position, best = ready.state, ready.position, ready.best
         step = ready.restored_step  # the state's own step: a fine-tune starts at 0
@@ -212,10 +212,14 @@ class _Loop:
                 totals, window_start = program.zero_totals(), time.perf_counter()
                 next_log = step + config.train.log_every_steps
                 while in_epoch < self.steps_per_epoch and step < self.total_steps:
-                    count = min(program.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
-                    state, totals = program.loop(
-                        state, totals, ready.train_split, permutation, jnp.int32(in_epoch), count
-                    )
+                    count = min(self.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
+                    # Scanned, one call runs the chunk; else each step is a call of its own (dispatched without
+                    # waiting, as the chunk's are).
+                    per_call = count if program.scan else 1
+                    for first in range(in_epoch, in_epoch + count, per_call):
+                        state, totals = program.train[per_call](
+                            state, totals, ready.train_split, permutation, jnp.int32(first)
+                        )
                     in_epoch, step = in_epoch + count, step + count
                     self.progress.advance(count)
                     epoch_done = in_epoch == self.steps_per_epoch or step == self.total_steps

@@ -56,6 +56,31 @@ def train_epoch_rows(mesh, num_examples: int, batch_per_device: int) -> list[int
     return seen
 
 
+def scanned_against_per_step(mesh, images, labels) -> float:
+    """Two steps of the train program on the mesh, compiled ahead of time as a run compiles it, scanned and one
+    dispatch a step: the largest difference between their parameters."""
+    model = models.get_model("resnet8_tiny", num_classes=10)
+    tx = optimizer(0.1, weight_decay=5e-4)
+    count = len(labels)
+    split = pipeline.put_split(lambda r: data.SplitArrays(images[r], labels[r]), count, count, mesh)
+    key = jax.random.key_data(jax.random.key(0))
+    permutation = pipeline.epoch_permutation(key, jnp.int32(0), count // mesh.devices.size, mesh)
+    train_step = steps.make_train_step(step_config())
+    params = []
+    for scan in (True, False):
+        state = lower_train_state(model, tx, seed=0, input_shape=(32, 32, 3), mesh=mesh).compile()()
+        totals = steps.zero_train_metrics(steps.stage_sum_keys(models.stage_names(model)))
+        per_call = 2 if scan else 1
+        batch_per_device = count // 2 // mesh.devices.size
+        program = steps.lower_train_steps(
+            train_step, mesh, batch_per_device, state, totals, split, permutation, per_call, scan
+        ).compile()
+        for first in range(0, 2, per_call):
+            state, totals = program(state, totals, split, permutation, jnp.int32(first))
+        params.append(jax.device_get(state.params))
+    return max_difference(*params)
+
+
 def main() -> None:
     devices = jax.devices()
     rng = np.random.default_rng(0)
@@ -80,6 +105,7 @@ def main() -> None:
         "gradient_flow_keys": sorted(many["gradient_flow"]),
         "eval_coverage": {f"{n}/{b}": eval_coverage(mesh, n, b) for n in (37, 64) for b in (1, 3, 5)},
         "train_epoch_rows": train_epoch_rows(mesh, 43, 2),
+        "scanned_against_per_step": scanned_against_per_step(mesh, images, labels),
     }
     print(json.dumps(results))
 

@@ -222,18 +222,14 @@ def test_bad_sizes_end_within_seconds(tmp_path, overrides):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-def program(steps_per_call: int, steps_per_epoch: int, total_steps: int) -> experiment.TrainProgram:
-    return experiment.TrainProgram(None, None, None, None, steps_per_call, steps_per_epoch, total_steps)
-
-
 def test_chunk_sizes_never_loop_on_sizes_that_cannot_advance():
-    assert program(3, 8, 20).chunk_sizes(pipeline.DataPosition(0, 6), 6) == [1, 2, 3]
+    assert experiment.chunk_sizes(3, 8, 20, pipeline.DataPosition(0, 6), 6) == [1, 2, 3]
     for sizes in ((0, 8, 20), (3, -1, 20), (3, 0, 20), (3, 8, 0)):
         with pytest.raises(ValueError, match="cannot run"):
-            program(*sizes).chunk_sizes(pipeline.DataPosition(), 0)
+            experiment.chunk_sizes(*sizes, pipeline.DataPosition(), 0)
     # A run resumed mid-epoch with a larger batch: its epochs are now shorter than where it stopped.
     with pytest.raises(configuration.ConfigError, match="was train.batch_size changed"):
-        program(3, 4, 20).chunk_sizes(pipeline.DataPosition(0, 6), 6)
+        experiment.chunk_sizes(3, 4, 20, pipeline.DataPosition(0, 6), 6)
 
 
 # The edges of what is allowed, each still building.

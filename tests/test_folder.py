@@ -261,7 +261,10 @@ def test_folder_config_checks_are_one_line(tmp_path):
 def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
     root = write_folder(tmp_path / "pets")
     config = folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})
+    asked = config.to_dict()
     built = experiment.build(config)
+    assert config.to_dict() == asked  # the config given is left as it was: the experiment records in its own
+    config = built.config
     assert built.info.class_names == ("cat", "dog", "eel")
     assert config.data.class_names == ("cat", "dog", "eel")
     assert config.data.image_shape == (8, 8, 3)
@@ -269,8 +272,7 @@ def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
     assert config.data.mean == (0.5, 0.5, 0.5)  # the user's, kept
     assert config.data.std == data.open_folder(root).info.std
     # A resumed run records the same, so it trains what the run trained.
-    resumed = folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})
-    experiment.build(resumed)
+    resumed = experiment.build(folder_config(root, **{"data.mean": (0.5, 0.5, 0.5)})).config
     assert record.training_differences(config.to_dict(), resumed.to_dict()) == []
     # A changed folder no longer matches the record: its run's data would mix with another's.
     shutil.copytree(root / "train" / "eel", root / "train" / "fox")
@@ -342,8 +344,8 @@ def test_a_folders_validation_folder_is_the_runs_validation_split(tmp_path):
     root = write_folder(tmp_path / "pets", train=4, test=2, validation=3)
     opened = data.open_folder(root)
     assert opened.info.split_sizes == {"train": 12, "validation": 9, "test": 6}
-    config = folder_config(root)
-    built = experiment.build(config)
+    built = experiment.build(folder_config(root))
+    config = built.config
     assert config.data.split_sizes.to_dict() == {"train": 12, "validation": 9, "test": 6}
     assert built.eval_splits == ("validation", "test")
     validation = data.config_loader(config.data, "validation", config.seed)(None)
@@ -359,8 +361,7 @@ def test_a_folders_validation_folder_is_the_runs_validation_split(tmp_path):
 
 def test_a_folder_without_validation_holds_one_out_of_train(tmp_path):
     root = write_folder(tmp_path / "pets", train=4, test=2)
-    config = folder_config(root, **{"data.validation_size": 3.0})
-    experiment.build(config)
+    config = experiment.build(folder_config(root, **{"data.validation_size": 3.0})).config
     assert config.data.split_sizes.to_dict() == {"train": 9, "validation": 3, "test": 6}
     validation = data.config_loader(config.data, "validation", config.seed)(None)
     train = data.config_loader(config.data, "train", config.seed)(None)

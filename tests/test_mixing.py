@@ -205,9 +205,13 @@ def test_mixing_inside_a_scan_runs_the_steps_it_runs_one_by_one():
     stage_sums = steps.stage_sum_keys(("stem", "stage1"))  # tiny_state's parts
     results = []
     for scan in (True, False):
-        loop = steps.make_train_loop(train_step, mesh, BATCH, scan=scan)
-        window = steps.zero_train_metrics(stage_sums)  # the loop donates it
-        state, totals = loop(tiny_state(mesh), window, split, permutation, jnp.int32(0), 4)
+        state, totals = tiny_state(mesh), steps.zero_train_metrics(stage_sums)  # the program donates both
+        per_call = 4 if scan else 1
+        program = steps.lower_train_steps(
+            train_step, mesh, BATCH, state, totals, split, permutation, per_call, scan
+        ).compile()
+        for first in range(0, 4, per_call):
+            state, totals = program(state, totals, split, permutation, jnp.int32(first))
         results.append(jax.device_get((state.params, totals)))
     chex.assert_trees_all_close(*results, **REASSOCIATION)
 

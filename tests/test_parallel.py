@@ -38,3 +38,8 @@ def test_a_training_epoch_draws_each_row_at_most_once(probe):
     rows = probe["train_epoch_rows"]
     # 43 examples on 8 devices: 40 are used (5 per device), in batches of 2 per device -> 2 steps of 16 rows.
     assert len(rows) == 32 and len(set(rows)) == 32 and max(rows) < 40
+
+
+def test_the_scanned_train_program_runs_as_the_per_step_one_on_eight_devices(probe):
+    # Two steps of 8 examples, one a device: in one lax.scan (accelerators) or two dispatches (the CPU).
+    assert probe["scanned_against_per_step"] < 1e-5

@@ -1,5 +1,5 @@
-"""The train loop: several steps per dispatch (lax.scan) give the same state and metrics as one step per call,
-and the per-step form the CPU uses compiles one program whatever the number of steps."""
+"""The train programs: several steps per dispatch (lax.scan) give the same state and metrics as one step per call,
+and the per-step form the CPU uses runs any number of steps with its one compiled program of one step."""
 
 import chex
 import jax
@@ -17,10 +17,13 @@ from tests.conftest import REASSOCIATION, optimizer, step_config
 IMAGE_SHAPE = (8, 8, 3)
 EXAMPLES = 48
 BATCH = 8
+# Each form of the train program: (scan, compiler options; None for the tuned ones).
+FORMS = {"scan": (True, None), "per_step": (False, None), "xla_defaults": (False, {})}
 
 
 class Setup:
-    """A one-stage ResNet on a small device-resident split, with one loop of each form (compiled once each)."""
+    """A one-stage ResNet on a small device-resident split, and its train programs, compiled ahead of time as a run
+    compiles them: one per form and number of steps a call runs, each traced once."""
 
     def __init__(self):
         self.mesh = parallel.make_mesh()
@@ -34,38 +37,54 @@ class Setup:
         self.model = models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, widths=(4,), shortcut="A")
         self.tx = optimizer(0.1, weight_decay=5e-4)
         self.stage_sums = steps.stage_sum_keys(models.stage_names(self.model))
-        train_config = step_config(crop_padding=2)
         initial = lower_train_state(self.model, self.tx, seed=0, input_shape=IMAGE_SHAPE, mesh=self.mesh).compile()()
         self.initial = jax.device_get(initial)
-        self.scan_traces = 0
-        self.scan_lengths: set[int] = set()
-        per_step = chex.assert_max_traces(steps.make_train_step(train_config), n=1)
-        self.loops = {
-            "scan": steps.make_train_loop(self._counted(steps.make_train_step(train_config)), self.mesh, BATCH, True),
-            "per_step": steps.make_train_loop(per_step, self.mesh, BATCH, scan=False),
-            "xla_defaults": steps.make_train_loop(
-                steps.make_train_step(train_config), self.mesh, BATCH, scan=False, compiler_options={}
-            ),
-        }
+        self.traces = {form: 0 for form in FORMS}
+        self.programs = {}
 
-    def _counted(self, train_step):
+    def _counted(self, form):
+        train_step = steps.make_train_step(step_config(crop_padding=2))
+
         def traced(*args):
-            self.scan_traces += 1
+            self.traces[form] += 1
             return train_step(*args)
 
         return traced
 
+    def program(self, form: str, num_steps: int):
+        """The compiled program of `form` that runs `num_steps` steps a call."""
+        if (form, num_steps) not in self.programs:
+            scan, options = FORMS[form]
+            window = steps.zero_train_metrics(self.stage_sums)
+            lowered = steps.lower_train_steps(
+                self._counted(form),
+                self.mesh,
+                BATCH,
+                self.fresh_state(),
+                window,
+                self.split,
+                self.permutation,
+                num_steps,
+                scan,
+                options,
+            )
+            self.programs[form, num_steps] = lowered.compile()
+        return self.programs[form, num_steps]
+
     def fresh_state(self):
-        # The loops donate the state they are given: each run starts from its own copy of the initial one.
+        # The programs donate the state they are given: each run starts from its own copy of the initial one.
         return jax.device_put(self.initial, replicated(self.mesh))
 
-    def run(self, chunks, loop, first=0):
-        """Runs steps `first`.. of the epoch in calls of `chunks[i]` steps; returns the state and metric sums."""
+    def run(self, chunks, form, first=0):
+        """Runs steps `first`.. of the epoch in calls of `chunks[i]` steps (one dispatch a step unless scanned), as
+        the trainer does; returns the state and metric sums."""
         state, totals = self.fresh_state(), steps.zero_train_metrics(self.stage_sums)
         for count in chunks:
-            if loop == "scan":
-                self.scan_lengths.add(count)
-            state, totals = self.loops[loop](state, totals, self.split, self.permutation, jnp.int32(first), count)
+            per_call = count if FORMS[form][0] else 1
+            for step in range(first, first + count, per_call):
+                state, totals = self.program(form, per_call)(
+                    state, totals, self.split, self.permutation, jnp.int32(step)
+                )
             first += count
         return jax.device_get(state), jax.device_get(totals)
 
@@ -75,10 +94,10 @@ def setup():
     return Setup()
 
 
-@pytest.mark.parametrize("loop", ["scan", "per_step"])
-def test_several_steps_per_call_match_one_step_per_call(setup, loop):
-    one_by_one_state, one_by_one_totals = setup.run([1] * 5, loop="scan")
-    chunked_state, chunked_totals = setup.run([3, 2], loop=loop)
+@pytest.mark.parametrize("form", ["scan", "per_step"])
+def test_several_steps_per_call_match_one_step_per_call(setup, form):
+    one_by_one_state, one_by_one_totals = setup.run([1] * 5, form="scan")
+    chunked_state, chunked_totals = setup.run([3, 2], form=form)
     assert int(chunked_state.step) == 5
     for part in ("params", "batch_stats", "opt_state"):
         chex.assert_trees_all_close(getattr(chunked_state, part), getattr(one_by_one_state, part), **REASSOCIATION)
@@ -90,39 +109,29 @@ def test_several_steps_per_call_match_one_step_per_call(setup, loop):
 
 
 def test_each_step_takes_the_batch_at_its_epoch_position(setup):
-    first = setup.run([1], loop="per_step", first=0)[0].params["head"]["kernel"]
-    third = setup.run([1], loop="per_step", first=2)[0].params["head"]["kernel"]
+    first = setup.run([1], form="per_step", first=0)[0].params["head"]["kernel"]
+    third = setup.run([1], form="per_step", first=2)[0].params["head"]["kernel"]
     assert not np.allclose(first, third)
-    chex.assert_trees_all_close(setup.run([1], loop="scan", first=2)[0].params["head"]["kernel"], third, rtol=1e-5)
+    chex.assert_trees_all_close(setup.run([1], form="scan", first=2)[0].params["head"]["kernel"], third, rtol=1e-5)
 
 
-def test_per_step_dispatch_compiles_once_for_any_number_of_steps(setup):
-    # The per-step loop's train step is wrapped in chex.assert_max_traces(n=1): runs of any length, with fresh
-    # metric windows, must not trace it again.
-    setup.run([2, 3, 1], loop="per_step")
-    setup.run([4], loop="per_step")
-    setup.run([2, 3], loop="scan")
-    setup.run([3, 2], loop="scan")
-    # The scan form traces once per chunk length it has seen, never per window.
-    assert setup.scan_traces == len(setup.scan_lengths)
-
-
-@pytest.mark.parametrize("scan", [True, False])
-def test_ahead_of_time_compiled_loop_runs_the_same_steps(setup, scan):
-    loop = steps.make_train_loop(steps.make_train_step(step_config(crop_padding=2)), setup.mesh, BATCH, scan=scan)
-    args = (setup.split, setup.permutation, jnp.int32(1))
-    compiled = loop.lower(setup.fresh_state(), steps.zero_train_metrics(setup.stage_sums), *args, 3).compile()
-    assert compiled.as_text()
-    state, totals = jax.device_get(compiled(setup.fresh_state(), steps.zero_train_metrics(setup.stage_sums), *args))
-    expected_state, expected_totals = setup.run([3], loop="scan" if scan else "per_step", first=1)
-    chex.assert_trees_all_close(state.params, expected_state.params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(totals, expected_totals, rtol=1e-5)
+def test_the_per_step_program_runs_any_number_of_steps_traced_once(setup):
+    # Runs of any length, each from a fresh metric window, call the one program of one step; the scanned form has
+    # a program for each number of steps a call runs.
+    setup.run([2, 3, 1], form="per_step")
+    setup.run([4], form="per_step")
+    setup.run([2, 3], form="scan")
+    setup.run([3, 2], form="scan")
+    assert setup.traces["per_step"] == 1
+    assert setup.traces["scan"] == len({count for form, count in setup.programs if form == "scan"})
+    with pytest.raises(ValueError, match="one step per dispatch runs 1 step"):
+        steps.lower_train_steps(setup._counted("per_step"), setup.mesh, BATCH, None, {}, setup.split, None, 3)
 
 
 def test_train_compiler_options_change_speed_not_results(setup):
     # Other options are other machine code (another dot library, another LLVM level): equal up to reassociation.
-    tuned_state, tuned_totals = setup.run([3], loop="per_step")
-    default_state, default_totals = setup.run([3], loop="xla_defaults")
+    tuned_state, tuned_totals = setup.run([3], form="per_step")
+    default_state, default_totals = setup.run([3], form="xla_defaults")
     chex.assert_trees_all_close(tuned_state.params, default_state.params, **REASSOCIATION)
     chex.assert_trees_all_close(tuned_totals, default_totals, **REASSOCIATION)
 

@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import dataclasses
 import json
 import struct
 import threading
@@ -11,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, metrics, steps, trainer
-from tests.conftest import load_config
+from resnet_jax import checkpoint, metrics, startup, steps, trainer
+from tests.conftest import REASSOCIATION, load_config
 
 
 def final_params(workdir):
@@ -41,58 +42,75 @@ def eval_records(workdir):
     return [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
 
 
-@contextlib.contextmanager
-def traced_once_and_compiles_recorded():
-    """Wraps the train step so that a second trace fails the run, and yields `(compiles, traces)`: the lists that
-    backend compiles are recorded in, as (program, thread name), and the train step's traces."""
-    original = steps.make_train_step
-    compiles, traces = [], []
+@dataclasses.dataclass
+class Recorded:
+    """What a run traced, compiled and called: the train step's traces (by thread), each executable that start-up
+    compiled (by id, with the thread that compiled it), the calls of every compiled executable (by id), and the
+    run as it started (`startup.Ready`)."""
 
-    def counted(config):
-        step = original(config)
+    traces: list = dataclasses.field(default_factory=list)
+    compiled: dict = dataclasses.field(default_factory=dict)
+    calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    ready: object = None
+
+    def assert_loop_called_what_start_up_compiled(self, train_calls: int) -> None:
+        """Start-up compiled every program in its threads, and the loop called those executables, and no other:
+        the train programs `train_calls` times in all, each evaluation at least once."""
+        assert self.compiled and all(thread.startswith("resnet_jax-compile") for thread in self.compiled.values())
+        assert set(self.calls) <= set(self.compiled)
+        assert sum(self.calls[id(program)] for program in self.ready.program.train.values()) == train_calls
+        assert all(self.calls[id(evaluate)] > 0 for evaluate in self.ready.evaluations.values())
+
+
+@contextlib.contextmanager
+def recorded_run(traces: int = 1):
+    """Records a run (see `Recorded`); the train step is wrapped so that a trace past `traces` fails the run (a
+    scanned run traces it once for each number of steps a call runs)."""
+    make_train_step, start, timed_compile = steps.make_train_step, startup.start, startup._timed_compile
+    call = jax.stages.Compiled.__call__
+    recorded = Recorded()
+
+    def counted_step(config):
+        step = make_train_step(config)
 
         def traced(*args):
-            traces.append(threading.current_thread().name)
+            recorded.traces.append(threading.current_thread().name)
             return step(*args)
 
-        return chex.assert_max_traces(traced, n=1)
+        return chex.assert_max_traces(traced, n=traces)
 
-    def record(event, seconds, **details):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append((details.get("fun_name"), threading.current_thread().name))
+    def compile_recorded(lowered):
+        executable, seconds = timed_compile(lowered)
+        recorded.compiled[id(executable)] = threading.current_thread().name
+        return executable, seconds
 
-    jax.monitoring.register_event_duration_secs_listener(record)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(steps, "make_train_step", counted)
-            yield compiles, traces
-    finally:
-        jax.monitoring.unregister_event_duration_listener(record)
+    def start_recorded(*args, **kwargs):
+        recorded.ready = start(*args, **kwargs)
+        return recorded.ready
 
+    def call_counted(executable, *args, **kwargs):
+        recorded.calls[id(executable)] += 1
+        return call(executable, *args, **kwargs)
 
-def assert_compiled_once_each_in_start_up_threads(compiles):
-    """The init, the evaluation and the train loop (one program per step, or per chunk length when it scans)
-    compiled, each once, in the start-up threads: a compile on the main thread would be one inside the loop, a
-    call that missed the program compiled from shapes."""
-    names = ("jit(init)", "jit(evaluate)", "jit(one_step)", "jit(loop)")
-    programs = [(name, thread) for name, thread in compiles if name in names]
-    counts = collections.Counter(name for name, _ in programs)
-    assert counts["jit(init)"] == counts["jit(evaluate)"] == 1, counts
-    assert counts["jit(one_step)"] == 1 or (counts["jit(one_step)"] == 0 and counts["jit(loop)"] >= 1), counts
-    assert all(thread.startswith("resnet_jax-compile") for _, thread in programs), programs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "make_train_step", counted_step)
+        patch.setattr(startup, "_timed_compile", compile_recorded)
+        patch.setattr(startup, "start", start_recorded)
+        patch.setattr(jax.stages.Compiled, "__call__", call_counted)
+        yield recorded
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One smoke run, traced once and its compiles recorded (see `traced_once_and_compiles_recorded`)."""
+    """One smoke run, recorded (see `recorded_run`)."""
     workdir = tmp_path_factory.mktemp("smoke")
-    with traced_once_and_compiles_recorded() as (compiles, traces):
+    with recorded_run() as recorded:
         results = trainer.train_and_evaluate(load_config("smoke"), workdir)
-    return workdir, results, compiles, traces
+    return workdir, results, recorded
 
 
 def test_smoke_config_learns(smoke_run):
-    workdir, results, _, _ = smoke_run
+    workdir, results, _ = smoke_run
     losses = [r["train_loss"] for r in metrics.read_metrics(workdir) if "train_loss" in r]
     assert len(losses) == 8  # 32 steps logged every 4
     # Thresholds that every seed from 0 to 11 met on a 2-core AMD EPYC, so that they do not lean on seed 0's luck
@@ -107,7 +125,7 @@ def test_smoke_config_learns(smoke_run):
 
 
 def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
-    workdir, _, _, _ = smoke_run
+    workdir, _, _ = smoke_run
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["name"] == "resnet8_tiny"
     assert saved["train"]["batch_size"] == 64
@@ -130,19 +148,20 @@ def test_workdir_holds_config_metrics_events_and_checkpoints(smoke_run):
 
 def test_train_step_traced_once_across_epochs(smoke_run):
     # 4 epochs of 8 steps, each a dispatch on the CPU, and 4 evaluations: the step was traced once, ahead of time.
-    _, results, _, traces = smoke_run
+    _, results, recorded = smoke_run
     assert results["step"] == 32
-    assert len(traces) == 1, traces
-    assert traces[0] == threading.main_thread().name  # lowered from shapes at start-up, before the loop
+    assert len(recorded.traces) == 1, recorded.traces
+    assert recorded.traces[0] == threading.main_thread().name  # lowered from shapes at start-up, before the loop
 
 
-def test_init_train_and_eval_programs_compile_once_in_the_start_up_threads(smoke_run):
-    _, _, compiles, _ = smoke_run
-    assert_compiled_once_each_in_start_up_threads(compiles)
+def test_the_loop_calls_the_programs_compiled_at_start_up(smoke_run):
+    _, _, recorded = smoke_run
+    assert list(recorded.ready.program.train) == [1]  # on the CPU, one program of one step
+    recorded.assert_loop_called_what_start_up_compiled(train_calls=32)
 
 
 def test_evaluation_counts_every_example_when_the_batch_does_not_divide(smoke_run):
-    workdir, _, _, _ = smoke_run
+    workdir, _, _ = smoke_run
     # 200 test examples, eval batch 64: the last batch is padded and masked, nothing is dropped.
     assert {r["test_examples"] for r in eval_records(workdir)} == {200.0}
 
@@ -158,14 +177,30 @@ def test_stopped_and_resumed_equals_straight_through(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), straight)
     trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 1}), resumed)
-    with traced_once_and_compiles_recorded() as (compiles, traces):
+    with recorded_run() as recorded:
         trainer.train_and_evaluate(load_config("smoke", **overrides, **{"train.num_epochs": 2}), resumed)
-    assert len(traces) == 1
-    # Resumed at an epoch's end with an EMA: the programs compiled from shapes still serve the loop.
-    assert_compiled_once_each_in_start_up_threads(compiles)
+    assert len(recorded.traces) == 1
+    # Resumed at an epoch's end with an EMA: the programs compiled from shapes serve the loop's 8 steps.
+    recorded.assert_loop_called_what_start_up_compiled(train_calls=8)
     chex.assert_trees_all_equal(final_params(straight), final_params(resumed))
     assert eval_records(straight) == eval_records(resumed)
     train_straight = [r for r in metrics.read_metrics(straight) if "train_loss" in r]
     train_resumed = [r for r in metrics.read_metrics(resumed) if "train_loss" in r]
     strip = lambda records: [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]  # noqa: E731
     assert strip(train_straight) == strip(train_resumed)
+
+
+def test_the_scanned_loop_trains_as_the_per_step_one(tmp_path, monkeypatch):
+    # Accelerators scan: calls of 3, 3 and 2 steps an epoch, one program for each length, in place of 8 dispatches.
+    overrides = {"train.num_epochs": 1, "train.steps_per_call": 3}
+    trainer.train_and_evaluate(load_config("smoke", **overrides), tmp_path / "per_step")
+    monkeypatch.setattr(steps, "scan_is_fast", lambda mesh: True)
+    with recorded_run(traces=2) as recorded:
+        results = trainer.train_and_evaluate(load_config("smoke", **overrides), tmp_path / "scanned")
+    assert results["step"] == 8
+    assert sorted(recorded.ready.program.train) == [2, 3]
+    recorded.assert_loop_called_what_start_up_compiled(train_calls=3)
+    assert [recorded.calls[id(recorded.ready.program.train[n])] for n in (2, 3)] == [1, 2]
+    chex.assert_trees_all_close(
+        final_params(tmp_path / "scanned"), final_params(tmp_path / "per_step"), **REASSOCIATION
+    )

@@ -42,16 +42,15 @@ def test_a_holdout_that_empties_a_class_for_training_is_refused_in_one_line():
 
 @pytest.mark.parametrize(("size", "held"), [(0.0, 0), (0.1, 51), (0.25, 128), (100.0, 100), (1.0, 1)])
 def test_a_count_or_a_fraction_of_train_sizes_the_synthetic_runs_splits(size, held):
-    config = load_config("smoke", **{"data.validation_size": size})
-    built = experiment.build(config)
+    built = experiment.build(load_config("smoke", **{"data.validation_size": size}))
+    config = built.config
     assert config.data.split_sizes.to_dict() == {"train": 512 - held, "validation": held, "test": 200}
     assert built.eval_splits == (("validation", "test") if held else ("test",))
     assert json.loads(configuration.to_json(config))["data"]["split_sizes"]["validation"] == held
 
 
 def test_the_synthetic_sources_train_and_validation_rows_are_its_train_split_divided():
-    config = load_config("smoke", **{"data.validation_size": 0.25})
-    experiment.build(config)
+    config = experiment.build(load_config("smoke", **{"data.validation_size": 0.25})).config
     whole = data.config_loader(load_config("smoke").data, "train", config.seed)(None)
     train = data.config_loader(config.data, "train", config.seed)(None)
     validation = data.config_loader(config.data, "validation", config.seed)(None)
@@ -84,8 +83,7 @@ def test_fashion_mnists_files_hold_out_a_stratified_tenth_independent_of_the_tra
 
 
 def test_a_run_without_a_validation_split_is_told_so_when_one_is_asked_for():
-    config = load_config("smoke")
-    experiment.build(config)
+    config = experiment.build(load_config("smoke")).config
     with pytest.raises(data.DataError, match="this run has no validation split; give data.validation_size"):
         data.config_loader(config.data, "validation", 0)(None)
 

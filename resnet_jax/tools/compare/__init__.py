@@ -68,10 +68,10 @@ def _checked_configs(args: Any) -> tuple[dict[str, accuracy.RunAccuracy], list[m
     base = run_config or experiment.base_config()
     if run_config is None:
         base.data.dataset = args.dataset
+    # Each built here, so that a config that cannot run is refused before any measurement; as built, with the
+    # splits' sizes recorded.
     configs = [measure.measurement_config(base, name, args.batch, args.steps, args.dtype) for name in names]
-    for config in configs:
-        experiment.build(config)
-    return accuracies, configs
+    return accuracies, [experiment.build(config).config for config in configs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

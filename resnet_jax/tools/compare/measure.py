@@ -76,7 +76,7 @@ def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
 
 
 def measure_model(config_json: str, repeats: int) -> Measurement:
-    """Compiles the run's own train program (`Experiment.make_train_program`: `train.steps_per_call` steps over
+    """Compiles the run's own train program (`Experiment.lower_train_program`: `train.steps_per_call` steps over
     device-resident data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
     runtime.reuse_freed_memory()  # in this fresh process, before JAX runs anything: the step a run takes is timed
     import jax
@@ -84,16 +84,23 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
 
     config = configuration.from_saved(json.loads(config_json), experiment.base_config())
     built = experiment.build(config)
-    program = built.make_train_program()
     abstract_state = built.lower_new_state().out_info
     state = _host_random_state(abstract_state, built.mesh)
     split = built.load_train_split()
-    permutation = program.permutation(jnp.int32(0))
-    totals, first_step, num_steps = program.zero_totals(), jnp.int32(0), program.steps_per_call
+    num_steps = built.steps_per_call
 
     start = time.perf_counter()
-    compiled = program.loop.lower(state, totals, split, permutation, first_step, num_steps).compile()
+    program = built.lower_train_program(state, split, [num_steps]).compile()
     compile_seconds = time.perf_counter() - start
+    per_call = num_steps if program.scan else 1  # else one dispatch a step
+    compiled = program.train[per_call]
+    permutation, totals = program.permutation(jnp.int32(0)), program.zero_totals()
+
+    def call(state, totals):
+        for first in range(0, num_steps, per_call):
+            state, totals = compiled(state, totals, split, permutation, jnp.int32(first))
+        return jax.block_until_ready((state, totals))
+
     analysis = compiled.memory_analysis()
     xla_step_bytes = (
         None
@@ -104,11 +111,11 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
         - analysis.alias_size_in_bytes
     )
 
-    state, totals = jax.block_until_ready(compiled(state, totals, split, permutation, first_step))
+    state, totals = call(state, totals)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        state, totals = jax.block_until_ready(compiled(state, totals, split, permutation, first_step))
+        state, totals = call(state, totals)
         seconds.append(time.perf_counter() - start)
     call_seconds = statistics.median(seconds)
     device = jax.devices()[0]
