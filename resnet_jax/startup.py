@@ -98,7 +98,6 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         if restored is not None:
             step, tree, meta = restored
             position = pipeline.DataPosition.from_dict(meta["position"])
-            # An earlier release's `best_test_accuracy` was chosen on test: nothing is selected by it.
             best = meta.get("best_validation")
             logger.info(
                 "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
