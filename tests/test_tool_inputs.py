@@ -502,6 +502,14 @@ def test_data_info_describes_a_folder_by_its_own_classes_and_flags(tmp_path, cap
     assert "needs --files-dir" in one_line_error(data_tool.main, ["info", "--dataset", "folder"], capsys)
 
 
+def test_a_data_hint_keeps_the_training_overrides_it_gives_whole():
+    # A hint that names both the training override and this command's flag: only the bare key becomes a flag.
+    hint = "(training: --config.data.source=files --config.data.files_dir=DIR; data info: data.source, data.dataset)"
+    assert data_tool.in_flags(hint) == (
+        "(training: --config.data.source=files --config.data.files_dir=DIR; data info: --source, --dataset)"
+    )
+
+
 _NOISY_PREDICT = """
 import sys
 from absl import logging as absl_logging

@@ -5,6 +5,7 @@ sha256), or prepare tfds data offline from official archives you already have.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def in_flags(message: object) -> str:
-    """A data error's line with the config keys it names written as this command's flags."""
+    """A data error's line with the config keys it names written as this command's flags; a `--config.data.KEY`
+    the line gives for training stays as it is."""
     text = str(message)
     for key, flag in FLAGS_OF_KEYS.items():
-        text = text.replace(key, flag)
+        text = re.sub(rf"(?<!--config\.){re.escape(key)}\b", flag, text)
     return text
 
 
