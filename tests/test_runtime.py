@@ -120,7 +120,7 @@ class Started(Exception):
         lambda: train.main(["--help"]),
         lambda: sweep.main(["--help"]),
         lambda: degradation.main(["--help"]),
-        lambda: compare.measure_model("{}", 1),
+        lambda: compare.measure.measure_model("{}", 1),
     ],
     ids=["train", "sweep", "degradation", "compare's measurements"],
 )
