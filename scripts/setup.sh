@@ -31,6 +31,10 @@ say "pip install: the project and its test extra (jax, flax, optax, orbax, ...) 
 
 # Empty where the extension is meant to be: x86-64 Linux, RESNET_JAX_ONEDNN not off (build.py's own test).
 NOT_WANTED="$(.venv/bin/python -c 'from resnet_jax.onednn import build; print(build.not_wanted_reason())')"
+# A .venv set up before 2026-12-07 holds oneDNN's SYCL build and its Intel runtimes, 2 GB, whose lib/libdnnl.so* and
+# include/oneapi/dnnl/ the cpu-onednn extra's CPU-only build would overwrite: they go first.
+[ -n "$NOT_WANTED" ] || .venv/bin/python -m pip uninstall -y -qq onednn onednn-devel dpcpp-cpp-rt intel-opencl-rt \
+  intel-sycl-rt intel-openmp intel-cmplr-lib-ur intel-cmplr-lic-rt umf tcmlib
 if [ -z "$NOT_WANTED" ]; then
   say "pip install: oneDNN (the cpu-onednn extra, about 2 GB; minutes on a first run)"
   .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]"

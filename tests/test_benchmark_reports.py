@@ -1,12 +1,13 @@
 """What the training benchmarks report (`benchmarks/fixed_runs.py`, `time_to_accuracy`, `suite_summary`): every run
 is a fixed-length recipe run to its end, reported by its wall time and final accuracy with its count of seeds;
-seconds to a target are only read off a finished run's test curve. No benchmark run here: records are made up."""
+seconds to a target are only read off a finished run's test curve. Also the oneDNN builds' side-by-side table
+(`onednn_builds`). No benchmark run here: records are made up."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks import fixed_runs, suite_summary, time_to_accuracy
+from benchmarks import fixed_runs, onednn_builds, suite_summary, time_to_accuracy
 
 
 def _evaluation(epoch: int, seconds: float, test: float, validation: float | None = None) -> dict:
@@ -100,3 +101,19 @@ def test_suite_summary_judges_the_fixed_recipes_wall_time_and_reports_its_accura
     cut = run | {"steps_done": 117, "total_seconds": 55.0, "projected_total_seconds": 70.0}
     assert suite_summary._fashion_row(cut, 30)[1].startswith("not finished in 55 s (117 of 3744 steps")
     assert suite_summary._fashion_row(None, 30)[1] == "not measured"
+
+
+def test_onednn_builds_sets_each_build_against_the_first_round_by_round():
+    def process(seconds: float, x_xla: float) -> dict:
+        return {"seconds_per_step": seconds, "x_xla": x_xla, "onednn": "v", "dtypes": ["float32"]}
+
+    rounds = [
+        {"sycl": process(0.5, 0.5), "tbb": process(0.4, 0.45)},
+        {"sycl": process(1.0, 0.5), "tbb": process(1.2, 0.55)},
+    ]
+    text = onednn_builds.summary(rounds, ["sycl", "tbb"], reference=True)
+    assert "| 1 | 500 | 400 | 0.800 | 0.500 | 0.450 | 0.900 |" in text
+    assert "| 2 | 1000 | 1200 | 1.200 | 0.500 | 0.550 | 1.100 |" in text
+    assert "tbb's step time / sycl's: median 1.000, range 0.800-1.200 over 2 rounds" in text
+    assert "tbb's (oneDNN step / XLA step) over sycl's: median 1.000, range 0.900-1.100" in text
+    assert onednn_builds.parse_build("tbb=/v/bin/python:/src")[:2] == ("tbb", "/v/bin/python")

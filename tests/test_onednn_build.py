@@ -62,3 +62,15 @@ def test_the_switch_turns_the_build_off_and_exits_0(tmp_path):
     done = build_from(tmp_path, RESNET_JAX_ONEDNN="0")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "oneDNN kernels: not built, runs use XLA's (RESNET_JAX_ONEDNN=0 turns the build off)"
+
+
+def test_two_onednn_builds_in_one_venv_are_refused_naming_what_to_uninstall(monkeypatch):
+    # Each writes lib/libdnnl.so* and include/oneapi/dnnl/: a venv set up with the SYCL build, then given the CPU one.
+    both = {"onednn-cpu-gomp": "2023.2.0", "onednn": "2026.1.0"}
+    monkeypatch.setattr(library, "installed_distributions", lambda: both)
+    monkeypatch.setattr(build.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    reason = build.cannot_build_reason()
+    assert reason.startswith("onednn-cpu-gomp and onednn are installed together in ")
+    assert reason.endswith(
+        "pip uninstall -y onednn-cpu-gomp onednn-devel-cpu-gomp onednn onednn-devel, then bash scripts/setup.sh"
+    )

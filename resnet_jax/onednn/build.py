@@ -36,6 +36,14 @@ def cannot_build_reason() -> str:
     missing = [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not found: apt-get install cmake g++"
+    installed = library.installed_distributions()
+    if len(installed) > 1:
+        # Each writes lib/libdnnl.so* and include/oneapi/dnnl/ (a .venv set up before 2026-12-07 has the SYCL build).
+        packages = " ".join(name for dist in installed for name in (dist, dist.replace("onednn", "onednn-devel", 1)))
+        return (
+            f"{' and '.join(installed)} are installed together in {sys.prefix}, each over the other's files: "
+            f"pip uninstall -y {packages}, then bash scripts/setup.sh"
+        )
     if not (Path(sys.prefix) / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists():
         return f'oneDNN is not installed in {sys.prefix}: pip install -e ".[cpu-onednn]"'
     return ""
@@ -52,7 +60,7 @@ def build() -> str:
         commands = (
             ["cmake", "-S", str(library.SOURCE), "-B", build_dir, f"-DONEDNN_PREFIX={sys.prefix}"]
             + [f"-DXLA_FFI_INCLUDE={jax.ffi.include_dir()}", f"-DRESNET_JAX_ONEDNN_STAMP={stamp}"],
-            ["cmake", "--build", build_dir],
+            ["cmake", "--build", build_dir, "--parallel", str(os.cpu_count() or 1)],  # the three sources at once
         )
         for command in commands:
             done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)

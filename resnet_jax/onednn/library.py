@@ -29,6 +29,10 @@ REBUILD = "python -m resnet_jax.onednn.build"
 BUILD_COMMAND = f"bash scripts/setup.sh (or: {REBUILD})"
 # What a library's stamp hashes besides oneDNN's version: every C++ source and the build script.
 STAMPED = ("CMakeLists.txt", "*.h", "*.cc")
+# The PyPI distributions of oneDNN's library that the extension builds against, each with its onednn-devel* headers:
+# the CPU-only builds (TBB threads, the cpu-onednn extra's; OpenMP threads) and the SYCL build (the extra's until
+# 2026-12-07). Each installs the same lib/libdnnl.so* and include/oneapi/dnnl/, so one venv holds one of them.
+DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-cpu-tbb", "onednn")
 # What the extension exports: the FFI handlers and its C entry points for ctypes.
 SYMBOLS = (
     "OnednnStamp",
@@ -70,8 +74,8 @@ def switched_off() -> bool:
 
 
 def _point_opencl_at_the_venv() -> None:
-    # The PyPI oneDNN is its SYCL build: its CPU engine is SYCL's OpenCL CPU device, whose driver the
-    # intel-opencl-rt wheel puts in the venv's lib/, where the OpenCL loader does not look unless told.
+    # Where the PyPI oneDNN is its SYCL build (`onednn`), its CPU engine is SYCL's OpenCL CPU device, whose driver
+    # the intel-opencl-rt wheel puts in the venv's lib/, where the OpenCL loader does not look unless told.
     driver = Path(sys.prefix) / "lib" / "libintelocl.so"
     listed = os.environ.get("OCL_ICD_FILENAMES", "")
     if driver.exists() and str(driver) not in listed.split(":"):
@@ -91,17 +95,26 @@ def _library() -> ctypes.CDLL:
     return library
 
 
-def _onednn_version() -> str:
-    try:
-        return importlib.metadata.version("onednn")
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
+def installed_distributions() -> dict[str, str]:
+    """The oneDNN distributions of `DISTRIBUTIONS` installed here, by name, with their versions."""
+    found = {}
+    for name in DISTRIBUTIONS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+def onednn_version() -> str:
+    """The installed oneDNN distributions and versions ("2026.1.0" alone for PyPI's `onednn`, as before the CPU-only
+    builds, so that a library built against it keeps its stamp), or "none"."""
+    found = installed_distributions()
+    return ", ".join(version if name == "onednn" else f"{name} {version}" for name, version in found.items()) or "none"
 
 
 def source_stamp(directory: Path = SOURCE) -> str:
     """The stamp of a library built here from `directory`'s C++ sources: a hash of them, CMakeLists.txt and the
     installed oneDNN's version. build.py compiles it into the library (`OnednnStamp`)."""
-    digest = hashlib.sha256(f"onednn {_onednn_version()}\0".encode())
+    digest = hashlib.sha256(f"onednn {onednn_version()}\0".encode())
     for path in sorted((path for pattern in STAMPED for path in directory.glob(pattern)), key=lambda p: p.name):
         digest.update(f"{path.name}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()
