@@ -36,7 +36,7 @@ NOT_WANTED="$(.venv/bin/python -c 'from resnet_jax.onednn import build; print(bu
 [ -n "$NOT_WANTED" ] || .venv/bin/python -m pip uninstall -y -qq onednn onednn-devel dpcpp-cpp-rt intel-opencl-rt \
   intel-sycl-rt intel-openmp intel-cmplr-lib-ur intel-cmplr-lic-rt umf tcmlib
 if [ -z "$NOT_WANTED" ]; then
-  say "pip install: oneDNN (the cpu-onednn extra, about 2 GB; minutes on a first run)"
+  say "pip install: oneDNN (the cpu-onednn extra: its CPU-only build, about 360 MB)"
   .venv/bin/python -m pip install -q -e ".[test,cpu-onednn]"
   say "oneDNN build: compiling the extension with cmake and g++ (a minute or two the first time)"
 else
