@@ -70,6 +70,20 @@ def test_config_json_records_what_was_asked_and_what_ran(trained):
     assert record["ran"]["versions"]["jax"] == jax.__version__
     assert record["ran"]["model.conv_backend"] in ("xla", "onednn")
     assert record["changes"] == []
+    assert record["from_step"] == 0
+
+
+def test_a_run_begun_without_a_record_is_recorded_from_the_step_it_resumed_at(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir)
+    config = saved(workdir)
+    del config[configuration.RECORD_KEY]  # as an earlier resnet-jax wrote it
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    record = saved(workdir)[configuration.RECORD_KEY]
+    assert record["from_step"] == 8  # one epoch of 8 steps ran unrecorded
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 3}), workdir)
+    assert saved(workdir)[configuration.RECORD_KEY]["from_step"] == 8
 
 
 def test_auto_on_xla_cpu_is_recorded_as_float32_and_a_resume_keeps_a_recorded_bfloat16(tmp_path):
