@@ -88,7 +88,6 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
     """
     started = time.perf_counter()
     config, mesh = experiment.config, experiment.mesh
-    replicated = parallel.replicated(mesh)
     on_cpu = mesh.devices.flat[0].platform == "cpu"
     compiler = concurrent.futures.ThreadPoolExecutor(
         max_workers=4 if on_cpu else 1, thread_name_prefix="resnet_jax-compile"
@@ -123,8 +122,10 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         )
         if experiment.streamed:
             lowered = experiment.lower_fed_train_program(abstract_state, chunks)
+            train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
             batch = experiment.fed_batch_shapes(0, experiment.eval_batch_per_device)
             mask = jax.ShapeDtypeStruct(batch[1].shape, bool, sharding=batch[1].sharding)
+            replicated = parallel.replicated(mesh)
             sums = jax.eval_shape(steps.zero_eval_sums)
             sums = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), sums)
             evaluate_batch = experiment.make_evaluate_batch().lower(abstract_state.eval_variables, sums, *batch, mask)
@@ -133,6 +134,7 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         else:
             train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
             lowered = experiment.lower_train_program(abstract_state, train_shapes, chunks)
+            train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
             evaluate = experiment.make_evaluate()
             eval_compiles = {
                 rows: compiler.submit(
@@ -144,7 +146,6 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
                 for rows in sorted({rows for _, rows in split_rows.values()})  # one program per padded split length
             }
             split_programs = {split: rows for split, (_, rows) in split_rows.items()}
-        train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
         data_started = time.perf_counter()
         if experiment.streamed:
             train_split = experiment.open_train_stream()

@@ -222,37 +222,72 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang(pets):
         train.close()
 
 
-def test_stopped_mid_epoch_and_resumed_equals_straight_through(pets, tmp_path, monkeypatch):
-    root, _ = pets
-    # Batches as the loop takes them, to compare the examples each run saw.
-    seen = []
-    take = stream.TrainStream.take
+class Recorded:
+    """The batches the loop takes from its train stream (by file and label), while in effect."""
 
-    def recording_take(self, count):
-        images, labels = take(self, count)
-        seen.append((identify(images).tolist(), labels.tolist()))
-        return images, labels
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        self.seen, take = [], stream.TrainStream.take
 
-    monkeypatch.setattr(stream.TrainStream, "take", recording_take)
+        def recording_take(stream_self, count):
+            if len(self.seen) == fail_at:
+                raise RuntimeError("killed")  # as kill -9: no checkpoint is saved on the way out
+            images, labels = take(stream_self, count)
+            self.seen.append((identify(images).tolist(), labels.tolist()))
+            return images, labels
+
+        monkeypatch.setattr(stream.TrainStream, "take", recording_take)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """Two epochs of 4 steps, straight through: its folder, config, workdir and batches."""
+    root = tmp_path_factory.mktemp("straight") / "pets"
+    write_folder(root)
     config = grain_config(root, **{"data.mean": (0.5,) * 3, "data.std": (0.25,) * 3})
-    trainer.train_and_evaluate(config, tmp_path / "straight")
-    straight, seen[:] = list(seen), []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        recorded = Recorded(monkeypatch)
+        trainer.train_and_evaluate(config, root.parent / "run")
+    assert len(recorded.seen) == 8
+    return config, root.parent / "run", recorded.seen
+
+
+def assert_same_run(workdir, straight_workdir):
+    chex.assert_trees_all_equal(final_params(straight_workdir), final_params(workdir))
+    assert eval_records(straight_workdir) == eval_records(workdir)
+
+
+def test_stopped_by_sigterm_mid_epoch_and_resumed_equals_straight_through(straight_run, tmp_path, monkeypatch):
+    config, straight_workdir, straight = straight_run
+    recorded = Recorded(monkeypatch)
     # SIGTERM as the loop checks for it after step 3 of the first epoch's 4: it saves a checkpoint and stops.
     requested = trainer._StopRequests.requested
 
     def stop_after_step_3(self, agree=True):
-        if len(seen) == 3 and self.signal_name is None:
+        if len(recorded.seen) == 3 and self.signal_name is None:
             self.signal_name = "SIGTERM"
         return requested(self, agree)
 
     monkeypatch.setattr(trainer._StopRequests, "requested", stop_after_step_3)
     with pytest.raises(trainer.Preempted, match="saved checkpoint 3"):
-        trainer.train_and_evaluate(config, tmp_path / "resumed")
+        trainer.train_and_evaluate(config, tmp_path)
     monkeypatch.setattr(trainer._StopRequests, "requested", requested)
-    trainer.train_and_evaluate(config, tmp_path / "resumed")
-    assert seen == straight
-    chex.assert_trees_all_equal(final_params(tmp_path / "straight"), final_params(tmp_path / "resumed"))
-    assert eval_records(tmp_path / "straight") == eval_records(tmp_path / "resumed")
+    trainer.train_and_evaluate(config, tmp_path)
+    assert recorded.seen == straight  # the resumed run went on from the 4th batch
+    assert_same_run(tmp_path, straight_workdir)
+
+
+def test_killed_mid_epoch_and_resumed_from_the_epochs_checkpoint_equals_straight_through(
+    straight_run, tmp_path, monkeypatch
+):
+    config, straight_workdir, straight = straight_run
+    killed = Recorded(monkeypatch, fail_at=5)  # dies taking step 6, with checkpoint 4 (epoch 1's end) on disk
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train_and_evaluate(config, tmp_path)
+    assert killed.seen == straight[:5]
+    resumed = Recorded(monkeypatch)
+    trainer.train_and_evaluate(config, tmp_path)
+    assert resumed.seen == straight[4:]  # from checkpoint 4's iterator state: batches 5 to 8 again
+    assert_same_run(tmp_path, straight_workdir)
 
 
 def tree_rss(process: psutil.Process) -> int:
