@@ -339,6 +339,7 @@ def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
     assert peaks[4000] - peaks[500] < 250 * 2**20, peaks
 
 
+@pytest.mark.slow
 def test_the_scanned_loop_feeds_stacked_batches_and_trains_as_the_per_step_one(straight_run, tmp_path, monkeypatch):
     # Accelerators scan: calls of 3 and 1 steps an epoch, each on its batches stacked (3, batch, ...).
     config, straight_workdir, straight = straight_run

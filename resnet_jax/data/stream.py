@@ -349,6 +349,14 @@ def _next(iterator: grain.DatasetIterator) -> dict[str, np.ndarray]:
         ) from None
 
 
+def _close(owner: TrainStream | EvalStream) -> None:
+    """Closes a stream's iterator and lets it go now: left to the interpreter's exit, Grain's clean-up finds its
+    modules gone and prints tracebacks."""
+    iterator, owner._iterator = owner._iterator, None
+    if iterator is not None:
+        iterator.close()
+
+
 class TrainStream:
     """This process's training batches, for ever, in the run's order: `take(n)` gives the next `n`, stacked. Its
     position is Grain's iterator state, which a checkpoint keeps (`save_args` / `restore_args`)."""
@@ -394,9 +402,7 @@ class TrainStream:
 
     def close(self) -> None:
         """Stops the worker processes."""
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
+        _close(self)
 
 
 class EvalStream:
@@ -426,9 +432,8 @@ class EvalStream:
             yield batch
 
     def close(self) -> None:
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
+        """Stops the worker processes."""
+        _close(self)
 
 
 def _shard() -> grain.sharding.ShardOptions:
@@ -479,4 +484,7 @@ def eval_stream(
     files = files_of(listing, split, rows[start : min(start + per_process, len(rows))])
     dataset = grain.MapDataset.range(per_process).map(_EvalExample(files, image_size, channels))
     count = per_process // local_batch
-    return EvalStream(files, dataset.batch(local_batch, drop_remainder=True), count, min(workers, count), buffer, name)
+    # Repeated, so that the workers never reach its end: Grain's workers that do leave their last batches' shared
+    # memory to the resource tracker. Each evaluation takes `count` batches from the start.
+    batches = dataset.batch(local_batch, drop_remainder=True).repeat()
+    return EvalStream(files, batches, count, min(workers, count), buffer, name)
