@@ -43,7 +43,7 @@ STATISTICS_SAMPLE = 512  # train images, evenly spread over the listing, that gi
 UNREADABLE_IN_A_ROW = 64
 READ_THREADS = 2  # threads per worker (or in the training process, without workers), each decoding a batch
 _DECODE_ERRORS = (*folder.DECODE_ERRORS, Image.DecompressionBombError)
-_warned: set[str] = set()  # evaluation splits whose unreadable files were reported in this process
+_warned: set[str] = set()  # folders, and evaluation splits, whose odd files were reported in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +100,14 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
         ]
         files = folder.sort_files(source, [name for name, _, _ in listing], folders, _unused_reader)
         sizes = {name: size for name, size, _ in listing}
-    folder.warn_files(source, "are not images in a class folder, and were ignored", files.ignored)
+    if str(source) not in _warned:  # once a process: a run lists its folder for each of its streams
+        _warned.add(str(source))
+        folder.warn_files(source, "are not images in a class folder, and were ignored", files.ignored)
     class_names = tuple(files.classes["train"])
+    label_of = {name: label for label, name in enumerate(class_names)}
     names = {split: [path for paths in classes.values() for path in paths] for split, classes in files.classes.items()}
     labels = {
-        split: np.array([class_names.index(name) for name, paths in classes.items() for _ in paths], np.int32)
+        split: np.array([label_of[name] for name, paths in classes.items() for _ in paths], np.int32)
         for split, classes in files.classes.items()
     }
     identity = [[name, sizes[name]] for split in names for name in names[split]]
@@ -112,7 +115,7 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
     if recorded_digest and digest != recorded_digest:
         raise DataError(
             f"data.files_digest={recorded_digest!r} was recorded from {source}, which now gives {digest!r}: the "
-            "folder changed since the run began (files added, removed or rewritten); put it back, or start a new run "
+            "folder changed since the run began (files added, removed or resized); put it back, or start a new run "
             "(--fresh, or another --workdir)"
         )
     return Listing(source, class_names, names, labels, spans, digest)
