@@ -48,9 +48,17 @@ def check_config(checkpoint_config: ml_collections.ConfigDict) -> None:
 
 
 class Checkpointer:
-    """Saves and restores `{"state": pytree, "meta": json}` under `directory` with an orbax CheckpointManager."""
+    """Saves and restores `{"state": pytree, "meta": json}` under `directory` with an orbax CheckpointManager, and
+    with `items`, more items by their orbax handlers (the grain loader's iterator state, as "data")."""
 
-    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True, create: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        keep: int = 3,
+        async_save: bool = True,
+        create: bool = True,
+        items: dict[str, Any] | None = None,
+    ):
         self.directory = Path(directory).absolute()
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
@@ -68,7 +76,7 @@ class Checkpointer:
             # A save cut short (kill -9, full disk) leaves a *.orbax-checkpoint-tmp folder: never a checkpoint.
             cleanup_tmp_directories=create,
         )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(), **(items or {})}
         self._save_failed = False
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -84,14 +92,24 @@ class Checkpointer:
         step = self.manager.best_step()
         return step if step is not None and BEST_METRIC in (self.manager.metrics(step) or {}) else None
 
-    def save(self, step: int, state_tree: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped."""
+    def save(
+        self,
+        step: int,
+        state_tree: Any,
+        meta: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        items: dict[str, Any] | None = None,
+    ) -> None:
+        """Starts an asynchronous save; the previous one is finished first. A step already saved is skipped.
+        `items` are the save arguments of the items the checkpointer was made with."""
         # orbax would finish the previous save inside its save and raise that save's failure from there, unreported.
         self.wait()
         if step in self.manager.all_steps():
             return
         meta = meta | {"state_format": STATE_FORMAT}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta), **(items or {})
+        )
         try:
             self.manager.save(step, args=args, metrics=metrics)
         except OSError as error:
@@ -149,6 +167,16 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.meta)
+
+    def restore_item(self, step: int, name: str, args: Any) -> None:
+        """Restores one of the items the checkpointer was made with (its restore arguments `args`); a checkpoint
+        without it is refused in one line."""
+        if not (self.directory / str(step) / name).is_dir():
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} holds no {name!r} item (it was written by a run that did not "
+                f"save one), so this run cannot resume from it: pass --fresh to start over"
+            )
+        self.manager.restore(step, args=ocp.args.Composite(**{name: args}))
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)

@@ -188,6 +188,38 @@ class Experiment:
         loader = data.config_loader(self.config.data, split, self.config.seed)
         return pipeline.put_split(loader, num_examples, rows, self.mesh), num_examples
 
+    @property
+    def streamed(self) -> bool:
+        """Whether batches stream from files through Grain (`data.loader='grain'`) rather than from the devices."""
+        return self.config.data.loader == "grain"
+
+    def _local_batch(self, per_device: int) -> int:
+        """A global batch's rows on this process's devices."""
+        return per_device * sum(device.process_index == jax.process_index() for device in self.mesh.devices.flat)
+
+    def open_train_stream(self) -> data.stream.TrainStream:
+        """The grain loader's training batches of this process (its Grain workers start)."""
+        per_device = self.config.train.batch_size // self.mesh.devices.size
+        return data.config_train_stream(
+            self.config.data, self.config.seed, self.train_examples, self._local_batch(per_device), self.steps_per_epoch
+        )
+
+    def open_eval_stream(self, split: str = "test") -> data.stream.EvalStream:
+        """The grain loader's padded, masked evaluation batches of this process for `split`."""
+        _, rows = self.eval_split_rows(split)
+        return data.config_eval_stream(self.config.data, split, rows, self._local_batch(self.eval_batch_per_device))
+
+    def fed_batch_shapes(self, steps: int, per_device: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+        """Shapes of `steps` stacked global batches of images and labels fed from the host (`steps` 0: one batch,
+        unstacked), as `parallel.global_batches` places them."""
+        batch = per_device * self.mesh.devices.size
+        lead = (steps,) if steps else ()
+        sharding = parallel.stacked_batch_sharded(self.mesh) if steps else parallel.batch_sharded(self.mesh)
+        return (
+            jax.ShapeDtypeStruct((*lead, batch, *self.input_shape), jnp.uint8, sharding=sharding),
+            jax.ShapeDtypeStruct((*lead, batch), jnp.int32, sharding=sharding),
+        )
+
     def lower_new_state(self) -> jax.stages.Lowered:
         """The init program, lowered: its `out_info` is the state's shapes, and `.compile()()` the state."""
         use_ema = self.config.train.ema_decay > 0
@@ -201,6 +233,48 @@ class Experiment:
         flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
         eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
         return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
+
+    def make_evaluate_batch(self) -> Callable:
+        """`evaluate_batch(variables, sums, images, labels, mask) -> sums` on one global batch fed from the host."""
+        eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=self.config.eval.tta_flip)
+        return steps.make_evaluate_batch(eval_step, self.mesh)
+
+    def lower_fed_train_program(
+        self,
+        state: Any,
+        chunks: Collection[int],
+        scan: bool | None = None,
+        compiler_options: dict[str, Any] | None = None,
+    ) -> steps.TrainProgram:
+        """`lower_train_program` for batches fed from the host (the grain loader): `train[n](state, totals, images,
+        labels)` takes `n` stacked global batches (`fed_batch_shapes`), and there is no permutation program."""
+        mesh = self.mesh
+        scan = steps.scan_is_fast(mesh) if scan is None else scan
+        window, learning_rate = self._lower_window_and_rate()
+        train_step = steps.make_train_step(self.step_config)
+        per_device = self.config.train.batch_size // mesh.devices.size
+        train = {
+            count: steps.lower_fed_train_steps(
+                train_step,
+                mesh,
+                state,
+                window.out_info,
+                count,
+                *self.fed_batch_shapes(count, per_device),
+                scan,
+                compiler_options,
+            )
+            for count in (sorted(chunks) if scan else [1])
+        }
+        return steps.TrainProgram(train, None, window, learning_rate, scan)
+
+    def _lower_window_and_rate(self) -> tuple[jax.stages.Lowered, jax.stages.Lowered]:
+        """The metric window's program (placed as the train programs give it back) and the logged rate's."""
+        zero_totals = functools.partial(steps.zero_train_metrics, self.stage_sums)
+        window = jax.jit(zero_totals, out_shardings=parallel.replicated(self.mesh)).lower()
+        # The logged rate takes the step as a Python int, which jax makes a weakly typed int32.
+        learning_rate = jax.jit(self.schedule).lower(jax.ShapeDtypeStruct((), jnp.int32, weak_type=True))
+        return window, learning_rate
 
     def lower_train_program(
         self,
@@ -228,8 +302,7 @@ class Experiment:
         # The shardings declared, so that the train programs are lowered for the permutation and the metric window
         # as they come (the window placed as the train programs give it back).
         shuffle = jax.jit(permutation, out_shardings=parallel.batch_sharded(mesh)).lower(epoch)
-        zero_totals = functools.partial(steps.zero_train_metrics, self.stage_sums)
-        window = jax.jit(zero_totals, out_shardings=parallel.replicated(mesh)).lower()
+        window, learning_rate = self._lower_window_and_rate()
         train_step = steps.make_train_step(self.step_config)
         batch_per_device = self.config.train.batch_size // mesh.devices.size
         train = {
@@ -247,8 +320,6 @@ class Experiment:
             )
             for count in (sorted(chunks) if scan else [1])
         }
-        # The logged rate takes the step as a Python int, which jax makes a weakly typed int32.
-        learning_rate = jax.jit(self.schedule).lower(jax.ShapeDtypeStruct((), jnp.int32, weak_type=True))
         return steps.TrainProgram(train, shuffle, window, learning_rate, scan)
 
 

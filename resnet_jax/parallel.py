@@ -118,3 +118,24 @@ def process_rows(num_rows: int, mesh: Mesh) -> slice:
 def global_array(local_rows: np.ndarray, mesh: Mesh, num_rows: int) -> jax.Array:
     """Builds a batch-sharded global array from this process's rows (see `process_rows`)."""
     return jax.make_array_from_process_local_data(batch_sharded(mesh), local_rows, (num_rows, *local_rows.shape[1:]))
+
+
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of batches stacked along a leading axis of steps: (steps, batch, ...), the batch axis sharded."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
+def global_batches(local_batches: np.ndarray, mesh: Mesh, stacked: bool = True) -> jax.Array:
+    """Builds global batches from this process's rows of them, each process feeding its own devices in process
+    order: stacked (steps, global batch, ...) from (steps, its rows, ...), or one batch from (its rows, ...)."""
+    processes = mesh.devices.size // sum(device.process_index == jax.process_index() for device in mesh.devices.flat)
+    axis = 1 if stacked else 0
+    shape = list(local_batches.shape)
+    shape[axis] *= processes
+    sharding = stacked_batch_sharded(mesh) if stacked else batch_sharded(mesh)
+    return jax.make_array_from_process_local_data(sharding, local_batches, tuple(shape))
+
+
+def global_replicated(value: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A replicated global array of `value`, the same in every process."""
+    return jax.make_array_from_process_local_data(replicated(mesh), value, value.shape)

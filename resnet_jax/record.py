@@ -75,7 +75,7 @@ def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
 def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None) -> ml_collections.ConfigDict:
     """A copy of `config` as this run computes it: `model.dtype=auto` becomes the dtype the run recorded (a resume),
     else what auto picks here; a resume keeps the digests of its validation and train_eval draws, so that another
-    draw is refused when the data is read."""
+    draw is refused when the data is read (and so are files other than the ones the grain loader recorded)."""
     config = config.copy_and_resolve_references()
     saved_model = (previous or {}).get("model", {})
     if config.model.dtype == "auto":
@@ -83,6 +83,9 @@ def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None)
         config.model.dtype = (
             recorded if recorded in models.DTYPES else jnp.dtype(models.resolve_dtype(config.model)).name
         )
+    saved_files = (previous or {}).get("data", {}).get("files_digest")
+    if isinstance(saved_files, str) and not config.data.files_digest:
+        config.data.files_digest = saved_files  # the grain loader refuses a resume on other files
     saved_digests = (previous or {}).get("data", {}).get("split_digests", {})
     for split, digest in saved_digests.items() if isinstance(saved_digests, dict) else ():
         if split in config.data.split_digests and isinstance(digest, str) and not config.data.split_digests[split]:

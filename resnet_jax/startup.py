@@ -11,18 +11,23 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
-from resnet_jax import checkpoint, finetune, models, parallel, pipeline
+from resnet_jax import checkpoint, finetune, models, parallel, pipeline, steps
 from resnet_jax.experiment import Experiment, chunk_sizes
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.state import TrainState
 from resnet_jax.steps import TrainProgram
 from resnet_jax.workdir import CHECKPOINTS_DIR
 
+if TYPE_CHECKING:
+    from resnet_jax.data import stream
+
 logger = logging.getLogger(__name__)
+
+DATA_ITEM = "data"  # the grain loader's iterator state, an item of each checkpoint beside "state" and "meta"
 
 
 @dataclasses.dataclass
@@ -36,18 +41,22 @@ class Ready:
     # before one, and always for a run without a validation split.
     best: dict[str, float] | None
     restored_step: int  # the state's step: 0 when starting over or fine-tuning
-    train_split: pipeline.DeviceSplit
-    eval_splits: dict[str, pipeline.DeviceSplit]  # by name, as `Experiment.eval_splits`
+    # On the devices, or with the grain loader (`Experiment.streamed`) this process's streams of batches.
+    train_split: pipeline.DeviceSplit | stream.TrainStream
+    eval_splits: dict[str, pipeline.DeviceSplit | stream.EvalStream]  # by name, as `Experiment.eval_splits`
     program: TrainProgram  # compiled
-    # By split, as `eval_splits`: its compiled evaluation (`Experiment.make_evaluate`), one per padded split length.
+    # By split, as `eval_splits`: its compiled evaluation (`Experiment.make_evaluate`), one per padded split length;
+    # streamed, the one program of one batch (`Experiment.make_evaluate_batch`).
     evaluations: dict[str, jax.stages.Compiled]
     checkpointer: checkpoint.Checkpointer
     writer: MetricWriter
 
     def close(self) -> None:
-        """Closes the writer and the checkpointer; the first error closing them is raised once both are tried."""
+        """Closes the writer, the checkpointer and any streams (their Grain workers); the first error closing them is
+        raised once all are tried."""
         errors = []
-        for resource in (self.writer, self.checkpointer):
+        streams = [split for split in (self.train_split, *self.eval_splits.values()) if hasattr(split, "close")]
+        for resource in (self.writer, self.checkpointer, *streams):
             try:
                 resource.close()
             except Exception as error:  # each must be tried: the other may still hold a save to finish
@@ -83,14 +92,19 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
     compiler = concurrent.futures.ThreadPoolExecutor(
         max_workers=4 if on_cpu else 1, thread_name_prefix="resnet_jax-compile"
     )
-    opened: list[checkpoint.Checkpointer | MetricWriter] = []  # closed again if the start-up fails
+    opened: list[Any] = []  # the checkpointer, writer and streams: closed again if the start-up fails
     try:
         init_program = experiment.lower_new_state()
         initialized = compiler.submit(_timed_compile, init_program)
         abstract_state: TrainState = init_program.out_info
         split_rows = {split: experiment.eval_split_rows(split) for split in experiment.eval_splits}
+        items = {}
+        if experiment.streamed:
+            from resnet_jax.data import stream  # Grain is imported by runs that stream only
+
+            items = {DATA_ITEM: stream.checkpoint_handler()}
         checkpointer = checkpoint.Checkpointer(
-            workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
+            workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save, items=items
         )
         opened.append(checkpointer)
         position, best, step = pipeline.DataPosition(), None, 0
@@ -102,26 +116,49 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
             logger.info(
                 "resumed from checkpoint %d (epoch %d, step %d of it)", step, position.epoch, position.step_in_epoch
             )
-        train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
         # Lowering holds the GIL and compiling does not: lower here, compile in the threads.
         chunks = chunk_sizes(
             experiment.steps_per_call, experiment.steps_per_epoch, experiment.total_steps, position, step
         )
-        lowered = experiment.lower_train_program(abstract_state, train_shapes, chunks)
-        train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
-        evaluate = experiment.make_evaluate()
-        eval_compiles = {
-            rows: compiler.submit(
-                _timed_compile,
-                evaluate.lower(
-                    abstract_state.eval_variables, pipeline.abstract_split(rows, experiment.input_shape, mesh)
-                ),
-            )
-            for rows in sorted({rows for _, rows in split_rows.values()})  # one program per padded split length
-        }
+        if experiment.streamed:
+            lowered = experiment.lower_fed_train_program(abstract_state, chunks)
+            train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
+            batch = experiment.fed_batch_shapes(0, experiment.eval_batch_per_device)
+            mask = jax.ShapeDtypeStruct(batch[1].shape, bool, sharding=batch[1].sharding)
+            replicated = parallel.replicated(mesh)
+            sums = jax.eval_shape(steps.zero_eval_sums)
+            sums = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), sums)
+            evaluate_batch = experiment.make_evaluate_batch().lower(abstract_state.eval_variables, sums, *batch, mask)
+            eval_compiles = {0: compiler.submit(_timed_compile, evaluate_batch)}  # one program for every split
+            split_programs = dict.fromkeys(split_rows, 0)
+        else:
+            train_shapes = pipeline.abstract_split(experiment.train_examples, experiment.input_shape, mesh)
+            lowered = experiment.lower_train_program(abstract_state, train_shapes, chunks)
+            train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))
+            evaluate = experiment.make_evaluate()
+            eval_compiles = {
+                rows: compiler.submit(
+                    _timed_compile,
+                    evaluate.lower(
+                        abstract_state.eval_variables, pipeline.abstract_split(rows, experiment.input_shape, mesh)
+                    ),
+                )
+                for rows in sorted({rows for _, rows in split_rows.values()})  # one program per padded split length
+            }
+            split_programs = {split: rows for split, (_, rows) in split_rows.items()}
         data_started = time.perf_counter()
-        train_split = experiment.load_train_split()
-        eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
+        if experiment.streamed:
+            train_split = experiment.open_train_stream()
+            opened.append(train_split)
+            if restored is not None:
+                checkpointer.restore_item(step, DATA_ITEM, train_split.restore_args())
+            eval_splits = {}
+            for split in experiment.eval_splits:
+                eval_splits[split] = experiment.open_eval_stream(split)
+                opened.append(eval_splits[split])
+        else:
+            train_split = experiment.load_train_split()
+            eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
         data_seconds = time.perf_counter() - data_started
         logger.info(
             "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
@@ -146,11 +183,14 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         elif config.finetune.source:
             state = finetune.start_weights(state, config.finetune.source)
         program = train_compiles.map(lambda compiling: compiling.result()[0])
-        evaluations = {split: eval_compiles[rows].result()[0] for split, (_, rows) in split_rows.items()}
+        evaluations = {split: eval_compiles[rows].result()[0] for split, rows in split_programs.items()}
         compile_seconds = (
             {"init": init_seconds}
             | {name: compiling.result()[1] for name, compiling in train_compiles.programs().items()}
-            | {f"evaluation x{rows}": compiling.result()[1] for rows, compiling in eval_compiles.items()}
+            | {
+                f"evaluation x{rows}" if rows else "evaluation batch": compiling.result()[1]
+                for rows, compiling in eval_compiles.items()
+            }
         )
         # Processes finish compiling at different times; the first cross-process step must not wait on a slow one
         # inside a collective with a short timeout (gloo's, on CPUs).

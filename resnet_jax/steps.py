@@ -227,7 +227,7 @@ class TrainProgram:
     """
 
     train: dict[int, Any]
-    permutation: Any
+    permutation: Any  # None where batches are fed from the host (`lower_fed_train_steps`)
     zero_totals: Any
     learning_rate: Any
     scan: bool
@@ -235,15 +235,15 @@ class TrainProgram:
     def programs(self) -> dict[str, Any]:
         """Each program by the name the start-up log gives its compile time."""
         train = {(f"train x{n}" if self.scan else "train step"): program for n, program in self.train.items()}
-        named = {"permutation": self.permutation, "metric window": self.zero_totals}
-        return train | named | {"learning rate": self.learning_rate}
+        shuffle = {} if self.permutation is None else {"permutation": self.permutation}
+        return train | shuffle | {"metric window": self.zero_totals, "learning rate": self.learning_rate}
 
     def map(self, stage: Callable[[Any], Any]) -> TrainProgram:
         """This program with `stage` applied to each of its programs (start-up hands them to compile threads)."""
         return dataclasses.replace(
             self,
             train={n: stage(program) for n, program in self.train.items()},
-            permutation=stage(self.permutation),
+            permutation=None if self.permutation is None else stage(self.permutation),
             zero_totals=stage(self.zero_totals),
             learning_rate=stage(self.learning_rate),
         )
@@ -302,6 +302,41 @@ def lower_train_steps(
     return jitted.lower(state, window, split, permutation, jax.ShapeDtypeStruct((), jnp.int32))
 
 
+def lower_fed_train_steps(
+    train_step: Callable,
+    mesh: Mesh,
+    state: Any,
+    totals: Metrics,
+    num_steps: int,
+    images: jax.ShapeDtypeStruct,
+    labels: jax.ShapeDtypeStruct,
+    scan: bool = False,
+    compiler_options: dict[str, Any] | None = None,
+) -> jax.stages.Lowered:
+    """`lower_train_steps` for batches fed from the host (the grain loader): `(state, totals, images, labels) ->
+    (state, totals)` runs one step on each of `num_steps` stacked global batches, uint8 images (num_steps, batch, H,
+    W, C) and int32 labels (num_steps, batch), sharded along the batch (`parallel.global_batches`)."""
+    if not scan and num_steps != 1:
+        raise ValueError(f"a program of one step per dispatch runs 1 step, not {num_steps}; scan to run several")
+    if compiler_options is None:
+        compiler_options = train_compiler_options(mesh)
+
+    def run_steps(state, totals, images, labels):
+        if scan:
+            state, stacked = jax.lax.scan(lambda state, batch: train_step(state, *batch), state, (images, labels))
+        else:
+            state, metrics = train_step(state, images[0], labels[0])
+            stacked = jax.tree.map(lambda value: value[None], metrics)
+        return state, _accumulate(totals, stacked)
+
+    sharding = replicated(mesh)
+    window = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), totals)
+    jitted = jax.jit(
+        run_steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None
+    )
+    return jitted.lower(state, window, images, labels)
+
+
 def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:
     """`eval_step(variables, images, labels, mask) -> (sums, logits)` on a uint8 batch; masked rows count nothing.
 
@@ -342,7 +377,21 @@ def make_evaluate(
             totals = jax.tree.map(jnp.add, totals, sums)
             return totals, (logits if return_logits else None)
 
-        zeros = {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "correct", "correct_top5", "count")}
-        return jax.lax.scan(body, zeros, jnp.arange(num_batches))
+        return jax.lax.scan(body, zero_eval_sums(), jnp.arange(num_batches))
 
     return jax.jit(evaluate)
+
+
+def zero_eval_sums() -> Metrics:
+    return {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "correct", "correct_top5", "count")}
+
+
+def make_evaluate_batch(eval_step: Callable, mesh: Mesh) -> Callable[..., Metrics]:
+    """`evaluate_batch(variables, sums, images, labels, mask) -> sums`: one global batch fed from the host (the
+    grain loader's padded, masked evaluation batches) added to the running sums, which stay on the devices."""
+
+    def evaluate_batch(variables, sums, images, labels, mask):
+        batch_sums, _ = eval_step(variables, images, labels, mask)
+        return jax.tree.map(jnp.add, sums, batch_sums)
+
+    return jax.jit(evaluate_batch, out_shardings=replicated(mesh))

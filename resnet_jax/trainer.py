@@ -142,6 +142,7 @@ class _Loop:
         on_evaluation: Callable[[int, dict[str, float]], None] | None,
     ):
         self.config, self.ready, self.on_evaluation = built.config, ready, on_evaluation
+        self.mesh, self.streamed = built.mesh, built.streamed
         self.program, self.checkpointer, self.writer = ready.program, ready.checkpointer, ready.writer
         self.steps_per_call = built.steps_per_call
         self.steps_per_epoch, self.total_steps = built.steps_per_epoch, built.total_steps
@@ -181,7 +182,9 @@ class _Loop:
 
     def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best: dict | None, metrics=None):
         meta = {"position": position.to_dict(), "step": step} | ({"best_validation": best} if best else {})
-        self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics)
+        # Streamed, the iterator's state is the position: it goes beside the train state.
+        items = {startup.DATA_ITEM: self.ready.train_split.save_args()} if self.streamed else None
+        self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics, items)
 
     def _preempted(self, stop: _StopRequests, state, step, position, best) -> Preempted:
         self._save(state, step, position, best)
@@ -192,9 +195,21 @@ class _Loop:
         """Every evaluation split's metrics, `validation_*` and `test_*`."""
         values = {}
         for split, device_split in self.ready.eval_splits.items():
-            sums, _ = self.ready.evaluations[split](state.eval_variables, device_split)
+            if self.streamed:
+                sums = self._evaluate_stream(self.ready.evaluations[split], state.eval_variables, device_split)
+            else:
+                sums, _ = self.ready.evaluations[split](state.eval_variables, device_split)
             values |= experiment.summarize_eval(sums, prefix=split)
         return values
+
+    def _evaluate_stream(self, evaluate_batch, variables, eval_stream) -> dict[str, jax.Array]:
+        """A split's sums over its streamed batches, added up on the devices as they come."""
+        zeros = {key: np.zeros((), np.float32) for key in jax.eval_shape(steps.zero_eval_sums)}
+        sums = {key: parallel.global_replicated(value, self.mesh) for key, value in zeros.items()}
+        for batch in eval_stream.batches():
+            fed = [parallel.global_batches(batch[key], self.mesh, stacked=False) for key in ("image", "label", "mask")]
+            sums = evaluate_batch(variables, sums, *fed)
+        return sums
 
     def run(self) -> dict[str, float]:
         """Steps, logs, evaluations and checkpoints, epoch by epoch, to the run's end (or a stop); the final
@@ -206,7 +221,7 @@ class _Loop:
         with _StopRequests() as stop:
             epoch = position.epoch
             while step < self.total_steps:
-                permutation = program.permutation(jnp.int32(epoch))
+                permutation = None if self.streamed else program.permutation(jnp.int32(epoch))
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
                 self.progress.start_epoch(epoch, step, in_epoch)
                 totals, window_start = program.zero_totals(), time.perf_counter()
@@ -217,9 +232,17 @@ class _Loop:
                     # waiting, as the chunk's are).
                     per_call = count if program.scan else 1
                     for first in range(in_epoch, in_epoch + count, per_call):
-                        state, totals = program.train[per_call](
-                            state, totals, ready.train_split, permutation, jnp.int32(first)
-                        )
+                        if self.streamed:  # the next batches from the host, while the devices run the last ones
+                            images, labels = ready.train_split.take(per_call)
+                            fed = (
+                                parallel.global_batches(images, self.mesh),
+                                parallel.global_batches(labels, self.mesh),
+                            )
+                            state, totals = program.train[per_call](state, totals, *fed)
+                        else:
+                            state, totals = program.train[per_call](
+                                state, totals, ready.train_split, permutation, jnp.int32(first)
+                            )
                     in_epoch, step = in_epoch + count, step + count
                     self.progress.advance(count)
                     epoch_done = in_epoch == self.steps_per_epoch or step == self.total_steps

@@ -2,14 +2,17 @@
 mesh and must train like one process with 4 devices, to rounding: gloo's cross-process all-reduce sums in another
 order than XLA's in-process one."""
 
+import json
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from resnet_jax import checkpoint, experiment, metrics
+from tests import test_stream
 from tests.conftest import REPO_ROOT, assert_eval_records_close, load_config, subprocess_env, train_command
 
 
@@ -109,3 +112,67 @@ def test_two_processes_finetune_from_one_archived_run(tmp_path):
     start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(old_params)])
     end = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params_at(workdir, 4))])
     assert np.linalg.norm(end - start) < 0.5 * np.linalg.norm(start)  # started from the old weights, not afresh
+
+
+def test_two_processes_stream_disjoint_shards_whose_union_is_the_split(tmp_path):
+    root = tmp_path / "pets"
+    written = test_stream.write_folder(root)  # 18 train files (16 train: 4 devices), 9 test
+    address = f"127.0.0.1:{free_port()}"
+    probes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.stream_shard_probe", str(root), address, str(index)],
+            env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [probe.communicate(timeout=300) for probe in probes]
+    for probe, (_, err) in zip(probes, outputs, strict=True):
+        assert probe.returncode == 0, err[-3000:]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert first["devices"] == 4 and first["steps_per_epoch"] == 4
+    assert first["train_shape"] == [4, 2, 8, 8, 3]  # each process: 4 steps of its 2 rows of the global 4
+    assert first["global_batch_shape"] == [1, 4, 8, 8, 3]
+    for probe in (first, second):
+        assert probe["local_rows_placed"] == probe["local_rows_read"]  # its rows on its own devices
+    train = {index for path, index in written.items() if path.startswith("train/")}
+    # An epoch reads each process's whole shard; the shards are disjoint, and together the train split (the 16 of
+    # 18 files that 4 devices take).
+    assert len(set(first["train_files"])) == len(set(second["train_files"])) == 8
+    assert not set(first["train_files"]) & set(second["train_files"])
+    assert set(first["train_files"]) | set(second["train_files"]) <= train
+    assert len(set(first["train_files"]) | set(second["train_files"])) == 16
+    # Evaluation: every test file once over both processes; the padding (12 rows for 9 files) falls on the second.
+    test = sorted(index for path, index in written.items() if path.startswith("test/"))
+    assert sorted(first["test_files"] + second["test_files"]) == test
+    assert (first["test_padding"], second["test_padding"]) == (0, 3)
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_streamed_shards_and_resume(tmp_path):
+    root = tmp_path / "pets"
+    test_stream.write_folder(root)
+    workdir = tmp_path / "run"
+    folder = (
+        f"data.files_dir={root}",
+        "data.dataset=folder",
+        "data.source=folder",
+        "data.loader=grain",
+        "data.image_size=8",
+        "data.workers=1",
+        "augment.crop_padding=0",
+        "train.batch_size=4",
+        "eval.batch_size=4",
+    )
+    run_two_processes(workdir, *folder, "train.num_epochs=1")
+    # Each process's iterator state, beside the train state in the checkpoint.
+    assert sorted(p.name for p in (workdir / "checkpoints" / "4" / "data").glob("*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
+    run_two_processes(workdir, *folder, "train.num_epochs=2")
+    evals = [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
+    assert [(r["step"], r["test_examples"]) for r in evals] == [(4, 9.0), (8, 9.0)]

@@ -33,6 +33,8 @@ LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png (and validation/<cl
 FOLDER_SPLITS = ("train", VALIDATION, "test")  # validation/ is optional
 _CACHE_FORMAT = 3  # bump when the cached arrays or info.json change meaning (3: 16-bit images scaled, not clipped)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# What Pillow raises for a file it cannot decode (and Image.DecompressionBombError, once Pillow is imported).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 _warned: set[str] = set()  # cache entries whose skipped files were reported in this process
 
 
@@ -55,7 +57,7 @@ class ImageFolder:
 
 
 @dataclasses.dataclass
-class _Files:
+class Files:
     """A folder's or an archive's image files by split and class, and a reader of one file's bytes."""
 
     classes: dict[str, dict[str, list[str]]]  # split -> class -> relative paths, sorted
@@ -74,7 +76,7 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
     is_archive = source.is_file()
     if is_archive and not tarfile.is_tarfile(source):
         raise DataError(f"{source} is neither a folder nor a .tar/.tar.gz archive of one holding {LAYOUT}")
-    listing = None if is_archive else _stat_tree(source)
+    listing = None if is_archive else stat_tree(source)
     stat = source.stat()
     identity = [_CACHE_FORMAT, str(source), image_size, channels, stat.st_size if is_archive else listing]
     if is_archive:
@@ -86,8 +88,8 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
     meta = json.loads((entry / "info.json").read_text())
     if str(entry) not in _warned:
         _warned.add(str(entry))
-        _warn(source, "are not images in a class folder, and were ignored", meta["ignored"])
-        _warn(source, "could not be decoded, and were skipped", meta["skipped"])
+        warn_files(source, "are not images in a class folder, and were ignored", meta["ignored"])
+        warn_files(source, "could not be decoded, and were skipped", meta["skipped"])
     info = DatasetInfo(
         name=FOLDER,
         class_names=tuple(meta["class_names"]),
@@ -105,7 +107,7 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
     return ImageFolder(source, info, arrays)
 
 
-def _warn(source: Path, what: str, names: list[str]) -> None:
+def warn_files(source: Path, what: str, names: list[str]) -> None:
     if names:
         logger.warning("%s: %d files %s (the first: %s)", source, len(names), what, names[0])
 
@@ -114,7 +116,7 @@ def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
-def _stat_tree(root: Path) -> list[tuple[str, int, int]]:
+def stat_tree(root: Path) -> list[tuple[str, int, int]]:
     """Every file under the splits' folders, with its size and time: the cache key of a plain folder."""
     found = []
     for split in FOLDER_SPLITS:
@@ -127,15 +129,15 @@ def _stat_tree(root: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> _Files:
+def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> Files:
     folders = [
         Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in os.walk(root / split)
     ]
     files = [name for name, _, _ in listing]
-    return _sort_files(root, files, folders, lambda relative: (root / relative).read_bytes())
+    return sort_files(root, files, folders, lambda relative: (root / relative).read_bytes())
 
 
-def _read_archive(archive: Path) -> _Files:
+def _read_archive(archive: Path) -> Files:
     """One pass over the archive (a .tar.gz cannot seek back cheaply): the images' bytes are kept in memory."""
     contents, folders = {}, []
     try:
@@ -151,16 +153,20 @@ def _read_archive(archive: Path) -> _Files:
                     contents[name] = handle.read() if name.lower().endswith(IMAGE_SUFFIXES) else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{archive} cannot be read as a tar archive ({error}); it is damaged or not a tar") from None
-    # An archive of the folder itself (DIR/train/...) holds one top folder: the layout starts below it.
-    tops = {PurePosixPath(name).parts[0] for name in [*contents, *folders]}
-    prefix = tops.pop() + "/" if len(tops) == 1 and not tops & set(SPLITS) else ""
+    prefix = archive_prefix([*contents, *folders])
     if prefix:
         contents = {name.removeprefix(prefix): data for name, data in contents.items() if name.startswith(prefix)}
         folders = [name.removeprefix(prefix) for name in folders if name.startswith(prefix)]
-    return _sort_files(archive, list(contents), folders, contents.__getitem__)
+    return sort_files(archive, list(contents), folders, contents.__getitem__)
 
 
-def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Callable[[str], bytes]) -> _Files:
+def archive_prefix(names: Iterable[str]) -> str:
+    """An archive of the folder itself (DIR/train/...) holds one top folder: the layout starts below it."""
+    tops = {PurePosixPath(name).parts[0] for name in names}
+    return tops.pop() + "/" if len(tops) == 1 and not tops & set(SPLITS) else ""
+
+
+def sort_files(source: Path, files: list[str], folders: Iterable[str], read: Callable[[str], bytes]) -> Files:
     """The images by split and class, checked: each bad layout ends in one DataError naming it and the fix."""
     files = [name for name in files if not _is_hidden(name)]
     folders = [name for name in folders if not _is_hidden(name)]
@@ -204,7 +210,7 @@ def _sort_files(source: Path, files: list[str], folders: Iterable[str], read: Ca
                 f"{source}: {split}/ has classes that train/ lacks ({', '.join(unknown)}); the classes are train/'s "
                 f"folders ({', '.join(sorted(classes['train']))})"
             )
-    return _Files({split: dict(sorted(found.items())) for split, found in classes.items()}, read, ignored)
+    return Files({split: dict(sorted(found.items())) for split, found in classes.items()}, read, ignored)
 
 
 def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str:
@@ -227,12 +233,12 @@ def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str
             if image_size and image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
             array = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
         return str(error) or type(error).__name__
     return array[..., None] if array.ndim == 2 else array
 
 
-def _decode_into(entry: Path, files: _Files, source: Path, image_size: int, channels: int) -> None:
+def _decode_into(entry: Path, files: Files, source: Path, image_size: int, channels: int) -> None:
     """Decodes every image (threads: Pillow's decoders and resizes run without the GIL) and writes the cache entry."""
     started = time.perf_counter()
     class_names = list(files.classes["train"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import ml_collections
@@ -27,6 +28,9 @@ from resnet_jax.data.registry import (
     SplitArrays,
     get_dataset_info,
 )
+
+if TYPE_CHECKING:
+    from resnet_jax.data import stream
 
 DEFAULTS = {
     "dataset": "cifar10",
@@ -57,7 +61,17 @@ DEFAULTS = {
     "split_sizes": {"train": 0, VALIDATION: 0, "test": 0},
     "synthetic_train_examples": 0,  # 0: the registry's size
     "synthetic_test_examples": 0,
+    # "device": every split decoded once, then held in the devices' memory (data/folder.py for a folder); "grain": a
+    # folder (or plain .tar) of images of any size streamed from its files by Grain (data/stream.py), for data
+    # larger than memory: decoding, random-resized crop and flip in worker processes, each process its own shard.
+    "loader": "device",
+    "workers": 4,  # the grain loader's worker processes; 0 decodes in the training process
+    "per_worker_buffer_size": 2,  # batches each grain worker keeps ready (Grain's MultiprocessingOptions)
+    # The grain loader's record of the folder's files (their names and sizes), taken as a run starts; a resume on
+    # files that differ is refused. "": not yet.
+    "files_digest": "",
 }
+LOADERS = ("device", "grain")
 
 
 def default_files_dir(dataset: str) -> str:
@@ -102,6 +116,13 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
             f"data.download_mirror={mirror!r} is not an http(s) address; give it as http://HOST/PATH/ or https://..."
         )
     _check_validation_config(data_config)
+    configuration.check_choice("data.loader", data_config.loader, LOADERS)
+    configuration.check_at_least("data.workers", data_config.workers, 0, "0 decodes in the training process")
+    configuration.check_positive("data.per_worker_buffer_size", data_config.per_worker_buffer_size, integer=True)
+    if not isinstance(data_config.files_digest, str):
+        raise configuration.ConfigError(f"data.files_digest={data_config.files_digest!r} must be a string")
+    if data_config.loader == "grain":
+        _check_grain_config(data_config)
     if data_config.source == FOLDER:
         _check_folder_config(data_config)
         return
@@ -142,6 +163,24 @@ def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
         )
     configuration.check_seed("data.validation_seed", data_config.validation_seed)
     configuration.check_at_least("data.train_eval_size", data_config.train_eval_size, 0, "0 scores no train sample")
+
+
+def _check_grain_config(data_config: ml_collections.ConfigDict) -> None:
+    """What the grain loader cannot serve, each refused in one line naming the fix."""
+    if data_config.dataset != FOLDER:
+        raise configuration.ConfigError(
+            f"data.loader='grain' streams a folder of images, not data.dataset={data_config.dataset!r}; give "
+            "data.dataset='folder', data.source='folder' and data.files_dir, or data.loader='device'"
+        )
+    if not data_config.image_size:
+        raise configuration.ConfigError(
+            "data.image_size=0: the grain loader crops and resizes images of any size to one; give it, e.g. 224"
+        )
+    if data_config.files_dir.endswith((".tar.gz", ".tgz")):
+        raise configuration.ConfigError(
+            f"data.files_dir={data_config.files_dir!r}: the grain loader reads archive members in place, which a "
+            "compressed archive cannot give; unpack it into a folder (or a plain .tar), or use data.loader='device'"
+        )
 
 
 def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
@@ -232,7 +271,15 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     if data_config.dataset != FOLDER:
         return get_dataset_info(data_config.dataset)
     if not (_folder_recorded(data_config) and data_config.mean and data_config.std):
-        found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels).info
+        if data_config.loader == "grain":
+            from resnet_jax.data import stream  # Grain is imported by runs that stream only
+
+            listing = stream.open_listing(data_config.files_dir, data_config.files_digest)
+            statistics = not (data_config.mean and data_config.std)
+            found = stream.folder_info(listing, data_config.image_size, data_config.channels, statistics)
+            data_config.files_digest = listing.digest
+        else:
+            found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels).info
         _check_folder_agrees(data_config, found)
         data_config.class_names = found.class_names
         data_config.image_shape = found.image_shape
@@ -400,24 +447,94 @@ def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int)
                 "this run has no validation split; give data.validation_size (a fraction of train, or a count) or "
                 "a folder's validation/"
             )
-        if split == "test" or (split != TRAIN_EVAL and not data_config.validation_size):
+        if _source_split(data_config, split) != "train":
             return read(split, rows)
         whole = read("train", None)
-        train_rows, validation_rows = np.arange(len(whole)), np.arange(len(whole))
-        if data_config.validation_size:
-            count = holdout.holdout_count(data_config.validation_size, len(whole))
-            train_rows, validation_rows = holdout.holdout_rows(whole.labels, count, data_config.validation_seed)
-            _check_draw(data_config, VALIDATION, validation_rows)
-        if split == TRAIN_EVAL:
-            sample = holdout.subset_rows(
-                whole.labels[train_rows], eval_split_size(data_config, TRAIN_EVAL), data_config.validation_seed
-            )
-            _check_draw(data_config, TRAIN_EVAL, train_rows[sample])
-            train_rows = train_rows[sample]
-        chosen = (validation_rows if split == VALIDATION else train_rows)[slice(None) if rows is None else rows]
+        chosen = _train_rows(data_config, split, whole.labels)[slice(None) if rows is None else rows]
         return SplitArrays(whole.images[chosen], whole.labels[chosen])
 
     return load
+
+
+def _source_split(data_config: ml_collections.ConfigDict, split: str) -> str:
+    """The source's split a run's split is drawn from: train for the holdout and the train_eval sample."""
+    if split == "test" or (split != TRAIN_EVAL and not data_config.validation_size):
+        return split
+    return "train"
+
+
+def _train_rows(data_config: ml_collections.ConfigDict, split: str, labels: np.ndarray) -> np.ndarray:
+    """The rows of the source's train split (of `labels`) that make the run's `split` (train, validation or
+    train_eval), in the split's order; the draws recorded or checked (`_check_draw`)."""
+    train_rows, validation_rows = np.arange(len(labels)), np.arange(len(labels))
+    if data_config.validation_size:
+        count = holdout.holdout_count(data_config.validation_size, len(labels))
+        train_rows, validation_rows = holdout.holdout_rows(labels, count, data_config.validation_seed)
+        _check_draw(data_config, VALIDATION, validation_rows)
+    if split == TRAIN_EVAL:
+        sample = holdout.subset_rows(
+            labels[train_rows], eval_split_size(data_config, TRAIN_EVAL), data_config.validation_seed
+        )
+        _check_draw(data_config, TRAIN_EVAL, train_rows[sample])
+        train_rows = train_rows[sample]
+    return validation_rows if split == VALIDATION else train_rows
+
+
+def _streamed_rows(data_config: ml_collections.ConfigDict, split: str) -> tuple[stream.Listing, str, np.ndarray]:
+    """The grain loader's listing of the run's folder (checked against its record), and the listed split and rows
+    that make the run's `split`."""
+    from resnet_jax.data import stream  # Grain is imported by runs that stream only
+
+    listing = stream.open_listing(data_config.files_dir, data_config.files_digest)
+    source = _source_split(data_config, split)
+    if source != "train":
+        return listing, source, np.arange(len(listing.names[source]))
+    return listing, source, _train_rows(data_config, split, listing.labels["train"])
+
+
+def config_train_stream(
+    data_config: ml_collections.ConfigDict, seed: int, examples: int, local_batch: int, steps_per_epoch: int
+) -> stream.TrainStream:
+    """The grain loader's `stream.TrainStream` of the run's train split (its first `examples`, a multiple of the
+    device count): this process's shard, `steps_per_epoch` batches of `local_batch` an epoch, shuffled and cropped
+    by `seed`."""
+    from resnet_jax.data import stream
+
+    listing, source, rows = _streamed_rows(data_config, "train")
+    return stream.train_stream(
+        listing,
+        source,
+        rows[:examples],
+        local_batch,
+        steps_per_epoch,
+        data_config.image_size,
+        data_config.channels,
+        seed,
+        data_config.workers,
+        data_config.per_worker_buffer_size,
+    )
+
+
+def config_eval_stream(
+    data_config: ml_collections.ConfigDict, split: str, padded_rows: int, local_batch: int
+) -> stream.EvalStream:
+    """The grain loader's `stream.EvalStream` of one of the run's evaluation splits, padded to `padded_rows`: this
+    process's part, in batches of `local_batch`."""
+    from resnet_jax.data import stream
+
+    listing, source, rows = _streamed_rows(data_config, split)
+    return stream.eval_stream(
+        listing,
+        source,
+        rows,
+        padded_rows,
+        local_batch,
+        data_config.image_size,
+        data_config.channels,
+        data_config.workers,
+        data_config.per_worker_buffer_size,
+        split,
+    )
 
 
 def fetch_if_asked(data_config: ml_collections.ConfigDict, part_suffix: str = ".part") -> None:

@@ -1,0 +1,360 @@
+"""The grain loader (data.loader=grain) on folders the tests write: JPEG and PNG files of random sizes, each one solid
+colour that names it, so that a streamed pixel says which file it came from."""
+
+import logging
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+
+import chex
+import jax
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from resnet_jax import configuration, data, experiment, steps, trainer
+from resnet_jax.data import stream
+from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
+from tests.test_trainer import eval_records, final_params
+
+CLASSES = ("ant", "bee", "cow")
+LEVELS = np.arange(16, 256, 32)  # 8 levels a channel, 32 apart: a JPEG's solid colour stays nearest its own
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    return tuple(int(LEVELS[(index // 8**channel) % 8]) for channel in range(3))
+
+
+def identify(images: np.ndarray) -> np.ndarray:
+    """The file index each image's centre pixel is the colour of."""
+    centre = images[..., images.shape[-3] // 2, images.shape[-2] // 2, :].astype(int)
+    levels = np.abs(centre[..., None] - LEVELS).argmin(-1)
+    return levels[..., 0] + 8 * levels[..., 1] + 64 * levels[..., 2]
+
+
+def write_folder(root, train=6, test=3, seed=0, size=(12, 40)):
+    """`train` and `test` files a class, of random sizes, JPEG and PNG in turn; returns {relative path: index}."""
+    rng = np.random.default_rng(seed)
+    index, written = 0, {}
+    for split, count in (("train", train), ("test", test)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for number in range(count):
+                width, height = (int(side) for side in rng.integers(*size, 2))
+                path = f"{split}/{name}/{number}.{'jpg' if index % 2 else 'png'}"
+                Image.new("RGB", (width, height), colour(index)).save(root / path, quality=95)
+                written[path], index = index, index + 1
+    return written
+
+
+def grain_config(root, **overrides):
+    config = experiment.base_config()
+    config.model.name = "resnet8_tiny"
+    data.use_folder(config.data, root)
+    config.data.loader = "grain"
+    config.data.image_size = 8
+    config.data.workers = 0
+    config.augment.crop_padding = 0
+    config.train.batch_size = 4
+    config.train.num_steps = 0
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 2
+    config.schedule.name = "cosine"
+    config.eval.batch_size = 4
+    config.checkpoint.keep = 5
+    return configuration.apply_overrides(config, overrides)
+
+
+@pytest.fixture
+def pets(tmp_path):
+    root = tmp_path / "pets"
+    return root, write_folder(root)
+
+
+def test_streamed_batches_hold_each_train_file_once_an_epoch_with_its_label(pets):
+    root, written = pets
+    built = experiment.build(grain_config(root))
+    assert built.info.class_names == CLASSES and built.config.data.image_shape == (8, 8, 3)
+    assert built.steps_per_epoch == 4  # 18 train files, batches of 4: 2 left out each epoch
+    train = built.open_train_stream()
+    try:
+        epochs = [train.take(built.steps_per_epoch) for _ in range(2)]
+    finally:
+        train.close()
+    names = {index: path for path, index in written.items()}
+    for images, labels in epochs:
+        chex.assert_shape(images, (4, 4, 8, 8, 3))
+        assert images.dtype == np.uint8 and labels.dtype == np.int32
+        files = identify(images).ravel()
+        assert len(set(files.tolist())) == 16  # no file twice in an epoch
+        assert all(names[file].startswith("train/") for file in files)
+        assert [CLASSES.index(names[file].split("/")[1]) for file in files] == labels.ravel().tolist()
+    # Each epoch reshuffles, and leaves out other files.
+    assert identify(epochs[0][0]).tolist() != identify(epochs[1][0]).tolist()
+
+
+def test_evaluation_batches_cover_every_file_once_padded_and_masked(pets):
+    root, written = pets
+    built = experiment.build(grain_config(root, **{"eval.batch_size": 4}))
+    test = built.open_eval_stream("test")
+    try:
+        for _ in range(2):  # each evaluation reads the split from its start
+            batches = list(test.batches())
+            assert len(batches) == 3  # 9 test files in 3 batches of 4, 3 rows of padding
+            mask = np.concatenate([b["mask"] for b in batches])
+            files = identify(np.concatenate([b["image"] for b in batches]))[mask]
+            assert mask.tolist() == [True] * 9 + [False] * 3
+            assert sorted(files.tolist()) == sorted(i for p, i in written.items() if p.startswith("test/"))
+            labels = np.concatenate([b["label"] for b in batches])[mask]
+            names = {index: path for path, index in written.items()}
+            assert [CLASSES.index(names[file].split("/")[1]) for file in files] == labels.tolist()
+    finally:
+        test.close()
+
+
+def test_evaluation_resizes_the_short_side_and_takes_the_centre():
+    # A 40x20 image whose left and right quarters are black: resized to 18 on the short side (16 / 0.875), its
+    # centre 16x16 is the middle 17.8 of 36 columns, all white.
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, 10:30] = 255
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    out = stream.eval_image(buffer.getvalue(), 16, 0)
+    chex.assert_shape(out, (16, 16, 3))
+    assert out.min() == 255
+
+
+def test_a_tar_streams_as_its_folder(pets, tmp_path):
+    root, _ = pets
+    archive = tmp_path / "pets.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname="pets")
+    folder_listing, tar_listing = stream.open_listing(str(root)), stream.open_listing(str(archive))
+    assert tar_listing.names == folder_listing.names and tar_listing.digest == folder_listing.digest
+    streams = [experiment.build(grain_config(source)).open_train_stream() for source in (root, archive)]
+    try:
+        (images, labels), (tar_images, tar_labels) = (train.take(3) for train in streams)
+    finally:
+        for train in streams:
+            train.close()
+    np.testing.assert_array_equal(tar_images, images)
+    np.testing.assert_array_equal(tar_labels, labels)
+
+
+def test_what_the_grain_loader_cannot_serve_is_one_line(pets, tmp_path):
+    root, _ = pets
+    refused = {
+        "data.loader='grain' streams a folder of images": {
+            "data.dataset": "synthetic",
+            "data.source": "synthetic",
+        },
+        "data.image_size=0: the grain loader": {"data.image_size": 0},
+        "data.loader='cpu' is not known; allowed: device, grain": {"data.loader": "cpu"},
+        "data.workers": {"data.workers": -1},
+    }
+    for message, overrides in refused.items():
+        with pytest.raises(configuration.ConfigError, match=message):
+            experiment.check_config(grain_config(root, **overrides))
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+    with pytest.raises(configuration.ConfigError, match="compressed archive"):
+        experiment.check_config(grain_config(archive))
+
+
+def test_a_folder_changed_since_the_run_began_is_refused(pets):
+    root, _ = pets
+    recorded = experiment.build(grain_config(root)).config
+    assert len(recorded.data.files_digest) == 32
+    experiment.build(recorded)  # the same files: accepted
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(root / "train" / "ant" / "new.png")
+    with pytest.raises(data.DataError, match="the folder changed since the run began"):
+        experiment.build(
+            configuration.apply_overrides(grain_config(root), {"data.files_digest": recorded.data.files_digest})
+        )
+
+
+def test_unreadable_files_are_skipped_with_one_warning(pets, caplog):
+    root, written = pets
+    (root / "train" / "bee" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "test" / "cow" / "broken.png").write_bytes(b"not a png")
+    built = experiment.build(grain_config(root, **{"data.mean": (0.5,) * 3, "data.std": (0.25,) * 3}))
+    train, test = built.open_train_stream(), built.open_eval_stream("test")
+    try:
+        with caplog.at_level(logging.WARNING, logger="resnet_jax.data.stream"):
+            images, _ = train.take(2 * built.steps_per_epoch)
+            batches = list(test.batches())
+    finally:
+        train.close()
+        test.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert [w for w in warnings if "broken.jpg" in w] == [
+        f"{root}: train/bee/broken.jpg could not be decoded, and is skipped (the next file takes its place); further "
+        "ones are counted"
+    ]
+    assert any("test/cow/broken.png" in w for w in warnings)
+    assert set(identify(images).ravel().tolist()) <= set(written.values())  # only files that decode
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 9  # 10 test files, one unreadable: left out of the evaluation
+
+
+def test_a_worker_that_dies_is_one_error_line_not_a_hang(pets):
+    root, _ = pets
+    train = experiment.build(grain_config(root, **{"data.workers": 1})).open_train_stream()
+    try:
+        train.take(1)
+        for worker in psutil.Process().children(recursive=True):
+            if "spawn_main" in " ".join(worker.cmdline()):  # Grain's worker, not multiprocessing's resource tracker
+                worker.send_signal(signal.SIGKILL)
+        started, failure = time.monotonic(), None
+        for _ in range(100):  # the batches the worker had ready before it died come first
+            try:
+                train.take(1)
+            except data.DataError as error:
+                failure = str(error)
+                break
+        assert failure is not None and "\n" not in failure
+        assert "the grain loader stopped: Worker process was terminated unexpectedly" in failure
+        assert time.monotonic() - started < 60
+    finally:
+        train.close()
+
+
+TAKE = stream.TrainStream.take
+
+
+class Recorded:
+    """The batches the loop takes from its train stream (by file and label), while in effect."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        self.seen = []
+
+        def recording_take(stream_self, count):
+            if len(self.seen) == fail_at:
+                raise RuntimeError("killed")  # as kill -9: no checkpoint is saved on the way out
+            images, labels = TAKE(stream_self, count)
+            self.seen.append((identify(images).tolist(), labels.tolist()))
+            return images, labels
+
+        monkeypatch.setattr(stream.TrainStream, "take", recording_take)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """Two epochs of 4 steps, straight through: its folder, config, workdir and batches."""
+    root = tmp_path_factory.mktemp("straight") / "pets"
+    write_folder(root)
+    config = grain_config(root, **{"data.mean": (0.5,) * 3, "data.std": (0.25,) * 3})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        recorded = Recorded(monkeypatch)
+        trainer.train_and_evaluate(config, root.parent / "run")
+    assert len(recorded.seen) == 8
+    return config, root.parent / "run", recorded.seen
+
+
+def assert_same_run(workdir, straight_workdir):
+    chex.assert_trees_all_equal(final_params(straight_workdir), final_params(workdir))
+    assert eval_records(straight_workdir) == eval_records(workdir)
+
+
+def test_stopped_by_sigterm_mid_epoch_and_resumed_equals_straight_through(straight_run, tmp_path, monkeypatch):
+    config, straight_workdir, straight = straight_run
+    recorded = Recorded(monkeypatch)
+    # SIGTERM as the loop checks for it after step 3 of the first epoch's 4: it saves a checkpoint and stops.
+    requested = trainer._StopRequests.requested
+
+    def stop_after_step_3(self, agree=True):
+        if len(recorded.seen) == 3 and self.signal_name is None:
+            self.signal_name = "SIGTERM"
+        return requested(self, agree)
+
+    monkeypatch.setattr(trainer._StopRequests, "requested", stop_after_step_3)
+    with pytest.raises(trainer.Preempted, match="saved checkpoint 3"):
+        trainer.train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(trainer._StopRequests, "requested", requested)
+    trainer.train_and_evaluate(config, tmp_path)
+    assert recorded.seen == straight  # the resumed run went on from the 4th batch
+    assert_same_run(tmp_path, straight_workdir)
+
+
+def test_killed_mid_epoch_and_resumed_from_the_epochs_checkpoint_equals_straight_through(
+    straight_run, tmp_path, monkeypatch
+):
+    config, straight_workdir, straight = straight_run
+    killed = Recorded(monkeypatch, fail_at=5)  # dies taking step 6, with checkpoint 4 (epoch 1's end) on disk
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train_and_evaluate(config, tmp_path)
+    assert killed.seen == straight[:5]
+    resumed = Recorded(monkeypatch)
+    trainer.train_and_evaluate(config, tmp_path)
+    assert resumed.seen == straight[4:]  # from checkpoint 4's iterator state: batches 5 to 8 again
+    assert_same_run(tmp_path, straight_workdir)
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    try:
+        for member in (process, *process.children(recursive=True)):
+            total += member.memory_info().rss
+    except psutil.NoSuchProcess:  # one ended between the listing and its reading
+        pass
+    return total
+
+
+MEMORY_PROBE = """
+import resource, sys
+import numpy as np
+from resnet_jax.data import stream
+
+if __name__ == "__main__":
+    listing = stream.open_listing(sys.argv[1])
+    train = stream.train_stream(listing, "train", np.arange(len(listing.names["train"])), 16, 10, 128, 0, 0, 2, 2)
+    train.take(10)
+    train.close()
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
+    # 4,000 images of 128x128x3 would take 188 MiB held decoded, as the device loader holds them, more with the
+    # listing and copies; streamed, the peak of any process stays that of a few batches.
+    peaks = {}
+    for count in (500, 4000):
+        root = tmp_path / str(count)
+        for index in range(count):
+            path = root / "train" / CLASSES[index % 2] / f"{index}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (136, 136), colour(index % 512)).save(path)
+        shutil.copytree(root / "train", root / "test")
+        (tmp_path / "probe.py").write_text(MEMORY_PROBE)
+        probe = subprocess.Popen([PYTHON, str(tmp_path / "probe.py"), str(root)], cwd=REPO_ROOT, env=subprocess_env())
+        peaks[count] = 0
+        while probe.poll() is None:  # the resident memory of the probe and its workers together, at its highest
+            peaks[count] = max(peaks[count], tree_rss(psutil.Process(probe.pid)))
+            time.sleep(0.02)
+        assert probe.returncode == 0
+    assert peaks[4000] - peaks[500] < 250 * 2**20, peaks
+
+
+@pytest.mark.slow
+def test_the_scanned_loop_feeds_stacked_batches_and_trains_as_the_per_step_one(straight_run, tmp_path, monkeypatch):
+    # Accelerators scan: calls of 3 and 1 steps an epoch, each on its batches stacked (3, batch, ...).
+    config, straight_workdir, straight = straight_run
+    monkeypatch.setattr(steps, "scan_is_fast", lambda mesh: True)
+    recorded = Recorded(monkeypatch)
+    results = trainer.train_and_evaluate(configuration.apply_overrides(config, {"train.steps_per_call": 3}), tmp_path)
+    assert results["step"] == 8
+    assert [len(files) for files, _ in recorded.seen] == [3, 1, 3, 1]
+    assert [batch for files, labels in recorded.seen for batch in zip(files, labels, strict=True)] == [
+        (files[0], labels[0]) for files, labels in straight
+    ]
+    # The same steps on the same batches, compiled in a loop: apart by XLA's reassociation only, far less than the
+    # weights moved.
+    initial = jax.tree.leaves(jax.device_get(experiment.build(config).new_state().params))
+    for start, scanned, per_step in zip(
+        initial, jax.tree.leaves(final_params(tmp_path)), jax.tree.leaves(final_params(straight_workdir)), strict=True
+    ):
+        assert np.linalg.norm(scanned - per_step) <= 1e-2 * np.linalg.norm(per_step - start)
