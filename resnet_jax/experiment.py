@@ -27,7 +27,8 @@ TRAIN_DEFAULTS = {
     "num_steps": 64_000,  # > 0 wins over num_epochs
     # Steps per call (one lax.scan on accelerators, which hides Python and launch overhead; on CPUs the steps are
     # dispatched one by one, as XLA:CPU runs convolutions far slower inside loops). 0: automatic, 50 on
-    # accelerators, 1 on CPUs (where a call gains nothing and logs come sooner).
+    # accelerators, 1 on CPUs (where a call gains nothing and logs come sooner) and with the grain loader (a call's
+    # batches are stacked on the host and sent whole: 50 ImageNet batches of 1024 would be 7.7 GB).
     "steps_per_call": 0,
     "log_every_steps": 100,
     "label_smoothing": 0.0,
@@ -164,7 +165,7 @@ class Experiment:
         """`train.steps_per_call`, with 0 resolved for the mesh's platform (see TRAIN_DEFAULTS)."""
         if self.config.train.steps_per_call:
             return self.config.train.steps_per_call
-        return 1 if self.mesh.devices.flat[0].platform == "cpu" else 50
+        return 1 if self.mesh.devices.flat[0].platform == "cpu" or self.streamed else 50
 
     @property
     def stage_sums(self) -> tuple[str, ...]:

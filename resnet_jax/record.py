@@ -29,6 +29,8 @@ KERNEL_KEYS = ("model.conv_backend", "model.norm_backend")
 LENGTH_KEYS = ("train.num_epochs", "train.num_steps")
 # What a run trains on and with: a change here on resume would make the record lie.
 TRAINING_SECTIONS = ("seed", "model", "data", "augment", "train", "optimizer", "schedule", "finetune")
+# (`data.workers` and `data.per_worker_buffer_size` give the same batches with any value, yet stay: Grain's saved
+# iterator state holds one entry per worker and cannot be restored into another count.)
 # Keys of those sections that do not change what is trained: where data is read from, how often things are logged
 # and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record) and the
 # run's length (`LENGTH_KEYS`, which may grow).
