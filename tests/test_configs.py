@@ -10,6 +10,7 @@ import pytest
 
 from resnet_jax import configuration, experiment, onednn
 from tests.conftest import REPO_ROOT, load_config, needs_cifar10_jpeg, needs_fashion_files
+from tests.test_stream import write_folder
 
 CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 
@@ -18,6 +19,10 @@ CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py"))
 # (JPEG) one where ../shared is.
 NEEDS = {name: needs_fashion_files for name in ("fashion_mnist", "fashion_mnist_long", "fashion_mnist_depth")}
 NEEDS["cifar10_jpeg"] = NEEDS["cifar10_jpeg_he"] = NEEDS["degradation_cpu"] = needs_cifar10_jpeg
+# The streamed recipes read the folder given on the command line: here a small one the test writes (9 train images a
+# class), with a holdout and a batch it can hold.
+SMALL = {"data.validation_size": 3, "train.batch_size": 8}
+FOLDER_RECIPES = {"imagenet_resnet50": SMALL, "folder_resnet50_finetune": SMALL}
 
 
 def expected_dtype(name: str) -> type:
@@ -31,8 +36,11 @@ def expected_dtype(name: str) -> type:
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=NEEDS.get(name, ())) for name in CONFIGS])
-def test_recipe_builds_the_model_the_trainer_trains(name):
+def test_recipe_builds_the_model_the_trainer_trains(name, tmp_path):
     config = configuration.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
+    if name in FOLDER_RECIPES:
+        write_folder(tmp_path, train=9)
+        config = configuration.apply_overrides(config, {"data.files_dir": str(tmp_path)} | FOLDER_RECIPES[name])
     built = experiment.build(config)
     assert built.model.dtype == built.step_config.dtype == expected_dtype(config.model.dtype)
     assert built.model.dropout_rate == config.model.dropout_rate
