@@ -235,10 +235,12 @@ class Experiment:
         eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
         return steps.make_evaluate(eval_step, self.mesh, self.eval_batch_per_device, return_logits)
 
-    def make_evaluate_batch(self) -> Callable:
-        """`evaluate_batch(variables, sums, images, labels, mask) -> sums` on one global batch fed from the host."""
-        eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=self.config.eval.tta_flip)
-        return steps.make_evaluate_batch(eval_step, self.mesh)
+    def make_evaluate_batch(self, tta_flip: bool | None = None, return_logits: bool = False) -> Callable:
+        """`evaluate_batch(variables, sums, images, labels, mask) -> (sums, logits)` on one global batch fed from the
+        host (`steps.evaluate_batches` runs a split's)."""
+        flip = self.config.eval.tta_flip if tta_flip is None else tta_flip
+        eval_step = steps.make_eval_step(self.step_config, self.model.apply, tta_flip=flip)
+        return steps.make_evaluate_batch(eval_step, self.mesh, return_logits)
 
     def lower_fed_train_program(
         self,

@@ -23,8 +23,8 @@ CHECKPOINT_NAMES = ("latest", "best")
 # The sections a trained run's tools let `--config.KEY=VALUE` override: the data to read, and how to score it. The
 # model and its training are the run's own.
 READING_SECTIONS = ("data", "eval")
-# The `data` keys that name another dataset: what the run recorded of its own (a folder's classes, the splits'
-# sizes and draws) no longer holds, and the run's holdouts are not drawn from it.
+# The `data` keys that name another dataset: what the run recorded of its own (a folder's classes and files, the
+# splits' sizes and draws) no longer holds, and the run's holdouts are not drawn from it.
 _OTHER_DATA_KEYS = ("dataset", "source", "files_dir", "data_dir")
 
 
@@ -123,7 +123,7 @@ def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequenc
     if data.FOLDER in (section.source, section.dataset) and not {"source", "dataset"} <= given:
         section.source = section.dataset = data.FOLDER
     defaults = data.DEFAULTS
-    for key in ("class_names", "image_shape", "validation_size", "train_eval_size"):
+    for key in ("class_names", "image_shape", "validation_size", "train_eval_size", "files_digest"):
         if key not in given:
             section[key] = defaults[key]
     section.split_sizes.update(defaults["split_sizes"])
@@ -310,7 +310,8 @@ def class_probabilities(run: TrainedRun, images: np.ndarray, tta_flip: bool = Fa
 
 @dataclasses.dataclass
 class Evaluation:
-    """Every example of a split, scored: logits and labels in the split's order, and the trainer's summary."""
+    """Every example of a split (a streamed run's that could be decoded), scored: logits and labels in the split's
+    order, and the trainer's summary."""
 
     split: str
     tta_flip: bool
@@ -336,20 +337,29 @@ class Evaluation:
 
 
 def evaluate_split(run: TrainedRun, split: str = "test", tta_flip: bool = False) -> Evaluation:
-    """Runs the trainer's evaluation, data parallel over the run's mesh, on every example of `split`."""
+    """Runs the trainer's evaluation, data parallel over the run's mesh, on every example of `split`. A streamed run
+    (`data.loader=grain`) is scored through its own evaluation stream, as its evaluations were: each image centre
+    cropped by `stream.eval_image`, and files that cannot be decoded left out."""
     built = run.experiment
-    data.fetch_if_asked(built.config.data)  # a CIFAR run's official files, on a machine that has not got them yet
-    device_split, num_examples = built.load_eval_split(split)
-    evaluate = built.make_evaluate(tta_flip=tta_flip, return_logits=True)
-    sums, per_batch = evaluate(run.variables, device_split)
-    logits = pipeline.eval_outputs_in_split_order(np.asarray(jax.device_get(per_batch)), run.num_devices)
-    labels = np.asarray(jax.device_get(device_split.labels))
+    if built.streamed:
+        eval_stream = built.open_eval_stream(split)
+        try:
+            evaluate_batch = built.make_evaluate_batch(tta_flip, return_logits=True)
+            sums, (logits, labels, kept) = steps.evaluate_batches(
+                evaluate_batch, run.variables, eval_stream.batches(), built.mesh
+            )
+        finally:
+            eval_stream.close()
+    else:
+        data.fetch_if_asked(built.config.data)  # a CIFAR run's official files, on a machine that has not got them yet
+        device_split, num_examples = built.load_eval_split(split)
+        evaluate = built.make_evaluate(tta_flip=tta_flip, return_logits=True)
+        sums, per_batch = evaluate(run.variables, device_split)
+        logits = pipeline.eval_outputs_in_split_order(np.asarray(jax.device_get(per_batch)), run.num_devices)
+        labels = np.asarray(jax.device_get(device_split.labels))
+        kept = np.arange(len(labels)) < num_examples
     return Evaluation(
-        split,
-        tta_flip,
-        labels[:num_examples],
-        logits[:num_examples].astype(np.float32),
-        experiment.summarize_eval(sums, prefix=split),
+        split, tta_flip, labels[kept], logits[kept].astype(np.float32), experiment.summarize_eval(sums, prefix=split)
     )
 
 

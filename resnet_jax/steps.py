@@ -3,6 +3,8 @@
 Augmentation and normalisation run inside the step, on the device. `lower_train_steps` runs several steps per
 dispatch, gathering each batch from the device-resident split: in one `lax.scan` on accelerators, as asynchronous
 per-step dispatches on the CPU; either way Python never waits between steps. `TrainProgram` holds a run's programs.
+`evaluate_batches` feeds a streamed split's batches, from the host, to its evaluation program (the trainer's loop and
+the tools' alike).
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from resnet_jax import augment, models, optim
-from resnet_jax.parallel import replicated
+from resnet_jax.parallel import global_batches, global_replicated, replicated
 from resnet_jax.pipeline import DeviceSplit, eval_batch, gather_batch
 from resnet_jax.state import TrainState
 
@@ -386,12 +389,34 @@ def zero_eval_sums() -> Metrics:
     return {key: jnp.zeros((), jnp.float32) for key in ("loss_sum", "correct", "correct_top5", "count")}
 
 
-def make_evaluate_batch(eval_step: Callable, mesh: Mesh) -> Callable[..., Metrics]:
-    """`evaluate_batch(variables, sums, images, labels, mask) -> sums`: one global batch fed from the host (the
-    grain loader's padded, masked evaluation batches) added to the running sums, which stay on the devices."""
+def make_evaluate_batch(eval_step: Callable, mesh: Mesh, return_logits: bool = False) -> Callable:
+    """`evaluate_batch(variables, sums, images, labels, mask) -> (sums, logits)`: one global batch fed from the host
+    (the grain loader's padded, masked evaluation batches) added to the running sums, which stay on the devices; the
+    batch's logits when asked for, else None."""
 
     def evaluate_batch(variables, sums, images, labels, mask):
-        batch_sums, _ = eval_step(variables, images, labels, mask)
-        return jax.tree.map(jnp.add, sums, batch_sums)
+        batch_sums, logits = eval_step(variables, images, labels, mask)
+        return jax.tree.map(jnp.add, sums, batch_sums), (logits if return_logits else None)
 
+    # Replicated, the logits a tool asks for come back whole to its host.
     return jax.jit(evaluate_batch, out_shardings=replicated(mesh))
+
+
+def evaluate_batches(
+    evaluate_batch: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: Mesh
+) -> tuple[Metrics, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """A split's sums over batches fed from the host (this process's rows of each global batch: uint8 `image`, int32
+    `label`, bool `mask`, as the grain loader's `EvalStream.batches` gives them), added up on the devices as they
+    come. With an `evaluate_batch` that returns logits, also every row's logits, label and mask, in the global
+    batches' order (in one process, the padded split's)."""
+    sums = {key: global_replicated(np.zeros((), np.float32), mesh) for key in jax.eval_shape(zero_eval_sums)}
+    rows = []
+    for batch in batches:
+        fed = [global_batches(batch[key], mesh, stacked=False) for key in ("image", "label", "mask")]
+        sums, logits = evaluate_batch(variables, sums, *fed)
+        if logits is not None:
+            rows.append((logits, *fed[1:]))
+    if not rows:
+        return sums, None
+    logits, labels, mask = (np.concatenate(part) for part in zip(*jax.device_get(rows), strict=True))
+    return sums, (logits, labels, mask)

@@ -195,21 +195,13 @@ class _Loop:
         """Every evaluation split's metrics, `validation_*` and `test_*`."""
         values = {}
         for split, device_split in self.ready.eval_splits.items():
+            evaluate, variables = self.ready.evaluations[split], state.eval_variables
             if self.streamed:
-                sums = self._evaluate_stream(self.ready.evaluations[split], state.eval_variables, device_split)
+                sums, _ = steps.evaluate_batches(evaluate, variables, device_split.batches(), self.mesh)
             else:
-                sums, _ = self.ready.evaluations[split](state.eval_variables, device_split)
+                sums, _ = evaluate(variables, device_split)
             values |= experiment.summarize_eval(sums, prefix=split)
         return values
-
-    def _evaluate_stream(self, evaluate_batch, variables, eval_stream) -> dict[str, jax.Array]:
-        """A split's sums over its streamed batches, added up on the devices as they come."""
-        zeros = {key: np.zeros((), np.float32) for key in jax.eval_shape(steps.zero_eval_sums)}
-        sums = {key: parallel.global_replicated(value, self.mesh) for key, value in zeros.items()}
-        for batch in eval_stream.batches():
-            fed = [parallel.global_batches(batch[key], self.mesh, stacked=False) for key in ("image", "label", "mask")]
-            sums = evaluate_batch(variables, sums, *fed)
-        return sums
 
     def run(self) -> dict[str, float]:
         """Steps, logs, evaluations and checkpoints, epoch by epoch, to the run's end (or a stop); the final

@@ -1,7 +1,8 @@
 """Predicts the classes of image files with a training run's weights. Each PNG or JPEG file is brought to the
-dataset's images (grey or RGB, its native size), padded like the training data and scored by the trainer's eval
-step; the top classes are printed with their probabilities. A file that is missing or not an image is named on
-stderr, the others are still predicted, and the exit status is then 2.
+dataset's images (grey or RGB, its native size) and padded like the training data, or for a run of the grain loader
+centre cropped as its evaluation crops, then scored by the trainer's eval step; the top classes are printed with
+their probabilities. A file that is missing or not an image is named on stderr, the others are still predicted,
+and the exit status is then 2.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def predict_files(
     readable = {}
     for index, path in enumerate(paths):
         try:
-            readable[index] = images.read_image(path, run.experiment.info, run.input_shape)
+            readable[index] = images.read_image(path, run.experiment.info, run.input_shape, run.experiment.streamed)
         except images.ImageError as error:
             predictions[index].error = str(error)
     if not readable:
