@@ -423,8 +423,9 @@ class EvalStream:
         for _ in range(self.count):
             batch = _next(self._iterator)
             unreadable = batch["unreadable"][batch["unreadable"] >= 0]
-            if len(unreadable) and self.name not in _warned:
-                _warned.add(self.name)
+            reported = f"{self.files.source}: {self.name}"  # once a process for a folder's split, not each evaluation
+            if len(unreadable) and reported not in _warned:
+                _warned.add(reported)
                 logger.warning(
                     "%s: files of the %s split could not be decoded, and are left out of its evaluation (the first: "
                     "%s)",
