@@ -223,6 +223,40 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang(pets):
         train.close()
 
 
+@pytest.mark.slow
+def test_a_training_process_killed_by_sigkill_leaves_no_worker_behind_and_resumes(tmp_path):
+    root = tmp_path / "pets"
+    write_folder(root)
+    workdir = tmp_path / "run"
+    command = [
+        PYTHON, "train.py", "--workdir", str(workdir), "--config", "configs/smoke.py", "--config.data.dataset=folder",
+        "--config.data.source=folder", f"--config.data.files_dir={root}", "--config.data.loader=grain",
+        "--config.data.image_size=8", "--config.data.workers=1", "--config.augment.crop_padding=0",
+        "--config.train.batch_size=4", "--config.train.num_steps=0", "--config.train.num_epochs=30",
+    ]  # fmt: skip
+    trainer_process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)  # fmt: skip
+    watched = psutil.Process(trainer_process.pid)
+    try:
+        deadline = time.monotonic() + 120
+        # A finished checkpoint's folder is its step alone (orbax renames it so once written).
+        while not [path for path in (workdir / "checkpoints").glob("*") if path.name.isdigit()]:
+            assert trainer_process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        workers = [p for p in watched.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        assert workers  # the train stream's, and the test split's
+        trainer_process.kill()
+        trainer_process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"{len(alive)} of {len(workers)} Grain workers outlived the killed training process"
+    finally:
+        if trainer_process.poll() is None:
+            trainer_process.kill()
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from checkpoint" in resumed.stderr + resumed.stdout
+
+
 TAKE = stream.TrainStream.take
 
 

@@ -15,6 +15,8 @@ import math
 import os
 import sys
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -327,6 +329,20 @@ class _Saved:
         return self._state
 
 
+def _end_with_the_trainer(worker_index: int, worker_count: int) -> None:
+    """Each Grain worker's start: a thread that ends the worker once the training process is gone. Killed by
+    SIGKILL, the training process cannot stop its workers, which would otherwise sleep on, orphaned, each holding its
+    memory."""
+    trainer = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == trainer:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="resnet-jax-parent-watch", daemon=True).start()
+
+
 def _iterate(dataset: grain.MapDataset, workers: int, buffer: int) -> grain.DatasetIterator:
     """`dataset`'s elements read by `workers` Grain processes (0: threads of this one), `buffer` ahead in each."""
     # Grain's workers read an absl flag, which fails where no absl app parsed the command line (this project's tools
@@ -335,7 +351,7 @@ def _iterate(dataset: grain.MapDataset, workers: int, buffer: int) -> grain.Data
         flags.FLAGS.mark_as_parsed()
     read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=max(buffer, READ_THREADS))
     options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
-    return iter(dataset.to_iter_dataset(read).mp_prefetch(options))
+    return iter(dataset.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=_end_with_the_trainer))
 
 
 def _next(iterator: grain.DatasetIterator) -> dict[str, np.ndarray]:
