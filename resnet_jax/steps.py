@@ -297,12 +297,8 @@ def lower_train_steps(
             stacked = jax.tree.map(lambda value: value[None], metrics)
         return state, _accumulate(totals, stacked)
 
-    sharding = replicated(mesh)
-    window = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), totals)
-    jitted = jax.jit(
-        run_steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None
-    )
-    return jitted.lower(state, window, split, permutation, jax.ShapeDtypeStruct((), jnp.int32))
+    step_inputs = (split, permutation, jax.ShapeDtypeStruct((), jnp.int32))
+    return _lower_run_steps(run_steps, mesh, state, totals, step_inputs, compiler_options)
 
 
 def lower_fed_train_steps(
@@ -332,12 +328,25 @@ def lower_fed_train_steps(
             stacked = jax.tree.map(lambda value: value[None], metrics)
         return state, _accumulate(totals, stacked)
 
+    return _lower_run_steps(run_steps, mesh, state, totals, (images, labels), compiler_options)
+
+
+def _lower_run_steps(
+    run_steps: Callable,
+    mesh: Mesh,
+    state: Any,
+    totals: Metrics,
+    step_inputs: tuple,
+    compiler_options: dict[str, Any],
+) -> jax.stages.Lowered:
+    """`run_steps(state, totals, *step_inputs)` jitted with the state and metric window donated and replicated
+    out, and lowered (the window placed as the programs give it back)."""
     sharding = replicated(mesh)
     window = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), totals)
     jitted = jax.jit(
         run_steps, donate_argnums=(0, 1), out_shardings=sharding, compiler_options=compiler_options or None
     )
-    return jitted.lower(state, window, images, labels)
+    return jitted.lower(state, window, *step_inputs)
 
 
 def make_eval_step(config: StepConfig, apply_fn: Callable, tta_flip: bool = False) -> Callable:
