@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+# `temporary_path`'s names: .NAME.PID-HEX.tmpSUFFIX
+_TEMPORARY = re.compile(r"\..*\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp[^/]*")
 NAME_MAX = 255  # bytes in one name on Linux's file systems (ext4, xfs, btrfs, tmpfs); macOS's APFS allows as many
 _SUFFIX_MAX = 16  # a longer "suffix" is part of the name (a.b-long-text), not a format a writer reads
 _DIGEST_CHARS = 16
@@ -52,6 +55,32 @@ def temporary_path(path: str | os.PathLike) -> Path:
             name = name[:-1]
         name += digest
     return path.with_name(name + tag)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporaries under `folder` whose writer is no longer running on this host (one killed by SIGKILL
+    mid-write leaves its temporary behind; the target itself is whole), and returns them. A live writer's are kept.
+    Call it only where this host's processes are the folder's only writers: a pid names a process on its own host."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and path.exists() and not _running(int(match["pid"])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _sync(path: Path) -> None:

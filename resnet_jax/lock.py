@@ -1,6 +1,7 @@
 """One writer per workdir: an OS lock (flock) on `DIR/.lock`, held while a training, a sweep or a conversion writes
 there. The kernel releases it when the holder ends, however it ends (kill -9 included), so a lock is never stale;
-the file records who holds it (pid, host, start, command) for the message that refuses a second writer.
+the file records who holds it (pid, host, start, command) for the message that refuses a second writer. A new
+holder removes the temporaries that a writer killed mid-write left (`atomic.remove_abandoned`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from resnet_jax import atomic
 from resnet_jax.configuration import ConfigError
 from resnet_jax.workdir import create_workdir
 
@@ -93,6 +95,9 @@ def hold(workdir: Path) -> Iterator[None]:
         taken = bool(multihost_utils.broadcast_one_to_all(np.int32(taken)))
     if not taken:
         raise WorkdirBusy(f"{_holder(path)} is writing to {workdir}; wait for it or use another --workdir")
+    if jax.process_count() == 1:
+        for leftover in atomic.remove_abandoned(workdir):
+            logger.info("removed %s, left by a writer killed mid-write", leftover)
     try:
         yield
     finally:

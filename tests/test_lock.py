@@ -12,7 +12,7 @@ import optuna
 import pytest
 from safetensors.numpy import save_file
 
-from resnet_jax import lock, trainer
+from resnet_jax import atomic, lock, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import sweep
@@ -79,6 +79,32 @@ def test_the_lock_goes_with_a_holder_killed_by_sigkill(tmp_path):
         holder.communicate()
     with lock.hold(workdir):
         assert f'"pid": {os.getpid()}' in (workdir / lock.LOCK_FILE).read_text()
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from resnet_jax import atomic
+with atomic.replacing(sys.argv[1]) as temporary, open(temporary, "wb") as handle:
+    handle.write(b"half")
+    handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_next_holder_removes_what_a_writer_killed_mid_write_left_and_keeps_a_live_ones(tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "plots").mkdir(parents=True)
+    for target in (workdir / "config.json", workdir / "plots" / "loss.png"):
+        done = subprocess.run([PYTHON, "-c", KILLED_MID_WRITE, str(target)], env=subprocess_env(), cwd=REPO_ROOT)
+        assert done.returncode == -9
+    left = sorted(path.name for path in workdir.rglob(".*") if path.name != lock.LOCK_FILE)
+    assert len(left) == 2 and all(".tmp" in name for name in left)
+    live = atomic.temporary_path(workdir / "metrics.jsonl")  # this process's: a writer still at work
+    live.write_text("{}")
+    with lock.hold(workdir):
+        remaining = sorted(path.name for path in workdir.rglob(".*") if path.name != lock.LOCK_FILE)
+    assert remaining == [live.name]
+    assert not (workdir / "config.json").exists()
 
 
 def test_a_second_sweep_is_refused_in_one_line_before_its_study_opens(tmp_path, capsys):

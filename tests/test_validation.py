@@ -49,6 +49,15 @@ def test_a_count_or_a_fraction_of_train_sizes_the_synthetic_runs_splits(size, he
     assert json.loads(configuration.to_json(config))["data"]["split_sizes"]["validation"] == held
 
 
+def test_an_eval_batch_larger_than_every_split_is_cut_to_the_largest_one():
+    # 128 validation and 200 test examples: a batch of 4096 would be 95% padding, computed.
+    built = experiment.build(load_config("smoke", **{"data.validation_size": 0.25, "eval.batch_size": 4096}))
+    assert built.eval_split_rows("test") == (200, 200)
+    assert built.eval_split_rows("validation") == (128, 200)
+    smaller = experiment.build(load_config("smoke", **{"data.validation_size": 0.25, "eval.batch_size": 64}))
+    assert smaller.eval_split_rows("test") == (200, 256)
+
+
 def test_the_synthetic_sources_train_and_validation_rows_are_its_train_split_divided():
     config = experiment.build(load_config("smoke", **{"data.validation_size": 0.25})).config
     whole = data.config_loader(load_config("smoke").data, "train", config.seed)(None)
