@@ -52,12 +52,12 @@ def make_folder(folder: Path, images: int, seed: int = 0) -> Path:
 def pipeline_rate(folder: Path, workers: int, batch: int, batches: int, repeats: int) -> list[float]:
     """Images/s of the train stream alone, `repeats` windows of `batches` batches after a warm-up of two (which
     starts the workers)."""
-    from resnet_jax.data import stream
+    from resnet_jax.data import listing, stream
 
-    listing = stream.open_listing(str(folder))
-    rows = np.arange(len(listing.names["train"]))
+    files = listing.open_listing(str(folder))
+    rows = np.arange(len(files.names["train"]))
     train = stream.train_stream(
-        listing, "train", rows, batch, len(rows) // batch, IMAGE_SIZE, 3, seed=0, workers=workers, buffer=2
+        files, "train", rows, batch, len(rows) // batch, IMAGE_SIZE, 3, seed=0, workers=workers, buffer=2
     )
     try:
         train.take(2)

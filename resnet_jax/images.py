@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_jax import data
-from resnet_jax.data import folder, pixels
+from resnet_jax.data import crops, folder, pixels
 
 
 class ImageError(ValueError):
@@ -25,7 +25,7 @@ def read_image(
     """One file as a uint8 image of `input_shape` (H, W, C), prepared as the dataset's images were: turned upright
     by its EXIF orientation, grey or RGB as the dataset is, resized to its native size, then padded or repeated as
     `data.to_input_shape` does. With `centre_crop`, as the grain loader's evaluation prepares each image instead
-    (`stream.eval_image`: the short side resized to H / 0.875, the centre square of H taken).
+    (`crops.eval_image`: the short side resized to H / 0.875, the centre square of H taken).
 
     Raises ImageError naming the file when it is missing or not an image.
     """
@@ -33,9 +33,7 @@ def read_image(
     height, width, native_channels = info.image_shape
     try:
         if centre_crop:
-            from resnet_jax.data import stream  # Grain is imported by runs that stream only
-
-            return stream.eval_image(path.read_bytes(), input_shape[0], input_shape[-1])
+            return crops.eval_image(path.read_bytes(), input_shape[0], input_shape[-1])
         with Image.open(path) as opened:
             image = pixels.to_eight_bits(ImageOps.exif_transpose(opened))
             image = image.convert("L" if native_channels == 1 else "RGB")

@@ -339,7 +339,7 @@ class Evaluation:
 def evaluate_split(run: TrainedRun, split: str = "test", tta_flip: bool = False) -> Evaluation:
     """Runs the trainer's evaluation, data parallel over the run's mesh, on every example of `split`. A streamed run
     (`data.loader=grain`) is scored through its own evaluation stream, as its evaluations were: each image centre
-    cropped by `stream.eval_image`, and files that cannot be decoded left out."""
+    cropped by `crops.eval_image`, and files that cannot be decoded left out."""
     built = run.experiment
     if built.streamed:
         eval_stream = built.open_eval_stream(split)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax import configuration, data, experiment, steps, trainer
-from resnet_jax.data import stream
+from resnet_jax.data import crops, listing, stream
 from tests.conftest import PYTHON, REPO_ROOT, subprocess_env
 from tests.test_trainer import eval_records, final_params
 
@@ -122,7 +122,7 @@ def test_evaluation_resizes_the_short_side_and_takes_the_centre():
     pixels[:, 10:30] = 255
     buffer = __import__("io").BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    out = stream.eval_image(buffer.getvalue(), 16, 0)
+    out = crops.eval_image(buffer.getvalue(), 16, 0)
     chex.assert_shape(out, (16, 16, 3))
     assert out.min() == 255
 
@@ -132,7 +132,7 @@ def test_a_tar_streams_as_its_folder(pets, tmp_path):
     archive = tmp_path / "pets.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(root, arcname="pets")
-    folder_listing, tar_listing = stream.open_listing(str(root)), stream.open_listing(str(archive))
+    folder_listing, tar_listing = listing.open_listing(str(root)), listing.open_listing(str(archive))
     assert tar_listing.names == folder_listing.names and tar_listing.digest == folder_listing.digest
     streams = [experiment.build(grain_config(source)).open_train_stream() for source in (root, archive)]
     try:
@@ -341,11 +341,11 @@ def tree_rss(process: psutil.Process) -> int:
 MEMORY_PROBE = """
 import resource, sys
 import numpy as np
-from resnet_jax.data import stream
+from resnet_jax.data import listing, stream
 
 if __name__ == "__main__":
-    listing = stream.open_listing(sys.argv[1])
-    train = stream.train_stream(listing, "train", np.arange(len(listing.names["train"])), 16, 10, 128, 0, 0, 2, 2)
+    files = listing.open_listing(sys.argv[1])
+    train = stream.train_stream(files, "train", np.arange(len(files.names["train"])), 16, 10, 128, 0, 0, 2, 2)
     train.take(10)
     train.close()
 """

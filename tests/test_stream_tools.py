@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax import images, inference, metrics, optim, trainer
-from resnet_jax.data import stream
+from resnet_jax.data import crops, listing
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import predict as predict_tool
 from tests.test_stream import grain_config, write_folder
@@ -51,12 +51,12 @@ def grain_run(tmp_path_factory):
     config = grain_config(root, **{"train.num_epochs": 1, "data.mean": (0.5,) * 3, "data.std": (0.25,) * 3})
     workdir = root.parent / "run"
     trainer.train_and_evaluate(config, workdir)
-    listing = stream.open_listing(str(root))
-    readable = [index for index, name in enumerate(listing.names["test"]) if name != UNREADABLE]
-    files = [root / listing.names["test"][index] for index in readable]
+    listed = listing.open_listing(str(root))
+    readable = [index for index, name in enumerate(listed.names["test"]) if name != UNREADABLE]
+    files = [root / listed.names["test"][index] for index in readable]
     run = inference.restore_run(workdir)
     network = jax.jit(lambda inputs: run.experiment.model.apply(run.variables, inputs, train=False))
-    return GrainRun(files, listing.labels["test"][readable], workdir, run, network)
+    return GrainRun(files, listed.labels["test"][readable], workdir, run, network)
 
 
 def final_test_record(workdir):
@@ -64,7 +64,7 @@ def final_test_record(workdir):
 
 
 def eval_crops(files):
-    return np.stack([stream.eval_image(path.read_bytes(), 8, 0) for path in files])
+    return np.stack([crops.eval_image(path.read_bytes(), 8, 0) for path in files])
 
 
 def test_evaluate_scores_the_runs_own_evaluation_stream(grain_run):

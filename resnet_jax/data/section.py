@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import configuration
-from resnet_jax.data import download, folder, holdout, splits
+from resnet_jax.data import download, folder, holdout, listing, splits
 from resnet_jax.data.registry import (
     DATASETS,
     FOLDER,
@@ -272,12 +272,10 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         return get_dataset_info(data_config.dataset)
     if not (_folder_recorded(data_config) and data_config.mean and data_config.std):
         if data_config.loader == "grain":
-            from resnet_jax.data import stream  # Grain is imported by runs that stream only
-
-            listing = stream.open_listing(data_config.files_dir, data_config.files_digest)
+            files = listing.open_listing(data_config.files_dir, data_config.files_digest)
             statistics = not (data_config.mean and data_config.std)
-            found = stream.folder_info(listing, data_config.image_size, data_config.channels, statistics)
-            data_config.files_digest = listing.digest
+            found = listing.folder_info(files, data_config.image_size, data_config.channels, statistics)
+            data_config.files_digest = files.digest
         else:
             found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels).info
         _check_folder_agrees(data_config, found)
@@ -480,16 +478,14 @@ def _train_rows(data_config: ml_collections.ConfigDict, split: str, labels: np.n
     return validation_rows if split == VALIDATION else train_rows
 
 
-def _streamed_rows(data_config: ml_collections.ConfigDict, split: str) -> tuple[stream.Listing, str, np.ndarray]:
+def _streamed_rows(data_config: ml_collections.ConfigDict, split: str) -> tuple[listing.Listing, str, np.ndarray]:
     """The grain loader's listing of the run's folder (checked against its record), and the listed split and rows
     that make the run's `split`."""
-    from resnet_jax.data import stream  # Grain is imported by runs that stream only
-
-    listing = stream.open_listing(data_config.files_dir, data_config.files_digest)
+    files = listing.open_listing(data_config.files_dir, data_config.files_digest)
     source = _source_split(data_config, split)
     if source != "train":
-        return listing, source, np.arange(len(listing.names[source]))
-    return listing, source, _train_rows(data_config, split, listing.labels["train"])
+        return files, source, np.arange(len(files.names[source]))
+    return files, source, _train_rows(data_config, split, files.labels["train"])
 
 
 def config_train_stream(
