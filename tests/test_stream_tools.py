@@ -17,6 +17,7 @@ from PIL import Image
 from resnet_jax import images, inference, metrics, optim, trainer
 from resnet_jax.data import crops, listing
 from resnet_jax.tools import evaluate as evaluate_tool
+from resnet_jax.tools import features as features_tool
 from resnet_jax.tools import predict as predict_tool
 from tests.test_stream import grain_config, write_folder
 from tests.test_tools import normalized
@@ -118,3 +119,17 @@ def test_another_folder_given_to_a_grain_run_is_scored_not_refused_as_its_own_ch
     write_folder(other, seed=2)
     run = inference.restore_run(grain_run.workdir, overrides=[f"data.files_dir={other}"])
     assert inference.evaluate_split(run, "test").num_examples == 9
+
+
+def test_features_of_a_grain_run_are_its_networks_on_the_centre_crops_it_evaluated(grain_run, tmp_path):
+    out = tmp_path / "emb.npz"
+    assert features_tool.main(["--workdir", str(grain_run.workdir), "--layer", "pooled", "--out", str(out)]) == 0
+    written = np.load(out)
+    np.testing.assert_array_equal(written["labels"], grain_run.labels)  # the unreadable file left out
+    model, step_config = grain_run.run.experiment.model, grain_run.run.experiment.step_config
+    pooled = model.apply(
+        grain_run.run.variables, normalized(step_config, eval_crops(grain_run.files)), train=False, return_features=True
+    )[1]["pooled"]
+    chex.assert_shape(written["features"], (8, pooled.shape[-1]))
+    chex.assert_trees_all_close(written["features"], np.asarray(pooled), atol=1e-4, rtol=1e-4)
+

@@ -1,7 +1,8 @@
 """Writes a split's embeddings: every example through a run's network (its EMA when it kept one), in split order,
 as the pooled vector its head reads (or a stage's map, averaged over space, with --layer), with the labels. With
 --tta flip, each example's features are the mean of the image's and its mirror's (the head then reads the mean of
-their logits, as evaluate's --tta flip scores).
+their logits, as evaluate's --tta flip scores). A streamed run's split is read as its evaluation read it (centre
+crops, files that cannot be decoded left out), batch by batch.
 
 --out emb.npz holds `features` (N, D) float32, `labels` (N,) int32 and `class_names`; --out emb.npy holds the
 features, and emb.labels.npy beside it the labels. The default is DIR/features/<checkpoint>-<split>-<layer>[-tta_flip]
@@ -54,6 +55,24 @@ def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled", 
         padded = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
         chunks.append(np.asarray(jax.device_get(features(run.variables, padded)))[: len(part)])
     return np.concatenate(chunks)
+
+
+def embed_stream(
+    run: inference.TrainedRun, split: str, layer: str = "pooled", tta_flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """A streamed run's (`data.loader=grain`) `split`, embedded batch by batch as its evaluation reads it: each image
+    centre cropped (`crops.eval_image`), files that cannot be decoded left out; and the labels of those kept. Only
+    the features are held, never the split's images."""
+    eval_stream = run.experiment.open_eval_stream(split)
+    features, labels = [], []
+    try:
+        for batch in eval_stream.batches():
+            kept = batch["mask"]
+            features.append(embed(run, batch["image"], layer, tta_flip)[kept])
+            labels.append(batch["label"][kept])
+    finally:
+        eval_stream.close()
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def labels_file(out: Path) -> Path:
@@ -114,13 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = run.config.data
         data.fetch_if_asked(config)
         num_examples = data.config_split_size(config, args.split)
-        split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
         with metrics.stage(f"embedding {num_examples:,} {args.split} examples at {args.layer}, compile included"):
-            features = embed(run, split.images, args.layer, tta_flip)
+            if run.experiment.streamed:
+                features, labels = embed_stream(run, args.split, args.layer, tta_flip)
+            else:
+                split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
+                features, labels = embed(run, split.images, args.layer, tta_flip), split.labels
     except run_arguments.ERRORS as error:
         common.fail(error)
     try:
-        paths = write(out, features, split.labels, run.class_names)
+        paths = write(out, features, labels, run.class_names)
     except OSError as error:
         common.fail(f"cannot write {out}: {error.strerror or error}")
     print(
