@@ -1,6 +1,7 @@
 """Datasets as uint8 NHWC images and int32 labels: the registry, the sources (official files, tfds, synthetic, a
-folder of images), the official files' download, and the config's `data` section. The names below are the
-package's public face; `holdout` draws the validation split out of train.
+folder of images), the official files' download, and the config's `data` section: its keys (`section`) and what it
+reads (`run_splits`). The names below are the package's public face; `holdout` draws the validation split out of
+train.
 """
 
 from resnet_jax.data.download import fetch_official_files
@@ -18,9 +19,7 @@ from resnet_jax.data.registry import (
     SplitArrays,
     get_dataset_info,
 )
-from resnet_jax.data.section import (
-    DEFAULTS,
-    check_config,
+from resnet_jax.data.run_splits import (
     config_dataset_info,
     config_eval_stream,
     config_input_shape,
@@ -28,14 +27,12 @@ from resnet_jax.data.section import (
     config_normalization,
     config_split_size,
     config_train_stream,
-    default_files_dir,
     eval_split_size,
     fetch_if_asked,
     record_split_sizes,
     run_split_sizes,
-    use_folder,
-    use_official_files,
 )
+from resnet_jax.data.section import DEFAULTS, check_config, default_files_dir, use_folder, use_official_files
 from resnet_jax.data.splits import describe, input_shape, load_split, normalization, split_size, to_input_shape
 from resnet_jax.data.synthetic import synthetic_split
 from resnet_jax.data.tfds_source import prepare
