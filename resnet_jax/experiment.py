@@ -201,17 +201,31 @@ class Experiment:
         """A global batch's rows on this process's devices."""
         return per_device * sum(device.process_index == jax.process_index() for device in self.mesh.devices.flat)
 
-    def open_train_stream(self) -> data.stream.TrainStream:
-        """The grain loader's training batches of this process (its Grain workers start)."""
+    def open_listing(self) -> data.listing.Listing:
+        """The grain loader's listing of the run's folder, checked against the run's record: one for all streams."""
+        return data.config_listing(self.config.data)
+
+    def open_train_stream(self, files: data.listing.Listing | None = None) -> data.stream.TrainStream:
+        """The grain loader's training batches of this process (its Grain workers start), from `files` (the run's
+        listing; listed now when not given)."""
         per_device = self.config.train.batch_size // self.mesh.devices.size
         return data.config_train_stream(
-            self.config.data, self.config.seed, self.train_examples, self._local_batch(per_device), self.steps_per_epoch
+            self.config.data,
+            files or self.open_listing(),
+            self.config.seed,
+            self.train_examples,
+            self._local_batch(per_device),
+            self.steps_per_epoch,
         )
 
-    def open_eval_stream(self, split: str = "test") -> data.stream.EvalStream:
-        """The grain loader's padded, masked evaluation batches of this process for `split`."""
+    def open_eval_stream(
+        self, split: str = "test", files: data.listing.Listing | None = None
+    ) -> data.stream.EvalStream:
+        """The grain loader's padded, masked evaluation batches of this process for `split`, from `files` (the run's
+        listing; listed now when not given)."""
         _, rows = self.eval_split_rows(split)
-        return data.config_eval_stream(self.config.data, split, rows, self._local_batch(self.eval_batch_per_device))
+        local_batch = self._local_batch(self.eval_batch_per_device)
+        return data.config_eval_stream(self.config.data, files or self.open_listing(), split, rows, local_batch)
 
     def fed_batch_shapes(self, steps: int, per_device: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
         """Shapes of `steps` stacked global batches of images and labels fed from the host (`steps` 0: one batch,

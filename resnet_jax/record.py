@@ -17,8 +17,9 @@ import numpy as np
 
 from resnet_jax import configuration, models, onednn, optim
 from resnet_jax.configuration import ConfigError
+from resnet_jax.onednn import library
 
-VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "onednn")
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")  # and oneDNN, whichever build is in
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.
@@ -102,6 +103,7 @@ def _versions() -> dict[str, str | None]:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
+    found["onednn"] = library.onednn_version() if library.installed_distributions() else None
     return found
 
 

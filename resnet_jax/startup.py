@@ -148,13 +148,14 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
             split_programs = {split: rows for split, (_, rows) in split_rows.items()}
         data_started = time.perf_counter()
         if experiment.streamed:
-            train_split = experiment.open_train_stream()
+            files = experiment.open_listing()
+            train_split = experiment.open_train_stream(files)
             opened.append(train_split)
             if restored is not None:
                 checkpointer.restore_item(step, DATA_ITEM, train_split.restore_args())
             eval_splits = {}
             for split in experiment.eval_splits:
-                eval_splits[split] = experiment.open_eval_stream(split)
+                eval_splits[split] = experiment.open_eval_stream(split, files)
                 opened.append(eval_splits[split])
         else:
             train_split = experiment.load_train_split()

@@ -610,6 +610,31 @@ def test_every_command_has_help_that_ends_in_a_whole_sentence(command, capsys):
     assert description.rstrip().endswith(".")
 
 
+RUN_EACH_AS_MAIN = """
+import contextlib, io, json, runpy, sys
+shown = {}
+for module in sys.argv[1:]:
+    sys.argv = [module, "--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_module(module, run_name="__main__")
+        except SystemExit as exited:
+            shown[module] = (exited.code, out.getvalue()[:40])
+print(json.dumps(shown))
+"""
+
+
+def test_every_command_is_also_python_m_its_module():
+    # As tools/main.py and docs/tools.md say: `python -m resnet_jax.tools.X --help` is X's help, not a silent exit.
+    modules = sorted({COMMANDS[command][0] for command in COMMANDS})
+    done = run([PYTHON, "-c", RUN_EACH_AS_MAIN, *modules], timeout=300)
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {module: (code, text.split(" ")[0]) for module, (code, text) in shown.items()} == {
+        module: (0, "usage:") for module in modules
+    }
+
+
 def test_resnet_jax_lists_its_commands_and_refuses_an_unknown_one_in_one_line():
     listed = run([PYTHON, "-m", "resnet_jax.tools.main", "--help"], timeout=60)
     assert listed.returncode == 0

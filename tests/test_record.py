@@ -2,6 +2,8 @@
 resolved to, the devices and versions, and every change accepted on resume with its step; a resume that would train
 something else is refused in one line and leaves the workdir byte-identical; a changed holdout draw is refused."""
 
+import contextlib
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -68,6 +70,15 @@ def test_config_json_records_what_was_asked_and_what_ran(trained):
     assert config["model"]["dtype"] == record["ran"]["model.dtype"] == "float32"
     assert record["ran"]["devices"] == jax.device_count() and record["ran"]["processes"] == 1
     assert record["ran"]["versions"]["jax"] == jax.__version__
+    # Whichever oneDNN build is installed (setup.sh installs a CPU-only one, not PyPI's `onednn`), its version.
+    installed = {}
+    for name in ("onednn-cpu-gomp", "onednn-cpu-tbb", "onednn"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            installed[name] = importlib.metadata.version(name)
+    if installed:
+        assert all(version in record["ran"]["versions"]["onednn"] for version in installed.values())
+    else:
+        assert record["ran"]["versions"]["onednn"] is None
     assert record["ran"]["model.conv_backend"] in ("xla", "onednn")
     assert record["changes"] == []
     assert record["from_step"] == 0

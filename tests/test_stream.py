@@ -1,6 +1,7 @@
 """The grain loader (data.loader=grain) on folders the tests write: JPEG and PNG files of random sizes, each one solid
 colour that names it, so that a streamed pixel says which file it came from."""
 
+import json
 import logging
 import shutil
 import signal
@@ -175,6 +176,19 @@ def test_a_folder_changed_since_the_run_began_is_refused(pets):
         experiment.build(
             configuration.apply_overrides(grain_config(root), {"data.files_digest": recorded.data.files_digest})
         )
+
+
+def test_a_run_lists_its_folder_once_for_its_four_streams(pets, tmp_path, monkeypatch):
+    # At ImageNet's size a listing walks and stats a million files: train, train_eval, validation and test share one.
+    root, _ = pets
+    listed, open_listing = [], listing.open_listing
+    monkeypatch.setattr(listing, "open_listing", lambda *args: listed.append(args) or open_listing(*args))
+    overrides = {"data.validation_size": 4, "data.train_eval_size": 4, "train.num_epochs": 1}
+    config = grain_config(root, **overrides, **{"data.mean": (0.5,) * 3, "data.std": (0.25,) * 3})
+    trainer.train_and_evaluate(config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["split_sizes"]["validation"] == 4 and saved["data"]["train_eval_size"] == 4
+    assert len(listed) == 2  # once as the run is built (its folder recorded), once for the streams
 
 
 def test_unreadable_files_are_skipped_with_one_warning(pets, caplog):

@@ -121,9 +121,19 @@ def test_another_folder_given_to_a_grain_run_is_scored_not_refused_as_its_own_ch
     assert inference.evaluate_split(run, "test").num_examples == 9
 
 
-def test_features_of_a_grain_run_are_its_networks_on_the_centre_crops_it_evaluated(grain_run, tmp_path):
+def test_features_of_a_grain_run_are_its_networks_on_the_centre_crops_it_evaluated(grain_run, tmp_path, monkeypatch):
+    programs, make_program = [], features_tool.feature_program
+
+    def recorded_program(*args):
+        programs.append(make_program(*args))
+        return programs[-1]
+
+    monkeypatch.setattr(features_tool, "feature_program", recorded_program)
     out = tmp_path / "emb.npz"
-    assert features_tool.main(["--workdir", str(grain_run.workdir), "--layer", "pooled", "--out", str(out)]) == 0
+    # 9 test files in batches of 4: three batches, one program compiled once.
+    argv = ["--workdir", str(grain_run.workdir), "--layer", "pooled", "--out", str(out), "--config.eval.batch_size=4"]
+    assert features_tool.main(argv) == 0
+    assert len(programs) == 1 and programs[0]._cache_size() == 1
     written = np.load(out)
     np.testing.assert_array_equal(written["labels"], grain_run.labels)  # the unreadable file left out
     model, step_config = grain_run.run.experiment.model, grain_run.run.experiment.step_config

@@ -262,27 +262,38 @@ def _train_rows(data_config: ml_collections.ConfigDict, split: str, labels: np.n
     return validation_rows if split == VALIDATION else train_rows
 
 
-def _streamed_rows(data_config: ml_collections.ConfigDict, split: str) -> tuple[listing.Listing, str, np.ndarray]:
-    """The grain loader's listing of the run's folder (checked against its record), and the listed split and rows
-    that make the run's `split`."""
-    files = listing.open_listing(data_config.files_dir, data_config.files_digest)
+def config_listing(data_config: ml_collections.ConfigDict) -> listing.Listing:
+    """The grain loader's listing of the run's folder, checked against its record (`files_digest`). Listing walks
+    the whole folder (a million files at ImageNet's size): a run lists it once for all its streams."""
+    return listing.open_listing(data_config.files_dir, data_config.files_digest)
+
+
+def _streamed_rows(
+    data_config: ml_collections.ConfigDict, files: listing.Listing, split: str
+) -> tuple[str, np.ndarray]:
+    """The listed split and rows that make the run's `split`."""
     source = _source_split(data_config, split)
     if source != "train":
-        return files, source, np.arange(len(files.names[source]))
-    return files, source, _train_rows(data_config, split, files.labels["train"])
+        return source, np.arange(len(files.names[source]))
+    return source, _train_rows(data_config, split, files.labels["train"])
 
 
 def config_train_stream(
-    data_config: ml_collections.ConfigDict, seed: int, examples: int, local_batch: int, steps_per_epoch: int
+    data_config: ml_collections.ConfigDict,
+    files: listing.Listing,
+    seed: int,
+    examples: int,
+    local_batch: int,
+    steps_per_epoch: int,
 ) -> stream.TrainStream:
     """The grain loader's `stream.TrainStream` of the run's train split (its first `examples`, a multiple of the
-    device count): this process's shard, `steps_per_epoch` batches of `local_batch` an epoch, shuffled and cropped
-    by `seed`."""
-    from resnet_jax.data import stream
+    device count) from the run's listing: this process's shard, `steps_per_epoch` batches of `local_batch` an epoch,
+    shuffled and cropped by `seed`."""
+    from resnet_jax.data import stream  # Grain is imported by runs that stream only
 
-    listing, source, rows = _streamed_rows(data_config, "train")
+    source, rows = _streamed_rows(data_config, files, "train")
     return stream.train_stream(
-        listing,
+        files,
         source,
         rows[:examples],
         local_batch,
@@ -296,15 +307,15 @@ def config_train_stream(
 
 
 def config_eval_stream(
-    data_config: ml_collections.ConfigDict, split: str, padded_rows: int, local_batch: int
+    data_config: ml_collections.ConfigDict, files: listing.Listing, split: str, padded_rows: int, local_batch: int
 ) -> stream.EvalStream:
-    """The grain loader's `stream.EvalStream` of one of the run's evaluation splits, padded to `padded_rows`: this
-    process's part, in batches of `local_batch`."""
+    """The grain loader's `stream.EvalStream` of one of the run's evaluation splits from the run's listing, padded
+    to `padded_rows`: this process's part, in batches of `local_batch`."""
     from resnet_jax.data import stream
 
-    listing, source, rows = _streamed_rows(data_config, split)
+    source, rows = _streamed_rows(data_config, files, split)
     return stream.eval_stream(
-        listing,
+        files,
         source,
         rows,
         padded_rows,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
-from resnet_jax import atomic, configuration, data, experiment, metrics, models, plots, runtime
+from resnet_jax import atomic, configuration, data, experiment, interrupts, metrics, models, plots, runtime
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import common
@@ -188,9 +189,7 @@ def ordering(nets: Sequence[Network]) -> list[str]:
         else:
             ordered = all(deep.mean < shallow.mean for shallow, deep in pairs)
             apart = all(deep.high < shallow.low for shallow, deep in pairs)
-        verdict = (
-            ("holds" if apart else "holds by the mean, within the seeds' spread") if ordered else "does NOT hold"
-        )
+        verdict = ("holds" if apart else "holds by the mean, within the seeds' spread") if ordered else "does NOT hold"
         figures = " → ".join(f"{net.name} {100 * error.mean:.2f}%" for net, error in zip(members, errors, strict=True))
         lines.append(
             f"- {FAMILY_TITLES[family]} (deeper should be {deeper_is}), training error: {figures}; He's ordering "
@@ -246,9 +245,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = Path(config.data.files_dir).name if config.data.dataset == data.FOLDER else config.data.dataset
     size = config.data.image_size
     title = f"plain against residual networks: {dataset} at {size}x{size}, {common.plural(args.seeds, 'seed')}"
-    plot(workdir / PLOT_FILE, nets, title)
     text = table(nets, args.seeds)
-    atomic.write_text(workdir / TABLE_FILE, text)
+    try:
+        plot(workdir / PLOT_FILE, nets, title)
+        atomic.write_text(workdir / TABLE_FILE, text)
+    except OSError as error:  # the runs are saved: the command, run again, writes these from them
+        common.fail(
+            f"cannot write the figure and table into {workdir}: {error.strerror or error}; free some space "
+            "and run the same command again (its runs are done, and are read, not trained again)"
+        )
     print(text, flush=True)
     print(f"wrote {workdir / PLOT_FILE} and {workdir / TABLE_FILE}", flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(interrupts.run(main, interrupts.RESUMES))

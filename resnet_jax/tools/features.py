@@ -12,7 +12,7 @@ features, and emb.labels.npy beside it the labels. The default is DIR/features/<
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -30,9 +30,9 @@ def layer_names(run: inference.TrainedRun) -> tuple[str, ...]:
     return ("stem", *(f"stage{index + 1}" for index in range(len(run.experiment.model.stage_sizes))), "pooled")
 
 
-def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled", tta_flip: bool = False) -> np.ndarray:
-    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (maps averaged over space);
-    with `tta_flip`, the mean of each image's and its mirror's."""
+def feature_program(run: inference.TrainedRun, layer: str = "pooled", tta_flip: bool = False) -> Callable:
+    """`features(variables, uint8 batch) -> float32 (B, D)`, jitted: the features at `layer` (maps averaged over
+    space); with `tta_flip`, the mean of each image's and its mirror's. Made once, it compiles once per batch shape."""
     step_config, model = run.experiment.step_config, run.experiment.model
 
     def at_layer(variables, inputs):
@@ -47,13 +47,26 @@ def embed(run: inference.TrainedRun, images: np.ndarray, layer: str = "pooled", 
             value = (value + at_layer(variables, inputs[:, :, ::-1, :])) / 2
         return value
 
+    return features
+
+
+def embed(
+    run: inference.TrainedRun,
+    images: np.ndarray,
+    layer: str = "pooled",
+    tta_flip: bool = False,
+    program: Callable | None = None,
+) -> np.ndarray:
+    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (`program`: a
+    `feature_program` of the same layer and flip, to reuse its compilation)."""
+    program = program or feature_program(run, layer, tta_flip)
     batch = max(1, min(int(run.config.eval.batch_size), len(images)))
     chunks = []
     for start in range(0, len(images), batch):
         part = images[start : start + batch]
         # The last batch is padded to the others' size, so that one program serves every batch.
         padded = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
-        chunks.append(np.asarray(jax.device_get(features(run.variables, padded)))[: len(part)])
+        chunks.append(np.asarray(jax.device_get(program(run.variables, padded)))[: len(part)])
     return np.concatenate(chunks)
 
 
@@ -63,12 +76,13 @@ def embed_stream(
     """A streamed run's (`data.loader=grain`) `split`, embedded batch by batch as its evaluation reads it: each image
     centre cropped (`crops.eval_image`), files that cannot be decoded left out; and the labels of those kept. Only
     the features are held, never the split's images."""
+    program = feature_program(run, layer, tta_flip)
     eval_stream = run.experiment.open_eval_stream(split)
     features, labels = [], []
     try:
         for batch in eval_stream.batches():
             kept = batch["mask"]
-            features.append(embed(run, batch["image"], layer, tta_flip)[kept])
+            features.append(embed(run, batch["image"], layer, tta_flip, program)[kept])
             labels.append(batch["label"][kept])
     finally:
         eval_stream.close()
