@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_jax import data
-from resnet_jax.data import crops, folder, pixels
+from resnet_jax.data import crops, pixels
 
 
 class ImageError(ValueError):
@@ -44,7 +44,7 @@ def read_image(
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
-    except (*folder.DECODE_ERRORS, Image.DecompressionBombError) as error:  # Pillow's, as the loaders catch them
+    except crops.DECODE_ERRORS as error:  # Pillow's, as the loaders catch them
         raise ImageError(f"{path}: cannot be read as an image ({error})") from None
     array = array.reshape(height, width, native_channels)
     input_height, _, channels = input_shape

@@ -128,6 +128,26 @@ def test_evaluation_resizes_the_short_side_and_takes_the_centre():
     assert out.min() == 255
 
 
+def test_the_training_crop_is_torchvisions_random_resized_crop():
+    # RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)): a box inside the image, of 8-100% of its area and an
+    # aspect ratio of 3/4-4/3 (to the rounding of its sides), placed anywhere.
+    rng = np.random.default_rng(0)
+    boxes = np.array([crops.crop_box(400, 300, rng) for _ in range(2000)])
+    left, top, right, bottom = boxes.T
+    assert (left >= 0).all() and (top >= 0).all() and (right <= 400).all() and (bottom <= 300).all()
+    width, height = right - left, bottom - top
+    area, ratio = width * height / (400 * 300), width / height
+    assert area.min() > 0.075 and area.max() <= 1 and ratio.min() > 0.74 and ratio.max() < 1.34
+    assert area.min() < 0.1 and area.max() > 0.9 and ratio.min() < 0.76 and ratio.max() > 1.31  # the whole range
+    assert left.max() > 200 and top.max() > 150  # not only at the corner
+    # An image no allowed box fits (10x1000): torchvision's fallback, the centre crop at the nearest ratio, 3/4.
+    assert crops.crop_box(10, 1000, rng) == (0, 493, 10, 506)
+    image = np.zeros((300, 400, 3), np.uint8)
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    chex.assert_shape(crops.train_image(buffer.getvalue(), 24, 0, rng), (24, 24, 3))
+
+
 def test_a_tar_streams_as_its_folder(pets, tmp_path):
     root, _ = pets
     archive = tmp_path / "pets.tar"

@@ -1,7 +1,7 @@
-"""The tools on a run of the grain loader: `evaluate` scores a split through the run's own evaluation stream (the
-centre crop, padding and unreadable files masked out) and `predict` prepares a file as that stream does, where the
-device loader's decoding squashes each whole image. The folder's images are noise of other widths than heights, so
-that a squash and a centre crop give other pixels."""
+"""The tools on a run of the grain loader: `evaluate` scores a split through the run's own evaluation stream (the centre
+crop, padding and unreadable files masked out), `features` embeds a split through it, and `predict` prepares a file
+as that stream does, where the device loader's decoding squashes each whole image. The folder's images are noise of
+other widths than heights, so that a squash and a centre crop give other pixels."""
 
 import dataclasses
 import json

@@ -1,5 +1,5 @@
 """The config's `data` section: its defaults and its checks, each key checked here, once, before anything is read.
-What the section reads (the dataset, the run's splits and their readers) is in run_splits.py; no other module reads
+What the section reads (the dataset, the run's splits and their readers) is in run_splits.py; no other module checks
 its keys.
 """
 
@@ -55,8 +55,8 @@ DEFAULTS = {
     "synthetic_train_examples": 0,  # 0: the registry's size
     "synthetic_test_examples": 0,
     # "device": every split decoded once, then held in the devices' memory (data/folder.py for a folder); "grain": a
-    # folder (or plain .tar) of images of any size streamed from its files by Grain (data/stream.py), for data
-    # larger than memory: decoding, random-resized crop and flip in worker processes, each process its own shard.
+    # folder (or plain .tar) of images of any size streamed from its files by Grain (data/stream.py), for data larger
+    # than memory: decoding, random-resized crop and flip (data/crops.py) in worker processes, each its own shard.
     "loader": "device",
     "workers": 4,  # the grain loader's worker processes; 0 decodes in the training process
     "per_worker_buffer_size": 2,  # batches each grain worker keeps ready (Grain's MultiprocessingOptions)
