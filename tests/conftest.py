@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 
@@ -34,6 +35,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+# Seconds a child Python may take before a test calls it a hang. Generous: on CI's 2 cores, beside the parallel suite,
+# importing JAX alone takes tens of seconds. What a test asserts of speed, it asserts in its output, never by a clock.
+HANG_LIMIT = 300
 
 
 def run_multidevice_probe(module: str) -> dict:
@@ -55,6 +59,25 @@ def run_multidevice_probe(module: str) -> dict:
 # order, and which order differs between CPUs too (AVX2 and AVX-512 kernels block their reductions differently):
 # float32 results then agree to rounding, a few ulps per step, which this bounds after a few training steps.
 REASSOCIATION = {"rtol": 1e-5, "atol": 1e-6}
+# Eight steps trained by two programs that differ in more than their sums' order (a scan against one dispatch per
+# step) on XLA's own CPU kernels: the first steps' rounding grows through BatchNorm, to 2.8e-6 on a BatchNorm bias of
+# 5e-3 and 1.5e-5 on one of 1,152 convolution weights (AVX2, 2026-12-07), past any element-wise bound that could still
+# catch a wrong step. By each leaf's norm the two stay within 4.6e-4 (a BatchNorm bias). Those biases start at 0, so
+# each of the 8 steps brings about an eighth of their norm: a batch skipped or repeated is off by far more than this.
+TRAINED_APART = 1e-2
+
+
+def assert_trained_alike(actual, expected, tolerance: float = TRAINED_APART) -> None:
+    """Two trees of trained parameters alike leaf by leaf: ||actual - expected|| <= tolerance * ||expected||."""
+    import jax
+
+    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
+    for (path, got), want in zip(
+        jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected), strict=True
+    ):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        apart = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
+        assert apart <= tolerance, f"{jax.tree_util.keystr(path)}: {apart:.2e} of its norm apart"
 
 
 def assert_eval_records_close(actual: list[dict], expected: list[dict]) -> None:

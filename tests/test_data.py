@@ -16,7 +16,7 @@ import pytest
 from resnet_jax import data
 from resnet_jax.data import tfds_source
 from resnet_jax.tools import data as data_tool
-from tests.conftest import FASHION_DIR, PYTHON, needs_fashion_files, subprocess_env
+from tests.conftest import FASHION_DIR, HANG_LIMIT, PYTHON, needs_fashion_files, subprocess_env
 from tests.test_download import official_fashion_archives
 
 
@@ -175,7 +175,7 @@ def test_tfds_source_through_mock_data(monkeypatch):
     assert grey.images.shape == (12, 32, 32, 3)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(HANG_LIMIT + 30)
 def test_offline_without_prepared_data_fails_fast_naming_three_ways(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     result = subprocess.run(
@@ -183,7 +183,7 @@ def test_offline_without_prepared_data_fails_fast_naming_three_ways(tmp_path):
         capture_output=True,
         text=True,
         env=subprocess_env(),
-        timeout=50,
+        timeout=HANG_LIMIT,
     )
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]  # tfds may log a warning first
@@ -215,7 +215,7 @@ def test_without_tfds_installed_the_tfds_source_says_how_to_get_it(tmp_path, mon
 
 def test_importing_the_data_package_imports_no_tfds():
     check = "import sys, resnet_jax.data, resnet_jax.tools.data; assert 'tensorflow_datasets' not in sys.modules"
-    subprocess.run([PYTHON, "-c", check], env=subprocess_env(), check=True, timeout=60)
+    subprocess.run([PYTHON, "-c", check], env=subprocess_env(), check=True, timeout=HANG_LIMIT)
 
 
 def test_the_command_describes_a_split_and_refuses_bad_flags_in_one_line():
@@ -232,7 +232,7 @@ def test_the_command_describes_a_split_and_refuses_bad_flags_in_one_line():
     assert missing.stderr.count("\n") == 1 and "resnet-jax data download --dataset cifar10" in missing.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(HANG_LIMIT + 30)
 def test_info_without_data_names_its_own_flags_as_the_ways_to_go_on(tmp_path):
     result = data_command("info", "--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"))
     assert result.returncode == 2

@@ -19,7 +19,15 @@ import pytest
 from resnet_jax import configuration, data, metrics, record
 from resnet_jax.data import download
 from resnet_jax.data.download import Fetched
-from tests.conftest import FASHION_DIR, PYTHON, load_config, needs_fashion_files, subprocess_env, train_command
+from tests.conftest import (
+    FASHION_DIR,
+    HANG_LIMIT,
+    PYTHON,
+    load_config,
+    needs_fashion_files,
+    subprocess_env,
+    train_command,
+)
 
 # The original Fashion-MNIST archives differ from Debian's only in the gzip header's file name and time.
 FASHION_ARCHIVE_TIMES = {
@@ -334,7 +342,7 @@ def download_command(folder: Path, mirror: str, dataset: str = "fashion_mnist") 
         text=True,
         # Any request that is not to the local mirror would go to a dead proxy: no test reaches a real host.
         env=subprocess_env(http_proxy=dead, https_proxy=dead, no_proxy="127.0.0.1"),
-        timeout=60,
+        timeout=HANG_LIMIT,
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 from resnet_jax import checkpoint, configuration, experiment, metrics, trainer
 from resnet_jax.tools import train as train_tool
 from resnet_jax.tools.main import COMMANDS
-from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
+from tests.conftest import HANG_LIMIT, PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
 
 # 1,024 examples in batches of 64: 16 steps an epoch, 3 epochs, a checkpoint after each.
 LONGER = ("data.synthetic_train_examples=1024", "train.num_epochs=3")
@@ -99,7 +99,7 @@ BAD_CONFIGS = {
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_is_refused_in_one_line(tmp_path, case):
     overrides, named = BAD_CONFIGS[case]
-    result = run(train_command(tmp_path / "run", "smoke", *overrides), timeout=60)
+    result = run(train_command(tmp_path / "run", "smoke", *overrides), timeout=HANG_LIMIT)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -130,7 +130,7 @@ def test_bad_config_file_is_refused_in_one_line_naming_it(tmp_path, case):
     elif text is not None:
         path.write_text(text)
     command = [*train_command(tmp_path / "run", "smoke")[:-1], f"--config={path}"]
-    result = run(command, timeout=60)
+    result = run(command, timeout=HANG_LIMIT)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -147,7 +147,7 @@ def test_batch_that_does_not_divide_by_the_devices(tmp_path):
         text=True,
         cwd=REPO_ROOT,
         env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-        timeout=60,
+        timeout=HANG_LIMIT,
     )
     assert result.returncode != 0
     assert result.stderr.strip() == (
@@ -160,27 +160,28 @@ def test_bad_workdir_is_refused(tmp_path, kind):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     workdir = blocker if kind == "file" else blocker / "run"
-    result = run(train_command(workdir, "smoke"), timeout=60)
+    result = run(train_command(workdir, "smoke"), timeout=HANG_LIMIT)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert str(workdir) in result.stderr
     assert ("is a file" if kind == "file" else "cannot be created") in result.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(HANG_LIMIT + 30)
 def test_missing_data_offline_fails_fast_through_the_trainer(tmp_path):
     command = train_command(tmp_path / "run", "default", "data.source=tfds", f"data.data_dir={tmp_path / 'tfds'}")
-    result = run(command, timeout=50)
+    result = run(command, timeout=HANG_LIMIT)
     assert result.returncode != 0
     assert "no prepared tfds data" in result.stderr
     assert "data.source=files" in result.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(HANG_LIMIT + 30)
 def test_a_run_refused_before_it_starts_leaves_no_workdir_behind(tmp_path):
     # The official files cannot be fetched (a mirror on a closed port): refused in one line, nothing created.
     mirror = "data.download_mirror=http://127.0.0.1:9/"
-    result = run(train_command(tmp_path / "run", "default", f"data.files_dir={tmp_path / 'files'}", mirror), timeout=50)
+    command = train_command(tmp_path / "run", "default", f"data.files_dir={tmp_path / 'files'}", mirror)
+    result = run(command, timeout=HANG_LIMIT)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("error: cifar10: cannot reach 127.0.0.1")
@@ -476,7 +477,7 @@ def test_a_real_full_disk_stops_in_one_line_naming_it_and_the_last_good_checkpoi
     command = ["unshare", "-rm", "bash", "-c", FULL_DISK_SCRIPT, "bash", *train_command(disk / "run", "smoke")]
     env = subprocess_env(DISK=str(disk), OUT=str(out), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"))
     try:
-        finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=HANG_LIMIT)
     except FileNotFoundError:
         pytest.skip("no unshare here")
     if finished.returncode in (1, 77) and not (out / "second.rc").exists():
@@ -590,7 +591,7 @@ def test_an_older_checkpoint_format_is_refused_in_one_line_that_says_how_to_go_o
 
 
 def test_train_help_shows_its_own_flags_first():
-    result = run([PYTHON, "train.py", "--help"], timeout=60)
+    result = run([PYTHON, "train.py", "--help"], timeout=HANG_LIMIT)
     assert result.returncode == 0, result.stderr
     head = "\n".join(result.stdout.splitlines()[:3])
     for flag in ("--workdir", "--config", "--fresh", "--finetune"):
@@ -628,7 +629,7 @@ print(json.dumps(shown))
 def test_every_command_is_also_python_m_its_module():
     # As tools/main.py and docs/tools.md say: `python -m resnet_jax.tools.X --help` is X's help, not a silent exit.
     modules = sorted({COMMANDS[command][0] for command in COMMANDS})
-    done = run([PYTHON, "-c", RUN_EACH_AS_MAIN, *modules], timeout=300)
+    done = run([PYTHON, "-c", RUN_EACH_AS_MAIN, *modules], timeout=HANG_LIMIT)
     shown = json.loads(done.stdout.strip().splitlines()[-1])
     assert {module: (code, text.split(" ")[0]) for module, (code, text) in shown.items()} == {
         module: (0, "usage:") for module in modules
@@ -636,10 +637,10 @@ def test_every_command_is_also_python_m_its_module():
 
 
 def test_resnet_jax_lists_its_commands_and_refuses_an_unknown_one_in_one_line():
-    listed = run([PYTHON, "-m", "resnet_jax.tools.main", "--help"], timeout=60)
+    listed = run([PYTHON, "-m", "resnet_jax.tools.main", "--help"], timeout=HANG_LIMIT)
     assert listed.returncode == 0
     assert all(f"  {command} " in listed.stdout for command in COMMANDS)
-    unknown = run([PYTHON, "-m", "resnet_jax.tools.main", "trian"], timeout=60)
+    unknown = run([PYTHON, "-m", "resnet_jax.tools.main", "trian"], timeout=HANG_LIMIT)
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
         f"error: resnet-jax: unknown command 'trian'; choose one of {', '.join(COMMANDS)}"
