@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from resnet_jax import metrics
-from tests.conftest import REPO_ROOT, subprocess_env, train_command
+from tests.conftest import HANG_LIMIT, REPO_ROOT, subprocess_env, train_command
 
 LINE = re.compile(
     r"step (?P<step>\d+)/(?P<total>\d+) \(epoch (?P<epoch>[\d.]+)/(?P<epochs>[\d.]+)\) "
@@ -57,7 +57,7 @@ def test_training_with_stdout_captured_logs_a_progress_line_per_window(tmp_path)
         text=True,
         env=subprocess_env(),
         cwd=REPO_ROOT,
-        timeout=300,
+        timeout=HANG_LIMIT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     matches = [LINE.search(line) for line in result.stderr.splitlines()]
@@ -121,7 +121,7 @@ def test_setup_says_each_phase_before_it_runs(tmp_path):
     (tmp_path / ".venv" / "bin" / "python").chmod(0o755)
     env = subprocess_env(PATH=f"{stubs}:/usr/bin:/bin")
     result = subprocess.run(
-        ["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=60
+        ["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=HANG_LIMIT
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
