@@ -377,6 +377,31 @@ def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_pa
     assert [r.name for r in again] == [r.name for r in results]
 
 
+def test_a_preempted_trial_runs_first_when_its_sweep_resumes(tmp_path, smoke_config, monkeypatch):
+    stand_in = StandInTrainer(lambda config, epoch, call: 0.5 + config.optimizer.learning_rate)
+
+    def preempted_on_the_second_call(config, workdir, mode="resume", on_evaluation=None):
+        if len(stand_in.calls) == 1:
+            stand_in.calls.append(Path(workdir).name)
+            raise trainer.Preempted("SIGTERM: saved checkpoint 10; run the same command to resume")
+        return stand_in(config, workdir, mode, on_evaluation)
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", preempted_on_the_second_call)
+    config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2})
+    sweep_spec = spec.make_spec(config, grids=["optimizer.learning_rate=0.1,0.2,0.3"])
+    with pytest.raises(trainer.Preempted):
+        run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+    results = run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+
+    # The interrupted trial goes on before the grid's last point begins, not after it.
+    assert stand_in.calls == ["learning_rate=0.1", "learning_rate=0.2", "learning_rate=0.2", "learning_rate=0.3"]
+    assert [(r.name, r.state, r.attempts) for r in results] == [
+        ("learning_rate=0.3", "complete", 1),
+        ("learning_rate=0.2", "complete", 2),
+        ("learning_rate=0.1", "complete", 1),
+    ]
+
+
 def test_trials_rank_by_validation_accuracy_where_test_accuracy_would_rank_them_the_other_way(
     tmp_path, smoke_config, monkeypatch
 ):

@@ -131,6 +131,17 @@ def _resume_interrupted(study: optuna.Study) -> None:
         logger.info("trial %s was interrupted; it resumes from its newest checkpoint", trial.user_attrs.get("name"))
 
 
+def _queue_next_grid_point(study: optuna.Study, spec: SweepSpec) -> bool:
+    """Queues the first grid point that no trial has taken; False when all have one. A point at a time, so that an
+    interrupted trial, queued again on resume, runs before the points not yet begun."""
+    before = len(study.get_trials(deepcopy=False))
+    for point in spec.grid_points():
+        study.enqueue_trial(point, skip_if_exists=True)
+        if len(study.get_trials(deepcopy=False)) > before:
+            return True
+    return False
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The study: one per workdir, refused when a re-run asks for another space or base config.
 
@@ -289,16 +300,14 @@ def _run_trials(
 ) -> list[report.TrialResult]:
     study = _open_study(workdir, spec, config)
     _resume_interrupted(study)
-    if spec.sampler == "grid":
-        for point in spec.grid_points():
-            study.enqueue_trial(point, skip_if_exists=True)
     finished = len(_counted_trials(study))
     if finished:
         logger.info("%d of %d trials already finished in %s", min(finished, spec.trials), spec.trials, workdir)
     waiting = (optuna.trial.TrialState.WAITING,)
     progress = metrics.ItemProgress("trial", spec.trials, done=min(finished, spec.trials))
     while len(_counted_trials(study)) < spec.trials:
-        if spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=waiting):
+        queued = study.get_trials(deepcopy=False, states=waiting)
+        if spec.sampler == "grid" and not queued and not _queue_next_grid_point(study, spec):
             break
         _run_trial(study, spec, config, workdir, progress)
         report.write_results(workdir, spec, collect_results(study, spec, workdir, config), top)
