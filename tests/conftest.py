@@ -9,7 +9,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import chex
 import numpy as np
 import pytest
 
@@ -69,6 +68,7 @@ TRAINED_APART = 1e-2
 
 def assert_trained_alike(actual, expected, tolerance: float = TRAINED_APART) -> None:
     """Two trees of trained parameters alike leaf by leaf: ||actual - expected|| <= tolerance * ||expected||."""
+    import chex  # here, as jax: importing jax before the cache variables above are set would leave them unread
     import jax
 
     chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
