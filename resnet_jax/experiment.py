@@ -205,9 +205,9 @@ class Experiment:
         """The grain loader's listing of the run's folder, checked against the run's record: one for all streams."""
         return data.config_listing(self.config.data)
 
-    def open_train_stream(self, files: data.listing.Listing | None = None) -> data.stream.TrainStream:
-        """The grain loader's training batches of this process (its Grain workers start), from `files` (the run's
-        listing; listed now when not given)."""
+    def open_train_stream(self, files: data.listing.Listing | None = None, start: int = 0) -> data.stream.TrainStream:
+        """The grain loader's training batches of this process (its Grain workers start) from batch `start` on (one
+        a step), from `files` (the run's listing; listed now when not given)."""
         per_device = self.config.train.batch_size // self.mesh.devices.size
         return data.config_train_stream(
             self.config.data,
@@ -216,6 +216,7 @@ class Experiment:
             self.train_examples,
             self._local_batch(per_device),
             self.steps_per_epoch,
+            start,
         )
 
     def open_eval_stream(

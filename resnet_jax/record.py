@@ -28,19 +28,21 @@ RECORDED_KEYS = ("data.split_sizes.",)
 SCORING_KEYS = ("data.train_eval_size", "data.split_digests.")
 KERNEL_KEYS = ("model.conv_backend", "model.norm_backend")
 LENGTH_KEYS = ("train.num_epochs", "train.num_steps")
+# How the grain loader reads: the same batches with any value (a resume with another worker count starts the stream
+# at the step's batch, not from Grain's saved state); a change is recorded with the step it holds from.
+LOADER_KEYS = ("data.workers", "data.per_worker_buffer_size")
 # What a run trains on and with: a change here on resume would make the record lie.
 TRAINING_SECTIONS = ("seed", "model", "data", "augment", "train", "optimizer", "schedule", "finetune")
-# (`data.workers` and `data.per_worker_buffer_size` give the same batches with any value, yet stay: Grain's saved
-# iterator state holds one entry per worker and cannot be restored into another count.)
 # Keys of those sections that do not change what is trained: where data is read from, how often things are logged
-# and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record) and the
-# run's length (`LENGTH_KEYS`, which may grow).
+# and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record), the run's
+# length (`LENGTH_KEYS`, which may grow) and how the loader reads (`LOADER_KEYS`).
 NOT_TRAINING = (
     *LOCATION_KEYS,
     *SCORING_KEYS,
     *RECORDED_KEYS,
     *KERNEL_KEYS,
     *LENGTH_KEYS,
+    *LOADER_KEYS,
     "train.log_every_steps",
     "train.steps_per_call",
     "train.gradient_flow",
@@ -226,14 +228,16 @@ def check_resume(
     workdir: Path,
 ) -> tuple[list[str], str]:
     """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded; returns
-    the keys whose accepted change the record will carry (a longer run, kernels asked for by name), and a line to
-    show where a longer run reshapes its schedule ("" otherwise)."""
+    the keys whose accepted change the record will carry (a longer run, kernels asked for by name, the loader's
+    workers), and a line to show where a longer run reshapes its schedule ("" otherwise)."""
     if previous is None:
         return [], ""
     _check_training_keys(previous, config, workdir)
     kernels = _check_kernels(_recorded(previous), asked, ran)
     length, reshaped = _check_length(previous, config, steps_per_epoch, total_steps)
-    return kernels + length, reshaped
+    flat_old, flat_new = configuration.flatten(previous), configuration.flatten(config.to_dict())
+    loader = [key for key in LOADER_KEYS if key in flat_old and flat_old[key] != flat_new[key]]
+    return kernels + length + loader, reshaped
 
 
 def describe_changes(previous: dict[str, Any], config: ml_collections.ConfigDict, keys: list[str]) -> str:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DATA_ITEM = "data"  # the grain loader's iterator state, an item of each checkpoint beside "state" and "meta"
+STREAM_WORKERS = "data_workers"  # the meta's key of the Grain worker count whose iterator state the checkpoint holds
 
 
 @dataclasses.dataclass
@@ -149,9 +150,13 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         data_started = time.perf_counter()
         if experiment.streamed:
             files = experiment.open_listing()
-            train_split = experiment.open_train_stream(files)
+            # Grain restores an iterator state into the worker count that saved it only; with another, the stream
+            # starts at the batch the saved state stood at: the step's (one batch a step).
+            saved_workers = config.data.workers if restored is None else meta.get(STREAM_WORKERS, config.data.workers)
+            from_step = saved_workers != config.data.workers
+            train_split = experiment.open_train_stream(files, start=step if from_step else 0)
             opened.append(train_split)
-            if restored is not None:
+            if restored is not None and not from_step:
                 checkpointer.restore_item(step, DATA_ITEM, train_split.restore_args())
             eval_splits = {}
             for split in experiment.eval_splits:

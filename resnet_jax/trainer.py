@@ -182,8 +182,10 @@ class _Loop:
 
     def _save(self, state: TrainState, step: int, position: pipeline.DataPosition, best: dict | None, metrics=None):
         meta = {"position": position.to_dict(), "step": step} | ({"best_validation": best} if best else {})
-        # Streamed, the iterator's state is the position: it goes beside the train state.
-        items = {startup.DATA_ITEM: self.ready.train_split.save_args()} if self.streamed else None
+        items = None
+        if self.streamed:  # the iterator's state is the position: it goes beside the train state
+            items = {startup.DATA_ITEM: self.ready.train_split.save_args()}
+            meta[startup.STREAM_WORKERS] = self.config.data.workers
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics, items)
 
     def _preempted(self, stop: _StopRequests, state, step, position, best) -> Preempted:

@@ -362,6 +362,23 @@ def test_killed_mid_epoch_and_resumed_from_the_epochs_checkpoint_equals_straight
     assert_same_run(tmp_path, straight_workdir)
 
 
+def test_resumed_with_other_workers_goes_on_from_the_steps_batch_and_records_the_change(
+    straight_run, tmp_path, monkeypatch
+):
+    config, straight_workdir, straight = straight_run
+    Recorded(monkeypatch, fail_at=5)  # dies taking step 6: checkpoint 4's Grain state is for no workers
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train_and_evaluate(config, tmp_path)
+    resumed = Recorded(monkeypatch)
+    more_workers = configuration.apply_overrides(config, {"data.workers": 2, "data.per_worker_buffer_size": 1})
+    trainer.train_and_evaluate(more_workers, tmp_path)
+    assert resumed.seen == straight[4:]
+    assert_same_run(tmp_path, straight_workdir)
+    saved = json.loads((tmp_path / configuration.CONFIG_FILE).read_text())
+    assert saved["data"]["workers"] == 2
+    assert {"step": 4, "key": "data.workers", "from": 0, "to": 2} in saved[configuration.RECORD_KEY]["changes"]
+
+
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     try:

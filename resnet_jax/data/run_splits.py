@@ -285,10 +285,11 @@ def config_train_stream(
     examples: int,
     local_batch: int,
     steps_per_epoch: int,
+    start: int = 0,
 ) -> stream.TrainStream:
     """The grain loader's `stream.TrainStream` of the run's train split (its first `examples`, a multiple of the
     device count) from the run's listing: this process's shard, `steps_per_epoch` batches of `local_batch` an epoch,
-    shuffled and cropped by `seed`."""
+    shuffled and cropped by `seed`, from batch `start` on."""
     from resnet_jax.data import stream  # Grain is imported by runs that stream only
 
     source, rows = _streamed_rows(data_config, files, "train")
@@ -303,6 +304,7 @@ def config_train_stream(
         seed,
         data_config.workers,
         data_config.per_worker_buffer_size,
+        start,
     )
 
 

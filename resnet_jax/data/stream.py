@@ -1,7 +1,8 @@
 """The `grain` loader (`data.loader=grain`): a listed folder, or a plain .tar, of class folders of JPEG/PNG files of
 any size (data/listing.py), streamed by Grain. Each process reads its own shard; Grain's worker processes decode,
 crop and flip (data/crops.py) into prefetched uint8 batches; the iterator's state is what a checkpoint keeps beside
-the train state.
+the train state. Batch k of the train stream is a function of k alone, so a stream can also start at any batch (a
+resume with another `data.workers`, whose saved state Grain cannot restore).
 """
 
 from __future__ import annotations
@@ -235,9 +236,11 @@ def train_stream(
     seed: int,
     workers: int,
     buffer: int,
+    start: int = 0,
 ) -> TrainStream:
     """This process's shard of the run's train split (the listed `split`'s `rows`, a multiple of the device count):
-    a contiguous part, as the devices' shards are; each epoch `steps_per_epoch` batches of `local_batch`."""
+    a contiguous part, as the devices' shards are; each epoch `steps_per_epoch` batches of `local_batch`, from batch
+    `start` on."""
     shard = _shard()
     per_process = len(rows) // shard.shard_count
     files = files_of(listing, split, rows[shard.shard_index * per_process : (shard.shard_index + 1) * per_process])
@@ -245,7 +248,7 @@ def train_stream(
     shuffle_seed, crop_seed = np.random.SeedSequence([seed, shard.shard_index]).generate_state(2).tolist()
     example = _TrainExample(files, image_size, channels, steps_per_epoch * local_batch, shuffle_seed)
     dataset = grain.MapDataset.range(sys.maxsize).random_map(example, seed=crop_seed)
-    return TrainStream(files, dataset.batch(local_batch, drop_remainder=True), workers, buffer)
+    return TrainStream(files, dataset.batch(local_batch, drop_remainder=True)[start:], workers, buffer)
 
 
 def eval_stream(
