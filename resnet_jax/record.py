@@ -257,8 +257,8 @@ def make_record(
 ) -> dict[str, Any]:
     """The `record` config.json keeps: what was asked where the run resolved it, what ran (now), the list of
     accepted changes, each with the step from which it holds (the kernels, the devices and versions, the length), and
-    `from_step`, the first step the record covers: a run begun by a resnet-jax that kept no record is recorded from
-    the step it was resumed at, since what ran before it is not known."""
+    `from_step`, the first step the record covers: a run begun by a resnet-jax that kept no record, or whose
+    config.json was deleted, is recorded from the step it was resumed at, since what ran before it is not known."""
     record = _recorded(previous)
     changes = list(record.get("changes", []))
     old_ran = record.get("ran", {})
@@ -271,5 +271,5 @@ def make_record(
         if old_ran and flat_ran_old.get(key) != flat_ran_new[key]:
             changes.append({"step": step, "key": f"ran.{key}", "from": flat_ran_old.get(key), "to": flat_ran_new[key]})
     asked_values = {key: configuration.flatten(asked.to_dict())[key] for key in ("model.dtype", *KERNEL_KEYS)}
-    from_step = record.get("from_step", 0) if record or previous is None else step
+    from_step = record.get("from_step", 0) if record else step
     return {"asked": record.get("asked", asked_values), "ran": ran, "changes": changes, "from_step": from_step}

@@ -32,7 +32,7 @@ VALIDATION_ACCURACY = f"{data.VALIDATION}_accuracy"
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite values, a failed save); the message says what and where things stand."""
+    """The run cannot go on: its values turned non-finite; the message says at which step, and what is kept."""
 
 
 class Preempted(Exception):
@@ -83,8 +83,9 @@ def train_and_evaluate(
 
     `on_evaluation(epoch, metrics)` is called after each evaluation, once its checkpoint is started; an exception
     it raises ends the run there (a sweep prunes a trial this way). Raises `Preempted` after a SIGTERM/SIGINT once
-    a checkpoint is saved, `TrainingError` when training cannot go on, and `ConfigError` / `DataError` on bad
-    input, all before anything is lost.
+    a checkpoint is saved, `TrainingError` when its values turn non-finite, `CheckpointError` / `MetricsWriteError` /
+    `WorkdirError` when a write fails (a full disk), and `ConfigError` / `DataError` / `MetricsError` on bad input,
+    all before anything is lost.
     """
     path = check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
@@ -109,6 +110,9 @@ def train_and_evaluate(
         finetune_source = prepare_workdir(config, path, mode)
         ready = startup.start(built, path, finetune_source)
         try:
+            # Records past the restored step (or all, starting over) came from a run cut short: they log again. A
+            # damaged metrics.jsonl refuses the run here, before its record is written.
+            ready.writer.truncate_after(ready.restored_step)
             # The run is accepted: its record says what was asked, what runs, and what changed from which step.
             if jax.process_index() == 0:
                 if changed:
@@ -116,13 +120,11 @@ def train_and_evaluate(
                     logger.info("resumed with %s, from step %d", described, ready.restored_step)
                 run_record = record.make_record(previous, asked, config, ran, changed, ready.restored_step)
                 write_record(config, run_record, path)
-            # Records past the restored step (or all, starting over) came from a run cut short: they log again.
-            ready.writer.truncate_after(ready.restored_step)
             try:
-                results = _Loop(built, ready, on_evaluation).run()
+                results = _Loop(built, ready, on_evaluation, mode).run()
             except MetricsWriteError as error:  # a full disk: the line says what became of the checkpoints too
                 ready.checkpointer.wait()
-                raise TrainingError(
+                raise MetricsWriteError(
                     f"{error}; {ready.checkpointer.last_good()} in {ready.checkpointer.directory}"
                 ) from error
         except BaseException as failure:
@@ -140,8 +142,13 @@ class _Loop:
         built: experiment.Experiment,
         ready: startup.Ready,
         on_evaluation: Callable[[int, dict[str, float]], None] | None,
+        mode: str,
     ):
         self.config, self.ready, self.on_evaluation = built.config, ready, on_evaluation
+        # The same command with --fresh or --finetune would archive the checkpoint it is told to resume from.
+        self.resume_hint = (
+            "run the same command to resume" if mode == "resume" else f"run the same command without --{mode} to resume"
+        )
         self.mesh, self.streamed = built.mesh, built.streamed
         self.program, self.checkpointer, self.writer = ready.program, ready.checkpointer, ready.writer
         self.steps_per_call = built.steps_per_call
@@ -191,7 +198,7 @@ class _Loop:
     def _preempted(self, stop: _StopRequests, state, step, position, best) -> Preempted:
         self._save(state, step, position, best)
         self.checkpointer.wait()
-        return Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
+        return Preempted(f"{stop.signal_name}: saved checkpoint {step}; {self.resume_hint}")
 
     def _evaluate(self, state: TrainState) -> dict[str, float]:
         """Every evaluation split's metrics, `validation_*` and `test_*`."""
@@ -268,7 +275,7 @@ class _Loop:
                     self.on_evaluation(epoch, last_eval)
                 if stopping and not finished:
                     self.checkpointer.wait()
-                    raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; run the same command to resume")
+                    raise Preempted(f"{stop.signal_name}: saved checkpoint {step}; {self.resume_hint}")
         self.checkpointer.wait()
         if not last_eval:  # a finished run resumed: its last evaluation again
             last_eval = self._evaluate(state)

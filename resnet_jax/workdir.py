@@ -24,16 +24,9 @@ logger = logging.getLogger(__name__)
 RESTART_MODES = ("resume", "fresh", "finetune")
 ARCHIVE_DIR = "archive"
 CHECKPOINTS_DIR = "checkpoints"
-# What a run writes in its workdir; --fresh and --finetune move these into the archive.
-RUN_FILES = (
-    configuration.CONFIG_FILE,
-    "metrics.jsonl",
-    CHECKPOINTS_DIR,
-    "checkpoints_damaged",
-    "tensorboard",
-    "curves.png",
-    "eval",
-)
+# Left in place by --fresh and --finetune, which move everything else of a previous run (its checkpoints, metrics,
+# and what tools wrote from it: exports, evaluations, plots) into the archive.
+KEPT_IN_PLACE = (ARCHIVE_DIR, ".lock")
 
 
 class WorkdirError(RuntimeError):
@@ -64,10 +57,18 @@ def create_workdir(path: Path) -> None:
         raise ConfigError(f"--workdir={str(path)!r} cannot be created: {error.strerror}") from error
 
 
+def holds_run(workdir: Path) -> bool:
+    """Whether `workdir` holds a run: an accepted one (its config.json) or saved weights. A start refused or stopped
+    before it was accepted leaves only empty folders, which are no run to archive or fine-tune from."""
+    checkpoints = workdir / CHECKPOINTS_DIR
+    return (workdir / configuration.CONFIG_FILE).exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
 def archive_previous_run(workdir: Path) -> Path | None:
-    """Moves a previous run's files into workdir/archive/<time>/; returns that folder, or None when there was no
-    run. Process 0 moves them; every process of a multi-process run gets the same folder."""
-    present = [workdir / name for name in RUN_FILES if (workdir / name).exists()]
+    """Moves a previous run (everything in `workdir` but its archive and lock) into workdir/archive/<time>/; returns
+    that folder, or None when there was no run. Process 0 moves it; every process of a multi-process run gets the
+    same folder."""
+    present = sorted(path for path in workdir.iterdir() if path.name not in KEPT_IN_PLACE) if holds_run(workdir) else []
     # Process 0's view and clock decide, so that no process looks while another moves, and all name one folder.
     days, seconds, any_present = multihost_utils.broadcast_one_to_all(
         np.array([*divmod(int(time.time()), 86_400), len(present) > 0], np.int32)  # int32: jax's default width
@@ -97,9 +98,18 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
     source = None
     if mode == "finetune":
         if archived is None or not (archived / CHECKPOINTS_DIR).is_dir():
-            raise ConfigError(f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from")
+            raise ConfigError(
+                f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from{_newest(workdir)}"
+            )
         source = archived / CHECKPOINTS_DIR
     return source
+
+
+def _newest(workdir: Path) -> str:
+    """`; its newest archived run is ...: --init-from it` where the archive holds one (a --finetune stopped before it
+    began has archived the run it was to start from), else ""."""
+    runs = sorted(path for path in (workdir / ARCHIVE_DIR).glob("*") if (path / CHECKPOINTS_DIR).is_dir())
+    return f"; its newest archived run is {runs[-1]}: pass --init-from {runs[-1]} to start from it" if runs else ""
 
 
 def write_record(config: ml_collections.ConfigDict, run_record: dict, workdir: Path) -> None:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, configuration, experiment, metrics, trainer
+from resnet_jax import checkpoint, configuration, experiment, metrics, startup, trainer
 from resnet_jax.tools import train as train_tool
 from resnet_jax.tools.main import COMMANDS
 from tests.conftest import HANG_LIMIT, PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
@@ -247,6 +247,8 @@ def test_a_damaged_config_json_is_refused_in_one_line_and_the_run_kept(tmp_path,
     # Deleting it, as the message says, resumes with the config given.
     (workdir / "config.json").unlink()
     assert trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)["step"] == 16
+    # What ran before the resume is not known: the record covers the steps from it on.
+    assert json.loads((workdir / "config.json").read_text())["record"]["from_step"] == 8
 
 
 def test_config_json_is_replaced_whole(tmp_path):
@@ -532,6 +534,74 @@ def test_fresh_equals_a_run_in_a_new_workdir_bit_for_bit(tmp_path, model):
     assert eval_records(reused) == eval_records(new)
     (archived,) = (reused / "archive").iterdir()
     assert complete_steps(archived) == [8]
+
+
+def test_fresh_archives_everything_the_old_run_left_and_keeps_the_archive(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    # What tools write from a run: an export, a conversion's note, plots. All belong to the old run.
+    for name in ("export/model.bin", "conversion.json", "plots/curves.png"):
+        (workdir / name).parent.mkdir(exist_ok=True)
+        (workdir / name).write_text(name)
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir, mode="fresh")
+    (archived,) = (workdir / "archive").iterdir()
+    for name in ("export/model.bin", "conversion.json", "plots/curves.png"):
+        assert (archived / name).read_text() == name
+        assert not (workdir / name).exists()
+    assert complete_steps(archived) == [8] and complete_steps(workdir) == [8]
+
+
+@pytest.mark.parametrize("mode", ["fresh", "finetune"])
+def test_a_run_started_with_fresh_or_finetune_and_stopped_says_to_resume_without_the_flag(tmp_path, mode, monkeypatch):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    requested = trainer._StopRequests.requested
+
+    def sigterm_at_once(self, agree=True):
+        self.signal_name = self.signal_name or "SIGTERM"
+        return requested(self, agree)
+
+    monkeypatch.setattr(trainer._StopRequests, "requested", sigterm_at_once)
+    with pytest.raises(trainer.Preempted, match=f"saved checkpoint 1; run the same command without --{mode} to"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir, mode=mode)
+    monkeypatch.setattr(trainer._StopRequests, "requested", requested)
+    # As told: the same command without the flag goes on from the checkpoint; the archive holds the old run alone.
+    assert trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)["step"] == 8
+    assert len(list((workdir / "archive").iterdir())) == 1
+
+
+def test_a_finetune_stopped_in_its_start_up_keeps_its_source_findable(tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+
+    def full_disk(folder):
+        (folder / "tensorboard").mkdir()
+        raise metrics.MetricsWriteError(f"cannot write {folder / 'tensorboard'}: No space left on device")
+
+    # Stopped in start-up (its checkpoints folder made), after the old run was archived.
+    monkeypatch.setattr(startup, "MetricWriter", full_disk)
+    with pytest.raises(metrics.MetricsWriteError):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir, mode="finetune")
+    monkeypatch.undo()
+    (archived,) = (workdir / "archive").iterdir()
+    # The same command again finds no run to archive (the refused start left none) and names the one it archived.
+    with pytest.raises(configuration.ConfigError, match=f"pass --init-from {archived} to start from it"):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir, mode="finetune")
+    assert [path.name for path in (workdir / "archive").iterdir()] == [archived.name]
+    assert complete_steps(archived) == [8]
+    started = load_config("smoke", **{"train.num_epochs": 1, "finetune.source": str(archived)})
+    assert trainer.train_and_evaluate(started, workdir)["step"] == 8
+
+
+def test_a_resume_refused_for_a_damaged_metrics_file_leaves_config_json_as_it_was(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
+    before = (workdir / "config.json").read_bytes()
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (workdir / "metrics.jsonl").write_text("".join([lines[0], "{not json\n", *lines[1:]]))
+    with pytest.raises(metrics.MetricsError):
+        trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert (workdir / "config.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

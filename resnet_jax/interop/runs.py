@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,15 +180,22 @@ def write_converted_run(
         # Locked only now, so that a refused conversion leaves no folder behind.
         with lock.hold(workdir):
             _refuse_a_run(workdir)  # again: a run may have been started there while this one converted
-            configuration.write_json(config, workdir / configuration.CONFIG_FILE)
-            checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
             try:
-                meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
-                checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
-                checkpointer.wait()
-            finally:
-                checkpointer.close()
-            atomic.write_text(workdir / CONVERSION_FILE, json.dumps(record, indent=2) + "\n")
+                checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
+                try:
+                    meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
+                    checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
+                    checkpointer.wait()
+                finally:
+                    checkpointer.close()
+                atomic.write_text(workdir / CONVERSION_FILE, json.dumps(record, indent=2) + "\n")
+                # Last: a config.json says the run is whole.
+                configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+            except BaseException:
+                # What this conversion wrote into the folder it found empty, so that the same command can run again.
+                shutil.rmtree(workdir / CHECKPOINTS_DIR, ignore_errors=True)
+                (workdir / CONVERSION_FILE).unlink(missing_ok=True)
+                raise
     except OSError as error:
         raise InteropError(f"cannot write the converted run into {workdir}: {error.strerror or error}") from None
     return record

@@ -22,8 +22,10 @@ from resnet_jax.atomic import NameTooLongError
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
+from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
 from resnet_jax.tools.sweep import report, run, spec
+from resnet_jax.workdir import WorkdirError
 
 
 def _parser() -> common.ArgumentParser:
@@ -81,9 +83,10 @@ def run_as_a_tool(
     runtime.use_compile_cache()
     try:
         return run.run_sweep(config, workdir, sweep, top)
-    except (ConfigError, DataError, NameTooLongError) as error:
+    except (ConfigError, DataError, NameTooLongError, MetricsError) as error:  # MetricsError: a damaged metrics.jsonl
         common.fail(error)
-    except CheckpointError as error:
+    # A full disk: the trial is left unfinished, and the same command resumes it first.
+    except (CheckpointError, MetricsWriteError, WorkdirError) as error:
         print(f"{name} stopped: {error}", file=sys.stderr)
         return 1
     except trainer.Preempted as stop:
