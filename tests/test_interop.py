@@ -192,6 +192,26 @@ def test_a_run_goes_out_bit_exact_as_safetensors(converted, capsys):
         assert written[key].dtype == value.dtype and np.array_equal(written[key], value), key
 
 
+def test_a_conversion_that_cannot_write_its_record_leaves_nothing_and_runs_again(tmp_path, capsys, monkeypatch):
+    save_file(case_state_dict(CASES["akamaster_resnet20"]), tmp_path / "resnet20.safetensors")
+    command = ["--from", str(tmp_path / "resnet20.safetensors"), "--workdir", str(tmp_path / "run"), *TINY_DATA]
+    write_json = configuration.write_json
+
+    def full_disk(config, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(configuration, "write_json", full_disk)
+    with pytest.raises(SystemExit) as refused:
+        convert_tool.main(command)
+    assert refused.value.code == 2
+    assert "No space left on device" in capsys.readouterr().err
+    # Its weights and note are gone with it, so no half-run is taken for one; the same command then converts.
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".lock"]
+    monkeypatch.setattr(configuration, "write_json", write_json)
+    assert convert_tool.main(command) == 0
+    assert inference.restore_run(tmp_path / "run").step == 0
+
+
 def test_a_head_of_another_class_count_starts_fresh_and_the_backbone_is_kept(tmp_path):
     drawn = case_state_dict(CASES["akamaster_resnet20"], num_classes=100)
     save_file(drawn, tmp_path / "cifar100.safetensors")

@@ -377,20 +377,31 @@ def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_pa
     assert [r.name for r in again] == [r.name for r in results]
 
 
-def test_a_preempted_trial_runs_first_when_its_sweep_resumes(tmp_path, smoke_config, monkeypatch):
+@pytest.mark.parametrize(
+    "stop",
+    [
+        trainer.Preempted("SIGTERM: saved checkpoint 10; run the same command to resume"),
+        metrics.MetricsWriteError("cannot write metrics.jsonl: No space left on device; checkpoint 10 is intact"),
+    ],
+    ids=["preempted", "full disk"],
+)
+def test_an_interrupted_trial_runs_first_when_its_sweep_resumes(tmp_path, smoke_config, monkeypatch, capsys, stop):
     stand_in = StandInTrainer(lambda config, epoch, call: 0.5 + config.optimizer.learning_rate)
 
-    def preempted_on_the_second_call(config, workdir, mode="resume", on_evaluation=None):
+    def stopped_on_the_second_call(config, workdir, mode="resume", on_evaluation=None):
         if len(stand_in.calls) == 1:
             stand_in.calls.append(Path(workdir).name)
-            raise trainer.Preempted("SIGTERM: saved checkpoint 10; run the same command to resume")
+            raise stop
         return stand_in(config, workdir, mode, on_evaluation)
 
-    monkeypatch.setattr(trainer, "train_and_evaluate", preempted_on_the_second_call)
+    monkeypatch.setattr(trainer, "train_and_evaluate", stopped_on_the_second_call)
     config = configuration.apply_overrides(smoke_config, {"train.num_epochs": 2})
     sweep_spec = spec.make_spec(config, grids=["optimizer.learning_rate=0.1,0.2,0.3"])
-    with pytest.raises(trainer.Preempted):
-        run.run_sweep(config, tmp_path / "sweep", sweep_spec)
+    # As the command runs it: a pre-emption ends it at exit 0, a full disk at 1 in one line; neither fails the trial.
+    status = sweep.run_as_a_tool(config, str(tmp_path / "sweep"), sweep_spec, top=2, name="sweep")
+    assert status == (0 if isinstance(stop, trainer.Preempted) else 1)
+    if status:
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"sweep stopped: {stop}"
     results = run.run_sweep(config, tmp_path / "sweep", sweep_spec)
 
     # The interrupted trial goes on before the grid's last point begins, not after it.
