@@ -64,6 +64,9 @@ def read_previous(workdir: Path) -> dict[str, Any] | None:
         saved, problem = None, str(error)
     else:
         problem = "" if isinstance(saved, dict) else f"it holds a JSON {type(saved).__name__}, not a config"
+        if not problem:  # the sections after the seed are JSON objects
+            not_sections = [key for key in TRAINING_SECTIONS[1:] if not isinstance(saved.get(key, {}), dict)]
+            problem = f"its {not_sections[0]!r} is not a section" if not_sections else ""
     if problem:
         raise ConfigError(
             f"{path} is damaged ({problem}), so this run cannot be checked against it; delete it to resume with the "

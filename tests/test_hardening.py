@@ -232,7 +232,7 @@ def test_workdir_with_a_different_model_or_data_is_refused_until_told(tmp_path):
 
 
 # Torn by a kill before writes were atomic; valid JSON that holds no config.
-@pytest.mark.parametrize("damaged", ['{"model": {"na', "[]"])
+@pytest.mark.parametrize("damaged", ['{"model": {"na', "[]", '{"data": null}'])
 def test_a_damaged_config_json_is_refused_in_one_line_and_the_run_kept(tmp_path, damaged):
     workdir = tmp_path / "run"
     trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 1}), workdir)
