@@ -6,6 +6,7 @@ resumes from the newest complete checkpoint.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -102,13 +103,21 @@ def train_and_evaluate(
     # offline, the run stops in seconds and the same command can be run again. Each process fetches into its own
     # part file, so processes that share the folder never write one file.
     data.fetch_if_asked(config.data, ".part" if jax.process_count() == 1 else f".part{jax.process_index()}")
+    created = not path.exists()
     with lock.hold(path):  # one writer per workdir, from before a --fresh run archives the old one
         if mode == "resume" and record.read_previous(path) != previous:
             raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
         if reshaped:
             logger.warning("%s", reshaped)
         finetune_source = prepare_workdir(config, path, mode)
-        ready = startup.start(built, path, finetune_source)
+        try:
+            ready = startup.start(built, path, finetune_source)
+        except BaseException:
+            # Refused in start-up (weights that cannot be read, data that fails), a run leaves no folder it made,
+            # as one refused before it; removed while locked, so that no other run can have begun in it.
+            if created and jax.process_count() == 1:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         try:
             # Records past the restored step (or all, starting over) came from a run cut short: they log again. A
             # damaged metrics.jsonl refuses the run here, before its record is written.

@@ -188,6 +188,14 @@ def test_a_run_refused_before_it_starts_leaves_no_workdir_behind(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_refused_in_its_start_up_leaves_no_workdir_behind(tmp_path):
+    (tmp_path / "empty").mkdir()  # a folder, but no run's weights in it: found only as start-up reads them
+    result = run(train_command(tmp_path / "new" / "run", "smoke", f"finetune.source={tmp_path / 'empty'}"), timeout=120)
+    assert result.returncode == 1
+    assert "no readable checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "new" / "run").exists()
+
+
 def test_an_empty_workdir_is_refused(tmp_path):
     result = run([*train_command(tmp_path / "unused", "smoke")[:2], "--workdir=", *train_command("x", "smoke")[3:]])
     assert result.returncode == 2
