@@ -431,12 +431,23 @@ def test_a_run_cut_short_by_num_steps_within_its_warm_up_epoch_is_read_by_every_
     # copy of the run steps one example at a time, where one epoch is 256 steps, longer than the run.
     config = tiny_config(**{"train.num_steps": 16, "schedule.warmup_epochs": 1.0})
     assert experiment.build(config).total_steps == 16
-    workdir = write_workdir(tmp_path / "run", config, {16: new_state.checkpoint_tree()})
-    (image,) = save_images(split_arrays(config, "test").images[:1], tmp_path)
+    assert_every_tool_reads(write_workdir(tmp_path / "run", config, {16: new_state.checkpoint_tree()}), capsys)
+
+
+def test_a_run_that_mixed_images_from_weights_since_moved_is_read_by_every_tool(tmp_path, new_state, capsys):
+    # Mixup needs two images in a batch, the tools' copy of the run has one; the weights it started from are in its
+    # checkpoints, wherever the file it read them from went.
+    config = tiny_config(**{"augment.mixup_alpha": 0.2, "finetune.source": str(tmp_path / "moved.safetensors")})
+    assert_every_tool_reads(write_workdir(tmp_path / "run", config, {8: new_state.checkpoint_tree()}), capsys)
+
+
+def assert_every_tool_reads(workdir, capsys):
+    (image,) = save_images(split_arrays(tiny_config(), "test").images[:1], workdir.parent)
     run = ["--workdir", str(workdir)]
-    assert evaluate_tool.main([*run, "--out", str(tmp_path / "eval")]) == 0
+    out = workdir.parent
+    assert evaluate_tool.main([*run, "--out", str(out / "eval")]) == 0
     assert predict_tool.main([*run, str(image)]) == 0
-    assert features_tool.main([*run, "--out", str(tmp_path / "features.npz")]) == 0
-    assert export_tool.main([*run, "--out", str(tmp_path / "model.bin"), "--platforms", "cpu"]) == 0
-    assert convert_tool.main([*run, "--to", str(tmp_path / "weights.safetensors")]) == 0
+    assert features_tool.main([*run, "--out", str(out / "features.npz")]) == 0
+    assert export_tool.main([*run, "--out", str(out / "model.bin"), "--platforms", "cpu"]) == 0
+    assert convert_tool.main([*run, "--to", str(out / "weights.safetensors")]) == 0
     assert "error" not in capsys.readouterr().err
