@@ -186,6 +186,12 @@ def test_what_the_grain_loader_cannot_serve_is_one_line(pets, tmp_path):
         experiment.check_config(grain_config(archive))
 
 
+def test_a_validation_split_the_run_has_not_is_one_line(pets):
+    root, _ = pets  # no validation/ folder, and nothing held out
+    with pytest.raises(data.DataError, match="this run has no validation split"):
+        experiment.build(grain_config(root)).open_eval_stream("validation")
+
+
 def test_a_folder_changed_since_the_run_began_is_refused(pets):
     root, _ = pets
     recorded = experiment.build(grain_config(root)).config

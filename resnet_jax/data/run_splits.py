@@ -224,11 +224,7 @@ def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int)
         if data_config.dataset == FOLDER:  # the run's record of its folder against the folder as it is now
             found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
             _check_folder_agrees(data_config, found.info)
-        if split == VALIDATION and not run_split_sizes(data_config)[VALIDATION]:
-            raise DataError(
-                "this run has no validation split; give data.validation_size (a fraction of train, or a count) or "
-                "a folder's validation/"
-            )
+        _check_has_split(data_config, split)
         if _source_split(data_config, split) != "train":
             return read(split, rows)
         whole = read("train", None)
@@ -262,6 +258,14 @@ def _train_rows(data_config: ml_collections.ConfigDict, split: str, labels: np.n
     return validation_rows if split == VALIDATION else train_rows
 
 
+def _check_has_split(data_config: ml_collections.ConfigDict, split: str) -> None:
+    if split == VALIDATION and not run_split_sizes(data_config)[VALIDATION]:
+        raise DataError(
+            "this run has no validation split; give data.validation_size (a fraction of train, or a count) or "
+            "a folder's validation/"
+        )
+
+
 def config_listing(data_config: ml_collections.ConfigDict) -> listing.Listing:
     """The grain loader's listing of the run's folder, checked against its record (`files_digest`). Listing walks
     the whole folder (a million files at ImageNet's size): a run lists it once for all its streams."""
@@ -272,6 +276,7 @@ def _streamed_rows(
     data_config: ml_collections.ConfigDict, files: listing.Listing, split: str
 ) -> tuple[str, np.ndarray]:
     """The listed split and rows that make the run's `split`."""
+    _check_has_split(data_config, split)
     source = _source_split(data_config, split)
     if source != "train":
         return source, np.arange(len(files.names[source]))
