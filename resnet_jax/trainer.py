@@ -278,7 +278,9 @@ class _Loop:
                     if VALIDATION_ACCURACY in last_eval:  # the kept best follows validation; without it, none is kept
                         metrics = {checkpoint.BEST_METRIC: last_eval[VALIDATION_ACCURACY]}
                 stopping = stop.requested()
-                if finished or epoch % config.checkpoint.every_epochs == 0 or stopping:
+                # A new best is saved whatever checkpoint.every_epochs says, so that the kept best is the best.
+                new_best = metrics is not None and best is not None and best["step"] == step
+                if finished or epoch % config.checkpoint.every_epochs == 0 or stopping or new_best:
                     self._save(state, step, position, best, metrics)
                 if evaluated and self.on_evaluation is not None:
                     self.on_evaluation(epoch, last_eval)

@@ -612,6 +612,23 @@ def test_a_resume_refused_for_a_damaged_metrics_file_leaves_config_json_as_it_wa
     assert (workdir / "config.json").read_bytes() == before
 
 
+def test_the_best_evaluation_is_saved_between_the_checkpoints_every_epochs_asks_for(tmp_path, monkeypatch):
+    scores = iter([0.5, 0.9, 0.6, 0.7])  # validation accuracy after epochs 1-4: the best at epoch 2 (step 16)
+
+    def scored(accuracy):
+        return {f"{split}_{name}": accuracy for split in ("validation", "test") for name in ("accuracy", "loss")}
+
+    monkeypatch.setattr(
+        trainer._Loop, "_evaluate", lambda self, state: scored(next(scores))
+    )
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"checkpoint.every_epochs": 4}), workdir)
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", create=False)
+    assert checkpointer.best_step() == 16
+    assert complete_steps(workdir) == [16, 32]  # the best, and the newest (epoch 3's was no better: not saved)
+    checkpointer.close()
+
+
 @pytest.mark.parametrize(
     "error", [OSError(errno.EIO, "Input/output error"), TypeError("unexpected keyword (another orbax version)")]
 )
