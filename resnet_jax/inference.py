@@ -119,6 +119,12 @@ def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequenc
     given = {key.split(".", 1)[1] for key in keys if key.startswith("data.")}
     section = config.data
     if not given & set(_OTHER_DATA_KEYS):
+        redrawn = sorted(given & {"validation_seed", "validation_size"})
+        if redrawn:
+            raise RunError(
+                f"--config.data.{redrawn[0]}: this run's validation split is the rows it held out of train, and "
+                "another draw would score rows it trained on; score the run's own (--split validation) or other data"
+            )
         return config
     if data.FOLDER in (section.source, section.dataset) and not {"source", "dataset"} <= given:
         section.source = section.dataset = data.FOLDER

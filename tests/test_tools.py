@@ -288,6 +288,10 @@ def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, tmp_path, cap
         export_tool.main, ["--workdir", str(run_dir), "--out", "m.bin", "--platforms", "cpu,ipu"], capsys
     )
     assert "ipu not known" in message
+    # Another holdout draw of the run's own data would score rows it trained on as "validation".
+    for key in ("validation_seed=1", "validation_size=0.2"):
+        message = cli_error(evaluate_tool.main, ["--workdir", str(run_dir), f"--config.data.{key}"], capsys)
+        assert f"--config.data.{key.split('=')[0]}: this run's validation split is the rows it held out" in message
 
 
 def test_tool_descriptions_are_whole_sentences(capsys):
