@@ -33,7 +33,11 @@ def check_config(finetune_config: ml_collections.ConfigDict) -> None:
         raise configuration.ConfigError(
             f"finetune.backbone_learning_rate_scale={scale!r} must be 0 or more (1: the head's rate)"
         )
-    source = finetune_config.source
+
+
+def check_source(source: str) -> None:
+    """The weights a new run starts from exist. Checked as such a run starts, before anything compiles: a resume, or a
+    tool reading the run, has them in the run's checkpoints, wherever the source went since."""
     if source and not Path(source).expanduser().exists():
         raise configuration.ConfigError(
             f"finetune.source={source!r} does not exist; give a run's workdir, or convert a PyTorch file first: "

@@ -151,8 +151,7 @@ def build_for_inference(
     Nor does it take a learning rate: the copy's schedule is a constant one. Its steps are one example each, so the
     run's own schedule measured on them (a warm-up in epochs against `train.num_steps`) would refuse a run that
     trained, and the optimizer state a converted run starts from does not depend on the schedule. Nor does it mix
-    images (Mixup and CutMix need two in a batch), nor read the weights the run started from (they are in its
-    checkpoints; the file may be gone)."""
+    images (Mixup and CutMix need two in a batch)."""
     mesh = mesh or parallel.make_mesh()
     for_inference = {
         "train.batch_size": int(mesh.devices.size),
@@ -160,7 +159,6 @@ def build_for_inference(
         "schedule.warmup_epochs": 0.0,
         "augment.mixup_alpha": 0.0,
         "augment.cutmix_alpha": 0.0,
-        "finetune.source": "",
     }
     return experiment.build(configuration.apply_overrides(config, for_inference), mesh)
 

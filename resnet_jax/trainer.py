@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import checkpoint, data, experiment, lock, parallel, pipeline, record, startup, steps
+from resnet_jax import checkpoint, data, experiment, finetune, lock, parallel, pipeline, record, startup, steps
 from resnet_jax.best import best_values, better_best
 from resnet_jax.configuration import ConfigError
 from resnet_jax.metrics import MetricsWriteError, Progress
@@ -96,6 +96,8 @@ def train_and_evaluate(
     built = experiment.build(record.resolved(config, previous))
     asked, config = config, built.config
     ran = record.what_ran(built.model)
+    if previous is None:  # a new run, which reads the weights it starts from
+        finetune.check_source(config.finetune.source)
     changed, reshaped = record.check_resume(
         previous, asked, config, ran, built.steps_per_epoch, built.total_steps, path
     )

@@ -1,6 +1,8 @@
 """Starting from another run's weights: what fits is taken and a new head starts fresh, a frozen backbone does not
 move (nor do its statistics in a linear probe), and the backbone's learning rate is the head's times its scale."""
 
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -84,11 +86,25 @@ def test_a_foreign_weight_file_or_a_missing_source_is_refused_in_one_line(tmp_pa
     with pytest.raises(checkpoint.CheckpointError, match="resnet20.safetensors"):
         finetune.start_weights(None, str(weights))
     with pytest.raises(configuration.ConfigError, match="does not exist"):
-        finetune.check_config(ml_collections.ConfigDict(finetune.DEFAULTS | {"source": str(tmp_path / "none")}))
+        finetune.check_source(str(tmp_path / "none"))
     with pytest.raises(configuration.ConfigError, match="must be 0 or more"):
         finetune.check_config(ml_collections.ConfigDict(finetune.DEFAULTS | {"backbone_learning_rate_scale": -1.0}))
     plain = optimizer(0.1)
     assert finetune.wrap_optimizer(plain, ml_collections.ConfigDict(finetune.DEFAULTS)) is plain
+
+
+def test_a_run_resumes_once_the_weights_it_started_from_are_gone(source, tmp_path):
+    moved = tmp_path / "source"
+    shutil.copytree(source, moved)
+    started = load_config("smoke", **{"train.num_epochs": 1, "finetune.source": str(moved)})
+    trainer.train_and_evaluate(started, tmp_path / "run")
+    shutil.rmtree(moved)  # scratch space cleared, say: the run holds its weights in its own checkpoints now
+    longer = configuration.apply_overrides(started, {"train.num_epochs": 2})
+    assert trainer.train_and_evaluate(longer, tmp_path / "run")["step"] == 16
+    # A new run from it, though, needs it: refused in one line, and no workdir is left behind.
+    with pytest.raises(configuration.ConfigError, match="does not exist"):
+        trainer.train_and_evaluate(started, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_pytorch_weight_file_starts_a_deeper_run_where_it_fits(tmp_path):
