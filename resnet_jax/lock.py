@@ -25,9 +25,8 @@ from jax.experimental import multihost_utils
 
 from resnet_jax import atomic
 from resnet_jax.configuration import ConfigError
-from resnet_jax.workdir import create_workdir
+from resnet_jax.workdir import LOCK_FILE, create_workdir
 
-LOCK_FILE = ".lock"
 # Filesystems that cannot lock (some network mounts) answer these: the run goes on, unguarded, with a warning.
 UNSUPPORTED_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 

@@ -152,8 +152,7 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
             files = experiment.open_listing()
             # Grain restores an iterator state into the worker count that saved it only; with another, the stream
             # starts at the batch the saved state stood at: the step's (one batch a step).
-            saved_workers = config.data.workers if restored is None else meta.get(STREAM_WORKERS, config.data.workers)
-            from_step = saved_workers != config.data.workers
+            from_step = restored is not None and meta.get(STREAM_WORKERS, config.data.workers) != config.data.workers
             train_split = experiment.open_train_stream(files, start=step if from_step else 0)
             opened.append(train_split)
             if restored is not None and not from_step:

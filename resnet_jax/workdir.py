@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 RESTART_MODES = ("resume", "fresh", "finetune")
 ARCHIVE_DIR = "archive"
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # held by the run that writes (resnet_jax.lock)
 # Left in place by --fresh and --finetune, which move everything else of a previous run (its checkpoints, metrics,
 # and what tools wrote from it: exports, evaluations, plots) into the archive.
-KEPT_IN_PLACE = (ARCHIVE_DIR, ".lock")
+KEPT_IN_PLACE = (ARCHIVE_DIR, LOCK_FILE)
 
 
 class WorkdirError(RuntimeError):
