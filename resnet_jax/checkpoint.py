@@ -41,6 +41,11 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that cannot be written; the message names what and why."""
 
 
+class CheckpointRefused(CheckpointError):
+    """Sound weights that this command cannot use as asked (another state's layout, no weights that fit): bad
+    input, fixed by changing the command, where a CheckpointError alone is storage that failed."""
+
+
 def check_config(checkpoint_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("checkpoint.every_epochs", checkpoint_config.every_epochs, integer=True)
     configuration.check_positive("checkpoint.keep", checkpoint_config.keep, integer=True)
@@ -172,7 +177,7 @@ class Checkpointer:
         """Restores one of the items the checkpointer was made with (its restore arguments `args`); a checkpoint
         without it is refused in one line."""
         if not (self.directory / str(step) / name).is_dir():
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"checkpoint {step} in {self.directory} holds no {name!r} item (it was written by a run that did not "
                 f"save one), so this run cannot resume from it: pass --fresh to start over"
             )
@@ -184,14 +189,14 @@ class Checkpointer:
     def _check_restorable(self, step: int, abstract_state: Any) -> None:
         """Refuses, in one line that says how to go on, a sound checkpoint that holds another kind of state."""
         if self.restore_meta(step).get("state_format", 1) != STATE_FORMAT:
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"checkpoint {step} in {self.directory} was written by an earlier resnet-jax whose optimizer state is "
                 "laid out differently, so it cannot resume: pass --finetune to start from its weights, or --fresh "
                 "to start over (resnet-jax evaluate, predict and export still read it)"
             )
         saved = self.manager.item_metadata(step)["state"]
         if _layout(saved) != _layout(abstract_state):
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"checkpoint {step} in {self.directory} holds a different train state than this config builds "
                 f"(leaves per part: saved {_layout(saved)}, now {_layout(abstract_state)}): the optimizer or "
                 "train.ema_decay changed. Restore the old setting, or pass --fresh or --finetune."
@@ -297,7 +302,7 @@ def newest_weights(directory: Path) -> dict[str, Any]:
     averaged weights when the run kept an EMA (what its evaluations scored)."""
     restored = Checkpointer(directory, async_save=False, create=False).restore_newest_good(None)
     if restored is None:
-        raise CheckpointError(f"no readable checkpoint in {directory} to start from")
+        raise CheckpointRefused(f"no readable checkpoint in {directory} to start from")
     _, tree, _ = restored
     return jax.device_get(tree.get("ema") or {"params": tree["params"], "batch_stats": tree["batch_stats"]})
 
@@ -317,7 +322,7 @@ def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
             fresh.append(f"{name} {tuple(new.shape)} (saved: {'none' if old is None else tuple(old.shape)})")
             return new
         if not np.can_cast(np.asarray(old).dtype, new.dtype, casting="same_kind"):
-            raise CheckpointError(f"{origin}: {name} holds {np.asarray(old).dtype}, which cannot become {new.dtype}")
+            raise CheckpointRefused(f"{origin}: {name} holds {np.asarray(old).dtype}, which cannot become {new.dtype}")
         kept += 1
         # Each process holds the whole array; it fills its own devices' shards of the global one.
         host = np.asarray(old, new.dtype)
@@ -327,7 +332,7 @@ def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
     for line in fresh:
         logger.warning("fine-tune: %s starts fresh", line)
     if kept == 0:
-        raise CheckpointError(f"{origin}: no parameter fits this model; check the model name, or start over")
+        raise CheckpointRefused(f"{origin}: no parameter fits this model; check the model name, or start over")
     logger.info("fine-tune: %d arrays taken from %s, %d start fresh", kept, origin, len(fresh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     return state.replace(ema=variables) if state.ema is not None else state

@@ -76,7 +76,7 @@ def start_weights(state: Any, source: str) -> Any:
             state_dict = interop.read_state_dict(path)
             weights = interop.to_variables(state_dict, interop.match(state_dict))
         except interop.InteropError as error:
-            raise checkpoint.CheckpointError(f"finetune.source={source!r}: {error}") from None
+            raise checkpoint.CheckpointRefused(f"finetune.source={source!r}: {error}") from None
         return checkpoint.transplant_weights(state, weights, str(path))
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     return checkpoint.transplant_weights(state, checkpoint.newest_weights(directory), str(path))

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from resnet_jax import errors, interrupts, plots, runtime, trainer
-from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.checkpoint import CheckpointError, CheckpointRefused
 from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
 from resnet_jax.workdir import WorkdirError
@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "fresh" if args.fresh else "finetune" if args.finetune else "resume"
     try:
         results = trainer.train_and_evaluate(config, args.workdir, mode)
+    except CheckpointRefused as error:  # weights this command cannot use as asked: the command is to change
+        common.fail(error)
     except (trainer.TrainingError, CheckpointError, MetricsWriteError, WorkdirError) as error:
         print(f"training stopped: {error}", file=sys.stderr, flush=True)
         return STOPPED

@@ -19,7 +19,7 @@ import optuna
 
 from resnet_jax import runtime, trainer
 from resnet_jax.atomic import NameTooLongError
-from resnet_jax.checkpoint import CheckpointError
+from resnet_jax.checkpoint import CheckpointError, CheckpointRefused
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.metrics import MetricsError, MetricsWriteError
@@ -83,7 +83,8 @@ def run_as_a_tool(
     runtime.use_compile_cache()
     try:
         return run.run_sweep(config, workdir, sweep, top)
-    except (ConfigError, DataError, NameTooLongError, MetricsError) as error:  # MetricsError: a damaged metrics.jsonl
+    # MetricsError: a damaged metrics.jsonl; CheckpointRefused: a trial's checkpoint of another state's layout.
+    except (ConfigError, DataError, NameTooLongError, MetricsError, CheckpointRefused) as error:
         common.fail(error)
     # A full disk: the trial is left unfinished, and the same command resumes it first.
     except (CheckpointError, MetricsWriteError, WorkdirError) as error:
