@@ -90,7 +90,7 @@ if [ "$SMOKE" = 1 ]; then
     --min-window-seconds 0.2)
   TORCH_FIRST=("${TORCH_COMMON[@]}" --variants eager,channels_last)
   TORCH_SECOND=("${TORCH_COMMON[@]}" --variants channels_last@1)
-  TINY=(--set model.name=resnet8_tiny --set train.num_steps=8 --set train.steps_per_call=4
+  TINY=(--set model.name=resnet8_tiny --set train.num_steps=8 --set train.num_epochs=0 --set train.steps_per_call=4
     --set train.log_every_steps=4)
   FASHION=(--task fashion_mnist --target 0.3 --time-limit 120 "${TINY[@]}" --set train.batch_size=64)
   HE=(--task he_resnet20 --time-limit 120 "${TINY[@]}" --set data.synthetic_train_examples=512

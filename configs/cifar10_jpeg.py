@@ -34,5 +34,5 @@ def get_config():
     config.schedule.pct_start = 0.25
     config.eval.tta_flip = True
     # Nothing is chosen from the test split during the run, so it is scored once, at the end.
-    config.eval.every_epochs = config.train.num_epochs
+    config.eval.every_epochs = 0
     return config

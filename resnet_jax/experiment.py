@@ -69,6 +69,12 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
         raise configuration.ConfigError(
             "train.num_steps=0 and train.num_epochs=0: the run has no length; give train.num_epochs or train.num_steps"
         )
+    # One of them, or an override of the other (--config.train.num_epochs=3 on a 64k-step recipe) does nothing.
+    if train_config.num_steps and train_config.num_epochs:
+        raise configuration.ConfigError(
+            f"train.num_steps={train_config.num_steps} and train.num_epochs={train_config.num_epochs} both set the "
+            "run's length; set train.num_steps=0 to train by epochs, or train.num_epochs=0 to train by steps"
+        )
     configuration.check_at_least("train.steps_per_call", train_config.steps_per_call, 0, "0 for automatic")
     configuration.check_positive("train.log_every_steps", train_config.log_every_steps, integer=True)
     configuration.check_in_range("train.label_smoothing", train_config.label_smoothing, 0.0, 1.0)
@@ -79,7 +85,7 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
 
 def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("eval.batch_size", eval_config.batch_size, integer=True)
-    configuration.check_positive("eval.every_epochs", eval_config.every_epochs, integer=True)
+    configuration.check_at_least("eval.every_epochs", eval_config.every_epochs, 0, "0: only at the end of the run")
     configuration.check_choice("eval.tta_flip", eval_config.tta_flip, (False, True))
 
 

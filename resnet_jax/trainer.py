@@ -270,7 +270,7 @@ class _Loop:
                     epoch, in_epoch = epoch + 1, 0
                 position = pipeline.DataPosition(epoch, in_epoch)
                 finished = step >= self.total_steps
-                evaluated = finished or epoch % config.eval.every_epochs == 0
+                evaluated = finished or (config.eval.every_epochs > 0 and epoch % config.eval.every_epochs == 0)
                 metrics = None
                 if evaluated:
                     last_eval = self._evaluate(state)

@@ -83,6 +83,10 @@ BAD_VALUES = {
     "negative steps": (["train.num_steps=-5"], "train.num_steps=-5"),
     "negative epochs beside steps": (["train.num_epochs=-1", "train.num_steps=5"], "train.num_epochs=-1"),
     "no length": (["train.num_epochs=0"], "train.num_epochs=0: the run has no length"),
+    "two lengths": (
+        ["train.num_steps=5", "train.num_epochs=2"],
+        "train.num_steps=5 and train.num_epochs=2 both set the run's length; set train.num_steps=0 to train by epochs",
+    ),
     "negative steps per call": (["train.steps_per_call=-1"], "train.steps_per_call=-1"),
     "log every 0 steps": (["train.log_every_steps=0"], "train.log_every_steps=0"),
     "label smoothing of 1": (["train.label_smoothing=1.0"], "train.label_smoothing=1.0"),
@@ -141,7 +145,7 @@ BAD_VALUES = {
         "schedule.warmup_factor=0.0 with warmup_mode=constant holds the rate at 0",
     ),
     "zero eval batch": (["eval.batch_size=0"], "eval.batch_size=0"),
-    "eval every 0 epochs": (["eval.every_epochs=0"], "eval.every_epochs=0"),
+    "eval every -1 epochs": (["eval.every_epochs=-1"], "eval.every_epochs=-1 must be an integer of at least 0"),
     "flip not a bool": (["eval.tta_flip=yes"], "eval.tta_flip is a bool"),
     "checkpoint every 0 epochs": (["checkpoint.every_epochs=0"], "checkpoint.every_epochs=0"),
     "keep no checkpoint": (["checkpoint.keep=0"], "checkpoint.keep=0"),
@@ -243,7 +247,12 @@ GOOD_EDGES = {
         "augment.mix_prob": 0.0,
         "augment.switch_prob": 1.0,
     },
-    "a batch of one unmixed": {"augment.mix_prob": 0.5, "train.batch_size": 1, "train.num_steps": 32},
+    "a batch of one unmixed": {
+        "augment.mix_prob": 0.5,
+        "train.batch_size": 1,
+        "train.num_steps": 32,
+        "train.num_epochs": 0,
+    },
     "last step as a boundary": {
         "schedule.name": "piecewise",
         "schedule.boundaries": (31,),

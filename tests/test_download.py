@@ -444,6 +444,7 @@ def test_the_trainer_downloads_missing_files_then_trains(tmp_path, monkeypatch):
                 "data.download": True,
                 "data.download_mirror": server.url,
                 "train.num_steps": 2,
+                "train.num_epochs": 0,
                 "train.batch_size": 64,
                 "train.log_every_steps": 1,
                 "schedule.warmup_steps": 1,

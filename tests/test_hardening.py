@@ -629,6 +629,13 @@ def test_the_best_evaluation_is_saved_between_the_checkpoints_every_epochs_asks_
     checkpointer.close()
 
 
+def test_eval_every_0_epochs_evaluates_once_at_the_end_whatever_the_length(tmp_path):
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **{"eval.every_epochs": 0, "train.num_epochs": 3}), workdir)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "test_accuracy" in record] == [24]  # 3 epochs of 8 steps
+
+
 @pytest.mark.parametrize(
     "error", [OSError(errno.EIO, "Input/output error"), TypeError("unexpected keyword (another orbax version)")]
 )

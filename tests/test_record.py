@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
         ({"train.batch_size": 32}, "train.batch_size=64, and this config says 32"),
         ({"augment.flip": False}, "augment.flip=True, and this config says False"),
         ({"model.name": "resnet8"}, 'model.name="resnet8_tiny", and this config says "resnet8"'),
-        ({"train.num_epochs": 1, "train.num_steps": 4}, "makes this run of 8 steps shorter (4)"),
+        ({"train.num_epochs": 0, "train.num_steps": 4}, "makes this run of 8 steps shorter (4)"),
     ],
 )
 def test_a_changed_resume_is_refused_in_one_line_and_leaves_the_workdir_byte_identical(trained, overrides, named):

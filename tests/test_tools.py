@@ -433,7 +433,7 @@ def test_a_run_cut_short_by_num_steps_within_its_warm_up_epoch_is_read_by_every_
 ):
     # 256 examples in batches of 64: the 1-epoch warm-up is 4 steps of this 16-step run, which trains. The tools'
     # copy of the run steps one example at a time, where one epoch is 256 steps, longer than the run.
-    config = tiny_config(**{"train.num_steps": 16, "schedule.warmup_epochs": 1.0})
+    config = tiny_config(**{"train.num_steps": 16, "train.num_epochs": 0, "schedule.warmup_epochs": 1.0})
     assert experiment.build(config).total_steps == 16
     assert_every_tool_reads(write_workdir(tmp_path / "run", config, {16: new_state.checkpoint_tree()}), capsys)
 

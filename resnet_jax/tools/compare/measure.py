@@ -50,6 +50,7 @@ def measurement_config(
     config.data.validation_size = 0.0  # a run's held-out count could exceed the few timed batches
     config.train.batch_size = batch
     config.train.num_steps = steps
+    config.train.num_epochs = 0
     config.train.steps_per_call = steps
     # A step's speed does not depend on the rate, and a run of a few steps has no room for a recipe's drops.
     config.schedule.name = "constant"
