@@ -10,6 +10,7 @@ from resnet_jax import configuration, experiment, models
 from resnet_jax.metrics import MetricWriter
 from resnet_jax.tools import compare
 from resnet_jax.tools import main as resnet_jax_main
+from tests.test_folder import folder_config, write_folder
 
 
 def table_rows(markdown: str) -> dict[str, dict[str, str]]:
@@ -23,10 +24,13 @@ def registry_params(name: str) -> int:
     return models.count_params(models.init_shapes(models.get_model(name))["params"])
 
 
-def fake_run(workdir, model: str, accuracies, dataset: str = "cifar10", validation=None, seed=0, overrides=None):
+def fake_run(
+    workdir, model: str, accuracies, dataset: str = "cifar10", validation=None, seed=0, overrides=None, base=None
+):
     """A trained workdir as the trainer leaves it: config.json and metrics.jsonl with train and eval records (test
-    `accuracies`, and `validation` ones of the same evaluations when given)."""
-    config = experiment.base_config()
+    `accuracies`, and `validation` ones of the same evaluations when given); `base` is the config it starts from
+    (default: base_config())."""
+    config = experiment.base_config() if base is None else base.copy_and_resolve_references()
     config.model.name = model
     config.data.dataset = dataset
     config.seed = seed
@@ -153,6 +157,27 @@ def test_runs_trained_differently_are_never_averaged_as_seeds_and_what_differs_i
     assert rows["resnet20 (optimizer.name=sgd)"]["runs"] == "2"
     assert rows["resnet20 (optimizer.name=adam)"]["test acc"] == "0.3000"
     assert "also differ in optimizer.name" in table
+
+
+@pytest.mark.slow
+def test_runs_on_a_folder_of_images_are_timed_on_synthetic_images_of_its_shape_and_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pets = write_folder(tmp_path / "pets")  # 3 classes of 8x8 RGB images
+    # Built as a run starts, which records the folder's classes, image shape, split sizes and statistics.
+    recorded = experiment.build(folder_config(pets)).config
+    run = fake_run(tmp_path / "run", "resnet8_tiny", [0.5], dataset="folder", base=recorded)
+    pets.rename(tmp_path / "moved")  # the speed of a finished run is measured without its images
+    out = tmp_path / "out"
+    argv = ["--runs", str(run), "--batch", "4", "--steps", "2", "--repeats", "1", "--out", str(out)]
+    assert compare.main(argv) == 0
+    markdown = (out / compare.COMPARE_MD).read_text()
+    assert "folder inputs 8x8x3, train step at batch 4" in markdown
+    row = table_rows(markdown)["resnet8_tiny"]
+    head_of_three = models.init_shapes(models.get_model("resnet8_tiny", num_classes=3), (8, 8, 3))["params"]
+    assert row["params"] == f"{models.count_params(head_of_three):,}"
+    assert (row["test acc"], row["runs"]) == ("0.5000", "1")
+    [measured] = json.loads((out / compare.COMPARE_JSON).read_text())
+    assert measured["images_per_second"] > 0 and measured["gflops"] > 0
 
 
 def test_runs_on_different_datasets_or_without_a_config_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 from resnet_jax import configuration, data, experiment, record
 from resnet_jax.data import folder
 from resnet_jax.tools import evaluate as evaluate_tool
+from resnet_jax.tools import export as export_tool
 from resnet_jax.tools import predict as predict_tool
 from resnet_jax.tools import train as train_tool
 from tests.conftest import CIFAR10_JPEG, REPO_ROOT, needs_cifar10_jpeg
@@ -301,12 +302,14 @@ def test_a_folder_run_trains_and_its_tools_name_the_classes_without_the_folder(t
     assert [entry["examples"] for entry in report["per_class"]] == [2, 2, 2]
     picture = image(2, 99)
     picture.save(tmp_path / "query.png")
-    archive.unlink()  # predicting needs only the run: its config.json recorded the folder
+    archive.unlink()  # predicting and exporting need only the run: its config.json recorded the folder
     shutil.rmtree(root)
     capsys.readouterr()
     assert predict_tool.main(["--workdir", str(run), str(tmp_path / "query.png"), "--json"]) == 0
     [prediction] = json.loads(capsys.readouterr().out)
     assert {entry["class"] for entry in prediction["top_k"]} == {"cat", "dog", "eel"}
+    assert export_tool.main(["--workdir", str(run), "--out", str(tmp_path / "model.bin"), "--platforms", "cpu"]) == 0
+    assert json.loads((tmp_path / "model.bin.json").read_text())["class_names"] == ["cat", "dog", "eel"]
 
 
 def test_a_bad_folder_ends_training_in_one_error_line(tmp_path, capsys):

@@ -455,3 +455,40 @@ def assert_every_tool_reads(workdir, capsys):
     assert export_tool.main([*run, "--out", str(out / "model.bin"), "--platforms", "cpu"]) == 0
     assert convert_tool.main([*run, "--to", str(out / "weights.safetensors")]) == 0
     assert "error" not in capsys.readouterr().err
+
+
+def test_a_run_on_official_files_since_moved_exports_and_predicts_and_evaluate_names_the_folder(tmp_path, capsys):
+    files = tmp_path / "fashion"
+    files.mkdir()  # the folder of the official files the run was given
+    config = tiny_config(**{"data.dataset": "fashion_mnist", "data.source": "files", "data.files_dir": str(files)})
+    built = experiment.build(config)  # as a run starts: it records the splits' sizes in its config
+    state = built.new_state()
+    variables = {"params": jitter(state.params, seed=3), "batch_stats": state.batch_stats}
+    workdir = write_workdir(
+        tmp_path / "run", built.config, {8: state.replace(params=variables["params"]).checkpoint_tree()}
+    )
+    files.rename(tmp_path / "moved")
+    run = ["--workdir", str(workdir)]
+    # export and predict read no training data.
+    assert export_tool.main([*run, "--out", str(tmp_path / "model.bin"), "--platforms", "cpu"]) == 0
+    description = json.loads((tmp_path / "model.bin.json").read_text())
+    assert description["class_names"] == list(data.DATASETS["fashion_mnist"].class_names)
+    assert description["input"]["shape"] == ["batch", 32, 32, 1]
+    grey = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)  # a Fashion-MNIST-sized image
+    Image.fromarray(grey).save(tmp_path / "query.png")
+    capsys.readouterr()
+    assert predict_tool.main([*run, str(tmp_path / "query.png"), "--json", "--top-k", "10"]) == 0
+    [prediction] = json.loads(capsys.readouterr().out)
+    padded = np.pad(grey, 2)[None, :, :, None]  # zero-padded, centred, to the run's 32x32
+    logits = built.model.apply(variables, normalized(built.step_config, padded), train=False)
+    expected = np.asarray(jax.nn.softmax(np.asarray(logits, np.float64), axis=-1))[0]
+    got = {entry["index"]: entry["probability"] for entry in prediction["top_k"]}
+    np.testing.assert_allclose([got[index] for index in range(10)], expected, rtol=1e-4)
+    # The tools that read the run's splits name the folder that is gone, in one line (after the log line of the
+    # stage that reads it, where progress goes to log lines).
+    for main, extra in ((evaluate_tool.main, []), (features_tool.main, ["--out", str(tmp_path / "features.npz")])):
+        with pytest.raises(SystemExit) as stop:
+            main([*run, *extra])
+        assert stop.value.code == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if not line.endswith("compile included ...")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {str(files)!r} does not exist"), errors

@@ -78,9 +78,14 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     )
 
 
-def folder_recorded(data_config: ml_collections.ConfigDict) -> bool:
+def splits_recorded(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether the section recorded its run's splits, as a run does when it starts (a run's config.json)."""
     sizes = data_config.split_sizes
-    return bool(data_config.class_names and data_config.image_shape and sizes.train and sizes.test)
+    return bool(sizes.train and sizes.test)
+
+
+def folder_recorded(data_config: ml_collections.ConfigDict) -> bool:
+    return bool(data_config.class_names and data_config.image_shape and splits_recorded(data_config))
 
 
 def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetInfo) -> None:

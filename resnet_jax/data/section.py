@@ -98,7 +98,10 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
             raise configuration.ConfigError(
                 "data.files_dir='' is empty; set it to the folder to download the official files into"
             )
-        if not data_config.download and (not files_dir or not Path(files_dir).expanduser().is_dir()):
+        # A section that recorded its splits (a run's config.json) reads the files only as a split is read, which
+        # names a missing folder: a run's export or predict, which read none, work without them.
+        recorded = run_splits.splits_recorded(data_config)
+        if not (data_config.download or recorded) and (not files_dir or not Path(files_dir).expanduser().is_dir()):
             raise configuration.ConfigError(
                 f"data.files_dir={files_dir!r} is not a folder; set it to the folder holding the official files, "
                 "or add --config.data.download=True to download them there"

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, experiment, models, runtime
+from resnet_jax import configuration, data, experiment, models, pipeline, runtime
 
 
 @dataclasses.dataclass
@@ -39,14 +39,22 @@ class Measurement:
 def measurement_config(
     base: ml_collections.ConfigDict, model: str, batch: int, steps: int, dtype: str | None
 ) -> ml_collections.ConfigDict:
-    """`base` (a run's config, or the default) training `model` on synthetic data of the same shape."""
+    """`base` (a run's config, or the default) training `model` on synthetic data of the same shape and classes:
+    a registered dataset's synthetic source, or for a folder run the classes and image shape its config recorded
+    (the folder is not read, and may be gone)."""
     config = base.copy_and_resolve_references()
     config.model.name = model
     if dtype:
         config.model.dtype = dtype
-    config.data.source = "synthetic"
-    config.data.synthetic_train_examples = batch * steps
-    config.data.synthetic_test_examples = batch
+    sizes = {"train": batch * steps, data.VALIDATION: 0, "test": batch}
+    if config.data.dataset == data.FOLDER:
+        # The synthetic source makes a registered dataset's images only: a folder run's recorded sizes become the
+        # timed batches', and `measure_model` draws the images.
+        config.data.split_sizes.update(sizes)
+    else:
+        config.data.source = "synthetic"
+        config.data.synthetic_train_examples = sizes["train"]
+        config.data.synthetic_test_examples = sizes["test"]
     config.data.validation_size = 0.0  # a run's held-out count could exceed the few timed batches
     config.train.batch_size = batch
     config.train.num_steps = steps
@@ -76,6 +84,16 @@ def _host_random_state(abstract_state: Any, mesh: Any) -> Any:
     return jax.device_put(jax.tree.map(fill, abstract_state), replicated(mesh))
 
 
+def _synthetic_train_split(built: experiment.Experiment) -> pipeline.DeviceSplit:
+    """The train split as synthetic images of the model's input shape and classes, on the mesh: nothing is read
+    (a folder run's images may be gone), and a step's speed does not depend on the pixels."""
+    count = built.train_examples
+    arrays = data.synthetic_split(built.input_shape, built.info.num_classes, count, built.config.seed, "train")
+    return pipeline.put_split(
+        lambda rows: data.SplitArrays(arrays.images[rows], arrays.labels[rows]), count, count, built.mesh
+    )
+
+
 def measure_model(config_json: str, repeats: int) -> Measurement:
     """Compiles the run's own train program (`Experiment.lower_train_program`: `train.steps_per_call` steps over
     device-resident data) for the config's model and batch, runs it once to warm up, then times `repeats` calls."""
@@ -87,7 +105,7 @@ def measure_model(config_json: str, repeats: int) -> Measurement:
     built = experiment.build(config)
     abstract_state = built.lower_new_state().out_info
     state = _host_random_state(abstract_state, built.mesh)
-    split = built.load_train_split()
+    split = _synthetic_train_split(built)
     num_steps = built.steps_per_call
 
     start = time.perf_counter()
