@@ -13,9 +13,9 @@ import ml_collections
 import optax
 
 from resnet_jax import checkpoint, configuration, interop
+from resnet_jax.models import HEAD
 
 FREEZE = ("none", "backbone", "all_but_head")
-HEAD = "head"
 DEFAULTS = {
     # A run's workdir (its newest good checkpoint), or a PyTorch state_dict file; empty: a new initialisation.
     "source": "",
@@ -40,8 +40,8 @@ def check_source(source: str) -> None:
     tool reading the run, has them in the run's checkpoints, wherever the source went since."""
     if source and not Path(source).expanduser().exists():
         raise configuration.ConfigError(
-            f"finetune.source={source!r} does not exist; give a run's workdir, or convert a PyTorch file first: "
-            "resnet-jax convert --help"
+            f"finetune.source={source!r} does not exist; give a run's workdir, a run made by resnet-jax convert, "
+            "or a PyTorch state_dict file (.pth, .pt, .th, .safetensors)"
         )
 
 
