@@ -83,7 +83,7 @@ def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
 def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None) -> ml_collections.ConfigDict:
     """A copy of `config` as this run computes it: `model.dtype=auto` becomes the dtype the run recorded (a resume),
     else what auto picks here; a resume keeps the digests of its validation and train_eval draws, so that another
-    draw is refused when the data is read (and so are files other than the ones the grain loader recorded)."""
+    draw is refused when the data is read (and so is a folder whose files are not the ones the run recorded)."""
     config = config.copy_and_resolve_references()
     saved_model = (previous or {}).get("model", {})
     if config.model.dtype == "auto":
@@ -93,7 +93,7 @@ def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None)
         )
     saved_files = (previous or {}).get("data", {}).get("files_digest")
     if isinstance(saved_files, str) and not config.data.files_digest:
-        config.data.files_digest = saved_files  # the grain loader refuses a resume on other files
+        config.data.files_digest = saved_files  # either loader refuses a resume on other files
     saved_digests = (previous or {}).get("data", {}).get("split_digests", {})
     for split, digest in saved_digests.items() if isinstance(saved_digests, dict) else ():
         if split in config.data.split_digests and isinstance(digest, str) and not config.data.split_digests[split]:
@@ -142,12 +142,14 @@ def training_differences(previous: dict[str, Any], current: dict[str, Any]) -> l
     # A key one of the two lacks was added or removed by another version of resnet-jax: not a change.
     changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key])
     # Not yet recorded by the run (split sizes before they were recorded; a dtype stored as "auto" before it was
-    # resolved): nothing to hold the resume to.
+    # resolved; a folder's files digest, which the device loader did not record before): nothing to hold the resume
+    # to.
     unrecorded = {
         key
         for key in changed
         if (key.startswith(RECORDED_KEYS) and old[key] == 0)
         or (key == "model.dtype" and old[key] == "auto")
+        or (key == "data.files_digest" and old[key] == "")
     }
     return [key for key in changed if key not in unrecorded]
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import data
-from resnet_jax.data import tfds_source
+from resnet_jax.data import download, tfds_source
+from resnet_jax.data.download import Fetched
 from resnet_jax.tools import data as data_tool
-from tests.conftest import FASHION_DIR, HANG_LIMIT, PYTHON, needs_fashion_files, subprocess_env
+from tests.conftest import FASHION_DIR, HANG_LIMIT, PYTHON, load_config, needs_fashion_files, subprocess_env
 from tests.test_download import official_fashion_archives
 
 
@@ -68,12 +69,27 @@ def write_cifar10_binary(folder: Path, parts, extracted: bool = False) -> None:
             add_member(tar, f"cifar-10-batches-bin/{name}", cifar_records(images, labels))
 
 
-def write_cifar10_python(folder: Path, parts) -> None:
+def write_cifar10_python(folder: Path, parts, extracted: bool = False) -> None:
     names = [f"data_batch_{index}" for index in range(1, 6)] + ["test_batch"]
+    batches = {
+        name: pickle.dumps({b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), b"labels": labels.tolist()})
+        for name, (images, labels) in zip(names, parts, strict=True)
+    }
+    if extracted:  # as torchvision and Keras leave it
+        (folder / "cifar-10-batches-py").mkdir(parents=True)
+        for name, payload in batches.items():
+            (folder / "cifar-10-batches-py" / name).write_bytes(payload)
+        return
     with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
-        for name, (images, labels) in zip(names, parts, strict=True):
-            batch = {b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), b"labels": labels.tolist()}
-            add_member(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch))
+        for name, payload in batches.items():
+            add_member(tar, f"cifar-10-batches-py/{name}", payload)
+
+
+def write_cifar10(folder: Path, parts, layout: str) -> None:
+    if layout.startswith("python"):
+        write_cifar10_python(folder, parts, extracted=layout == "python_extracted")
+    else:
+        write_cifar10_binary(folder, parts, extracted=layout == "extracted")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -82,12 +98,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("layout", ["binary_archive", "extracted", "python_archive"])
+@pytest.mark.parametrize("layout", ["binary_archive", "extracted", "python_archive", "python_extracted"])
 def test_cifar10_files_in_every_official_layout(tmp_path, cifar10_parts, layout):
-    if layout == "python_archive":
-        write_cifar10_python(tmp_path, cifar10_parts)
-    else:
-        write_cifar10_binary(tmp_path, cifar10_parts, extracted=layout == "extracted")
+    write_cifar10(tmp_path, cifar10_parts, layout)
     train = data.load_split("cifar10", "train", source="files", files_dir=str(tmp_path))
     test = data.load_split("cifar10", "test", source="files", files_dir=str(tmp_path))
     np.testing.assert_array_equal(train.images, np.concatenate([p[0] for p in cifar10_parts[:5]]))
@@ -96,12 +109,66 @@ def test_cifar10_files_in_every_official_layout(tmp_path, cifar10_parts, layout)
     assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
 
 
-def test_cifar100_binary_archive_uses_fine_labels(tmp_path):
+@pytest.fixture
+def no_network(monkeypatch):
+    """A download that fails the test if it is ever attempted."""
+
+    def transfer(url, *args):
+        raise AssertionError(f"{url} was requested")
+
+    monkeypatch.setattr(download, "_transfer", transfer)
+
+
+@pytest.mark.parametrize("layout", ["extracted", "python_archive", "python_extracted"])
+def test_download_uses_an_official_cifar10_form_already_there(tmp_path, cifar10_parts, layout, no_network):
+    write_cifar10(tmp_path, cifar10_parts, layout)
+    there = sorted(tmp_path.rglob("*"))
+    config = load_config("default", **{"data.files_dir": str(tmp_path)})
+    assert config.data.download
+    data.fetch_if_asked(config.data)  # what data.download=True runs before a run reads its data
+    fetched = data.fetch_official_files("cifar10", tmp_path)  # and `resnet-jax data download`
+    assert fetched == {"cifar-10-binary.tar.gz": Fetched.OTHER_FORM}
+    assert sorted(tmp_path.rglob("*")) == there  # nothing fetched, nothing left beside it
+    test = data.load_split("cifar10", "test", source="files", files_dir=str(tmp_path))
+    np.testing.assert_array_equal(test.images, cifar10_parts[5][0])
+
+
+def test_download_fetches_when_no_official_form_is_there(tmp_path, cifar10_parts, no_network):
+    (tmp_path / "cifar-10-batches-py").mkdir()  # an empty folder is no form of the data
+    with pytest.raises(AssertionError, match="cifar-10-binary.tar.gz was requested"):
+        data.fetch_official_files("cifar10", tmp_path)
+
+
+def test_download_uses_decompressed_idx_files_already_there(tmp_path, no_network):
+    images, labels = random_split(5, shape=(28, 28), seed=3)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    for packed in list(tmp_path.iterdir()):  # as `gunzip *.gz` leaves them
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    fetched = data.fetch_official_files("mnist", tmp_path)
+    assert set(fetched.values()) == {Fetched.OTHER_FORM} and len(fetched) == 4
+    assert not list(tmp_path.glob("*.gz"))
+    np.testing.assert_array_equal(
+        data.load_split("mnist", "test", source="files", files_dir=str(tmp_path)).labels, labels
+    )
+
+
+@pytest.mark.parametrize("layout", ["binary_archive", "python_extracted"])
+def test_cifar100_files_give_fine_labels(tmp_path, layout):
     images, fine = random_split(9, classes=100)
     coarse = fine // 5
-    with tarfile.open(tmp_path / "cifar-100-binary.tar.gz", "w:gz") as tar:
-        for name in ("train.bin", "test.bin"):
-            add_member(tar, f"cifar-100-binary/{name}", cifar_records(images, fine, coarse))
+    if layout == "python_extracted":
+        (tmp_path / "cifar-100-python").mkdir()
+        planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+        batch = {b"data": planes, b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}
+        for name in ("train", "test"):
+            (tmp_path / "cifar-100-python" / name).write_bytes(pickle.dumps(batch))
+    else:
+        with tarfile.open(tmp_path / "cifar-100-binary.tar.gz", "w:gz") as tar:
+            for name in ("train.bin", "test.bin"):
+                add_member(tar, f"cifar-100-binary/{name}", cifar_records(images, fine, coarse))
     split = data.load_split("cifar100", "test", source="files", files_dir=str(tmp_path))
     np.testing.assert_array_equal(split.labels, fine)
     np.testing.assert_array_equal(split.images, images)

@@ -283,6 +283,67 @@ def test_the_folder_is_recorded_in_the_config_and_must_still_agree(tmp_path):
         experiment.build(config).load_eval_split("test")
 
 
+def replace_one_cat(root):
+    """Another cat image in place of one: the class counts stay, the data do not."""
+    replaced = root / "train" / "cat" / "1.png"
+    size = replaced.stat().st_size
+    image(0, 77, size=16).save(replaced)
+    assert replaced.stat().st_size != size
+
+
+def rename_one_cat(root):
+    """The same image under another name: it takes another row of train/ (the rows are sorted by name)."""
+    (root / "train" / "cat" / "1.png").rename(root / "train" / "cat" / "9.png")
+
+
+@pytest.mark.parametrize("change", [replace_one_cat, rename_one_cat])
+def test_the_device_loader_refuses_a_folder_whose_files_changed_but_not_their_counts(tmp_path, change):
+    root = write_folder(tmp_path / "pets")
+    # Resized to one size, and normalised by given values: what the run records of the folder cannot change with it.
+    kept = {"data.image_size": 8, "data.mean": (0.5, 0.5, 0.5), "data.std": (0.25, 0.25, 0.25)}
+    recorded = experiment.build(folder_config(root, **kept)).config
+    assert recorded.data.loader == "device" and len(recorded.data.files_digest) == 32
+    experiment.build(recorded).load_eval_split("test")  # the same files: accepted
+    change(root)
+    assert data.open_folder(root, 8).info.split_sizes == {"train": 12, "test": 6}  # what the old checks compared
+    given = {**kept, "data.files_digest": recorded.data.files_digest}
+    with pytest.raises(data.DataError, match="data.files_digest=.* the folder changed since the run began"):
+        experiment.build(folder_config(root, **given))  # a resume, as it is built
+    with pytest.raises(data.DataError, match="the folder changed since the run began"):
+        experiment.build(recorded).load_eval_split("test")  # a tool on the run's own data
+
+
+def test_a_folder_run_recorded_before_the_device_loader_recorded_its_files_resumes(tmp_path):
+    root = write_folder(tmp_path / "pets")
+    now = experiment.build(folder_config(root, **{"data.mean": (0.5,) * 3, "data.std": (0.25,) * 3})).config.to_dict()
+    before = {**now, "data": {**now["data"], "files_digest": ""}}  # what such a run's config.json holds
+    assert record.training_differences(before, now) == []
+    other = {**now, "data": {**now["data"], "files_digest": "0" * 32}}
+    assert record.training_differences(other, now) == ["data.files_digest"]
+
+
+def test_a_resume_on_a_folder_with_other_files_is_one_line_and_leaves_config_json_as_it_was(tmp_path, capsys):
+    root = write_folder(tmp_path / "pets", train=8, test=2)
+    run = tmp_path / "run"
+    args = [
+        *("--workdir", str(run), "--config", str(REPO_ROOT / "configs/smoke.py")),
+        *("--config.data.dataset=folder", "--config.data.source=folder", f"--config.data.files_dir={root}"),
+        *("--config.data.image_size=8", "--config.data.mean=(0.5,0.5,0.5)", "--config.data.std=(0.25,0.25,0.25)"),
+        *("--config.train.num_epochs=1", "--config.train.batch_size=8", "--config.eval.batch_size=6"),
+    ]
+    assert train_tool.main(args) == 0
+    saved = (run / "config.json").read_bytes()
+    replace_one_cat(root)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main([*args, "--config.train.num_epochs=2"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # the changed folder's decoding is logged before it
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:] and "Traceback" not in str(lines)
+    assert lines[-1].startswith("error: data.files_digest=") and "the folder changed since the run began" in lines[-1]
+    assert (run / "config.json").read_bytes() == saved
+
+
 def test_a_folder_run_trains_and_its_tools_name_the_classes_without_the_folder(tmp_path, capsys):
     root = write_folder(tmp_path / "pets", train=8, test=2)
     archive = write_tar(root, tmp_path / "pets.tar.gz")

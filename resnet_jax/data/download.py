@@ -1,6 +1,7 @@
 """Fetching the official dataset files: their hosts and sha256 sums, and a verified, resumable HTTP download.
 
-A file takes its final name only once its checksum matches; one already in place is verified, never replaced.
+A file takes its final name only once its checksum matches; one already in place is verified, never replaced; one
+whose data the folder holds in another official form that the files source reads is not fetched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fcntl
 import gzip
 import hashlib
 import http.client
+import logging
 import os
 import re
 import time
@@ -24,7 +26,10 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from resnet_jax import atomic
+from resnet_jax.data.files import official_form
 from resnet_jax.data.registry import DataError
+
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 RETRIES = 5  # after a transfer has started; a host that never answered is not retried (offline fails fast)
@@ -57,6 +62,7 @@ class Fetched(enum.Enum):
     DOWNLOADED = "downloaded and verified"
     VERIFIED = "already there, verified"
     SAME_CONTENT = "already there, verified (same content as the official file, another gzip header)"
+    OTHER_FORM = "not fetched: the folder holds its data in another official form, which is read instead"
 
 
 # Each sha256 is confirmed by two sources. [tfds]: tensorflow-datasets 4.9.10's url_checksums/<dataset>.txt.
@@ -334,13 +340,25 @@ def fetch_files(
 def fetch_official_files(
     dataset: str, files_dir: str | os.PathLike, mirror: str | None = None, part_suffix: str = ".part"
 ) -> dict[str, Fetched]:
-    """Fetches the official files of `dataset` that `files_dir` lacks (see `fetch_files`); every failure is a
-    one-line DataError that says how to go on."""
+    """Fetches the official files of `dataset` that `files_dir` lacks (see `fetch_files`), but none whose data it
+    holds in another official form that the files source reads first (CIFAR's python version or an extracted
+    archive, an IDX file decompressed: `Fetched.OTHER_FORM`); every failure is a one-line DataError that says how to
+    go on."""
     if dataset not in OFFICIAL_FILES:
         raise DataError(f"{dataset!r} has no official files to download; choose one of {', '.join(OFFICIAL_FILES)}")
     files = OFFICIAL_FILES[dataset]
+    folder = Path(files_dir).expanduser()
+    read_instead = {name: official_form(dataset, folder, name) for name in files.sha256}
+    read_instead = {name: path for name, path in read_instead.items() if path not in (None, folder / name)}
+    for name, path in read_instead.items():
+        what = "the batches loose in it" if path == folder else path.name
+        logger.info("%s: reading %s in place of %s, which is not fetched", folder, what, name)
+    to_fetch = {name: digest for name, digest in files.sha256.items() if name not in read_instead}
     try:
-        return fetch_files(files, files_dir, mirror=mirror, part_suffix=part_suffix)
+        fetched = fetch_files(
+            dataclasses.replace(files, sha256=to_fetch), folder, mirror=mirror, part_suffix=part_suffix
+        )
+        return {name: fetched.get(name, Fetched.OTHER_FORM) for name in files.sha256}
     except HostUnreachable as error:
         elsewhere = (
             f"check the mirror {mirror}"

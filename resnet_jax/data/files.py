@@ -1,5 +1,7 @@
 """The `files` source: the official CIFAR archives (binary or python, packed or extracted) and the IDX files of
-MNIST and Fashion-MNIST, read with numpy; a damaged or foreign file gets an error that names it.
+MNIST and Fashion-MNIST (gzipped or not), read with numpy; a damaged or foreign file gets an error that names it.
+Which form of a dataset's files a folder holds is decided here once (`official_form`), for the reader and for the
+download, which fetches only what no form present gives.
 """
 
 from __future__ import annotations
@@ -100,14 +102,24 @@ def read_maybe_gzip(path: Path) -> bytes:
         raise DataError(f"{path} cannot be read ({error}); the file is damaged or truncated") from error
 
 
+def _idx_path(folder: Path, official_name: str) -> Path | None:
+    """The file an official IDX file (`train-images-idx3-ubyte.gz`) is read from: itself, or it decompressed, under
+    its own name or with a dot (`train-images.idx3-ubyte`, as LeCun's page once named it)."""
+    stem = official_name.removesuffix(".gz")
+    return next(
+        (folder / name for name in (official_name, stem, stem.replace("-idx", ".idx")) if (folder / name).exists()),
+        None,
+    )
+
+
 def _idx_files(folder: Path, split: str) -> SplitArrays:
     prefix = "train" if split == "train" else "t10k"
 
     def find(kind: str) -> Path:
-        for name in (f"{prefix}-{kind}.gz", f"{prefix}-{kind}", f"{prefix}-{kind.replace('-idx', '.idx')}"):
-            if (folder / name).exists():
-                return folder / name
-        raise DataError(f"{folder} has no {prefix}-{kind}.gz")
+        found = _idx_path(folder, f"{prefix}-{kind}.gz")
+        if found is None:
+            raise DataError(f"{folder} has no {prefix}-{kind}.gz")
+        return found
 
     images_path, labels_path = find("images-idx3-ubyte"), find("labels-idx1-ubyte")
     images = read_idx(read_maybe_gzip(images_path), 3, str(images_path))
@@ -117,32 +129,64 @@ def _idx_files(folder: Path, split: str) -> SplitArrays:
     return SplitArrays(np.ascontiguousarray(images[..., None]), labels.astype(np.int32))
 
 
+# Each CIFAR's official forms, in the order the source prefers them: (where it lies, the batch that marks an extracted
+# one, whether its batches are pickled). An extracted form has its batches in their folder, or loose in the folder
+# itself; the binary version first, as the download fetches it, and extracted before packed, cheaper to read.
+_CIFAR_FORMS = {
+    "cifar10": (
+        ("cifar-10-batches-bin", "test_batch.bin", False),
+        ("", "test_batch.bin", False),
+        ("cifar-10-binary.tar.gz", "", False),
+        ("cifar-10-batches-py", "test_batch", True),
+        ("cifar-10-python.tar.gz", "", True),
+    ),
+    "cifar100": (
+        ("cifar-100-binary", "test.bin", False),
+        ("", "test.bin", False),
+        ("cifar-100-binary.tar.gz", "", False),
+        ("cifar-100-python", "test", True),
+        ("cifar-100-python.tar.gz", "", True),
+    ),
+}
+
+
+def _cifar_form(dataset: str, folder: Path) -> tuple[Path, bool] | None:
+    """The CIFAR form the folder holds that the source reads (see `_CIFAR_FORMS`), and whether it is pickled."""
+    for where, marker, pickled in _CIFAR_FORMS[dataset]:
+        path = folder / where
+        if (path / marker).is_file() if marker else path.is_file():
+            return path, pickled
+    return None
+
+
+def official_form(dataset: str, folder: Path, official_name: str) -> Path | None:
+    """What the files source reads in `folder` for the data of `official_name` (a file the download fetches): the
+    file itself or another official form of the same data (CIFAR's python version, an extracted archive, an IDX file
+    decompressed); None when the folder holds none."""
+    if dataset in _CIFAR_FORMS:
+        found = _cifar_form(dataset, folder)
+        return found[0] if found else None
+    return _idx_path(folder, official_name)
+
+
 def _cifar_files(info: DatasetInfo, folder: Path, split: str) -> SplitArrays:
+    found = _cifar_form(info.name, folder)
+    if found is None:
+        raise DataError(f"{folder} holds none of the official {info.name} files: {', '.join(info.official_files)}")
+    path, pickled = found
+
+    def read(name: str) -> bytes:
+        return read_member(path, "/" + name) if path.is_file() else (path / name).read_bytes()
+
     if info.name == "cifar10":
-        extracted = next(
-            (d for d in (folder / "cifar-10-batches-bin", folder) if (d / "test_batch.bin").exists()), None
-        )
-        if extracted is not None:
-            return _cifar10_binary(lambda name: (extracted / name).read_bytes(), split)
-        if (folder / "cifar-10-binary.tar.gz").exists():
-            archive = folder / "cifar-10-binary.tar.gz"
-            return _cifar10_binary(lambda name: read_member(archive, "/" + name), split)
-        if (folder / "cifar-10-python.tar.gz").exists():
-            archive = folder / "cifar-10-python.tar.gz"
-            names = [f"data_batch_{index}" for index in range(1, 6)] if split == "train" else ["test_batch"]
-            return _cifar_python(lambda name: read_member(archive, "/" + name), names, b"labels")
-    else:
+        if not pickled:
+            return _cifar10_binary(read, split)
+        names = [f"data_batch_{index}" for index in range(1, 6)] if split == "train" else ["test_batch"]
+        return _cifar_python(read, names, b"labels")
+    if not pickled:
         name = "train.bin" if split == "train" else "test.bin"
-        extracted = next((d for d in (folder / "cifar-100-binary", folder) if (d / name).exists()), None)
-        if extracted is not None:
-            return _decode_cifar_binary((extracted / name).read_bytes(), 2, 1, name)
-        if (folder / "cifar-100-binary.tar.gz").exists():
-            raw = read_member(folder / "cifar-100-binary.tar.gz", "/" + name)
-            return _decode_cifar_binary(raw, 2, 1, name)
-        if (folder / "cifar-100-python.tar.gz").exists():
-            archive = folder / "cifar-100-python.tar.gz"
-            return _cifar_python(lambda n: read_member(archive, "/" + n), [split], b"fine_labels")
-    raise DataError(f"{folder} holds none of the official {info.name} files: {', '.join(info.official_files)}")
+        return _decode_cifar_binary(read(name), 2, 1, name)
+    return _cifar_python(read, [split], b"fine_labels")
 
 
 def load_files(info: DatasetInfo, split: str, files_dir: str | os.PathLike | None) -> SplitArrays:

@@ -1,7 +1,7 @@
 """The `folder` source: class subfolders of JPEG and PNG images (`DIR/train/<class>/*`, `DIR/test/<class>/*`, and
 optionally `DIR/validation/<class>/*`), in a folder or a .tar/.tar.gz of one read without unpacking. Decoded once,
 in parallel, into uint8 arrays cached in the user's cache under a hash of the files' names, sizes and times, with the
-classes and the train split's statistics.
+classes, the train split's statistics and the files' digest (`Files.digest`, which both loaders record).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import posixpath
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LAYOUT = "train/<class>/*.jpg|png and test/<class>/*.jpg|png (and validation/<class>/*, if you have one)"
 FOLDER_SPLITS = ("train", VALIDATION, "test")  # validation/ is optional
-_CACHE_FORMAT = 3  # bump when the cached arrays or info.json change meaning (3: 16-bit images scaled, not clipped)
+# Bump when the cached arrays or info.json change meaning (3: 16-bit images scaled, not clipped; 4: the files' digest).
+_CACHE_FORMAT = 4
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 # What Pillow raises for a file it cannot decode (and Image.DecompressionBombError, once Pillow is imported).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
@@ -44,11 +45,13 @@ def cache_root() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class ImageFolder:
-    """A decoded folder: what it holds (`info`, its mean/std those of the train split) and its splits' arrays."""
+    """A decoded folder: what it holds (`info`, its mean/std those of the train split), its splits' arrays, and the
+    digest of its image files' names and sizes (`Files.digest`)."""
 
     source: Path
     info: DatasetInfo
     arrays: dict[str, SplitArrays]
+    files_digest: str
 
     def split(self, name: str) -> SplitArrays:
         if name not in self.arrays:
@@ -58,11 +61,13 @@ class ImageFolder:
 
 @dataclasses.dataclass
 class Files:
-    """A folder's or an archive's image files by split and class, and a reader of one file's bytes."""
+    """A folder's or an archive's image files by split and class, a reader of one file's bytes, and what identifies
+    the images (`digest`: their paths and sizes, in this order), so that a resume on other files can be refused."""
 
     classes: dict[str, dict[str, list[str]]]  # split -> class -> relative paths, sorted
     read: Callable[[str], bytes]
     ignored: list[str]  # files that are not images in a class folder
+    digest: str
 
 
 def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: int = 0) -> ImageFolder:
@@ -104,7 +109,18 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
         )
         for split in meta["split_sizes"]
     }
-    return ImageFolder(source, info, arrays)
+    return ImageFolder(source, info, arrays, meta["files_digest"])
+
+
+def check_files_digest(source: Path, recorded: str, digest: str) -> None:
+    """Refuses the files of `source` when their digest is not the one a run recorded (`data.files_digest`; "": none
+    yet), whichever loader reads them."""
+    if recorded and digest != recorded:
+        raise DataError(
+            f"data.files_digest={recorded!r} was recorded from {source}, which now gives {digest!r}: the folder "
+            "changed since the run began (files added, removed, renamed or resized); put it back, or start a new "
+            "run (--fresh, or another --workdir)"
+        )
 
 
 def warn_files(source: Path, what: str, names: list[str]) -> None:
@@ -133,13 +149,13 @@ def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> Files:
     folders = [
         Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in os.walk(root / split)
     ]
-    files = [name for name, _, _ in listing]
-    return sort_files(root, files, folders, lambda relative: (root / relative).read_bytes())
+    sizes = {name: size for name, size, _ in listing}
+    return sort_files(root, sizes, folders, lambda relative: (root / relative).read_bytes())
 
 
 def _read_archive(archive: Path) -> Files:
     """One pass over the archive (a .tar.gz cannot seek back cheaply): the images' bytes are kept in memory."""
-    contents, folders = {}, []
+    contents, sizes, folders = {}, {}, []
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
@@ -149,6 +165,7 @@ def _read_archive(archive: Path) -> Files:
                 if member.isdir():
                     folders.append(name)
                 elif member.isfile():
+                    sizes[name] = member.size
                     handle = tar.extractfile(member)
                     contents[name] = handle.read() if name.lower().endswith(IMAGE_SUFFIXES) else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
@@ -156,8 +173,9 @@ def _read_archive(archive: Path) -> Files:
     prefix = archive_prefix([*contents, *folders])
     if prefix:
         contents = {name.removeprefix(prefix): data for name, data in contents.items() if name.startswith(prefix)}
+        sizes = {name.removeprefix(prefix): size for name, size in sizes.items() if name.startswith(prefix)}
         folders = [name.removeprefix(prefix) for name in folders if name.startswith(prefix)]
-    return sort_files(archive, list(contents), folders, contents.__getitem__)
+    return sort_files(archive, sizes, folders, contents.__getitem__)
 
 
 def archive_prefix(names: Iterable[str]) -> str:
@@ -166,9 +184,10 @@ def archive_prefix(names: Iterable[str]) -> str:
     return tops.pop() + "/" if len(tops) == 1 and not tops & set(SPLITS) else ""
 
 
-def sort_files(source: Path, files: list[str], folders: Iterable[str], read: Callable[[str], bytes]) -> Files:
-    """The images by split and class, checked: each bad layout ends in one DataError naming it and the fix."""
-    files = [name for name in files if not _is_hidden(name)]
+def sort_files(source: Path, sizes: Mapping[str, int], folders: Iterable[str], read: Callable[[str], bytes]) -> Files:
+    """The images by split and class (`sizes`: every file's, by relative path), checked: each bad layout ends in one
+    DataError naming it and the fix."""
+    files = [name for name in sizes if not _is_hidden(name)]
     folders = [name for name in folders if not _is_hidden(name)]
     if not any(name.lower().endswith(IMAGE_SUFFIXES) for name in files):
         raise DataError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); it should hold {LAYOUT}")
@@ -210,7 +229,11 @@ def sort_files(source: Path, files: list[str], folders: Iterable[str], read: Cal
                 f"{source}: {split}/ has classes that train/ lacks ({', '.join(unknown)}); the classes are train/'s "
                 f"folders ({', '.join(sorted(classes['train']))})"
             )
-    return Files({split: dict(sorted(found.items())) for split, found in classes.items()}, read, ignored)
+    classes = {split: dict(sorted(found.items())) for split, found in classes.items()}
+    # Names and sizes, not contents: a million files are identified by one walk, without reading them.
+    identity = [[path, sizes[path]] for by_class in classes.values() for paths in by_class.values() for path in paths]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+    return Files(classes, read, ignored, digest)
 
 
 def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str:
@@ -287,6 +310,7 @@ def _decode_into(entry: Path, files: Files, source: Path, image_size: int, chann
         "std": std,
         "ignored": files.ignored,
         "skipped": skipped,
+        "files_digest": files.digest,
     }
     _write_entry(entry, arrays, meta)
     logger.info("decoded %d images in %.1f s", len(images), time.perf_counter() - started)

@@ -6,8 +6,6 @@ at the network's input. The grain loader streams from a listing; nothing here im
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +64,8 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
     spans: dict[str, tuple[int, int]] = {}
     if source.is_file():
         spans, folders = _index_archive(source)
-        files = folder.sort_files(source, list(spans), folders, _unused_reader)
         sizes = {name: size for name, (_, size) in spans.items()}
+        files = folder.sort_files(source, sizes, folders, _unused_reader)
     else:
         listing = folder.stat_tree(source)
         folders = [
@@ -75,8 +73,8 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
             for split in folder.FOLDER_SPLITS
             for path, _, _ in os.walk(source / split)
         ]
-        files = folder.sort_files(source, [name for name, _, _ in listing], folders, _unused_reader)
         sizes = {name: size for name, size, _ in listing}
+        files = folder.sort_files(source, sizes, folders, _unused_reader)
     if str(source) not in _warned:  # once a process: a run lists its folder for each of its streams
         _warned.add(str(source))
         folder.warn_files(source, "are not images in a class folder, and were ignored", files.ignored)
@@ -87,15 +85,8 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
         split: np.array([label_of[name] for name, paths in classes.items() for _ in paths], np.int32)
         for split, classes in files.classes.items()
     }
-    identity = [[name, sizes[name]] for split in names for name in names[split]]
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
-    if recorded_digest and digest != recorded_digest:
-        raise DataError(
-            f"data.files_digest={recorded_digest!r} was recorded from {source}, which now gives {digest!r}: the "
-            "folder changed since the run began (files added, removed or resized); put it back, or start a new run "
-            "(--fresh, or another --workdir)"
-        )
-    return Listing(source, class_names, names, labels, spans, digest)
+    folder.check_files_digest(source, recorded_digest, files.digest)
+    return Listing(source, class_names, names, labels, spans, files.digest)
 
 
 def _unused_reader(name: str) -> bytes:  # the listing reads files in the workers, by `Files.read`

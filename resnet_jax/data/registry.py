@@ -76,7 +76,12 @@ DATASETS: dict[str, DatasetInfo] = {
         split_sizes={"train": 50_000, "test": 10_000},
         tfds_name="cifar10",
         download_url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-        official_files=("cifar-10-binary.tar.gz", "cifar-10-batches-bin/", "cifar-10-python.tar.gz"),
+        official_files=(
+            "cifar-10-binary.tar.gz",
+            "cifar-10-batches-bin/",
+            "cifar-10-python.tar.gz",
+            "cifar-10-batches-py/",
+        ),
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
@@ -98,7 +103,7 @@ DATASETS: dict[str, DatasetInfo] = {
         split_sizes={"train": 50_000, "test": 10_000},
         tfds_name="cifar100",
         download_url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-        official_files=("cifar-100-binary.tar.gz", "cifar-100-binary/", "cifar-100-python.tar.gz"),
+        official_files=("cifar-100-binary.tar.gz", "cifar-100-binary/", "cifar-100-python.tar.gz", "cifar-100-python/"),
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",

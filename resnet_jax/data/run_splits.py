@@ -7,6 +7,7 @@ checked), and their readers, arrays for the devices or Grain streams. The keys a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -50,8 +51,8 @@ def check_normalization(data_config: ml_collections.ConfigDict, channels: tuple[
 def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     """The section's dataset: the registry's entry, or what a folder holds. A folder is read (decoded once, into the
     cache) when the section has not recorded it yet, and recorded in it: `class_names`, `image_shape`,
-    `split_sizes` (the run's: train less any holdout), and `mean` / `std` (its train split's, the holdout
-    included) unless given. config.json then carries them."""
+    `split_sizes` (the run's: train less any holdout), `files_digest` (the files' names and sizes, either loader's),
+    and `mean` / `std` (its train split's, the holdout included) unless given. config.json then carries them."""
     if data_config.dataset != FOLDER:
         return get_dataset_info(data_config.dataset)
     if not (folder_recorded(data_config) and data_config.mean and data_config.std):
@@ -59,10 +60,12 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
             files = listing.open_listing(data_config.files_dir, data_config.files_digest)
             statistics = not (data_config.mean and data_config.std)
             found = listing.folder_info(files, data_config.image_size, data_config.channels, statistics)
-            data_config.files_digest = files.digest
+            digest = files.digest
         else:
-            found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels).info
-        _check_folder_agrees(data_config, found)
+            opened = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
+            found, digest = opened.info, opened.files_digest
+        _check_folder_agrees(data_config, found, digest)
+        data_config.files_digest = digest
         data_config.class_names = found.class_names
         data_config.image_shape = found.image_shape
         data_config.split_sizes.update(_run_split_sizes(data_config, found.split_sizes))
@@ -88,8 +91,9 @@ def folder_recorded(data_config: ml_collections.ConfigDict) -> bool:
     return bool(data_config.class_names and data_config.image_shape and splits_recorded(data_config))
 
 
-def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetInfo) -> None:
-    """What the section recorded of a folder must still hold, or the run would mix another dataset into its own."""
+def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetInfo, digest: str) -> None:
+    """What the section recorded of a folder must still hold, or the run would mix another dataset into its own:
+    its classes, shape and sizes (named first, as they say what changed), then its files (`digest`)."""
     recorded = {
         "class_names": tuple(data_config.class_names),
         "image_shape": tuple(data_config.image_shape),
@@ -107,6 +111,7 @@ def _check_folder_agrees(data_config: ml_collections.ConfigDict, found: DatasetI
                 f"data.{key}={value!r} was recorded from {data_config.files_dir}, which now gives {now[key]!r}: the "
                 "folder changed; put it back, or start a new run (--fresh, or another --workdir)"
             )
+    folder.check_files_digest(Path(data_config.files_dir).expanduser().absolute(), data_config.files_digest, digest)
 
 
 def config_input_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -228,7 +233,7 @@ def config_loader(data_config: ml_collections.ConfigDict, split: str, seed: int)
     def load(rows: slice) -> SplitArrays:
         if data_config.dataset == FOLDER:  # the run's record of its folder against the folder as it is now
             found = folder.open_folder(data_config.files_dir, data_config.image_size, data_config.channels)
-            _check_folder_agrees(data_config, found.info)
+            _check_folder_agrees(data_config, found.info, found.files_digest)
         _check_has_split(data_config, split)
         if _source_split(data_config, split) != "train":
             return read(split, rows)

@@ -60,8 +60,8 @@ DEFAULTS = {
     "loader": "device",
     "workers": 4,  # the grain loader's worker processes; 0 decodes in the training process
     "per_worker_buffer_size": 2,  # batches each grain worker keeps ready (Grain's MultiprocessingOptions)
-    # The grain loader's record of the folder's files (their names and sizes), taken as a run starts; a resume on
-    # files that differ is refused. "": not yet.
+    # A folder's record of its image files (their names and sizes), taken as a run starts by either loader; a resume
+    # on files that differ is refused. "": not yet.
     "files_digest": "",
 }
 LOADERS = ("device", "grain")
