@@ -48,6 +48,8 @@ NOT_TRAINING = (
     "train.gradient_flow",
     "finetune.source",  # the weights a run started from: a resume restores its own
 )
+# The sections a config.json holds as JSON objects (the seed is a number, the record is checked on its own).
+SECTIONS = (*TRAINING_SECTIONS[1:], "eval", "checkpoint", "distributed")
 RESTART_HINT = (
     "pass --fresh to archive it and start over, --finetune to start from its weights, or use another --workdir"
 )
@@ -65,14 +67,37 @@ def read_previous(workdir: Path) -> dict[str, Any] | None:
     else:
         problem = "" if isinstance(saved, dict) else f"it holds a JSON {type(saved).__name__}, not a config"
         if not problem:  # the sections after the seed are JSON objects
-            not_sections = [key for key in TRAINING_SECTIONS[1:] if not isinstance(saved.get(key, {}), dict)]
-            problem = f"its {not_sections[0]!r} is not a section" if not_sections else ""
+            not_sections = [key for key in SECTIONS if not isinstance(saved.get(key, {}), dict)]
+            problem = f"its {not_sections[0]!r} is not a section" if not_sections else _record_problem(saved)
     if problem:
         raise ConfigError(
             f"{path} is damaged ({problem}), so this run cannot be checked against it; delete it to resume with the "
             "config given, or pass --fresh to archive the run and start over"
         )
     return saved
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_problem(saved: dict[str, Any]) -> str:
+    """What is wrong with the shape of a saved config's `record` ("" where nothing is, or where there is none: a run
+    begun by a resnet-jax that kept none). Each part is optional (an earlier record had no `from_step`)."""
+    if configuration.RECORD_KEY not in saved:
+        return ""
+    record = saved[configuration.RECORD_KEY]
+    if not isinstance(record, dict):
+        return f"its 'record' is a JSON {type(record).__name__}, not an object"
+    for part, kind, shape in (("asked", dict, "an object"), ("ran", dict, "an object"), ("changes", list, "a list")):
+        if part in record and not isinstance(record[part], kind):
+            return f"its record's {part!r} is a JSON {type(record[part]).__name__}, not {shape}"
+    if "from_step" in record and not _is_step(record["from_step"]):
+        return f"its record's 'from_step' is {record['from_step']!r}, not a step"
+    for change in record.get("changes", []):
+        if not (isinstance(change, dict) and isinstance(change.get("key"), str) and _is_step(change.get("step"))):
+            return f"its record's 'changes' holds {json.dumps(change)[:80]}, not a change with its key and step"
+    return ""
 
 
 def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:

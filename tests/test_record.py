@@ -15,7 +15,8 @@ import pytest
 from resnet_jax import configuration, data, lock, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
-from tests.conftest import load_config
+from resnet_jax.tools import train as train_tool
+from tests.conftest import REPO_ROOT, load_config
 
 ONE_EPOCH = {"train.num_epochs": 1}
 
@@ -175,3 +176,46 @@ def test_fresh_says_where_the_previous_run_went(trained, tmp_path, caplog):
     (archived,) = (workdir / "archive").iterdir()
     assert f"the previous run in {workdir} is archived in {archived}" in caplog.text
     assert (archived / configuration.CONFIG_FILE).read_bytes() == trained[1]["config.json"]
+
+
+def copy_of(trained, tmp_path) -> Path:
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    return workdir
+
+
+def train_tool_refuses(argv: list[str], capsys) -> str:
+    """The one error line `resnet-jax train` refuses `argv` with, at exit status 2 (no traceback)."""
+    with pytest.raises(SystemExit) as exited:
+        train_tool.main(argv)
+    assert exited.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+NO_STEP = """its record's 'changes' holds {"key": "x"}, not a change with its key and step"""
+
+
+@pytest.mark.parametrize(
+    ("section", "damaged", "problem"),
+    [
+        (configuration.RECORD_KEY, {"ran": ["x"]}, "its record's 'ran' is a JSON list, not an object"),
+        (configuration.RECORD_KEY, ["x"], "its 'record' is a JSON list, not an object"),
+        (configuration.RECORD_KEY, {"changes": "x"}, "its record's 'changes' is a JSON str, not a list"),
+        (configuration.RECORD_KEY, {"changes": [{"key": "x"}]}, NO_STEP),
+        (configuration.RECORD_KEY, {"from_step": "0"}, "its record's 'from_step' is '0', not a step"),
+        (configuration.RECORD_KEY, {"asked": 1}, "its record's 'asked' is a JSON int, not an object"),
+        ("eval", [1], "its 'eval' is not a section"),
+    ],
+)
+def test_a_damaged_record_is_refused_in_one_line_with_status_2(trained, tmp_path, capsys, section, damaged, problem):
+    workdir = copy_of(trained, tmp_path)
+    config = saved(workdir)
+    config[section] = damaged
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    before = snapshot(workdir)
+    smoke = ["--config", str(REPO_ROOT / "configs/smoke.py"), "--config.train.num_epochs=2"]
+    line = train_tool_refuses(["--workdir", str(workdir), *smoke], capsys)
+    assert line.startswith(f"error: {workdir / configuration.CONFIG_FILE} is damaged ({problem}")
+    assert snapshot(workdir) == before
