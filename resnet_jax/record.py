@@ -1,6 +1,7 @@
 """What a run records beside the config it was asked (config.json's `record`): what that config ran as here (dtype,
 kernels, devices, processes, library versions) and every change accepted on a resume, with its step. And the resume
-rule: a resume trains what the run trained; it may be made longer, and its kernels or devices may change when asked.
+rule: a resume trains what the run trained, from the weights it started from; it may be made longer, and its
+kernels or devices may change when asked.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ NOT_TRAINING = (
     "train.log_every_steps",
     "train.steps_per_call",
     "train.gradient_flow",
-    "finetune.source",  # the weights a run started from: a resume restores its own
+    "finetune.source",  # the weights a run started from: a resume restores its own (`_check_source`)
 )
 # The sections a config.json holds as JSON objects (the seed is a number, the record is checked on its own).
 SECTIONS = (*TRAINING_SECTIONS[1:], "eval", "checkpoint", "distributed")
@@ -108,7 +109,8 @@ def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
 def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None) -> ml_collections.ConfigDict:
     """A copy of `config` as this run computes it: `model.dtype=auto` becomes the dtype the run recorded (a resume),
     else what auto picks here; a resume keeps the digests of its validation and train_eval draws, so that another
-    draw is refused when the data is read (and so are files other than the ones the grain loader recorded)."""
+    draw is refused when the data is read (and so are files other than the ones the grain loader recorded), and the
+    weights the run started from (`finetune.source`), which a resume need not name again."""
     config = config.copy_and_resolve_references()
     saved_model = (previous or {}).get("model", {})
     if config.model.dtype == "auto":
@@ -123,6 +125,10 @@ def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None)
     for split, digest in saved_digests.items() if isinstance(saved_digests, dict) else ():
         if split in config.data.split_digests and isinstance(digest, str) and not config.data.split_digests[split]:
             config.data.split_digests[split] = digest
+    saved_finetune = (previous or {}).get("finetune", {})
+    saved_source = saved_finetune.get("source") if isinstance(saved_finetune, dict) else None
+    if isinstance(saved_source, str) and saved_source and not config.finetune.source:
+        config.finetune.source = saved_source  # the weights it started from: its record says so on every resume
     return config
 
 
@@ -186,6 +192,23 @@ def _check_training_keys(previous: dict[str, Any], config: ml_collections.Config
         raise ConfigError(
             f"--workdir={str(workdir)!r} holds a run trained with {first}={_show(old[first])}, and this config says "
             f"{_show(new[first])}{more}; a resume trains what the run trained: {RESTART_HINT}"
+        )
+
+
+def _check_source(previous: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A resume goes on from the run's own checkpoints: it keeps the weights the run started from (`resolved` fills
+    them in where none are named), and naming other ones is refused, since nothing would be taken from them."""
+    saved_finetune = previous.get("finetune", {})
+    if "source" not in saved_finetune:  # a config.json written before the key existed
+        return
+    before, now = saved_finetune["source"], config.finetune.source
+    if before != now:
+        started = f"from finetune.source={_show(before)}" if before else "from a new initialisation"
+        raise ConfigError(
+            f"--workdir={str(workdir)!r} holds a run that started {started}, and this config says "
+            f"finetune.source={_show(now)}; a resume goes on from the run's own checkpoints and takes no other "
+            "weights: resume without --init-from (or --config.finetune.source), pass --fresh with it to archive the "
+            "run and start from those weights, or use another --workdir"
         )
 
 
@@ -255,12 +278,14 @@ def check_resume(
     total_steps: int,
     workdir: Path,
 ) -> tuple[list[str], str]:
-    """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded; returns
-    the keys whose accepted change the record will carry (a longer run, kernels asked for by name, the loader's
-    workers), and a line to show where a longer run reshapes its schedule ("" otherwise)."""
+    """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded (or name
+    other weights to start from); returns the keys whose accepted change the record will carry (a longer run, kernels
+    asked for by name, the loader's workers), and a line to show where a longer run reshapes its schedule (""
+    otherwise)."""
     if previous is None:
         return [], ""
     _check_training_keys(previous, config, workdir)
+    _check_source(previous, config, workdir)
     kernels = _check_kernels(_recorded(previous), asked, ran)
     length, reshaped = _check_length(previous, config, steps_per_epoch, total_steps)
     flat_old, flat_new = configuration.flatten(previous), configuration.flatten(config.to_dict())

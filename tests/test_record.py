@@ -194,6 +194,52 @@ def train_tool_refuses(argv: list[str], capsys) -> str:
     return lines[0]
 
 
+def test_finetune_with_other_weights_named_is_refused_in_one_line(trained, tmp_path, capsys):
+    # --finetune starts from the workdir's run; --init-from names another: which one a run took would be a guess.
+    workdir = copy_of(trained, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(trained[0], other)
+    smoke = ["--config", str(REPO_ROOT / "configs/smoke.py"), "--config.train.num_epochs=1"]
+    line = train_tool_refuses(["--workdir", str(workdir), *smoke, "--finetune", "--init-from", str(other)], capsys)
+    assert line.startswith("error: --finetune starts from the weights of the run in --workdir")
+    assert f"finetune.source={str(other)!r}" in line
+    assert snapshot(workdir) == trained[1]  # nothing archived
+
+
+def test_a_finetune_records_the_archived_run_it_started_from_and_a_resume_keeps_it(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir, mode="finetune")
+    (archived,) = (workdir / "archive").iterdir()
+    assert saved(workdir)["finetune"]["source"] == str(archived)
+    # Resumed by the same command without the flag, as its last line says: the record still names those weights.
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert saved(workdir)["finetune"]["source"] == str(archived)
+
+
+def test_a_resume_keeps_the_weights_a_run_started_from_and_refuses_other_ones(trained, tmp_path):
+    source, workdir = trained[0], tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"finetune.source": str(source)}), workdir)
+    # The docs: a resume no longer needs the weights it started from, nor to name them.
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert saved(workdir)["finetune"]["source"] == str(source)
+    assert saved(workdir)[configuration.RECORD_KEY]["changes"] == [
+        {"step": 8, "key": "train.num_epochs", "from": 1, "to": 2}
+    ]
+    # Other weights named on resume would be taken from nowhere (it restores its own checkpoint): refused.
+    before = snapshot(workdir)
+    other = {"train.num_epochs": 3, "finetune.source": str(tmp_path)}
+    with pytest.raises(ConfigError, match=f"started from finetune.source={json.dumps(str(source))}") as refused:
+        trainer.train_and_evaluate(load_config("smoke", **other), workdir)
+    assert f"this config says finetune.source={json.dumps(str(tmp_path))}" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert snapshot(workdir) == before
+    # So are weights named on resuming a run that started from a new initialisation.
+    fresh = copy_of(trained, tmp_path / "fresh")
+    with pytest.raises(ConfigError, match="started from a new initialisation, and this config says finetune.source"):
+        trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"finetune.source": str(source)}), fresh)
+    assert snapshot(fresh) == trained[1]
+
+
 NO_STEP = """its record's 'changes' holds {"key": "x"}, not a change with its key and step"""
 
 
