@@ -1,6 +1,8 @@
 """What a run records is what ran: config.json is written once a run is accepted, holds the dtype and kernels it
-resolved to, the devices and versions, and every change accepted on resume with its step; a resume that would train
-something else is refused in one line and leaves the workdir byte-identical; a changed holdout draw is refused."""
+resolved to, the devices and versions, the weights it started from, and every change accepted on resume with its
+step (how it is scored, logged and saved included); a resume that would train something else, or name other weights,
+is refused in one line and leaves the workdir byte-identical; so is a damaged record; a changed holdout draw is
+refused."""
 
 import contextlib
 import importlib.metadata
@@ -238,6 +240,34 @@ def test_a_resume_keeps_the_weights_a_run_started_from_and_refuses_other_ones(tr
     with pytest.raises(ConfigError, match="started from a new initialisation, and this config says finetune.source"):
         trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"finetune.source": str(source)}), fresh)
     assert snapshot(fresh) == trained[1]
+
+
+def test_a_resume_may_change_how_the_run_is_scored_logged_and_saved_and_records_each_change(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    # Each key with the smoke run's value (configs/smoke.py over base_config()) and the one it is resumed with.
+    resumed_with = {
+        "eval.tta_flip": (False, True),
+        "eval.batch_size": (64, 32),
+        "eval.every_epochs": (1, 2),
+        "data.train_eval_size": (0, 40),
+        "train.log_every_steps": (4, 2),
+        "train.steps_per_call": (0, 2),
+        "train.gradient_flow": (True, False),
+        "checkpoint.keep": (2, 3),
+        "checkpoint.every_epochs": (1, 2),
+        "checkpoint.async_save": (True, False),
+        "train.num_epochs": (1, 2),
+    }
+    elsewhere = {"data.data_dir": str(tmp_path / "elsewhere")}  # where files are read from: not a change of the run
+    overrides = {key: new for key, (_, new) in resumed_with.items()} | elsewhere
+    trainer.train_and_evaluate(load_config("smoke", **overrides), workdir)
+    changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
+    expected = [{"step": 8, "key": key, "from": old, "to": new} for key, (old, new) in resumed_with.items()]
+    assert sorted(changes, key=lambda change: change["key"]) == sorted(expected, key=lambda change: change["key"])
+    # What the record says is what ran: the train sample is scored from the evaluation after step 8 on.
+    rows = metrics.read_metrics(workdir)
+    assert [row["step"] for row in rows if "train_eval_accuracy" in row] == [16]
+    assert [row["step"] for row in rows if "test_accuracy" in row] == [8, 16]
 
 
 NO_STEP = """its record's 'changes' holds {"key": "x"}, not a change with its key and step"""
