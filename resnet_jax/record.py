@@ -1,6 +1,7 @@
 """What a run records beside the config it was asked (config.json's `record`): what that config ran as here (dtype,
 kernels, devices, processes, library versions) and every change accepted on a resume, with its step. And the resume
-rule: a resume trains what the run trained; it may be made longer, and its kernels or devices may change when asked.
+rule: a resume trains what the run trained, from the weights it started from; it may be made longer, its kernels or
+devices may change when asked, and how it is scored, logged and saved may change: every such change is recorded.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ LOADER_KEYS = ("data.workers", "data.per_worker_buffer_size")
 TRAINING_SECTIONS = ("seed", "model", "data", "augment", "train", "optimizer", "schedule", "finetune")
 # Keys of those sections that do not change what is trained: where data is read from, how often things are logged
 # and scored, what is recorded as the run starts, the kernels (`KERNEL_KEYS`, checked against the record), the run's
-# length (`LENGTH_KEYS`, which may grow) and how the loader reads (`LOADER_KEYS`).
+# length (`LENGTH_KEYS`, which may grow) and how the loader reads (`LOADER_KEYS`). A resume may change them, and
+# every key of the other sections (`eval`, `checkpoint`), as long as each change is recorded with its step (all but
+# `NOT_RECORDED`: see `_changes`): evaluated with flip TTA from step 16 on, say.
 NOT_TRAINING = (
     *LOCATION_KEYS,
     *SCORING_KEYS,
@@ -46,8 +49,14 @@ NOT_TRAINING = (
     "train.log_every_steps",
     "train.steps_per_call",
     "train.gradient_flow",
-    "finetune.source",  # the weights a run started from: a resume restores its own
+    "finetune.source",  # the weights a run started from: a resume restores its own (`_check_source`)
 )
+# Keys that a resume may change without a record: where files are read from, how the processes find each other (each
+# process has its own id; their count is in the record's `ran`), and what the run records as it starts or as it
+# reads its data (the split sizes, the draws' digests). `finetune.source` is kept as it was (`resolved`).
+NOT_RECORDED = (*LOCATION_KEYS, *RECORDED_KEYS, "data.split_digests.", "distributed.", "finetune.source")
+# The sections a config.json holds as JSON objects (the seed is a number, the record is checked on its own).
+SECTIONS = (*TRAINING_SECTIONS[1:], "eval", "checkpoint", "distributed")
 RESTART_HINT = (
     "pass --fresh to archive it and start over, --finetune to start from its weights, or use another --workdir"
 )
@@ -65,14 +74,37 @@ def read_previous(workdir: Path) -> dict[str, Any] | None:
     else:
         problem = "" if isinstance(saved, dict) else f"it holds a JSON {type(saved).__name__}, not a config"
         if not problem:  # the sections after the seed are JSON objects
-            not_sections = [key for key in TRAINING_SECTIONS[1:] if not isinstance(saved.get(key, {}), dict)]
-            problem = f"its {not_sections[0]!r} is not a section" if not_sections else ""
+            not_sections = [key for key in SECTIONS if not isinstance(saved.get(key, {}), dict)]
+            problem = f"its {not_sections[0]!r} is not a section" if not_sections else _record_problem(saved)
     if problem:
         raise ConfigError(
             f"{path} is damaged ({problem}), so this run cannot be checked against it; delete it to resume with the "
             "config given, or pass --fresh to archive the run and start over"
         )
     return saved
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_problem(saved: dict[str, Any]) -> str:
+    """What is wrong with the shape of a saved config's `record` ("" where nothing is, or where there is none: a run
+    begun by a resnet-jax that kept none). Each part is optional (an earlier record had no `from_step`)."""
+    if configuration.RECORD_KEY not in saved:
+        return ""
+    record = saved[configuration.RECORD_KEY]
+    if not isinstance(record, dict):
+        return f"its 'record' is a JSON {type(record).__name__}, not an object"
+    for part, kind, shape in (("asked", dict, "an object"), ("ran", dict, "an object"), ("changes", list, "a list")):
+        if part in record and not isinstance(record[part], kind):
+            return f"its record's {part!r} is a JSON {type(record[part]).__name__}, not {shape}"
+    if "from_step" in record and not _is_step(record["from_step"]):
+        return f"its record's 'from_step' is {record['from_step']!r}, not a step"
+    for change in record.get("changes", []):
+        if not (isinstance(change, dict) and isinstance(change.get("key"), str) and _is_step(change.get("step"))):
+            return f"its record's 'changes' holds {json.dumps(change)[:80]}, not a change with its key and step"
+    return ""
 
 
 def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -83,7 +115,8 @@ def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
 def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None) -> ml_collections.ConfigDict:
     """A copy of `config` as this run computes it: `model.dtype=auto` becomes the dtype the run recorded (a resume),
     else what auto picks here; a resume keeps the digests of its validation and train_eval draws, so that another
-    draw is refused when the data is read (and so is a folder whose files are not the ones the run recorded)."""
+    draw is refused when the data is read (and so is a folder whose files are not the ones the run recorded), and the
+    weights the run started from (`finetune.source`), which a resume need not name again."""
     config = config.copy_and_resolve_references()
     saved_model = (previous or {}).get("model", {})
     if config.model.dtype == "auto":
@@ -98,6 +131,10 @@ def resolved(config: ml_collections.ConfigDict, previous: dict[str, Any] | None)
     for split, digest in saved_digests.items() if isinstance(saved_digests, dict) else ():
         if split in config.data.split_digests and isinstance(digest, str) and not config.data.split_digests[split]:
             config.data.split_digests[split] = digest
+    saved_finetune = (previous or {}).get("finetune", {})
+    saved_source = saved_finetune.get("source") if isinstance(saved_finetune, dict) else None
+    if isinstance(saved_source, str) and saved_source and not config.finetune.source:
+        config.finetune.source = saved_source  # the weights it started from: its record says so on every resume
     return config
 
 
@@ -166,6 +203,38 @@ def _check_training_keys(previous: dict[str, Any], config: ml_collections.Config
         )
 
 
+def _check_source(previous: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A resume goes on from the run's own checkpoints: it keeps the weights the run started from (`resolved` fills
+    them in where none are named), and naming other ones is refused, since nothing would be taken from them."""
+    saved_finetune = previous.get("finetune", {})
+    if "source" not in saved_finetune:  # a config.json written before the key existed
+        return
+    before, now = saved_finetune["source"], config.finetune.source
+    if before != now:
+        started = f"from finetune.source={_show(before)}" if before else "from a new initialisation"
+        raise ConfigError(
+            f"--workdir={str(workdir)!r} holds a run that started {started}, and this config says "
+            f"finetune.source={_show(now)}; a resume goes on from the run's own checkpoints and takes no other "
+            "weights: resume without --init-from (or --config.finetune.source), pass --fresh with it to archive the "
+            "run and start from those weights, or use another --workdir"
+        )
+
+
+def _changes(previous: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """Every key, sorted, whose value this resume changes outside what is trained (`_check_training_keys` refused a
+    change there) and outside `NOT_RECORDED`: how the run is scored (`eval.*`, the train sample's size), logged,
+    dispatched and saved (`checkpoint.*`), the kernels asked for, its length and the loader's workers. Each is
+    recorded with the step from which it holds. A key one of the two configs lacks (another resnet-jax) is none."""
+    old = configuration.flatten({key: value for key, value in previous.items() if key != configuration.RECORD_KEY})
+    new = configuration.flatten(config.to_dict())
+    trained = _training_keys(previous).keys()
+    return sorted(
+        key
+        for key in old.keys() & new.keys()
+        if old[key] != new[key] and key not in trained and not key.startswith(NOT_RECORDED)
+    )
+
+
 def _check_kernels(record: dict[str, Any], asked: ml_collections.ConfigDict, ran: dict[str, Any]) -> list[str]:
     """The kernels a resume runs on: the recorded ones, unless asked for by name (a change, recorded); 'auto' that
     picks others here is refused in one line naming the override."""
@@ -191,14 +260,15 @@ def _schedule_rates(config: ml_collections.ConfigDict, total_steps: int, steps_p
 
 def _check_length(
     previous: dict[str, Any], config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
-) -> tuple[list[str], str]:
-    """A run may be made longer, never shorter; the changed keys, and a line saying what a longer run does to a
-    schedule that follows the run's length ("" where the rate up to the old end stays as it was)."""
+) -> str:
+    """A run may be made longer, never shorter (the change is recorded as any other: `_changes`); a line saying what
+    a longer run does to a schedule that follows the run's length ("" where the rate up to the old end stays as it
+    was)."""
     saved_train = previous.get("train", {})
     keys = [key for key in LENGTH_KEYS if key.split(".")[1] in saved_train]
     changed = [key for key in keys if saved_train[key.split(".")[1]] != config.train[key.split(".")[1]]]
     if not changed:
-        return [], ""
+        return ""
     old_steps = saved_train.get("num_steps", 0) or saved_train.get("num_epochs", 0) * steps_per_epoch
     what = ", ".join(
         f"{key} {_show(saved_train[key.split('.')[1]])} -> {_show(config.train[key.split('.')[1]])}" for key in changed
@@ -209,14 +279,14 @@ def _check_length(
             f"{RESTART_HINT}"
         )
     if total_steps == old_steps:
-        return changed, ""
+        return ""
     old_config = configuration.from_saved(previous, config)
     before = _schedule_rates(old_config, old_steps, steps_per_epoch, old_steps)
     after = _schedule_rates(config, total_steps, steps_per_epoch, old_steps)
     if np.allclose(before, after, rtol=1e-6, atol=0.0):
-        return changed, ""
+        return ""
     last = old_steps - 1
-    return changed, (
+    return (
         f"{what} reshapes this run's learning-rate schedule ({config.schedule.name} follows the run's length): at "
         f"step {last}, the old end, the rate was {before[last]:.3g} and is now {after[last]:.3g}; the change is "
         "recorded in config.json (--fresh starts the longer run over instead)"
@@ -232,17 +302,17 @@ def check_resume(
     total_steps: int,
     workdir: Path,
 ) -> tuple[list[str], str]:
-    """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded; returns
-    the keys whose accepted change the record will carry (a longer run, kernels asked for by name, the loader's
-    workers), and a line to show where a longer run reshapes its schedule ("" otherwise)."""
+    """Refuses, in one line, a resume that would train something else than the run in `workdir` recorded (or name
+    other weights to start from); returns the keys whose accepted change the record will carry (the kernels that run,
+    and every changed key outside what is trained: see `_changes`), and a line to show where a longer run reshapes
+    its schedule ("" otherwise)."""
     if previous is None:
         return [], ""
     _check_training_keys(previous, config, workdir)
+    _check_source(previous, config, workdir)
     kernels = _check_kernels(_recorded(previous), asked, ran)
-    length, reshaped = _check_length(previous, config, steps_per_epoch, total_steps)
-    flat_old, flat_new = configuration.flatten(previous), configuration.flatten(config.to_dict())
-    loader = [key for key in LOADER_KEYS if key in flat_old and flat_old[key] != flat_new[key]]
-    return kernels + length + loader, reshaped
+    reshaped = _check_length(previous, config, steps_per_epoch, total_steps)
+    return kernels + [key for key in _changes(previous, config) if key not in kernels], reshaped
 
 
 def describe_changes(previous: dict[str, Any], config: ml_collections.ConfigDict, keys: list[str]) -> str:
@@ -268,8 +338,8 @@ def make_record(
     changes = list(record.get("changes", []))
     old_ran = record.get("ran", {})
     flat_old, flat_new = configuration.flatten(previous or {}), configuration.flatten(config.to_dict())
-    for key in changed:
-        if key not in KERNEL_KEYS:
+    for key in changed:  # a kernel whose key is unchanged (BatchNorm's 'auto' follows the convolutions) is in `ran`
+        if flat_old.get(key) != flat_new.get(key):
             changes.append({"step": step, "key": key, "from": flat_old.get(key), "to": flat_new.get(key)})
     flat_ran_old, flat_ran_new = configuration.flatten(old_ran), configuration.flatten(ran)
     for key in sorted(flat_ran_new):

@@ -79,8 +79,9 @@ def _timed_compile(lowered: Any) -> tuple[Any, float]:
     return compiled, time.perf_counter() - started
 
 
-def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -> Ready:
-    """Restores or initialises the state, loads the data and compiles every program the loop will call.
+def start(experiment: Experiment, workdir: Path) -> Ready:
+    """Restores or initialises the state (a new run from the weights its `finetune.source` names, if any), loads the
+    data and compiles every program the loop will call.
 
     Programs compile from shapes alone, and XLA compiles without holding the GIL: the init program compiles while
     this thread restores a checkpoint, and the train and evaluation programs while it loads the data and opens the
@@ -182,10 +183,7 @@ def start(experiment: Experiment, workdir: Path, finetune_source: Path | None) -
         state = init_compiled()
         if restored is not None:
             state = state.replace_from_checkpoint(tree)
-        elif finetune_source is not None:
-            weights = checkpoint.newest_weights(finetune_source)
-            state = checkpoint.transplant_weights(state, weights, str(finetune_source))
-        elif config.finetune.source:
+        elif config.finetune.source:  # a --finetune run's is the run it archived: one source, the one recorded
             state = finetune.start_weights(state, config.finetune.source)
         program = train_compiles.map(lambda compiling: compiling.result()[0])
         evaluations = {split: eval_compiles[rows].result()[0] for split, rows in split_programs.items()}

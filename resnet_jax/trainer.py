@@ -88,6 +88,13 @@ def train_and_evaluate(
     `WorkdirError` when a write fails (a full disk), and `ConfigError` / `DataError` / `MetricsError` on bad input,
     all before anything is lost.
     """
+    if mode == "finetune" and config.finetune.source:
+        raise ConfigError(
+            f"--finetune starts from the weights of the run in --workdir, and finetune.source="
+            f"{config.finetune.source!r} (--init-from) names others; give one: drop --init-from (or pass "
+            "--config.finetune.source=) to start from the workdir's run, or --fresh instead of --finetune to archive "
+            "it and start from the weights named"
+        )
     path = check_workdir(workdir)
     parallel.initialize_distributed(config.distributed)
     previous = record.read_previous(path) if mode == "resume" else None
@@ -111,9 +118,11 @@ def train_and_evaluate(
             raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
         if reshaped:
             logger.warning("%s", reshaped)
-        finetune_source = prepare_workdir(config, path, mode)
+        archived = prepare_workdir(config, path, mode)
+        if archived is not None:  # --finetune: the record names the archived run as the weights it starts from
+            config.finetune.source = str(archived)
         try:
-            ready = startup.start(built, path, finetune_source)
+            ready = startup.start(built, path)
         except BaseException:
             # Refused in start-up (weights that cannot be read, data that fails), a run leaves no folder it made,
             # as one refused before it; removed while locked, so that no other run can have begun in it.

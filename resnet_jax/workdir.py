@@ -88,7 +88,7 @@ def archive_previous_run(workdir: Path) -> Path | None:
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str) -> Path | None:
     """Readies `workdir` for a run in `mode` (its config.json is written once start-up accepts the run: see
-    `write_record`). Returns the checkpoints to fine-tune from (mode finetune), else None: a fresh run starts from a
+    `write_record`). Returns the archived run to fine-tune from (mode finetune), else None: a fresh run starts from a
     new initialisation, as in a new workdir."""
     if mode not in RESTART_MODES:
         raise ConfigError(f"restart mode {mode!r} is not known; allowed: {', '.join(RESTART_MODES)}")
@@ -102,7 +102,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str)
             raise ConfigError(
                 f"--finetune: --workdir={str(workdir)!r} holds no checkpoint to start from{_newest(workdir)}"
             )
-        source = archived / CHECKPOINTS_DIR
+        source = archived
     return source
 
 

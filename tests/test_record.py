@@ -1,6 +1,8 @@
 """What a run records is what ran: config.json is written once a run is accepted, holds the dtype and kernels it
-resolved to, the devices and versions, and every change accepted on resume with its step; a resume that would train
-something else is refused in one line and leaves the workdir byte-identical; a changed holdout draw is refused."""
+resolved to, the devices and versions, the weights it started from, and every change accepted on resume with its
+step (how it is scored, logged and saved included); a resume that would train something else, or name other weights,
+is refused in one line and leaves the workdir byte-identical; so is a damaged record; a changed holdout draw is
+refused."""
 
 import contextlib
 import importlib.metadata
@@ -15,7 +17,8 @@ import pytest
 from resnet_jax import configuration, data, lock, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
-from tests.conftest import load_config
+from resnet_jax.tools import train as train_tool
+from tests.conftest import REPO_ROOT, load_config
 
 ONE_EPOCH = {"train.num_epochs": 1}
 
@@ -175,3 +178,120 @@ def test_fresh_says_where_the_previous_run_went(trained, tmp_path, caplog):
     (archived,) = (workdir / "archive").iterdir()
     assert f"the previous run in {workdir} is archived in {archived}" in caplog.text
     assert (archived / configuration.CONFIG_FILE).read_bytes() == trained[1]["config.json"]
+
+
+def copy_of(trained, tmp_path) -> Path:
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    return workdir
+
+
+def train_tool_refuses(argv: list[str], capsys) -> str:
+    """The one error line `resnet-jax train` refuses `argv` with, at exit status 2 (no traceback)."""
+    with pytest.raises(SystemExit) as exited:
+        train_tool.main(argv)
+    assert exited.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_finetune_with_other_weights_named_is_refused_in_one_line(trained, tmp_path, capsys):
+    # --finetune starts from the workdir's run; --init-from names another: which one a run took would be a guess.
+    workdir = copy_of(trained, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(trained[0], other)
+    smoke = ["--config", str(REPO_ROOT / "configs/smoke.py"), "--config.train.num_epochs=1"]
+    line = train_tool_refuses(["--workdir", str(workdir), *smoke, "--finetune", "--init-from", str(other)], capsys)
+    assert line.startswith("error: --finetune starts from the weights of the run in --workdir")
+    assert f"finetune.source={str(other)!r}" in line
+    assert snapshot(workdir) == trained[1]  # nothing archived
+
+
+def test_a_finetune_records_the_archived_run_it_started_from_and_a_resume_keeps_it(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH), workdir, mode="finetune")
+    (archived,) = (workdir / "archive").iterdir()
+    assert saved(workdir)["finetune"]["source"] == str(archived)
+    # Resumed by the same command without the flag, as its last line says: the record still names those weights.
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert saved(workdir)["finetune"]["source"] == str(archived)
+
+
+def test_a_resume_keeps_the_weights_a_run_started_from_and_refuses_other_ones(trained, tmp_path):
+    source, workdir = trained[0], tmp_path / "run"
+    trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"finetune.source": str(source)}), workdir)
+    # The docs: a resume no longer needs the weights it started from, nor to name them.
+    trainer.train_and_evaluate(load_config("smoke", **{"train.num_epochs": 2}), workdir)
+    assert saved(workdir)["finetune"]["source"] == str(source)
+    assert saved(workdir)[configuration.RECORD_KEY]["changes"] == [
+        {"step": 8, "key": "train.num_epochs", "from": 1, "to": 2}
+    ]
+    # Other weights named on resume would be taken from nowhere (it restores its own checkpoint): refused.
+    before = snapshot(workdir)
+    other = {"train.num_epochs": 3, "finetune.source": str(tmp_path)}
+    with pytest.raises(ConfigError, match=f"started from finetune.source={json.dumps(str(source))}") as refused:
+        trainer.train_and_evaluate(load_config("smoke", **other), workdir)
+    assert f"this config says finetune.source={json.dumps(str(tmp_path))}" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert snapshot(workdir) == before
+    # So are weights named on resuming a run that started from a new initialisation.
+    fresh = copy_of(trained, tmp_path / "fresh")
+    with pytest.raises(ConfigError, match="started from a new initialisation, and this config says finetune.source"):
+        trainer.train_and_evaluate(load_config("smoke", **ONE_EPOCH, **{"finetune.source": str(source)}), fresh)
+    assert snapshot(fresh) == trained[1]
+
+
+def test_a_resume_may_change_how_the_run_is_scored_logged_and_saved_and_records_each_change(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    # Each key with the smoke run's value (configs/smoke.py over base_config()) and the one it is resumed with.
+    resumed_with = {
+        "eval.tta_flip": (False, True),
+        "eval.batch_size": (64, 32),
+        "eval.every_epochs": (1, 2),
+        "data.train_eval_size": (0, 40),
+        "train.log_every_steps": (4, 2),
+        "train.steps_per_call": (0, 2),
+        "train.gradient_flow": (True, False),
+        "checkpoint.keep": (2, 3),
+        "checkpoint.every_epochs": (1, 2),
+        "checkpoint.async_save": (True, False),
+        "train.num_epochs": (1, 2),
+    }
+    elsewhere = {"data.data_dir": str(tmp_path / "elsewhere")}  # where files are read from: not a change of the run
+    overrides = {key: new for key, (_, new) in resumed_with.items()} | elsewhere
+    trainer.train_and_evaluate(load_config("smoke", **overrides), workdir)
+    changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
+    expected = [{"step": 8, "key": key, "from": old, "to": new} for key, (old, new) in resumed_with.items()]
+    assert sorted(changes, key=lambda change: change["key"]) == sorted(expected, key=lambda change: change["key"])
+    # What the record says is what ran: the train sample is scored from the evaluation after step 8 on.
+    rows = metrics.read_metrics(workdir)
+    assert [row["step"] for row in rows if "train_eval_accuracy" in row] == [16]
+    assert [row["step"] for row in rows if "test_accuracy" in row] == [8, 16]
+
+
+NO_STEP = """its record's 'changes' holds {"key": "x"}, not a change with its key and step"""
+
+
+@pytest.mark.parametrize(
+    ("section", "damaged", "problem"),
+    [
+        (configuration.RECORD_KEY, {"ran": ["x"]}, "its record's 'ran' is a JSON list, not an object"),
+        (configuration.RECORD_KEY, ["x"], "its 'record' is a JSON list, not an object"),
+        (configuration.RECORD_KEY, {"changes": "x"}, "its record's 'changes' is a JSON str, not a list"),
+        (configuration.RECORD_KEY, {"changes": [{"key": "x"}]}, NO_STEP),
+        (configuration.RECORD_KEY, {"from_step": "0"}, "its record's 'from_step' is '0', not a step"),
+        (configuration.RECORD_KEY, {"asked": 1}, "its record's 'asked' is a JSON int, not an object"),
+        ("eval", [1], "its 'eval' is not a section"),
+    ],
+)
+def test_a_damaged_record_is_refused_in_one_line_with_status_2(trained, tmp_path, capsys, section, damaged, problem):
+    workdir = copy_of(trained, tmp_path)
+    config = saved(workdir)
+    config[section] = damaged
+    configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+    before = snapshot(workdir)
+    smoke = ["--config", str(REPO_ROOT / "configs/smoke.py"), "--config.train.num_epochs=2"]
+    line = train_tool_refuses(["--workdir", str(workdir), *smoke], capsys)
+    assert line.startswith(f"error: {workdir / configuration.CONFIG_FILE} is damaged ({problem}")
+    assert snapshot(workdir) == before

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--init-from",
         metavar="RUN",
         help="start a new run from another run's weights (a workdir, or one made by resnet-jax convert); the same "
-        "as --config.finetune.source=RUN",
+        "as --config.finetune.source=RUN; not with --finetune, which starts from the weights of --workdir's run",
     )
     args, config = common.parse_with_config(parser, argv)
     if args.init_from:
