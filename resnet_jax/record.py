@@ -49,6 +49,9 @@ NOT_TRAINING = (
     "train.log_every_steps",
     "train.steps_per_call",
     "train.gradient_flow",
+    # What a non-finite step does: with "stop" none was ever applied, so "skip" from here on (the step a run stopped
+    # at, resumed) trains the same steps until one is dropped, and each drop is in metrics.jsonl.
+    "train.on_nonfinite",
     "finetune.source",  # the weights a run started from: a resume restores its own (`_check_source`)
 )
 # Keys that a resume may change without a record: where files are read from, how the processes find each other (each

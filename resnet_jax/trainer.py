@@ -198,8 +198,9 @@ class _Loop:
                 )
                 raise TrainingError(
                     f"non-finite loss or gradient at step {first} (epoch {epoch + 1}); stopped without applying it, "
-                    f"and {kept} in {self.checkpointer.directory}. Lower the learning rate, set "
-                    "optimizer.clip_grad_norm, or set train.on_nonfinite=skip to drop such steps."
+                    f"and {kept} in {self.checkpointer.directory}. Resume with --config.train.on_nonfinite=skip to "
+                    "drop such steps (recorded), or start over (--fresh) with a lower learning rate or "
+                    "optimizer.clip_grad_norm."
                 )
             logger.warning(
                 "skipped %d step(s) with non-finite values, the first at step %d", host["nonfinite_steps"], first

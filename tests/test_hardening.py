@@ -383,9 +383,15 @@ def test_nonfinite_loss_stops_with_the_step_and_the_last_checkpoint_intact(tmp_p
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("training stopped: non-finite loss or gradient at step 1")
     assert "the last checkpoint, step 8, is intact" in line
+    assert "Resume with --config.train.on_nonfinite=skip" in line
     assert complete_steps(workdir) == [8]
     tree, _ = final_state(workdir)
     chex.assert_tree_all_finite(tree)
+    # As the line says: the same command with skip goes on from step 8, dropping every exploded step, and records it.
+    resumed = run(train_command(workdir, "smoke", *EXPLODE_AT_STEP_10, "train.on_nonfinite=skip"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    changes = json.loads((workdir / "config.json").read_text())[configuration.RECORD_KEY]["changes"]
+    assert {"step": 8, "key": "train.on_nonfinite", "from": "stop", "to": "skip"} in changes
 
 
 def test_nonfinite_steps_can_be_skipped_instead(tmp_path):

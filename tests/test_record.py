@@ -253,6 +253,7 @@ def test_a_resume_may_change_how_the_run_is_scored_logged_and_saved_and_records_
         "train.log_every_steps": (4, 2),
         "train.steps_per_call": (0, 2),
         "train.gradient_flow": (True, False),
+        "train.on_nonfinite": ("stop", "skip"),
         "checkpoint.keep": (2, 3),
         "checkpoint.every_epochs": (1, 2),
         "checkpoint.async_save": (True, False),
