@@ -130,7 +130,7 @@ class MetricWriter:
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto import event_pb2
 
-            self._scalar, self._event = summary.scalar, event_pb2.Event
+            self._scalar, self._event, self._session_log = summary.scalar, event_pb2.Event, event_pb2.SessionLog
             events_dir = Path(workdir) / "tensorboard"
             with self._reporting(events_dir):
                 events_dir.mkdir(parents=True, exist_ok=True)
@@ -144,12 +144,22 @@ class MetricWriter:
             raise MetricsWriteError(f"cannot write {path}: {error.strerror or error}") from error
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drops records of steps past the checkpoint: those steps run again and log again."""
-        if not self.enabled or not self.path.exists():
+        """On resume, drops records of steps past the checkpoint: those steps run again and log again.
+
+        metrics.jsonl is rewritten without them. Event files are only ever appended to, so TensorBoard is told
+        the way it expects: a SessionLog START event at the first step that logs again, `step + 1` (tensorboardX's
+        `purge_step`), after which its reader drops every point of that step or later that the earlier files
+        hold. TensorBoard's Rust data server drops them too, as the replayed steps arrive."""
+        if not self.enabled:
             return
-        kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
-        with self._reporting(self.path):
-            atomic.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        if self.path.exists():
+            kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
+            with self._reporting(self.path):
+                atomic.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        start = self._session_log(status=self._session_log.START)
+        with self._reporting(self.path.parent / "tensorboard"):
+            self._events.write_event(self._event(wall_time=time.time(), step=int(step) + 1, session_log=start))
+            self._events.flush()
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:
