@@ -113,6 +113,16 @@ class MetricsWriteError(RuntimeError):
     """The metrics could not be written (a full disk, a read-only folder); the message names the file."""
 
 
+def _wait_for_a_new_events_name(events_dir: Path) -> None:
+    """Returns once no event file is named by the current second. tensorboardX names a file by the second its
+    writer opens (events.out.tfevents.<seconds>.<host>) and opens it with "wb": a writer opened in the same second
+    as the last one (a run resumed at once) would empty that one's file. A new second gives a new name, later in
+    the order of names that TensorBoard reads the files in. One writer at a time (the workdir's lock): no other
+    can take the name meanwhile."""
+    while any(events_dir.glob(f"events.out.tfevents.{int(time.time())}.*")):
+        time.sleep(0.05)
+
+
 class MetricWriter:
     """Appends records to `metrics.jsonl` and mirrors scalars to TensorBoard event files under
     `workdir/tensorboard`, both written in the calling thread: a failed write (a full disk) is a `MetricsWriteError`
@@ -134,6 +144,7 @@ class MetricWriter:
             events_dir = Path(workdir) / "tensorboard"
             with self._reporting(events_dir):
                 events_dir.mkdir(parents=True, exist_ok=True)
+                _wait_for_a_new_events_name(events_dir)
                 self._events = EventsWriter(str(events_dir / "events"))
 
     @contextlib.contextmanager

@@ -1,10 +1,11 @@
 """Where a run's metrics go: TensorBoard event files that TensorBoard's own reader reads back, tag by tag, each
-step once after a resume that ran steps again; and a failed write that stops the caller with a MetricsWriteError and
-nothing else on stderr."""
+step once after a resume that ran steps again, and nothing of them lost to the next writer; and a failed write that
+stops the caller with a MetricsWriteError and nothing else on stderr."""
 
 import shutil
 import subprocess
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +71,21 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     }
     starts = [event.step for event in loader.EventFileLoader(str(second)).Load() if event.HasField("session_log")]
     assert starts == [9]  # the first step run again: points of step 9 on from earlier files are purged
+
+
+def test_a_writer_opened_in_the_same_second_as_the_last_keeps_its_events(tmp_path):
+    loader = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_file_loader", reason="the test extra installs tensorboard"
+    )
+    metrics.MetricWriter(tmp_path / "warm-up", enabled=True).close()  # tensorboardX imported before the clock
+    time.sleep(1.05 - time.time() % 1)  # a second's start: both writers below open within it
+    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    writer.write(4, 1.0, {"train_loss": 0.5})
+    writer.close()
+    metrics.MetricWriter(tmp_path, enabled=True).close()  # a run resumed at once
+    files = event_files(tmp_path)
+    assert len(files) == 2
+    assert [event.step for event in loader.EventFileLoader(str(files[0])).Load() if event.HasField("summary")] == [4]
 
 
 # The event file is written in the calling thread. tensorboardX's SummaryWriter writes from a thread of its own and
