@@ -1,7 +1,9 @@
-"""One writer per workdir: an OS lock (flock) on `DIR/.lock`, held while a training, a sweep or a conversion writes
-there. The kernel releases it when the holder ends, however it ends (kill -9 included), so a lock is never stale;
-the file records who holds it (pid, host, start, command) for the message that refuses a second writer. A new
-holder removes the temporaries that a writer killed mid-write left (`atomic.remove_abandoned`).
+"""One writer per workdir: an OS lock (flock) on `DIR/.lock`, held alone while a training, a sweep or a conversion
+writes there, and shared by the tools that write their own files into a run (an evaluation, features, an export, a
+figure): they may run side by side, but never beside a training of the run, whose `--fresh` would archive the run
+from under them. The kernel releases it when the holder ends, however it ends (kill -9 included), so a lock is
+never stale; the file records who holds it (pid, host, start, command) for the message that refuses another. A new
+sole holder removes the temporaries that a writer killed mid-write left (`atomic.remove_abandoned`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -48,16 +50,24 @@ def _holder(path: Path) -> str:
     return f"another resnet-jax (pid {pid}{where}, started {started}: {command})"
 
 
-def _acquire(path: Path) -> int | None:
-    """This process's descriptor holding the lock at `path`, or None when another process holds it."""
+def _open(path: Path, shared: bool) -> int:
+    """A descriptor of the lock file at `path`, created when missing. A shared holder may lock a file it can only
+    read (flock needs no write access): a run on a read-only disk, or another user's, is still read and scored."""
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise ConfigError(
-            f"cannot create {path} ({error.strerror}); free some space or choose another --workdir"
-        ) from None
+        if shared and path.is_file() and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            with contextlib.suppress(OSError):
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        raise
+
+
+def _acquire(path: Path, shared: bool = False) -> int | None:
+    """This process's descriptor holding the lock at `path` (alone, or `shared` with other shared holders), or None
+    when another process holds it in a way that excludes this one. Raises OSError when the file cannot be opened."""
+    descriptor = _open(path, shared)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
         return None
@@ -73,7 +83,8 @@ def _acquire(path: Path) -> int | None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": shlex.join(sys.argv)[:300],
     }
-    # The record only names the holder to a refused process: on a full disk the lock holds without it.
+    # The record only names the holder to a refused process: on a full disk (or a lock file opened read-only) the
+    # lock holds without it. Of several shared holders, it names the last to come.
     with contextlib.suppress(OSError):
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
@@ -88,7 +99,12 @@ def hold(workdir: Path) -> Iterator[None]:
     descriptor = None
     if jax.process_index() == 0:
         create_workdir(workdir)
-        descriptor = _acquire(path)
+        try:
+            descriptor = _acquire(path)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create {path} ({error.strerror}); free some space or choose another --workdir"
+            ) from None
     taken = descriptor is not None
     if jax.process_count() > 1:
         taken = bool(multihost_utils.broadcast_one_to_all(np.int32(taken)))
@@ -102,3 +118,61 @@ def hold(workdir: Path) -> Iterator[None]:
     finally:
         if descriptor is not None:
             os.close(descriptor)  # the kernel drops the lock with the last descriptor
+
+
+def _locked_here(folder: Path) -> bool:
+    """Whether `folder` holds a lock file of this package (one that names its holder, or an empty one): not some
+    other program's `.lock`, which a tool must neither lock nor overwrite."""
+    path = folder / LOCK_FILE
+    try:
+        text = path.read_text() if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return False
+    if text is None or not text.strip():
+        return text is not None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "pid" in record
+
+
+def enclosing_workdir(path: str | os.PathLike, runs: Sequence[str | os.PathLike] = ()) -> Path | None:
+    """The workdir that `path` (a file or folder a tool writes) lies in: the nearest folder, `path` itself or one
+    above it, that is one of `runs` (the runs the tool reads) or holds this package's lock file, as every run,
+    sweep and conversion does (a run as the tool was given it); None when it lies in none."""
+    target = Path(path).expanduser().resolve()
+    known = {Path(run).expanduser().resolve(): Path(run).expanduser() for run in runs}
+    for folder in (target, *target.parents):
+        if folder in known:
+            return known[folder]
+        if _locked_here(folder):
+            return folder
+    return None
+
+
+@contextlib.contextmanager
+def sharing(workdir: str | os.PathLike | None, flag: str | None = None) -> Iterator[None]:
+    """Holds `workdir`'s lock shared, in this process alone, for the body: a tool's reading of a run and its writing
+    into it, which a training, a sweep or a conversion of that workdir (holding it alone) is refused during; other
+    tools may share it. Raises WorkdirBusy (`DIR is busy: ...`) at once when one of those holds it, offering `flag`
+    (`--out`) to write elsewhere. Holds nothing when `workdir` is None or no folder (no run there: the tool's read
+    says so), nor where no lock file can be made or read (a read-only disk, another user's folder): nothing holds
+    one there, and the tool's own write then fails, with its own message."""
+    workdir = None if workdir is None else Path(workdir).expanduser()
+    descriptor = None
+    if workdir is not None and workdir.is_dir():
+        path = workdir / LOCK_FILE
+        try:
+            descriptor = _acquire(path, shared=True)
+            busy = descriptor is None
+        except OSError:  # a lock file that can be neither made nor read: no one holds it
+            busy = False
+        if busy:
+            fix = f", or give {flag} a place outside it" if flag else ""
+            raise WorkdirBusy(f"{workdir} is busy: {_holder(path)} is writing to it; wait for it{fix}")
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)

@@ -113,6 +113,16 @@ class MetricsWriteError(RuntimeError):
     """The metrics could not be written (a full disk, a read-only folder); the message names the file."""
 
 
+def _wait_for_a_new_events_name(events_dir: Path) -> None:
+    """Returns once no event file is named by the current second. tensorboardX names a file by the second its
+    writer opens (events.out.tfevents.<seconds>.<host>) and opens it with "wb": a writer opened in the same second
+    as the last one (a run resumed at once) would empty that one's file. A new second gives a new name, later in
+    the order of names that TensorBoard reads the files in. One writer at a time (the workdir's lock): no other
+    can take the name meanwhile."""
+    while any(events_dir.glob(f"events.out.tfevents.{int(time.time())}.*")):
+        time.sleep(0.05)
+
+
 class MetricWriter:
     """Appends records to `metrics.jsonl` and mirrors scalars to TensorBoard event files under
     `workdir/tensorboard`, both written in the calling thread: a failed write (a full disk) is a `MetricsWriteError`
@@ -130,10 +140,11 @@ class MetricWriter:
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto import event_pb2
 
-            self._scalar, self._event = summary.scalar, event_pb2.Event
+            self._scalar, self._event, self._session_log = summary.scalar, event_pb2.Event, event_pb2.SessionLog
             events_dir = Path(workdir) / "tensorboard"
             with self._reporting(events_dir):
                 events_dir.mkdir(parents=True, exist_ok=True)
+                _wait_for_a_new_events_name(events_dir)
                 self._events = EventsWriter(str(events_dir / "events"))
 
     @contextlib.contextmanager
@@ -144,12 +155,22 @@ class MetricWriter:
             raise MetricsWriteError(f"cannot write {path}: {error.strerror or error}") from error
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drops records of steps past the checkpoint: those steps run again and log again."""
-        if not self.enabled or not self.path.exists():
+        """On resume, drops records of steps past the checkpoint: those steps run again and log again.
+
+        metrics.jsonl is rewritten without them. Event files are only ever appended to, so TensorBoard is told
+        the way it expects: a SessionLog START event at the first step that logs again, `step + 1` (tensorboardX's
+        `purge_step`), after which its reader drops every point of that step or later that the earlier files
+        hold. TensorBoard's Rust data server drops them too, as the replayed steps arrive."""
+        if not self.enabled:
             return
-        kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
-        with self._reporting(self.path):
-            atomic.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        if self.path.exists():
+            kept = [record for record in read_metrics(self.path.parent) if record["step"] <= step]
+            with self._reporting(self.path):
+                atomic.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        start = self._session_log(status=self._session_log.START)
+        with self._reporting(self.path.parent / "tensorboard"):
+            self._events.write_event(self._event(wall_time=time.time(), step=int(step) + 1, session_log=start))
+            self._events.flush()
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:

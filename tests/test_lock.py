@@ -1,6 +1,9 @@
 """One writer per workdir: a second training, sweep or conversion on a workdir in use is refused in one line naming
-the holder and touches nothing; the lock goes with its holder, however it ends."""
+the holder and touches nothing; the lock goes with its holder, however it ends. The tools and the trainer's last
+figure write into a run only under its lock: beside one another, never beside a training of it."""
 
+import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -12,15 +15,18 @@ import optuna
 import pytest
 from safetensors.numpy import save_file
 
-from resnet_jax import atomic, lock, trainer
+from resnet_jax import atomic, inference, lock, plots, trainer
 from resnet_jax.configuration import ConfigError
+from resnet_jax.tools import compare, degradation, evaluate, export, features, sweep
 from resnet_jax.tools import convert as convert_tool
-from resnet_jax.tools import sweep
+from resnet_jax.tools import plots as plots_tool
+from resnet_jax.tools import train as train_tool
 from resnet_jax.tools.sweep import run as sweep_run
 from resnet_jax.tools.sweep import spec as sweep_spec
 from tests.conftest import PYTHON, REPO_ROOT, load_config, subprocess_env, train_command
 from tests.fixtures.references import CASES
 from tests.test_interop import TINY_DATA, case_state_dict, cli_error
+from tests.test_tools import ACCURACIES, built, new_state, run_dir, tiny_config  # noqa: F401 (a trained workdir)
 
 HOLDER = """
 import sys, time
@@ -151,3 +157,117 @@ def test_the_holder_is_named_by_pid_start_and_command(tmp_path, monkeypatch):
         lock.hold(tmp_path).__enter__()
     assert str(error.value).startswith(f"another resnet-jax (pid {os.getpid()}, started ")
     assert f": train.py --workdir 'my run') {refusal(tmp_path)}" in str(error.value)
+
+
+# Each tool with its default output, which lies inside the run: DIR/eval/, DIR/features/, DIR/export/,
+# DIR/curves.png, DIR/compare/.
+TOOLS_WRITING_INTO_THE_RUN = {
+    "evaluate": (evaluate.main, ["--workdir", "{run}"]),
+    "features": (features.main, ["--workdir", "{run}"]),
+    "export": (export.main, ["--workdir", "{run}", "--platforms", "cpu"]),
+    "plots": (plots_tool.main, ["--workdir", "{run}"]),
+    "compare": (compare.main, ["--runs", "{run}", "--batch", "4", "--steps", "1", "--repeats", "1"]),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS_WRITING_INTO_THE_RUN)
+def test_a_tool_writing_into_a_run_that_trains_is_refused_in_one_line_and_writes_nothing(
+    tmp_path,
+    run_dir,  # noqa: F811
+    capsys,
+    tool,
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    main, argv = TOOLS_WRITING_INTO_THE_RUN[tool]
+    with lock.hold(workdir):  # as a training of the run holds it
+        before = contents(workdir)
+        message = cli_error(main, [arg.format(run=workdir) for arg in argv], capsys)
+        assert contents(workdir) == before
+    assert message.startswith(f"error: {workdir} is busy: another resnet-jax (pid {os.getpid()}, started "), message
+    assert message.endswith(") is writing to it; wait for it, or give --out a place outside it"), message
+
+
+def test_a_training_cannot_archive_a_run_while_evaluate_scores_it_and_tools_share_it(
+    tmp_path,
+    run_dir,  # noqa: F811
+    capsys,
+    monkeypatch,
+):
+    """The race: evaluate scores for minutes; a `train --fresh` meanwhile archived the run, and evaluate's report of
+    the old run landed in the new one. Now the training is refused, naming evaluate; another tool shares the run."""
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    config_before = (workdir / "config.json").read_bytes()
+    command = ["resnet-jax", "evaluate", "--workdir", str(workdir)]
+    monkeypatch.setattr(sys, "argv", command)
+    scoring, seen = inference.evaluate_split, {}
+
+    def meanwhile(*args, **kwargs):
+        try:
+            trainer.train_and_evaluate(tiny_config(**{"train.num_epochs": 1}), workdir, "fresh")
+        except lock.WorkdirBusy as error:
+            seen["training"] = str(error)
+        seen["plots"] = plots_tool.main(["--workdir", str(workdir)])  # a tool beside it, into the same run
+        return scoring(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "evaluate_split", meanwhile)
+    assert evaluate.main(["--workdir", str(workdir)]) == 0
+    assert seen.get("training", "").startswith(f"another resnet-jax (pid {os.getpid()}, started "), seen
+    assert seen["training"].endswith(f": {' '.join(command)}) {refusal(workdir)}")
+    assert seen["plots"] == 0 and (workdir / plots.CURVES_FILE).is_file()
+    assert not (workdir / "archive").exists()
+    assert (workdir / "config.json").read_bytes() == config_before
+    report = json.loads((workdir / "eval" / "latest" / "report.json").read_text())
+    assert report["step"] == max(ACCURACIES)  # the run it scored is the run it wrote into
+
+
+def refused_meanwhile(workdir: Path, seen: list, write):
+    """`write` (a figure or table writer), which first records whether a training starting in `workdir` now (its
+    lock.hold) is refused."""
+
+    def spy(*args, **kwargs):
+        try:
+            with lock.hold(workdir):
+                seen.append("not refused")
+        except lock.WorkdirBusy:
+            seen.append("refused")
+        return write(*args, **kwargs)
+
+    return spy
+
+
+def test_the_trainer_draws_its_curves_under_the_runs_lock(tmp_path, monkeypatch):
+    workdir, seen = tmp_path / "run", []
+    monkeypatch.setattr(plots, "write_curves", refused_meanwhile(workdir, seen, plots.write_curves))
+    argv = ["--workdir", str(workdir), "--config", str(REPO_ROOT / "configs/smoke.py"), "--config.train.num_epochs=1"]
+    assert train_tool.main(argv) == 0
+    assert seen == ["refused"]  # a training starting while curves.png is drawn
+    assert (workdir / plots.CURVES_FILE).stat().st_size > 10_000
+
+
+def test_degradation_writes_its_figure_and_table_under_the_folders_lock(tmp_path, monkeypatch, capsys):
+    workdir, seen = tmp_path / "degradation", []
+
+    def finished_sweep(config, folder, spec, top, name):  # the sweep's runs are done; its lock is let go
+        with lock.hold(Path(folder)):
+            return []
+
+    monkeypatch.setattr(sweep, "run_as_a_tool", finished_sweep)
+    monkeypatch.setattr(degradation, "plot", refused_meanwhile(workdir, seen, degradation.plot))
+    argv = ["--config", str(REPO_ROOT / "configs/smoke.py"), "--workdir", str(workdir), "--depths", "20,32"]
+    assert degradation.main([*argv, "--seeds", "1", "--config.data.train_eval_size=40"]) == 0
+    assert seen == ["refused"]
+    assert (workdir / degradation.TABLE_FILE).is_file() and (workdir / degradation.PLOT_FILE).is_file()
+    # A sweep that begins in the folder as this one ends: the figure and table wait for it, in one line.
+    with contextlib.ExitStack() as another:
+
+        def another_begins(config, folder, spec, top, name):
+            another.enter_context(lock.hold(Path(folder)))
+            return []
+
+        monkeypatch.setattr(sweep, "run_as_a_tool", another_begins)
+        message = cli_error(degradation.main, [*argv, "--seeds", "1", "--config.data.train_eval_size=40"], capsys)
+    assert message.startswith(f"error: {workdir} is busy: another resnet-jax (pid {os.getpid()}, started "), message
+    again = "run the same command again (its runs are done, and are read, not trained again)"
+    assert message.endswith(f"is writing to it; wait for it, then {again}"), message

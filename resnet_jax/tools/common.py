@@ -6,19 +6,20 @@ the tools report a figure over several runs (seeds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
 import statistics
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import ml_collections
 
-from resnet_jax import atomic, configuration, errors
+from resnet_jax import atomic, configuration, errors, lock
 from resnet_jax.checkpoint import CheckpointError
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
@@ -68,6 +69,22 @@ class Spread:
 def cannot_write(path: str | os.PathLike, error: OSError, flag: str) -> str:
     """The one line of a write that failed: the path, the system's reason, and the flag that chooses another."""
     return f"cannot write {path} ({error.strerror or error}); give {flag} a place you can write"
+
+
+@contextlib.contextmanager
+def writing_into(out: str | os.PathLike, runs: Sequence[str | os.PathLike] = (), flag: str = "--out") -> Iterator[None]:
+    """Holds, shared with other tools, the lock of the workdir that `out` lies in (one of the `runs` the tool reads,
+    or any run or sweep) from before the tool reads the runs until it has written `out`: a training of that workdir
+    cannot start meanwhile (its --fresh would archive the run from under the tool), and while one holds it the tool
+    ends at once in one line, exit status 2, naming the holder and `flag`. Nothing is held for an `out` outside
+    every workdir: reading a run while it trains stays allowed."""
+    workdir = lock.enclosing_workdir(out, runs)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock.sharing(workdir, flag))
+        except lock.WorkdirBusy as error:
+            fail(error)
+        yield
 
 
 def _check_names(path: Path, flag: str) -> None:

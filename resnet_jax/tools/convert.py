@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config.json, checkpoints/0, conversion.json"
             )
         else:
-            path, layout, run = write_run_weights(args.workdir, args.target, args.checkpoint, args.layout)
+            # A file inside a run (its own, or another's) is written under that run's lock, as every tool's is.
+            with common.writing_into(args.target, [args.workdir], "--to"):
+                path, layout, run = write_run_weights(args.workdir, args.target, args.checkpoint, args.layout)
             channels = run.input_shape[-1]
             grey = (
                 f"; its conv1 takes {channels}-channel images: build the torch model's conv1 with in_channels="

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
-from resnet_jax import atomic, configuration, data, experiment, interrupts, metrics, models, plots, runtime
+from resnet_jax import atomic, configuration, data, experiment, interrupts, lock, metrics, models, plots, runtime
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import common
@@ -222,6 +222,18 @@ def table(nets: Sequence[Network], seeds: int) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def report(config: ml_collections.ConfigDict, workdir: Path, depths: Sequence[int], seeds: int) -> str:
+    """Writes DIR/degradation.png and DIR/degradation.md from the experiment's runs; returns the table."""
+    nets = networks(config, workdir, depths, seeds)
+    dataset = Path(config.data.files_dir).name if config.data.dataset == data.FOLDER else config.data.dataset
+    size = config.data.image_size
+    title = f"plain against residual networks: {dataset} at {size}x{size}, {common.plural(seeds, 'seed')}"
+    text = table(nets, seeds)
+    plot(workdir / PLOT_FILE, nets, title)
+    atomic.write_text(workdir / TABLE_FILE, text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     runtime.reuse_freed_memory()
     args, config = common.parse_with_config(_parser(), argv)
@@ -241,18 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = sweep_tool.run_as_a_tool(config, str(workdir), sweep, top=len(FAMILIES) * len(depths), name="degradation")
     if isinstance(status, int):
         return status
-    nets = networks(config, workdir, depths, args.seeds)
-    dataset = Path(config.data.files_dir).name if config.data.dataset == data.FOLDER else config.data.dataset
-    size = config.data.image_size
-    title = f"plain against residual networks: {dataset} at {size}x{size}, {common.plural(args.seeds, 'seed')}"
-    text = table(nets, args.seeds)
+    again = "run the same command again (its runs are done, and are read, not trained again)"
     try:
-        plot(workdir / PLOT_FILE, nets, title)
-        atomic.write_text(workdir / TABLE_FILE, text)
+        # The sweep's lock went with its end: the figure and table take it again (shared, as the tools do), so that
+        # no training or sweep in the folder runs while they are read from its runs and written beside them.
+        with lock.sharing(workdir):
+            text = report(config, workdir, depths, args.seeds)
+    except lock.WorkdirBusy as error:
+        common.fail(f"{error}, then {again}")
+    except (ConfigError, DataError) as error:
+        common.fail(error)
     except OSError as error:  # the runs are saved: the command, run again, writes these from them
         common.fail(
-            f"cannot write the figure and table into {workdir}: {error.strerror or error}; free some space "
-            "and run the same command again (its runs are done, and are read, not trained again)"
+            f"cannot write the figure and table into {workdir}: {error.strerror or error}; free some space and {again}"
         )
     print(text, flush=True)
     print(f"wrote {workdir / PLOT_FILE} and {workdir / TABLE_FILE}", flush=True)

@@ -6,6 +6,7 @@ with a validation split is scored on it too: report.json's `splits` gives both.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -118,6 +119,27 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _score(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[TrainedRun, list[Evaluation], Path]:
+    """The run restored, its evaluations (the validation split first, where test is scored beside it) and the
+    files' folder, checked before the long part: a folder it cannot write ends the command at once."""
+    try:
+        run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
+        tta_flip = run_arguments.tta_flip(run, args.tta)
+        tag = run_arguments.data_tag(run, overrides)
+        out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip, tag), "--out")
+        also = [data.VALIDATION] if args.split == "test" and data.VALIDATION in run.experiment.eval_splits else []
+        evaluations = []
+        for split in (*also, args.split):
+            examples, _ = run.experiment.eval_split_rows(split)
+            with metrics.stage(
+                f"scoring {examples:,} {split} examples on {common.plural(run.num_devices, 'device')}, compile included"
+            ):
+                evaluations.append(inference.evaluate_split(run, split, tta_flip))
+    except run_arguments.ERRORS as error:
+        common.fail(error)
+    return run, evaluations, out_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("evaluate", __doc__)
     run_arguments.add_run_arguments(parser, reads_data=True)
@@ -135,27 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args, overrides = run_arguments.parse_run_args(parser, argv)
     runtime.setup_logging()
-    try:
-        run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
-        tta_flip = run_arguments.tta_flip(run, args.tta)
-        tag = run_arguments.data_tag(run, overrides)
-        # The files' folder is checked before the long part: a folder it cannot write ends the command at once.
-        out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip, tag), "--out")
-        also = [data.VALIDATION] if args.split == "test" and data.VALIDATION in run.experiment.eval_splits else []
-        evaluations = []
-        for split in (*also, args.split):
-            examples, _ = run.experiment.eval_split_rows(split)
-            with metrics.stage(
-                f"scoring {examples:,} {split} examples on {common.plural(run.num_devices, 'device')}, compile included"
-            ):
-                evaluations.append(inference.evaluate_split(run, split, tta_flip))
-    except run_arguments.ERRORS as error:
-        common.fail(error)
-    *others, evaluation = evaluations
-    try:
-        report, paths = write_outputs(run, evaluation, out_dir, others)
-    except OSError as error:
-        common.fail(common.cannot_write(error.filename or out_dir, error, "--out"))
+    # Writing into the run (DIR/eval/), it holds the run's lock from before the weights are read until the files are
+    # written: no training of the run (whose --fresh archives it) starts in between, and none runs while it scores.
+    with common.writing_into(args.out or args.workdir, [args.workdir]):
+        run, evaluations, out_dir = _score(args, overrides)
+        *others, evaluation = evaluations
+        try:
+            report, paths = write_outputs(run, evaluation, out_dir, others)
+        except OSError as error:
+            common.fail(common.cannot_write(error.filename or out_dir, error, "--out"))
     print(format_report(report))
     print(f"wrote {', '.join(str(path) for path in paths.values())}")
     return 0

@@ -33,13 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A file named is checked before the run is restored; the default, inside the run, once it is known to be one.
     out = common.output_file(args.out, "--out", example="model.bin") if args.out else None
     runtime.setup_logging()
-    try:
-        run = inference.restore_run(args.workdir, args.checkpoint)
-        out = out or common.output_file(Path(args.workdir) / DEFAULT_OUT, "--out", example="model.bin")
-        tta_flip = run_arguments.tta_flip(run, args.tta)
-        out_path, description_path = export.write_export(run, out, tta_flip, platforms)
-    except run_arguments.ERRORS as error:
-        common.fail(error)
+    # Writing into the run (DIR/export/), it holds the run's lock from before the weights are read until the files
+    # are written, as evaluate does.
+    with common.writing_into(args.out or args.workdir, [args.workdir]):
+        try:
+            run = inference.restore_run(args.workdir, args.checkpoint)
+            out = out or common.output_file(Path(args.workdir) / DEFAULT_OUT, "--out", example="model.bin")
+            tta_flip = run_arguments.tta_flip(run, args.tta)
+            out_path, description_path = export.write_export(run, out, tta_flip, platforms)
+        except run_arguments.ERRORS as error:
+            common.fail(error)
     print(
         f"exported {run.config.model.name} (checkpoint {run.step}) for {', '.join(platforms)} to {out_path} "
         f"({out_path.stat().st_size:,} bytes; input uint8 (batch, {', '.join(map(str, run.input_shape))})); "

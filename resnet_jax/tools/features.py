@@ -11,6 +11,7 @@ features, and emb.labels.npy beside it the labels. The default is DIR/features/<
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,26 +115,11 @@ def default_out(run: inference.TrainedRun, split: str, layer: str, tta_flip: boo
     return run.workdir / "features" / f"{name}.npz"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = common.parser("features", __doc__)
-    run_arguments.add_run_arguments(parser, reads_data=True)
-    parser.add_argument("--split", default="test", choices=("test", "validation", "train"), help="the split to embed")
-    parser.add_argument("--layer", default="pooled", help="pooled, stem or stageN: where to read features")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="file to write: emb.npz, or emb.npy (+ emb.labels.npy) (default: "
-        "DIR/features/<checkpoint>-<split>-<layer>[-tta_flip].npz)",
-    )
-    args, overrides = run_arguments.parse_run_args(parser, argv)
-    if args.out is not None:
-        out = Path(args.out)
-        if out.suffix not in SUFFIXES:
-            parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
-        out = common.output_file(out, "--out")  # a name, folder or permission it cannot write: said before the work
-        if out.suffix == ".npy":
-            common.output_file(labels_file(out), "--out (its labels)")
-    runtime.setup_logging()
+def _embed(
+    args: argparse.Namespace, overrides: Sequence[str], out: Path | None
+) -> tuple[inference.TrainedRun, Path, bool, tuple[np.ndarray, np.ndarray]]:
+    """The run restored, the file to write (`out`, else the default inside the run, checked before the long part),
+    whether flips are averaged, and the split's features and labels."""
     try:
         run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
         if args.layer not in layer_names(run):
@@ -141,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--layer {args.layer!r}: {run.config.model.name} has {', '.join(layer_names(run))}"
             )
         tta_flip = run_arguments.tta_flip(run, args.tta)
-        if args.out is None:
+        if out is None:
             tag = run_arguments.data_tag(run, overrides)
             out = common.output_file(default_out(run, args.split, args.layer, tta_flip, tag), "--out")
         config = run.config.data
@@ -155,10 +141,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 features, labels = embed(run, split.images, args.layer, tta_flip), split.labels
     except run_arguments.ERRORS as error:
         common.fail(error)
-    try:
-        paths = write(out, features, labels, run.class_names)
-    except OSError as error:
-        common.fail(f"cannot write {out}: {error.strerror or error}")
+    return run, out, tta_flip, (features, labels)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.parser("features", __doc__)
+    run_arguments.add_run_arguments(parser, reads_data=True)
+    parser.add_argument("--split", default="test", choices=("test", "validation", "train"), help="the split to embed")
+    parser.add_argument("--layer", default="pooled", help="pooled, stem or stageN: where to read features")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="file to write: emb.npz, or emb.npy (+ emb.labels.npy) (default: "
+        "DIR/features/<checkpoint>-<split>-<layer>[-tta_flip].npz)",
+    )
+    args, overrides = run_arguments.parse_run_args(parser, argv)
+    out = None
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix not in SUFFIXES:
+            parser.error(f"--out {args.out}: give a {' or '.join(SUFFIXES)} file")
+        out = common.output_file(out, "--out")  # a name, folder or permission it cannot write: said before the work
+        if out.suffix == ".npy":
+            common.output_file(labels_file(out), "--out (its labels)")
+    runtime.setup_logging()
+    # Writing into the run (DIR/features/), it holds the run's lock from before the weights are read until the file
+    # is written, as evaluate does.
+    with common.writing_into(args.out or args.workdir, [args.workdir]):
+        run, out, tta_flip, (features, labels) = _embed(args, overrides, out)
+        try:
+            paths = write(out, features, labels, run.class_names)
+        except OSError as error:
+            common.fail(f"cannot write {out}: {error.strerror or error}")
     print(
         f"wrote {features.shape[0]:,} x {features.shape[1]} {args.layer} features (tta "
         f"{'flip' if tta_flip else 'none'}) and their labels to {', '.join(map(str, paths))}"

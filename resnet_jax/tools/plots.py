@@ -44,15 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workdirs = common.split_list(args.workdir)
-    try:
-        figure = plots.curves_figure(workdirs)
-    except (plots.PlotError, metrics.MetricsError) as error:
-        common.fail(error)
-    out = common.output_file(args.out or default_out(workdirs), "--out", plots.FIGURE_SUFFIXES, "curves")
-    try:
-        plots.save_figure(figure, out)
-    except OSError as error:
-        common.fail(common.cannot_write(out, error, "--out"))
+    # Into a run (DIR/curves.png, FIRST/plots/): its lock is held while its metrics are read and the figure written,
+    # so that the figure is of the run the folder holds.
+    with common.writing_into(args.out or default_out(workdirs), workdirs):
+        try:
+            figure = plots.curves_figure(workdirs)
+        except (plots.PlotError, metrics.MetricsError) as error:
+            common.fail(error)
+        out = common.output_file(args.out or default_out(workdirs), "--out", plots.FIGURE_SUFFIXES, "curves")
+        try:
+            plots.save_figure(figure, out)
+        except OSError as error:
+            common.fail(common.cannot_write(out, error, "--out"))
     print(f"wrote {out}")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from resnet_jax import errors, interrupts, plots, runtime, trainer
+from resnet_jax import errors, interrupts, lock, plots, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError, CheckpointRefused
 from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jax.process_index() == 0:
         curves = Path(args.workdir) / plots.CURVES_FILE
         try:
-            plots.write_curves(args.workdir, curves)
-        except (plots.PlotError, MetricsError, OSError) as error:  # the run itself is complete and saved
+            # The run's lock went with the training's end: taken again, shared as the tools take it, to draw.
+            with lock.sharing(args.workdir):
+                plots.write_curves(args.workdir, curves)
+        except (plots.PlotError, MetricsError, OSError, lock.WorkdirBusy) as error:  # the run is complete and saved
             print(f"warning: {curves} not written: {errors.one_line(error)}", file=sys.stderr, flush=True)
     best = (
         f"; best validation accuracy {results['best_validation_accuracy']:.4f}, test accuracy there "

@@ -74,14 +74,12 @@ def _checked_configs(args: Any) -> tuple[dict[str, accuracy.RunAccuracy], list[m
     return accuracies, [experiment.build(config).config for config in configs]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    args.runs = common.split_list(args.runs)
+def _compare(args: Any, default_out: Path) -> None:
+    """Measures, tables and plots the models and runs `args` names, into --out (default `default_out`)."""
     try:
         accuracies, configs = _checked_configs(args)
     except (ConfigError, data.DataError) as error:
         common.fail(error)
-    default_out = Path(args.runs[0]) / DEFAULT_OUTDIR if args.runs else MODELS_ONLY_OUTDIR
     outdir = common.output_folder(args.out or default_out, "--out")  # before the long part
     runtime.setup_logging()
     progress = metrics.ItemProgress("model", len(configs), enabled=metrics.wants_log_lines())
@@ -111,4 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.fail(common.cannot_write(error.filename or outdir, error, "--out"))
     print(markdown, end="")
     print(f"wrote {', '.join(str(outdir / name) for name in (COMPARE_MD, COMPARE_PNG, COMPARE_JSON))}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.runs = common.split_list(args.runs)
+    default_out = Path(args.runs[0]) / DEFAULT_OUTDIR if args.runs else MODELS_ONLY_OUTDIR
+    # Into a run (FIRST/compare/): its lock is held from before the runs' accuracies are read until the files are
+    # written, as evaluate does.
+    with common.writing_into(args.out or default_out, args.runs):
+        _compare(args, default_out)
     return 0
