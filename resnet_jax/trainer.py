@@ -118,7 +118,7 @@ def train_and_evaluate(
             raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
         if reshaped:
             logger.warning("%s", reshaped)
-        archived = prepare_workdir(config, path, mode)
+        archived = prepare_workdir(path, mode)
         if archived is not None:  # --finetune: the record names the archived run as the weights it starts from
             config.finetune.source = str(archived)
         try:

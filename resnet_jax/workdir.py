@@ -86,7 +86,7 @@ def archive_previous_run(workdir: Path) -> Path | None:
     return target
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path, mode: str) -> Path | None:
+def prepare_workdir(workdir: Path, mode: str) -> Path | None:
     """Readies `workdir` for a run in `mode` (its config.json is written once start-up accepts the run: see
     `write_record`). Returns the archived run to fine-tune from (mode finetune), else None: a fresh run starts from a
     new initialisation, as in a new workdir."""
