@@ -6,6 +6,7 @@ example of a split. The tools on a trained run build on this module; it prints n
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, data, experiment, models, parallel, pipeline, steps
+from resnet_jax import configuration, data, experiment, models, parallel, pipeline, record, steps
 from resnet_jax.checkpoint import Checkpointer, CheckpointError, error_reason
+from resnet_jax.onednn import library
 from resnet_jax.workdir import CHECKPOINTS_DIR
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("latest", "best")
 # The sections a trained run's tools let `--config.KEY=VALUE` override: the data to read, and how to score it. The
-# model and its training are the run's own.
+# model and its training are the run's own, but for the kernels it computes on (`KERNEL_KEYS`): the run's recorded
+# ones unless named.
 READING_SECTIONS = ("data", "eval")
+KERNEL_KEYS = record.KERNEL_KEYS  # model.conv_backend, model.norm_backend
 # The `data` keys that name another dataset: what the run recorded of its own (a folder's classes and files, the
 # splits' sizes and draws) no longer holds, and the run's holdouts are not drawn from it.
 _OTHER_DATA_KEYS = ("dataset", "source", "files_dir", "data_dir")
@@ -61,9 +67,8 @@ def is_checkpoint_name(text: str) -> bool:
     return text in CHECKPOINT_NAMES or (text.isdigit() and int(text) >= 0)
 
 
-def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with: its config.json over today's defaults, so that a run written before
-    a key existed still loads (the key takes its default)."""
+def _read_saved(workdir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A workdir's config.json as saved, and its path; a RunError naming what is wrong with either."""
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise RunError(f"--workdir {str(workdir)!r} is not a folder; give the --workdir a training run used")
@@ -74,9 +79,12 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
             f"train one first: python train.py --workdir {workdir} --config configs/NAME.py"
         )
     try:
-        saved = configuration.read_json(path)
+        return path, configuration.read_json(path)
     except (OSError, ValueError) as error:
         raise RunError(f"{path} cannot be read as JSON ({error}); it is damaged: restore it from a copy") from None
+
+
+def _saved_config(path: Path, saved: Any) -> ml_collections.ConfigDict:
     defaults = experiment.base_config()
     sections = [name for name, value in defaults.items() if isinstance(value, ml_collections.ConfigDict)]
     if not isinstance(saved, dict) or any(not isinstance(saved.get(name, {}), dict) for name in sections):
@@ -90,20 +98,86 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise RunError(f"{path} holds a value of the wrong type ({error}); it is damaged: restore it") from None
 
 
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with: its config.json over today's defaults, so that a run written before
+    a key existed still loads (the key takes its default)."""
+    return _saved_config(*_read_saved(workdir))
+
+
+def _recorded_ran(saved: Any) -> dict[str, Any]:
+    """What config.json's record says the run ran as (`record.what_ran`); {} for a run that kept no record."""
+    run_record = saved.get(configuration.RECORD_KEY) if isinstance(saved, dict) else None
+    ran = run_record.get("ran") if isinstance(run_record, dict) else None
+    return ran if isinstance(ran, dict) else {}
+
+
+def _onednn_unavailable(key: str, dtype: Any) -> str:
+    """Why oneDNN's kernel of `key` (a `KERNEL_KEYS` key) cannot compute in `dtype` in this process, as
+    `models.build_model` would refuse it ("" where it can)."""
+    if jax.default_backend() != "cpu":
+        return f"oneDNN runs on CPUs only, and this machine computes on {jax.default_backend()}"
+    if key == "model.norm_backend" and jax.device_count() != 1:
+        return f"oneDNN's BatchNorm needs one CPU device, and there are {jax.device_count()}"
+    return library.dtype_unavailable_reason(dtype)
+
+
+def as_recorded(
+    config: ml_collections.ConfigDict, ran: dict[str, Any], named: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
+    """A copy of a run's `config` that computes as its record says the run did (`ran`, `record.what_ran`): in the
+    dtype it resolved, on the kernels it ran, but for the `KERNEL_KEYS` in `named` (overrides given to the tool,
+    which win; naming the convolutions' leaves BatchNorm to follow them, as its 'auto' does).
+
+    Recorded kernels that cannot run here (oneDNN's, where the extension is not built, has no kernels for the dtype,
+    or the devices are not one CPU) give way to XLA's, said in one log line: the same weights, so the results differ
+    in the last bits only. A run that kept no record computes as its config says."""
+    config = config.copy_and_resolve_references()
+    if ran.get("model.dtype") in models.DTYPES:
+        config.model.dtype = ran["model.dtype"]
+    if "model.conv_backend" in named and "model.norm_backend" not in named:
+        config.model.norm_backend, named = "auto", [*named, "model.norm_backend"]
+    # None for a dtype the model section refuses, in one line, as the run is built.
+    dtype = models.resolve_dtype(config.model) if config.model.dtype in ("auto", *models.DTYPES) else None
+    fallen = {}
+    for key in KERNEL_KEYS:
+        setting = ran.get(key)
+        if key in named or setting not in ("xla", "onednn"):
+            continue
+        reason = _onednn_unavailable(key, dtype) if setting == "onednn" and dtype is not None else ""
+        if reason:
+            fallen[key], setting = reason, "xla"
+        config.model[key.split(".", 1)[1]] = setting
+    if fallen:
+        what = " and ".join("convolutions" if key == "model.conv_backend" else "BatchNorm" for key in fallen)
+        logger.warning(
+            "this run computed its %s on onednn, which cannot run here (%s); computing on xla instead: the same "
+            "weights, so the results may differ in the last bits (--config.%s=xla asks for it by name)",
+            what,
+            "; ".join(dict.fromkeys(fallen.values())),
+            next(iter(fallen)),
+        )
+    return config
+
+
 def check_reading_overrides(overrides: Sequence[str]) -> list[str]:
-    """The keys of `key=value` overrides, each of `READING_SECTIONS`; else a RunError naming the first that is not."""
+    """The keys of `key=value` overrides, each of `READING_SECTIONS` or `KERNEL_KEYS`; else a RunError naming the
+    first that is not."""
     keys = [text.split("=", 1)[0].strip() for text in overrides]
-    outside = next((key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS), None)
+    outside = next(
+        (key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS and key not in KERNEL_KEYS), None
+    )
     if outside is not None:
         raise RunError(
             f"--config.{outside}: a trained run's tools take data.* and eval.* overrides only (the data to read and "
-            "how to score it); the model and its training are the run's"
+            "how to score it), and the kernels to compute on (model.conv_backend, model.norm_backend); the model and "
+            "its training are the run's"
         )
     return keys
 
 
 def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """A run's config with `section.key=value` overrides of `READING_SECTIONS` applied: other data to score.
+    """A run's config with `section.key=value` overrides of `READING_SECTIONS` (and `KERNEL_KEYS`) applied: other
+    data to score.
 
     The network still sees its input as it was trained: unless the overrides set them, other data is brought to the
     run's input shape (`data.image_size`, `data.channels`) and normalised with the run's mean and std, with nothing
@@ -229,16 +303,20 @@ def restore_run(
 ) -> TrainedRun:
     """Rebuilds a workdir's model from its config.json and restores the weights of one checkpoint (latest, best or
     a step number), replicated on `mesh` (default: every device). `overrides` (`data.KEY=VALUE`, `eval.KEY=VALUE`)
-    point it at other data (`with_reading_overrides`).
+    point it at other data (`with_reading_overrides`); the model computes in the dtype and on the kernels the run's
+    record says it ran, or those `model.conv_backend` / `model.norm_backend` overrides name (`as_recorded`).
 
     Only the weights are taken: the checkpoint is read as it was saved, so one whose optimizer state has another
     layout (an optimizer of another release, another optimizer) still loads. Weights that do not fit the config's
     model end in a CheckpointError naming the first parameter that differs.
     """
     workdir = Path(workdir)
-    config = load_run_config(workdir)
+    path, saved = _read_saved(workdir)
+    config = _saved_config(path, saved)
     classes = _run_classes(config)
     config = with_reading_overrides(config, overrides)
+    named = [key for key in check_reading_overrides(overrides) if key in KERNEL_KEYS]
+    config = as_recorded(config, _recorded_ran(saved), named)
     built = build_for_inference(config, mesh)
     if overrides:
         _check_same_classes(built, classes)

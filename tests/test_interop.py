@@ -18,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from resnet_jax import configuration, data, experiment, inference, models
 from resnet_jax.interop import files, layouts, runs
+from resnet_jax.onednn import backend
 from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import features as features_tool
@@ -210,6 +211,34 @@ def test_a_conversion_that_cannot_write_its_record_leaves_nothing_and_runs_again
     monkeypatch.setattr(configuration, "write_json", write_json)
     assert convert_tool.main(command) == 0
     assert inference.restore_run(tmp_path / "run").step == 0
+
+
+def test_a_converted_run_records_what_it_runs_as_as_a_trained_run_does(tmp_path):
+    save_file(case_state_dict(CASES["akamaster_resnet20"]), tmp_path / "resnet20.safetensors")
+    asked = ["--config.model.dtype=auto", "--config.train.batch_size=32"]
+    command = ["--from", str(tmp_path / "resnet20.safetensors"), "--workdir", str(tmp_path / "run"), *TINY_DATA]
+    assert convert_tool.main([*command, *asked]) == 0
+    saved = json.loads((tmp_path / "run" / configuration.CONFIG_FILE).read_text())
+    # What 'auto' computes in and on here, as a run of this config starting here would record it.
+    dtype = backend.auto_dtype("auto")
+    conv, norm = backend.kernels("auto", "auto", dtype, "auto")
+    ran = saved[configuration.RECORD_KEY]["ran"]
+    assert saved["model"]["dtype"] == ran["model.dtype"] == jnp.dtype(dtype).name
+    assert (ran["model.conv_backend"], ran["model.norm_backend"]) == (conv, norm)
+    assert (ran["platform"], ran["devices"], ran["processes"]) == (jax.default_backend(), jax.device_count(), 1)
+    assert ran["versions"]["jax"] == jax.__version__
+    assert saved[configuration.RECORD_KEY]["asked"] == {
+        "model.dtype": "auto",
+        "model.conv_backend": "auto",
+        "model.norm_backend": "auto",
+    }
+    assert (saved[configuration.RECORD_KEY]["changes"], saved[configuration.RECORD_KEY]["from_step"]) == ([], 0)
+    # The splits' sizes, as a run records them when it starts; the training keys as asked, not the tools' copy's.
+    assert saved["data"]["split_sizes"] == {"train": 64, "validation": 0, "test": 48}
+    assert (saved["train"]["batch_size"], saved["schedule"]["name"]) == (32, experiment.base_config().schedule.name)
+    # The tools read it as they read a trained run: in the dtype and on the kernels recorded.
+    model = inference.restore_run(tmp_path / "run").experiment.model
+    assert (model.dtype, model.conv_backend, model.norm_backend) == (dtype, conv, norm)
 
 
 def test_a_head_of_another_class_count_starts_fresh_and_the_backbone_is_kept(tmp_path):

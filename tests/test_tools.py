@@ -7,6 +7,7 @@ orbax checkpoints of a built experiment's state, at steps 4 and 8 with different
 import csv
 import json
 import runpy
+import shutil
 import subprocess
 import textwrap
 
@@ -18,7 +19,20 @@ import optax
 import pytest
 from PIL import Image
 
-from resnet_jax import checkpoint, configuration, data, experiment, export, inference, metrics, parallel, plots
+from resnet_jax import (
+    checkpoint,
+    configuration,
+    data,
+    experiment,
+    export,
+    inference,
+    metrics,
+    models,
+    parallel,
+    plots,
+    record,
+)
+from resnet_jax.onednn import backend, library
 from resnet_jax.tools import convert as convert_tool
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import export as export_tool
@@ -492,3 +506,94 @@ def test_a_run_on_official_files_since_moved_exports_and_predicts_and_evaluate_n
         assert stop.value.code == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if not line.endswith("compile included ...")]
         assert len(errors) == 1 and errors[0].startswith(f"error: {str(files)!r} does not exist"), errors
+
+
+# What `library.unavailable_reason` says on a machine where the oneDNN extension was never built.
+NOT_BUILT = "the oneDNN extension is not built (libresnet_jax_onednn.so); build it with bash scripts/setup.sh"
+# A run recorded on an accelerator: XLA's kernels (oneDNN's run on CPUs only).
+ON_A_GPU = {
+    "model.conv_backend": "xla",
+    "model.norm_backend": "xla",
+    "platform": "gpu",
+    "device_kind": "NVIDIA H100 80GB HBM3",
+}
+
+
+def recorded_workdir(run_dir, built, destination, ran, section=None):
+    """A copy of `run_dir` whose config.json keeps the record a trainer writes (`record.make_record`), saying the
+    run ran as `ran` says (elsewhere), its config's `section` keys changed."""
+    shutil.copytree(run_dir, destination)
+    config = configuration.apply_overrides(built.config, section or {})
+    run_record = record.make_record(None, config, config, record.what_ran(built.model) | ran, [], 0)
+    configuration.write_json(
+        {**config.to_dict(), configuration.RECORD_KEY: run_record}, destination / configuration.CONFIG_FILE
+    )
+    return destination
+
+
+def by_hand_logits(run, images, dtype):
+    """The run's weights applied by a model built by hand in `dtype` on XLA's kernels."""
+    model = models.get_model(run.config.model.name, num_classes=10, dtype=dtype, conv_backend="xla")
+    return np.asarray(model.apply(run.variables, normalized(run.experiment.step_config, images), train=False))
+
+
+def test_the_tools_compute_in_the_dtype_and_on_the_kernels_the_run_recorded(run_dir, built, run, tmp_path):
+    # A run that computed in the dtype 'auto' does not pick here, on XLA's kernels (as on a GPU), its config saying
+    # 'auto' for all three: here 'auto' would pick another dtype, and oneDNN's kernels where they are built.
+    here = jnp.dtype(backend.auto_dtype("auto")).name
+    elsewhere = "bfloat16" if here == "float32" else "float32"
+    section = {"model.dtype": "auto", "model.conv_backend": "auto", "model.norm_backend": "auto"}
+    workdir = recorded_workdir(run_dir, built, tmp_path / "gpu", ON_A_GPU | {"model.dtype": elsewhere}, section)
+    recorded = inference.restore_run(workdir)
+    model = recorded.experiment.model
+    assert (jnp.dtype(model.dtype).name, model.conv_backend, model.norm_backend) == (elsewhere, "xla", "xla")
+    # The same weights, scored in that dtype: against a float32 model built by hand, to float32's rounding, or off
+    # by bfloat16's (its 8 bits of mantissa: 4e-3 of each value, over a network).
+    images = split_arrays(run.config, "test").images
+    chex.assert_trees_all_equal(recorded.variables, run.variables)
+    logits = inference.evaluate_split(recorded).logits
+    off = np.abs(logits - by_hand_logits(run, images, "float32")).max()
+    assert off < 1e-4 if elsewhere == "float32" else 1e-4 < off < 3e-2
+
+
+def test_recorded_kernels_that_cannot_run_here_give_way_to_xlas_in_one_log_line(
+    run_dir, built, run, tmp_path, capsys, monkeypatch
+):
+    # The run computed on oneDNN; this machine has no oneDNN extension.
+    monkeypatch.setattr(library, "unavailable_reason", lambda: NOT_BUILT)
+    onednn = {"model.conv_backend": "onednn", "model.norm_backend": "onednn", "model.dtype": "float32"}
+    workdir = recorded_workdir(run_dir, built, tmp_path / "cpu", onednn)
+    capsys.readouterr()
+    assert evaluate_tool.main(["--workdir", str(workdir), "--out", str(tmp_path / "eval")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "onednn" in line]
+    assert len(said) == 1, said
+    assert "convolutions and BatchNorm on onednn" in said[0]
+    assert NOT_BUILT in said[0] if jax.default_backend() == "cpu" else "runs on CPUs only" in said[0]
+    assert "computing on xla instead" in said[0] and "last bits" in said[0]
+    recorded = inference.restore_run(workdir)
+    assert (recorded.experiment.model.conv_backend, recorded.experiment.model.norm_backend) == ("xla", "xla")
+    images = split_arrays(run.config, "test").images
+    chex.assert_trees_all_close(
+        inference.evaluate_split(recorded).logits, by_hand_logits(run, images, "float32"), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_kernels_named_on_a_tool_win_over_the_record_and_the_rest_of_the_model_is_the_runs(
+    run_dir, built, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(library, "unavailable_reason", lambda: NOT_BUILT)
+    onednn = {"model.conv_backend": "onednn", "model.norm_backend": "onednn", "model.dtype": "float32"}
+    workdir = recorded_workdir(run_dir, built, tmp_path / "cpu", onednn)
+    run = ["--workdir", str(workdir), "--out", str(tmp_path / "eval")]
+    capsys.readouterr()
+    # Asked for by name: no fall-back to tell of, and BatchNorm follows the convolutions.
+    assert evaluate_tool.main([*run, "--config.model.conv_backend=xla"]) == 0
+    assert "onednn" not in capsys.readouterr().err
+    named = inference.restore_run(workdir, overrides=["model.conv_backend=xla"]).experiment.model
+    assert (named.conv_backend, named.norm_backend) == ("xla", "xla")
+    # Kernels that cannot run here, named, are refused in one line saying why.
+    line = cli_error(evaluate_tool.main, [*run, "--config.model.conv_backend=onednn"], capsys)
+    assert "model.conv_backend='onednn' cannot run" in line and NOT_BUILT in line
+    # The model's other keys are the run's.
+    line = cli_error(evaluate_tool.main, [*run, "--config.model.dtype=bfloat16"], capsys)
+    assert line.startswith("error: --config.model.dtype: a trained run's tools take data.* and eval.* overrides")

@@ -1,6 +1,7 @@
-"""Weights moved between a PyTorch file and a run's workdir. A converted run is an ordinary workdir: `config.json`,
-one checkpoint at step 0 in the current state format (fresh optimizer state), and `conversion.json` saying where
-its weights came from, so that evaluate, predict, export, train (which resumes it) and a fine-tune read it as is.
+"""Weights moved between a PyTorch file and a run's workdir. A converted run is an ordinary workdir: `config.json`
+with its record (`resnet_jax.record`), as a trained run's, one checkpoint at step 0 in the current state format
+(fresh optimizer state), and `conversion.json` saying where its weights came from, so that evaluate, predict, export,
+train (which resumes it) and a fine-tune read it as is.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import atomic, configuration, data, experiment, inference, lock, models, pipeline
+from resnet_jax import atomic, configuration, data, experiment, inference, lock, models, pipeline, record
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.interop import files, layouts
 from resnet_jax.interop.layouts import InteropError, Match
-from resnet_jax.workdir import CHECKPOINTS_DIR
+from resnet_jax.workdir import CHECKPOINTS_DIR, WorkdirError, write_record
 
 CONVERSION_FILE = "conversion.json"
 DEFAULT_DATASET = "cifar10"  # of a file that does not say which dataset its weights were trained on
@@ -143,8 +144,12 @@ def write_converted_run(
         config = converted_config(found, dataset, overrides, recorded)
     except InteropError as error:
         raise InteropError(f"{source}: {error}") from None
-    # Built as the tools build a run (no training batch to fit), with the optimizer state a resume starts from.
+    # Built as the tools build a run (no training batch to fit), with the optimizer state a resume starts from; in
+    # the dtype and on the kernels a run of this config starts on here, which config.json records as a trainer's does.
+    asked, config = config, record.resolved(config, None)
     built = inference.build_for_inference(config)
+    config.data = built.config.data  # with what a run records as it starts: its splits' sizes, a folder's classes
+    run_record = record.make_record(None, asked, config, record.what_ran(built.model), [], 0)
     state = built.new_state()
     try:
         variables = layouts.to_variables(state_dict, found)
@@ -163,7 +168,7 @@ def write_converted_run(
     state = state.replace(**placed)
     if state.ema is not None:
         state = state.replace(ema=placed)
-    record = {
+    conversion = {
         "source": str(source.absolute()),
         "sha256": _sha256(source),
         "layout": found.layout.name,
@@ -184,13 +189,13 @@ def write_converted_run(
                 checkpointer = Checkpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=False)
                 try:
                     meta = {"position": pipeline.DataPosition().to_dict(), "step": 0}
-                    checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": record})
+                    checkpointer.save(0, state.checkpoint_tree(), meta | {"conversion": conversion})
                     checkpointer.wait()
                 finally:
                     checkpointer.close()
-                atomic.write_text(workdir / CONVERSION_FILE, json.dumps(record, indent=2) + "\n")
-                # Last: a config.json says the run is whole.
-                configuration.write_json(config, workdir / configuration.CONFIG_FILE)
+                atomic.write_text(workdir / CONVERSION_FILE, json.dumps(conversion, indent=2) + "\n")
+                # Last: a config.json says the run is whole. Written as the trainer writes a run's, with its record.
+                write_record(config, run_record, workdir)
             except BaseException:
                 # What this conversion wrote into the folder it found empty, so that the same command can run again.
                 shutil.rmtree(workdir / CHECKPOINTS_DIR, ignore_errors=True)
@@ -198,7 +203,9 @@ def write_converted_run(
                 raise
     except OSError as error:
         raise InteropError(f"cannot write the converted run into {workdir}: {error.strerror or error}") from None
-    return record
+    except WorkdirError as error:
+        raise InteropError(str(error)) from None
+    return conversion
 
 
 def layout_of_run(config: ml_collections.ConfigDict, layout_name: str | None = None) -> layouts.Layout:

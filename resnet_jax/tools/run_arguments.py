@@ -1,6 +1,7 @@
 """The arguments of every tool on a trained run, defined once: `--workdir`, `--checkpoint latest|best|STEP`,
 `--tta none|flip` and, for the tools that read data, `--config.data.KEY=VALUE` / `--config.eval.KEY=VALUE`
-overrides; what `--tta`'s default means, and the errors those tools end in one line.
+overrides (and the kernels', `--config.model.conv_backend` / `norm_backend`); what `--tta`'s default means, and the
+errors those tools end in one line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ DATA_OVERRIDES = (
     "--config.data.KEY=VALUE and --config.eval.KEY=VALUE override the run's data and evaluation settings (the model "
     "is the run's), e.g. --config.data.source=folder --config.data.files_dir=~/pets to read a folder of class "
     "folders of images, or --config.data.source=files --config.data.files_dir=DIR for official files; other data is "
-    "brought to the run's input shape and normalised as the run was."
+    "brought to the run's input shape and normalised as the run was. The model computes in the dtype and on the "
+    "kernels the run recorded (XLA's, said in one line, where those cannot run here); "
+    "--config.model.conv_backend=xla|onednn|auto and --config.model.norm_backend=... name others."
 )
 
 
