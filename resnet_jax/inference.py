@@ -261,9 +261,8 @@ def resolve_checkpoint(checkpointer: Checkpointer, checkpoint: str) -> int:
         raise RunError(f"--checkpoint {checkpoint!r} is not latest, best or a step number")
     step = int(checkpoint)
     if step not in available:
-        raise RunError(
-            f"checkpoint step {step} is not in {where}; available: {', '.join(map(str, available))}, latest, best"
-        )
+        names = ["latest", "best"] if checkpointer.best_step() is not None else ["latest"]
+        raise RunError(f"checkpoint step {step} is not in {where}; available: {', '.join(map(str, available + names))}")
     return step
 
 

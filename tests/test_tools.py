@@ -283,7 +283,7 @@ def test_a_config_json_from_before_a_key_existed_still_loads(run_dir, tmp_path):
     assert config.model.name == "resnet8_tiny"
 
 
-def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, tmp_path, capsys):
+def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, built, new_state, tmp_path, capsys):
     assert "not a folder" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path / "missing")], capsys)
     assert "no config.json" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path)], capsys)
     (tmp_path / "config.json").write_text("{not json")
@@ -295,7 +295,14 @@ def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, tmp_path, cap
     assert "holds no checkpoint" in message
     message = cli_error(evaluate_tool.main, ["--workdir", str(run_dir), "--checkpoint", "7"], capsys)
     assert "checkpoint step 7 is not in" in message
-    assert "available: 4, 8" in message
+    assert message.endswith("available: 4, 8, latest, best")
+    # A run that ranked no checkpoint (no validation split) is not offered a best it would then refuse.
+    unranked = tmp_path / "unranked"
+    (unranked / "config.json").parent.mkdir()
+    (unranked / "config.json").write_text((run_dir / "config.json").read_text())
+    save_checkpoint(unranked, 4, trained_state(built, new_state, seed=4).checkpoint_tree())
+    message = cli_error(evaluate_tool.main, ["--workdir", str(unranked), "--checkpoint", "7"], capsys)
+    assert message.endswith("available: 4, latest")
     message = cli_error(evaluate_tool.main, ["--workdir", str(run_dir), "--checkpoint", "newest"], capsys)
     assert "not latest, best or a step number" in message
     message = cli_error(
