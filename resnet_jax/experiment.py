@@ -83,6 +83,15 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
     configuration.check_choice("train.gradient_flow", train_config.gradient_flow, (False, True))
 
 
+def as_read_now(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json as this version reads it: one written when train.num_steps above 0 won over a
+    train.num_epochs also above 0 trained by steps, which is now said with num_epochs 0 (both above 0 is refused)."""
+    train = saved.get("train")
+    if isinstance(train, dict) and train.get("num_steps") and train.get("num_epochs"):
+        return {**saved, "train": {**train, "num_epochs": 0}}
+    return saved
+
+
 def check_eval_config(eval_config: ml_collections.ConfigDict) -> None:
     configuration.check_positive("eval.batch_size", eval_config.batch_size, integer=True)
     configuration.check_at_least("eval.every_epochs", eval_config.every_epochs, 0, "0: only at the end of the run")

@@ -93,7 +93,7 @@ def _saved_config(path: Path, saved: Any) -> ml_collections.ConfigDict:
             "from a copy, or train the run again"
         )
     try:
-        return configuration.from_saved(saved, defaults)
+        return configuration.from_saved(experiment.as_read_now(saved), defaults)
     except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type than the key's
         raise RunError(f"{path} holds a value of the wrong type ({error}); it is damaged: restore it") from None
 

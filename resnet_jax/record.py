@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configuration, models, onednn, optim
+from resnet_jax import configuration, experiment, models, onednn, optim
 from resnet_jax.configuration import ConfigError
 from resnet_jax.onednn import library
 
@@ -84,7 +84,7 @@ def read_previous(workdir: Path) -> dict[str, Any] | None:
             f"{path} is damaged ({problem}), so this run cannot be checked against it; delete it to resume with the "
             "config given, or pass --fresh to archive the run and start over"
         )
-    return saved
+    return experiment.as_read_now(saved)
 
 
 def _is_step(value: Any) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from resnet_jax import configuration, data, lock, metrics, trainer
+from resnet_jax import configuration, data, inference, lock, metrics, trainer
 from resnet_jax.configuration import ConfigError
 from resnet_jax.data import DataError
 from resnet_jax.tools import train as train_tool
@@ -296,3 +296,18 @@ def test_a_damaged_record_is_refused_in_one_line_with_status_2(trained, tmp_path
     line = train_tool_refuses(["--workdir", str(workdir), *smoke], capsys)
     assert line.startswith(f"error: {workdir / configuration.CONFIG_FILE} is damaged ({problem}")
     assert snapshot(workdir) == before
+
+
+def test_a_run_saved_with_both_lengths_is_read_as_trained_by_steps_by_the_tools_and_a_resume(trained, tmp_path):
+    # Before both were refused, train.num_steps above 0 won over train.num_epochs: such a config.json still reads.
+    workdir = copy_of(trained, tmp_path)
+    config_file = workdir / configuration.CONFIG_FILE
+    both = saved(workdir)
+    both["train"] |= {"num_steps": 8, "num_epochs": 1}
+    config_file.write_text(json.dumps(both))
+    run = inference.restore_run(workdir, "latest")
+    assert (run.config.train.num_steps, run.config.train.num_epochs) == (8, 0)
+    longer = {"train.num_steps": 16, "train.num_epochs": 0}
+    assert trainer.train_and_evaluate(load_config("smoke", **longer), workdir)["step"] == 16
+    changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
+    assert [change["key"] for change in changes] == ["train.num_steps"]
