@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from resnet_jax import atomic
-from resnet_jax.configuration import ConfigError
+from resnet_jax.configuration import CONFIG_FILE, ConfigError
 from resnet_jax.workdir import LOCK_FILE, create_workdir
 
 # Filesystems that cannot lock (some network mounts) answer these: the run goes on, unguarded, with a warning.
@@ -128,8 +128,8 @@ def _locked_here(folder: Path) -> bool:
         text = path.read_text() if path.is_file() else None
     except (OSError, UnicodeDecodeError):
         return False
-    if text is None or not text.strip():
-        return text is not None
+    if text is None or not text.strip():  # made this instant, or on a full disk: ours only beside a run's config
+        return text is not None and (folder / CONFIG_FILE).is_file()
     try:
         record = json.loads(text)
     except ValueError:
@@ -156,12 +156,14 @@ def sharing(workdir: str | os.PathLike | None, flag: str | None = None) -> Itera
     """Holds `workdir`'s lock shared, in this process alone, for the body: a tool's reading of a run and its writing
     into it, which a training, a sweep or a conversion of that workdir (holding it alone) is refused during; other
     tools may share it. Raises WorkdirBusy (`DIR is busy: ...`) at once when one of those holds it, offering `flag`
-    (`--out`) to write elsewhere. Holds nothing when `workdir` is None or no folder (no run there: the tool's read
-    says so), nor where no lock file can be made or read (a read-only disk, another user's folder): nothing holds
-    one there, and the tool's own write then fails, with its own message."""
+    (`--out`) to write elsewhere. Holds nothing when `workdir` is None or holds no run (no lock file, no
+    config.json: the tool's read says so), nor where no lock file can be made or read (a read-only disk, another
+    user's folder): nothing holds one there, and the tool's own write then fails, with its own message."""
     workdir = None if workdir is None else Path(workdir).expanduser()
     descriptor = None
-    if workdir is not None and workdir.is_dir():
+    # A folder with neither a lock file nor a run's config.json holds no run (the tool's read says so): a tool never
+    # leaves a lock file there, which would make it look like a workdir to every later tool.
+    if workdir is not None and ((workdir / LOCK_FILE).is_file() or (workdir / CONFIG_FILE).is_file()):
         path = workdir / LOCK_FILE
         try:
             descriptor = _acquire(path, shared=True)

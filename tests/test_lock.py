@@ -271,3 +271,20 @@ def test_degradation_writes_its_figure_and_table_under_the_folders_lock(tmp_path
     assert message.startswith(f"error: {workdir} is busy: another resnet-jax (pid {os.getpid()}, started "), message
     again = "run the same command again (its runs are done, and are read, not trained again)"
     assert message.endswith(f"is writing to it; wait for it, then {again}"), message
+
+
+def test_a_tool_leaves_no_lock_file_in_a_folder_that_holds_no_run(tmp_path, capsys):
+    # A mistyped --workdir: refused by the tool's read, and not made to look like a workdir to every later tool.
+    (tmp_path / "notarun").mkdir()
+    message = cli_error(evaluate.main, ["--workdir", str(tmp_path / "notarun")], capsys)
+    assert "has no config.json" in message
+    assert not (tmp_path / "notarun" / lock.LOCK_FILE).exists()
+    assert lock.enclosing_workdir(tmp_path / "notarun" / "eval") is None
+
+
+def test_another_programs_empty_lock_file_is_neither_locked_nor_written(tmp_path):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / lock.LOCK_FILE).write_text("")  # some other tool's lock file, beside no run
+    assert lock.enclosing_workdir(tmp_path / "project" / "eval") is None
+    (tmp_path / "project" / "config.json").write_text("{}")  # beside a run's config, an empty one is ours
+    assert lock.enclosing_workdir(tmp_path / "project" / "eval") == tmp_path / "project"

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from resnet_jax import configuration, metrics, trainer
+from resnet_jax import checkpoint, configuration, metrics, trainer
 from resnet_jax.tools import common, sweep
 from resnet_jax.tools import main as resnet_jax_main
 from resnet_jax.tools.sweep import report, run, spec
@@ -375,6 +375,25 @@ def test_a_grid_ranks_its_trials_reports_a_failure_and_runs_nothing_again(tmp_pa
     again = run.run_sweep(config, workdir, sweep_spec, top=2)
     assert len(stand_in.calls) == 6
     assert [r.name for r in again] == [r.name for r in results]
+
+
+def test_a_trial_whose_checkpoint_cannot_resume_ends_the_sweep_in_one_line_that_says_how_to_go_on(
+    tmp_path, smoke_config, monkeypatch, capsys
+):
+    refused = checkpoint.CheckpointRefused("checkpoint 8 in T/checkpoints was written by an earlier resnet-jax")
+
+    def refusing(config, workdir, mode="resume", on_evaluation=None):
+        raise refused
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", refusing)
+    sweep_spec = spec.make_spec(smoke_config, grids=["optimizer.learning_rate=0.1,0.2"])
+    with pytest.raises(SystemExit) as exited:
+        sweep.run_as_a_tool(smoke_config, str(tmp_path / "sweep"), sweep_spec, top=2, name="sweep")
+    assert exited.value.code == 2  # bad input, not a stop the same command would get past
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"error: {refused}. In a sweep, --fresh is moving that trial's folder away: the same command then runs it anew"
+    )
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def config_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         return get_dataset_info(data_config.dataset)
     if not (folder_recorded(data_config) and data_config.mean and data_config.std):
         if data_config.loader == "grain":
-            files = listing.open_listing(data_config.files_dir, data_config.files_digest)
+            files = listing.open_listing(data_config.files_dir)  # its digest is checked below, after the classes
             statistics = not (data_config.mean and data_config.std)
             found = listing.folder_info(files, data_config.image_size, data_config.channels, statistics)
             digest = files.digest

@@ -83,9 +83,12 @@ def run_as_a_tool(
     runtime.use_compile_cache()
     try:
         return run.run_sweep(config, workdir, sweep, top)
-    # MetricsError: a damaged metrics.jsonl; CheckpointRefused: a trial's checkpoint of another state's layout.
-    except (ConfigError, DataError, NameTooLongError, MetricsError, CheckpointRefused) as error:
+    except (ConfigError, DataError, NameTooLongError, MetricsError) as error:  # MetricsError: a damaged metrics.jsonl
         common.fail(error)
+    except CheckpointRefused as error:  # a trial's checkpoint of another state's layout
+        common.fail(
+            f"{error}. In a {name}, --fresh is moving that trial's folder away: the same command then runs it anew"
+        )
     # A full disk: the trial is left unfinished, and the same command resumes it first.
     except (CheckpointError, MetricsWriteError, WorkdirError) as error:
         print(f"{name} stopped: {error}", file=sys.stderr)
