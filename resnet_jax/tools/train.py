@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--init-from",
         metavar="RUN",
-        help="start a new run from another run's weights (a workdir, or one made by resnet-jax convert); the same "
+        help="start a new run from other weights (a run's workdir, one made by resnet-jax convert, or a PyTorch "
+        "state_dict file: .pth, .pt, .th, .safetensors); the same "
         "as --config.finetune.source=RUN; not with --finetune, which starts from the weights of --workdir's run",
     )
     args, config = common.parse_with_config(parser, argv)
