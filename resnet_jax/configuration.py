@@ -1,4 +1,4 @@
-"""Configs as data: loading a `--config` file, `--config.key=value` overrides, `config.json` and the identity check.
+"""Configs as data: loading a `--config` file, `--config.key=value` overrides, and `config.json` written and read.
 
 It knows no section's meaning: each consumer (models, data, optim, ...) owns its section's defaults and checks and
 uses the `check_*` helpers here, so every problem is one `ConfigError` line naming the key, the value and the fix.
@@ -271,7 +271,7 @@ def apply_override_texts(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# config.json and the identity of a run.
+# config.json: written, and read back as a config.
 
 
 def to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """What a run records beside the config it was asked (config.json's `record`): what that config ran as here (dtype,
 kernels, devices, processes, library versions) and every change accepted on a resume, with its step. And the resume
-rule: a resume trains what the run trained, from the weights it started from; it may be made longer, its kernels or
-devices may change when asked, and how it is scored, logged and saved may change: every such change is recorded.
+check (`check_resume`): same model, data and training, or refused. A resume trains what the run trained, from the
+weights it started from; it may be made longer, its kernels or devices may change when asked, and how it is scored,
+logged and saved may change: every such change is recorded.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A run's workdir: its restart modes (resume, fresh, finetune), the archive of a previous run, `config.json`, and
-the identity check that never lets a different model or data run mix into it. Nothing is ever deleted: a previous
-run is moved to `DIR/archive/<time>/`.
+"""A run's workdir: its restart modes (resume, fresh, finetune), the archive of a previous run, and `config.json`
+with its record. Nothing is ever deleted: a previous run is moved to `DIR/archive/<time>/`. Whether a resume may go on
+is `record.check_resume`'s to say.
 """
 
 from __future__ import annotations
