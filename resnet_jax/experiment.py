@@ -24,7 +24,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 TRAIN_DEFAULTS = {
     "batch_size": 128,  # global, over all devices
     "num_epochs": 0,
-    "num_steps": 64_000,  # > 0 wins over num_epochs
+    "num_steps": 64_000,  # the run's length is this or num_epochs, the other 0 (both above 0 is refused)
     # Steps per call (one lax.scan on accelerators, which hides Python and launch overhead; on CPUs the steps are
     # dispatched one by one, as XLA:CPU runs convolutions far slower inside loops). 0: automatic, 50 on
     # accelerators, 1 on CPUs (where a call gains nothing and logs come sooner) and with the grain loader (a call's
