@@ -1,7 +1,7 @@
 """The experiment a config describes, assembled: `build(config, mesh)` checks the config once and gives the model,
 optimizer, schedule, steps, shapes and split sizes, and `Experiment.lower_train_program()` the one train program that
-the trainer, the tools and the benchmarks all run. No loop, and no I/O but a new image folder's first reading;
-`base_config()` gathers every section's defaults.
+the trainer, the tools and the benchmarks all run. No loop; `build` reads no data but an image folder not recorded
+yet, and the data is read when a caller asks (`load_*_split`, `open_*`). `base_config()` gathers the sections' defaults.
 """
 
 from __future__ import annotations
