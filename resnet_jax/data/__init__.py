@@ -5,11 +5,10 @@ train.
 """
 
 from resnet_jax.data.download import fetch_official_files
-from resnet_jax.data.folder import ImageFolder, open_folder
+from resnet_jax.data.folder import open_folder
 from resnet_jax.data.registry import (
     DATASETS,
     FOLDER,
-    RUN_SPLITS,
     SOURCES,
     SPLITS,
     TRAIN_EVAL,
@@ -34,7 +33,7 @@ from resnet_jax.data.run_splits import (
     run_split_sizes,
 )
 from resnet_jax.data.section import DEFAULTS, check_config, default_files_dir, use_folder, use_official_files
-from resnet_jax.data.splits import describe, input_shape, load_split, normalization, split_size, to_input_shape
+from resnet_jax.data.splits import describe, load_split, split_size, to_input_shape
 from resnet_jax.data.synthetic import synthetic_split
 from resnet_jax.data.tfds_source import prepare
 
@@ -42,14 +41,12 @@ __all__ = [
     "DATASETS",
     "DEFAULTS",
     "FOLDER",
-    "RUN_SPLITS",
     "SOURCES",
     "SPLITS",
     "TRAIN_EVAL",
     "VALIDATION",
     "DataError",
     "DatasetInfo",
-    "ImageFolder",
     "SplitArrays",
     "check_config",
     "config_dataset_info",
@@ -66,9 +63,7 @@ __all__ = [
     "fetch_if_asked",
     "fetch_official_files",
     "get_dataset_info",
-    "input_shape",
     "load_split",
-    "normalization",
     "open_folder",
     "prepare",
     "record_split_sizes",

@@ -5,17 +5,13 @@ The package's face is the layouts and the files, which build on the zoo alone; `
 reads whole runs, builds on the experiment and is imported by name.
 """
 
-from resnet_jax.interop.files import read_state_dict, write_state_dict
-from resnet_jax.interop.layouts import LAYOUTS, InteropError, Layout, Match, match, to_state_dict, to_variables
+from resnet_jax.interop.files import read_state_dict
+from resnet_jax.interop.layouts import LAYOUTS, InteropError, match, to_variables
 
 __all__ = [
     "LAYOUTS",
     "InteropError",
-    "Layout",
-    "Match",
     "match",
     "read_state_dict",
-    "to_state_dict",
     "to_variables",
-    "write_state_dict",
 ]

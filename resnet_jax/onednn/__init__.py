@@ -4,7 +4,7 @@ differentiable JAX functions over it (conv.py, batch-partitioned; batchnorm.py, 
 kernels, its or XLA's, a model runs on here (backend.py)."""
 
 from resnet_jax.onednn.batchnorm import BatchNorm, batch_norm
-from resnet_jax.onednn.conv import conv2d, conv_general_dilated, supports
+from resnet_jax.onednn.conv import conv2d, conv_general_dilated
 from resnet_jax.onednn.library import available, unavailable_reason
 
-__all__ = ["BatchNorm", "available", "batch_norm", "conv2d", "conv_general_dilated", "supports", "unavailable_reason"]
+__all__ = ["BatchNorm", "available", "batch_norm", "conv2d", "conv_general_dilated", "unavailable_reason"]
