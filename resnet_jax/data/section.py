@@ -1,6 +1,6 @@
-"""The config's `data` section: its defaults and its checks, each key checked here, once, before anything is read.
-What the section reads (the dataset, the run's splits and their readers) is in run_splits.py; no other module checks
-its keys.
+"""The config's `data` section: its defaults and its checks, each key's form checked here, once, before anything is
+read. What the section reads (the dataset, the run's splits and their readers) is in run_splits.py, which checks, as
+it reads, what needs the data (a holdout against the train split's size, mean and std against its channels).
 """
 
 from __future__ import annotations
