@@ -1,6 +1,8 @@
 """Process-wide settings shared by the command-line tools: log output, XLA's persistent compilation cache, and the
 C allocator's reuse of freed memory. Made by each command's `main` as it starts, never on import: a program that
-imports resnet_jax as a library keeps its own.
+imports resnet_jax as a library keeps its own. But a dependency's import does touch logging: orbax (imported with
+`resnet_jax.checkpoint`) logs through absl as it loads, and absl then gives a root logger without handlers one on
+stderr, so a program configures its logging before that import, or calls `logging.basicConfig(force=True)`.
 
 The cache makes a resumed or repeated run skip most of its compile time (a restart after pre-emption, a sweep's
 trials). `JAX_COMPILATION_CACHE_DIR` chooses another folder; an empty value turns the cache off.
