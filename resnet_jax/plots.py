@@ -1,5 +1,6 @@
 """Figures of a run with matplotlib: training curves from `metrics.jsonl` (one run or several overlaid) and the
-confusion-matrix heat map. The trainer and the `plots` and `evaluate` tools draw with them.
+confusion-matrix heat map. The tools draw with them (`train` after its run, `plots`, `evaluate`, the sweep's and
+the comparison's reports, `degradation`); the library itself does not.
 """
 
 from __future__ import annotations
