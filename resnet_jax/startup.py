@@ -122,6 +122,7 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
         chunks = chunk_sizes(
             experiment.steps_per_call, experiment.steps_per_epoch, experiment.total_steps, position, step
         )
+        # The loop's program.train[n], fed or resident: n steps of `train_step` (steps.make_train_step), compiled here.
         if experiment.streamed:
             lowered = experiment.lower_fed_train_program(abstract_state, chunks)
             train_compiles = lowered.map(functools.partial(compiler.submit, _timed_compile))

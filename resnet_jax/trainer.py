@@ -253,6 +253,8 @@ class _Loop:
                     # Scanned, one call runs the chunk; else each step is a call of its own (dispatched without
                     # waiting, as the chunk's are).
                     per_call = count if program.scan else 1
+                    # program.train[n] runs n steps of `train_step` (steps.make_train_step), lowered by
+                    # Experiment.lower_train_program (lower_fed_train_program when streamed), compiled in startup.start.
                     for first in range(in_epoch, in_epoch + count, per_call):
                         if self.streamed:  # the next batches from the host, while the devices run the last ones
                             images, labels = ready.train_split.take(per_call)
