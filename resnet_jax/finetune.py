@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import optax
 
-from resnet_jax import checkpoint, configuration, interop
+from resnet_jax import checkpoint, configuration, interop, workdir
 from resnet_jax.models import HEAD
 
 FREEZE = ("none", "backbone", "all_but_head")
@@ -78,5 +78,6 @@ def start_weights(state: Any, source: str) -> Any:
         except interop.InteropError as error:
             raise checkpoint.CheckpointRefused(f"finetune.source={source!r}: {error}") from None
         return checkpoint.transplant_weights(state, weights, str(path))
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    run_checkpoints = path / workdir.CHECKPOINTS_DIR
+    directory = run_checkpoints if run_checkpoints.is_dir() else path
     return checkpoint.transplant_weights(state, checkpoint.newest_weights(directory), str(path))
