@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from resnet_jax import errors, interrupts, lock, plots, runtime, trainer
+from resnet_jax import errors, interrupts, lock, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError, CheckpointRefused
 from resnet_jax.metrics import MetricsError, MetricsWriteError
 from resnet_jax.tools import common
@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pre-empted: {stop}", flush=True)
         return 0
     if jax.process_index() == 0:
+        from resnet_jax import plots  # matplotlib, imported once the run is over: not part of the start-up time
+
         curves = Path(args.workdir) / plots.CURVES_FILE
         try:
             # The run's lock went with the training's end: taken again, shared as the tools take it, to draw.
