@@ -25,10 +25,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("latest", "best")
 # The sections a trained run's tools let `--config.KEY=VALUE` override: the data to read, and how to score it. The
-# model and its training are the run's own, but for the kernels it computes on (`KERNEL_KEYS`): the run's recorded
-# ones unless named.
+# model and its training are the run's own, but for the kernels it computes on (`record.KERNEL_KEYS`): the run's
+# recorded ones unless named.
 READING_SECTIONS = ("data", "eval")
-KERNEL_KEYS = record.KERNEL_KEYS  # model.conv_backend, model.norm_backend
 # The `data` keys that name another dataset: what the run recorded of its own (a folder's classes and files, the
 # splits' sizes and draws) no longer holds, and the run's holdouts are not drawn from it.
 _OTHER_DATA_KEYS = ("dataset", "source", "files_dir", "data_dir")
@@ -112,7 +111,7 @@ def _recorded_ran(saved: Any) -> dict[str, Any]:
 
 
 def _onednn_unavailable(key: str, dtype: Any) -> str:
-    """Why oneDNN's kernel of `key` (a `KERNEL_KEYS` key) cannot compute in `dtype` in this process, as
+    """Why oneDNN's kernel of `key` (a `record.KERNEL_KEYS` key) cannot compute in `dtype` in this process, as
     `models.build_model` would refuse it ("" where it can)."""
     if jax.default_backend() != "cpu":
         return f"oneDNN runs on CPUs only, and this machine computes on {jax.default_backend()}"
@@ -125,7 +124,7 @@ def as_recorded(
     config: ml_collections.ConfigDict, ran: dict[str, Any], named: Sequence[str] = ()
 ) -> ml_collections.ConfigDict:
     """A copy of a run's `config` that computes as its record says the run did (`ran`, `record.what_ran`): in the
-    dtype it resolved, on the kernels it ran, but for the `KERNEL_KEYS` in `named` (overrides given to the tool,
+    dtype it resolved, on the kernels it ran, but for the `record.KERNEL_KEYS` in `named` (overrides given to the tool,
     which win; naming the convolutions' leaves BatchNorm to follow them, as its 'auto' does).
 
     Recorded kernels that cannot run here (oneDNN's, where the extension is not built, has no kernels for the dtype,
@@ -139,7 +138,7 @@ def as_recorded(
     # None for a dtype the model section refuses, in one line, as the run is built.
     dtype = models.resolve_dtype(config.model) if config.model.dtype in ("auto", *models.DTYPES) else None
     fallen = {}
-    for key in KERNEL_KEYS:
+    for key in record.KERNEL_KEYS:
         setting = ran.get(key)
         if key in named or setting not in ("xla", "onednn"):
             continue
@@ -160,11 +159,11 @@ def as_recorded(
 
 
 def check_reading_overrides(overrides: Sequence[str]) -> list[str]:
-    """The keys of `key=value` overrides, each of `READING_SECTIONS` or `KERNEL_KEYS`; else a RunError naming the
+    """The keys of `key=value` overrides, each of `READING_SECTIONS` or `record.KERNEL_KEYS`; else a RunError naming the
     first that is not."""
     keys = [text.split("=", 1)[0].strip() for text in overrides]
     outside = next(
-        (key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS and key not in KERNEL_KEYS), None
+        (key for key in keys if key.split(".", 1)[0] not in READING_SECTIONS and key not in record.KERNEL_KEYS), None
     )
     if outside is not None:
         raise RunError(
@@ -176,7 +175,7 @@ def check_reading_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def with_reading_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """A run's config with `section.key=value` overrides of `READING_SECTIONS` (and `KERNEL_KEYS`) applied: other
+    """A run's config with `section.key=value` overrides of `READING_SECTIONS` (and `record.KERNEL_KEYS`) applied: other
     data to score.
 
     The network still sees its input as it was trained: unless the overrides set them, other data is brought to the
@@ -314,7 +313,7 @@ def restore_run(
     config = _saved_config(path, saved)
     classes = _run_classes(config)
     config = with_reading_overrides(config, overrides)
-    named = [key for key in check_reading_overrides(overrides) if key in KERNEL_KEYS]
+    named = [key for key in check_reading_overrides(overrides) if key in record.KERNEL_KEYS]
     config = as_recorded(config, _recorded_ran(saved), named)
     built = build_for_inference(config, mesh)
     if overrides:
