@@ -449,3 +449,31 @@ def test_the_scanned_loop_feeds_stacked_batches_and_trains_as_the_per_step_one(s
         initial, jax.tree.leaves(final_params(tmp_path)), jax.tree.leaves(final_params(straight_workdir)), strict=True
     ):
         assert np.linalg.norm(scanned - per_step) <= 1e-2 * np.linalg.norm(per_step - start)
+
+
+def test_a_checkpoint_saved_after_a_resume_with_other_workers_resumes_at_its_own_batch(
+    straight_run, tmp_path, monkeypatch
+):
+    # The stream opened at the step's batch (another worker count) saves Grain's state of that stream: restored, it
+    # must go on from the step it was saved at, not from as many batches after the run's start.
+    config, straight_workdir, straight = straight_run
+    one_worker = configuration.apply_overrides(config, {"data.workers": 1})
+    Recorded(monkeypatch, fail_at=5)  # dies taking step 6: checkpoint 4's Grain state is for one worker
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train_and_evaluate(one_worker, tmp_path)
+    recorded = Recorded(monkeypatch)
+    requested = trainer._StopRequests.requested
+
+    def stop_after_one_step(self, agree=True):
+        if len(recorded.seen) == 1 and self.signal_name is None:
+            self.signal_name = "SIGTERM"
+        return requested(self, agree)
+
+    monkeypatch.setattr(trainer._StopRequests, "requested", stop_after_one_step)
+    with pytest.raises(trainer.Preempted, match="saved checkpoint 5"):
+        trainer.train_and_evaluate(config, tmp_path)  # no workers: the stream starts at batch 4
+    monkeypatch.setattr(trainer._StopRequests, "requested", requested)
+    resumed = Recorded(monkeypatch)
+    trainer.train_and_evaluate(config, tmp_path)  # no workers again: checkpoint 5's Grain state is restored
+    assert recorded.seen[:1] + resumed.seen == straight[4:]
+    assert_same_run(tmp_path, straight_workdir)
