@@ -215,6 +215,7 @@ class _Loop:
             items = {startup.DATA_ITEM: self.ready.train_split.save_args()}
             meta[startup.STREAM_WORKERS] = self.config.data.workers
             meta[startup.STREAM_START] = self.ready.train_split.start
+            meta[startup.STREAM_PROCESSES] = jax.process_count()
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics, items)
 
     def _preempted(self, stop: _StopRequests, state, step, position, best) -> Preempted:
