@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tarfile
 import time
+import tracemalloc
 
 import chex
 import jax
@@ -146,6 +147,29 @@ def test_the_training_crop_is_torchvisions_random_resized_crop():
     buffer = __import__("io").BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     chex.assert_shape(crops.train_image(buffer.getvalue(), 24, 0, rng), (24, 24, 3))
+
+
+def test_the_sampled_statistics_are_the_train_images_and_never_held_as_floats(tmp_path):
+    # PNG files of one colour each (exact through decoding and any resize): the statistics are those of the colours,
+    # each image weighing alike at the network's size.
+    colours = [colour(index) for index in range(0, 48 * 7, 7)]
+    for index, rgb in enumerate(colours):
+        path = tmp_path / "train" / CLASSES[index % 3] / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + index, 30), rgb).save(path)
+    shutil.copytree(tmp_path / "train", tmp_path / "test")
+    files = listing.open_listing(tmp_path)
+    tracemalloc.start()
+    try:
+        info = listing.folder_info(files, 224, 3, statistics=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = np.asarray(colours, np.float64) / 255
+    np.testing.assert_allclose(info.mean, expected.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(info.std, expected.std(axis=0), atol=1e-6)
+    # The 48 decoded images are 7 MiB as uint8; as one float64 array, 8 times that.
+    assert peak < 48 * 224 * 224 * 3 * 8, peak
 
 
 def test_a_tar_streams_as_its_folder(pets, tmp_path):
