@@ -16,7 +16,7 @@ import posixpath
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -132,11 +132,22 @@ def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
+def walk(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` of `top` into linked folders too, as torchvision's ImageFolder reads them (a class folder linked from
+    elsewhere), but not into a link to a folder it is inside, which would loop."""
+    above: dict[str, frozenset[str]] = {}  # a folder still to walk -> the real paths of the folders it is inside
+    for folder, dirs, names in os.walk(top, followlinks=True):
+        inside = above.pop(folder, frozenset()) | {os.path.realpath(folder)}
+        dirs[:] = [name for name in dirs if os.path.realpath(os.path.join(folder, name)) not in inside]
+        above.update((os.path.join(folder, name), inside) for name in dirs)
+        yield folder, dirs, names
+
+
 def stat_tree(root: Path) -> list[tuple[str, int, int]]:
     """Every file under the splits' folders, with its size and time: the cache key of a plain folder."""
     found = []
     for split in FOLDER_SPLITS:
-        for folder, dirs, names in os.walk(root / split):
+        for folder, dirs, names in walk(root / split):
             dirs.sort()
             for name in sorted(names):
                 path = Path(folder) / name
@@ -147,7 +158,7 @@ def stat_tree(root: Path) -> list[tuple[str, int, int]]:
 
 def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> Files:
     folders = [
-        Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in os.walk(root / split)
+        Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in walk(root / split)
     ]
     sizes = {name: size for name, size, _ in listing}
     return sort_files(root, sizes, folders, lambda relative: (root / relative).read_bytes())

@@ -71,7 +71,7 @@ def open_listing(files_dir: str, recorded_digest: str = "") -> Listing:
         folders = [
             Path(path).relative_to(source).as_posix()
             for split in folder.FOLDER_SPLITS
-            for path, _, _ in os.walk(source / split)
+            for path, _, _ in folder.walk(source / split)
         ]
         sizes = {name: size for name, size, _ in listing}
         files = folder.sort_files(source, sizes, folders, _unused_reader)
