@@ -102,6 +102,19 @@ def test_class_folders_linked_from_elsewhere_read_as_the_folder_they_link_in_eit
     assert streamed.digest == opened.files_digest
 
 
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_a_folder_larger_than_memory_is_refused_before_decoding_naming_the_grain_loader(tmp_path, monkeypatch, as_tar):
+    root = write_folder(tmp_path / "pets")  # 18 images: 72 KiB decoded at 64x64 grey, a 20 KiB and more .tar
+    source = write_tar(root, tmp_path / "pets.tar") if as_tar else root
+    real_sysconf = os.sysconf
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 4}  # a machine of 16 KiB
+    monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name) or real_sysconf(name))
+    with pytest.raises(data.DataError, match="more than this machine's 0.0 GiB of memory") as refused:
+        data.open_folder(source, 64, 1)
+    assert "data.loader='grain'" in str(refused.value) and "\n" not in str(refused.value)
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing decoded
+
+
 def test_a_second_open_reads_the_cache_and_a_changed_file_decodes_again(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "pets")
     first = data.open_folder(root)
