@@ -21,7 +21,9 @@ from resnet_jax import configuration, experiment, models, onednn, optim
 from resnet_jax.configuration import ConfigError
 from resnet_jax.onednn import library
 
-VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")  # and oneDNN, whichever build is in
+# And oneDNN, whichever build is in. Grain orders and reads a streamed run's batches; Pillow decodes and resizes a
+# folder's images (either loader).
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain", "pillow")
 # Where the data is read or fetched from, not what it is: moving the files does not make another run.
 LOCATION_KEYS = ("data.files_dir", "data.data_dir", "data.download", "data.download_mirror")
 # Recorded as a run starts (0 until then): a run written before they were recorded is not another run.

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 DATA_ITEM = "data"  # the grain loader's iterator state, an item of each checkpoint beside "state" and "meta"
 STREAM_WORKERS = "data_workers"  # the meta's key of the Grain worker count whose iterator state the checkpoint holds
+# The meta's key of the batch that stream began at: Grain's state counts batches from there (0 unless a resume with
+# another worker count opened the stream at its step's batch).
+STREAM_START = "data_start"
+STREAM_PROCESSES = "data_processes"  # the meta's key of the process count whose iterator states the checkpoint holds
 
 
 @dataclasses.dataclass
@@ -152,10 +156,28 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
         data_started = time.perf_counter()
         if experiment.streamed:
             files = experiment.open_listing()
-            # Grain restores an iterator state into the worker count that saved it only; with another, the stream
-            # starts at the batch the saved state stood at: the step's (one batch a step).
-            from_step = restored is not None and meta.get(STREAM_WORKERS, config.data.workers) != config.data.workers
-            train_split = experiment.open_train_stream(files, start=step if from_step else 0)
+            # Grain restores an iterator state into the worker count that saved it only, and each process's into
+            # the process count that saved them; with another, the stream starts at the batch the saved state stood
+            # at: the step's (one batch a step).
+            processes = jax.process_count()
+            from_processes = restored is not None and meta.get(STREAM_PROCESSES, processes) != processes
+            if from_processes:  # each process's shard is another part of the split now
+                logger.warning(
+                    "checkpoint %d holds the train stream of %d processes, and this run has %d: its shards differ, so "
+                    "the batches from step %d on are not the ones the %d processes would have read",
+                    step,
+                    meta[STREAM_PROCESSES],
+                    processes,
+                    step,
+                    meta[STREAM_PROCESSES],
+                )
+            from_step = from_processes or (
+                restored is not None and meta.get(STREAM_WORKERS, config.data.workers) != config.data.workers
+            )
+            start = 0
+            if restored is not None:  # Grain's saved state counts batches from the one its stream began at
+                start = step if from_step else meta.get(STREAM_START, 0)
+            train_split = experiment.open_train_stream(files, start=start)
             opened.append(train_split)
             if restored is not None and not from_step:
                 checkpointer.restore_item(step, DATA_ITEM, train_split.restore_args())

@@ -214,6 +214,8 @@ class _Loop:
         if self.streamed:  # the iterator's state is the position: it goes beside the train state
             items = {startup.DATA_ITEM: self.ready.train_split.save_args()}
             meta[startup.STREAM_WORKERS] = self.config.data.workers
+            meta[startup.STREAM_START] = self.ready.train_split.start
+            meta[startup.STREAM_PROCESSES] = jax.process_count()
         self.checkpointer.save(step, state.checkpoint_tree(), meta, metrics, items)
 
     def _preempted(self, stop: _StopRequests, state, step, position, best) -> Preempted:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax import configuration, data, experiment, record
-from resnet_jax.data import folder
+from resnet_jax.data import folder, listing
 from resnet_jax.tools import evaluate as evaluate_tool
 from resnet_jax.tools import export as export_tool
 from resnet_jax.tools import predict as predict_tool
@@ -81,6 +81,38 @@ def test_a_tarball_reads_as_its_folder_without_unpacking(tmp_path, name, top):
     for split in data.SPLITS:
         np.testing.assert_array_equal(from_archive.split(split).images, from_folder.split(split).images)
         np.testing.assert_array_equal(from_archive.split(split).labels, from_folder.split(split).labels)
+
+
+def test_class_folders_linked_from_elsewhere_read_as_the_folder_they_link_in_either_loader(tmp_path):
+    # A subset of a large folder is made of links to its class folders, as torchvision's ImageFolder reads them.
+    root = write_folder(tmp_path / "pets")
+    (root / "test" / "cat" / "again").symlink_to(root / "test" / "cat", target_is_directory=True)  # not walked into
+    linked = tmp_path / "linked"
+    for split in ("train", "test"):
+        for name in COLOURS:
+            (linked / split).mkdir(parents=True, exist_ok=True)
+            (linked / split / name).symlink_to(root / split / name, target_is_directory=True)
+    opened = data.open_folder(linked)
+    assert opened.info.split_sizes == {"train": 12, "test": 6}
+    assert opened.files_digest == data.open_folder(root).files_digest
+    for split in data.SPLITS:
+        np.testing.assert_array_equal(opened.split(split).images, data.open_folder(root).split(split).images)
+    streamed = listing.open_listing(linked)
+    assert streamed.names == listing.open_listing(root).names
+    assert streamed.digest == opened.files_digest
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_a_folder_larger_than_memory_is_refused_before_decoding_naming_the_grain_loader(tmp_path, monkeypatch, as_tar):
+    root = write_folder(tmp_path / "pets")  # 18 images: 72 KiB decoded at 64x64 grey, a 20 KiB and more .tar
+    source = write_tar(root, tmp_path / "pets.tar") if as_tar else root
+    real_sysconf = os.sysconf
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 4}  # a machine of 16 KiB
+    monkeypatch.setattr(os, "sysconf", lambda name: pages.get(name) or real_sysconf(name))
+    with pytest.raises(data.DataError, match="more than this machine's 0.0 GiB of memory") as refused:
+        data.open_folder(source, 64, 1)
+    assert "data.loader='grain'" in str(refused.value) and "\n" not in str(refused.value)
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing decoded
 
 
 def test_a_second_open_reads_the_cache_and_a_changed_file_decodes_again(tmp_path, monkeypatch):

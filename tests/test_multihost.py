@@ -176,3 +176,38 @@ def test_two_processes_train_on_streamed_shards_and_resume(tmp_path):
     run_two_processes(workdir, *folder, "train.num_epochs=2")
     evals = [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
     assert [(r["step"], r["test_examples"]) for r in evals] == [(4, 9.0), (8, 9.0)]
+
+
+@pytest.mark.slow
+def test_a_streamed_run_of_two_processes_resumes_in_one_from_its_step_with_the_change_recorded(tmp_path):
+    root = tmp_path / "pets"
+    test_stream.write_folder(root)
+    workdir = tmp_path / "run"
+    folder = (
+        f"data.files_dir={root}",
+        "data.dataset=folder",
+        "data.source=folder",
+        "data.loader=grain",
+        "data.image_size=8",
+        "data.workers=0",
+        "augment.crop_padding=0",
+        "train.batch_size=4",
+        "eval.batch_size=4",
+    )
+    run_two_processes(workdir, *folder, "train.num_epochs=1")
+    # The same 4 devices in one process: Grain keeps each process's iterator state for the process count that saved
+    # them, so this one's stream starts at the step's batch, and says that the shards changed.
+    resumed = subprocess.run(
+        train_command(workdir, "smoke", *folder, "train.num_epochs=2"),
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "holds the train stream of 2 processes, and this run has 1" in resumed.stderr + resumed.stdout
+    evals = [r for r in metrics.read_metrics(workdir) if "test_accuracy" in r]
+    assert [(r["step"], r["test_examples"]) for r in evals] == [(4, 9.0), (8, 9.0)]
+    record = json.loads((workdir / "config.json").read_text())["record"]
+    assert {"step": 4, "key": "ran.processes", "from": 2, "to": 1} in record["changes"]

@@ -11,7 +11,9 @@ import logging
 import shutil
 from pathlib import Path
 
+import grain
 import jax
+import PIL
 import pytest
 
 from resnet_jax import configuration, data, inference, lock, metrics, trainer
@@ -73,6 +75,9 @@ def test_config_json_records_what_was_asked_and_what_ran(trained):
     assert config["model"]["dtype"] == record["ran"]["model.dtype"] == "float32"
     assert record["ran"]["devices"] == jax.device_count() and record["ran"]["processes"] == 1
     assert record["ran"]["versions"]["jax"] == jax.__version__
+    # What reads a folder's images: Grain streams them, Pillow decodes them.
+    assert record["ran"]["versions"]["grain"] == grain.__version__
+    assert record["ran"]["versions"]["pillow"] == PIL.__version__
     # Whichever oneDNN build is installed (setup.sh installs a CPU-only one, not PyPI's `onednn`), its version.
     installed = {}
     for name in ("onednn-cpu-gomp", "onednn-cpu-tbb", "onednn"):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tarfile
 import time
+import tracemalloc
 
 import chex
 import jax
@@ -146,6 +147,29 @@ def test_the_training_crop_is_torchvisions_random_resized_crop():
     buffer = __import__("io").BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     chex.assert_shape(crops.train_image(buffer.getvalue(), 24, 0, rng), (24, 24, 3))
+
+
+def test_the_sampled_statistics_are_the_train_images_and_never_held_as_floats(tmp_path):
+    # PNG files of one colour each (exact through decoding and any resize): the statistics are those of the colours,
+    # each image weighing alike at the network's size.
+    colours = [colour(index) for index in range(0, 48 * 7, 7)]
+    for index, rgb in enumerate(colours):
+        path = tmp_path / "train" / CLASSES[index % 3] / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + index, 30), rgb).save(path)
+    shutil.copytree(tmp_path / "train", tmp_path / "test")
+    files = listing.open_listing(tmp_path)
+    tracemalloc.start()
+    try:
+        info = listing.folder_info(files, 224, 3, statistics=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = np.asarray(colours, np.float64) / 255
+    np.testing.assert_allclose(info.mean, expected.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(info.std, expected.std(axis=0), atol=1e-6)
+    # The 48 decoded images are 7 MiB as uint8; as one float64 array, 8 times that.
+    assert peak < 48 * 224 * 224 * 3 * 8, peak
 
 
 def test_a_tar_streams_as_its_folder(pets, tmp_path):
@@ -449,3 +473,31 @@ def test_the_scanned_loop_feeds_stacked_batches_and_trains_as_the_per_step_one(s
         initial, jax.tree.leaves(final_params(tmp_path)), jax.tree.leaves(final_params(straight_workdir)), strict=True
     ):
         assert np.linalg.norm(scanned - per_step) <= 1e-2 * np.linalg.norm(per_step - start)
+
+
+def test_a_checkpoint_saved_after_a_resume_with_other_workers_resumes_at_its_own_batch(
+    straight_run, tmp_path, monkeypatch
+):
+    # The stream opened at the step's batch (another worker count) saves Grain's state of that stream: restored, it
+    # must go on from the step it was saved at, not from as many batches after the run's start.
+    config, straight_workdir, straight = straight_run
+    one_worker = configuration.apply_overrides(config, {"data.workers": 1})
+    Recorded(monkeypatch, fail_at=5)  # dies taking step 6: checkpoint 4's Grain state is for one worker
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.train_and_evaluate(one_worker, tmp_path)
+    recorded = Recorded(monkeypatch)
+    requested = trainer._StopRequests.requested
+
+    def stop_after_one_step(self, agree=True):
+        if len(recorded.seen) == 1 and self.signal_name is None:
+            self.signal_name = "SIGTERM"
+        return requested(self, agree)
+
+    monkeypatch.setattr(trainer._StopRequests, "requested", stop_after_one_step)
+    with pytest.raises(trainer.Preempted, match="saved checkpoint 5"):
+        trainer.train_and_evaluate(config, tmp_path)  # no workers: the stream starts at batch 4
+    monkeypatch.setattr(trainer._StopRequests, "requested", requested)
+    resumed = Recorded(monkeypatch)
+    trainer.train_and_evaluate(config, tmp_path)  # no workers again: checkpoint 5's Grain state is restored
+    assert recorded.seen[:1] + resumed.seen == straight[4:]
+    assert_same_run(tmp_path, straight_workdir)

@@ -16,7 +16,7 @@ import posixpath
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -88,6 +88,8 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
         identity.append(stat.st_mtime_ns)
     entry = cache_root() / hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
     if not (entry / "info.json").is_file():
+        if is_archive:  # its images' bytes are held as it is read, at least the archive's size
+            _check_fits(source, stat.st_size, "its images' bytes", ", which reads a plain .tar or a folder")
         files = _read_archive(source) if is_archive else _read_tree(source, listing)
         _decode_into(entry, files, source, image_size, channels)
     meta = json.loads((entry / "info.json").read_text())
@@ -112,6 +114,25 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
     return ImageFolder(source, info, arrays, meta["files_digest"])
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(source: Path, needed: int, what: str, fix: str) -> None:
+    """What the device loader holds of a folder (`needed` bytes) must fit in this machine's memory, or reading it
+    ends in MemoryError's traceback, or the machine swaps or kills the run."""
+    memory = physical_memory()
+    if memory is not None and needed > memory:
+        raise DataError(
+            f"{source}: {what} take {needed / 2**30:,.1f} GiB, more than this machine's {memory / 2**30:,.1f} GiB of "
+            f"memory; stream them from their files with data.loader='grain' (docs/data.md, larger than memory){fix}"
+        )
+
+
 def check_files_digest(source: Path, recorded: str, digest: str) -> None:
     """Refuses the files of `source` when their digest is not the one a run recorded (`data.files_digest`; "": none
     yet), whichever loader reads them."""
@@ -132,11 +153,22 @@ def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative).parts)
 
 
+def walk(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` of `top` into linked folders too, as torchvision's ImageFolder reads them (a class folder linked from
+    elsewhere), but not into a link to a folder it is inside, which would loop."""
+    above: dict[str, frozenset[str]] = {}  # a folder still to walk -> the real paths of the folders it is inside
+    for folder, dirs, names in os.walk(top, followlinks=True):
+        inside = above.pop(folder, frozenset()) | {os.path.realpath(folder)}
+        dirs[:] = [name for name in dirs if os.path.realpath(os.path.join(folder, name)) not in inside]
+        above.update((os.path.join(folder, name), inside) for name in dirs)
+        yield folder, dirs, names
+
+
 def stat_tree(root: Path) -> list[tuple[str, int, int]]:
     """Every file under the splits' folders, with its size and time: the cache key of a plain folder."""
     found = []
     for split in FOLDER_SPLITS:
-        for folder, dirs, names in os.walk(root / split):
+        for folder, dirs, names in walk(root / split):
             dirs.sort()
             for name in sorted(names):
                 path = Path(folder) / name
@@ -147,7 +179,7 @@ def stat_tree(root: Path) -> list[tuple[str, int, int]]:
 
 def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> Files:
     folders = [
-        Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in os.walk(root / split)
+        Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in walk(root / split)
     ]
     sizes = {name: size for name, size, _ in listing}
     return sort_files(root, sizes, folders, lambda relative: (root / relative).read_bytes())
@@ -271,6 +303,9 @@ def _decode_into(entry: Path, files: Files, source: Path, image_size: int, chann
         for name, paths in files.classes[split].items()
         for path in paths
     ]
+    if image_size:  # at least one channel a pixel
+        fix = ", or give a smaller data.image_size"
+        _check_fits(source, len(jobs) * image_size**2 * (channels or 1), f"its {len(jobs):,} images decoded", fix)
     logger.info("decoding %d images from %s (once: they are cached in %s)", len(jobs), source, entry.parent)
 
     def decode(job: tuple[str, int, str]) -> np.ndarray | str:

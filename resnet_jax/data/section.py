@@ -72,13 +72,6 @@ def default_files_dir(dataset: str) -> str:
     return f"~/.cache/resnet-jax/data/{dataset}"
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # a system that does not say
-        return None
-
-
 def check_config(data_config: ml_collections.ConfigDict) -> None:
     """Raises a one-line ConfigError for the first `data` key that cannot work (no file is read)."""
     configuration.check_choice("data.dataset", data_config.dataset, (*DATASETS, FOLDER))
@@ -205,7 +198,7 @@ def _check_folder_config(data_config: ml_collections.ConfigDict) -> None:
 def _check_memory(data_config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
     """The splits, at the network's input shape, must fit in this machine's memory: else numpy's allocation fails
     with a traceback, or the machine swaps."""
-    memory = _physical_memory()
+    memory = folder.physical_memory()
     if memory is None:
         return
     height, width, channels = run_splits.config_input_shape(data_config)

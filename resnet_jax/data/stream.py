@@ -145,8 +145,9 @@ class TrainStream:
     """This process's training batches, for ever, in the run's order: `take(n)` gives the next `n`, stacked. Its
     position is Grain's iterator state, which a checkpoint keeps (`save_args` / `restore_args`)."""
 
-    def __init__(self, files: Files, dataset: grain.MapDataset, workers: int, buffer: int):
+    def __init__(self, files: Files, dataset: grain.MapDataset, workers: int, buffer: int, start: int = 0):
         self.files = files
+        self.start = start  # the run's batch the stream began at: Grain's iterator state counts from it
         self._iterator = _iterate(dataset, workers, buffer)
         self._unreadable: set[int] = set()
 
@@ -248,7 +249,7 @@ def train_stream(
     shuffle_seed, crop_seed = np.random.SeedSequence([seed, shard.shard_index]).generate_state(2).tolist()
     example = _TrainExample(files, image_size, channels, steps_per_epoch * local_batch, shuffle_seed)
     dataset = grain.MapDataset.range(sys.maxsize).random_map(example, seed=crop_seed)
-    return TrainStream(files, dataset.batch(local_batch, drop_remainder=True)[start:], workers, buffer)
+    return TrainStream(files, dataset.batch(local_batch, drop_remainder=True)[start:], workers, buffer, start)
 
 
 def eval_stream(
