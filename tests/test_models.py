@@ -136,13 +136,25 @@ def test_zero_last_bn_scale_makes_the_block_an_identity_map(block_cls):
     assert not np.allclose(y, x, atol=1e-3)
 
 
-def test_zero_init_residual_option_reaches_every_block():
-    model = tiny(zero_init_residual=True)
-    variables, _ = init(model)
-    params = variables["params"]
-    for block in ("stage1_block1", "stage2_block1"):
-        last_bn = sorted(k for k in params[block] if k.startswith("BatchNorm"))[-1]
-        chex.assert_trees_all_equal(params[block][last_bn]["scale"], jnp.zeros(params[block][last_bn]["scale"].shape))
+@pytest.mark.parametrize(
+    ("block_cls", "last"),
+    [
+        (models.BasicBlock, ("BatchNorm", "scale")),
+        (models.BottleneckBlock, ("BatchNorm", "scale")),
+        # A pre-activation branch ends in a conv, not a BN: its kernel starts at zero.
+        (models.PreActBasicBlock, ("Conv", "kernel")),
+        (models.PreActBottleneckBlock, ("Conv", "kernel")),
+    ],
+    ids=lambda value: getattr(value, "__name__", None),
+)
+def test_zero_init_residual_option_reaches_every_block(block_cls, last):
+    module, leaf = last
+    for zero_init in (True, False):
+        params = init(tiny(block_cls, zero_init_residual=zero_init))[0]["params"]
+        for block in ("stage1_block1", "stage2_block1"):
+            name = max((k for k in params[block] if k.startswith(f"{module}_")), key=lambda k: int(k.split("_")[1]))
+            value = np.asarray(params[block][name][leaf])
+            assert (not value.any()) is zero_init, (block, name, zero_init)
 
 
 def test_option_a_adds_no_parameters_and_pads_channels():
