@@ -196,6 +196,35 @@ def test_mixing_off_or_never_drawn_is_the_unmixed_step(probe):
         chex.assert_trees_all_equal(drawn_state.batch_stats, off_state.batch_stats)  # the probe keeps statistics
 
 
+def test_train_accuracy_under_mixing_counts_each_examples_dominant_label():
+    # A stand-in network whose logits ignore the images: every example predicts its own label, by a margin of 4.
+    # Partners (the batch reversed) never share a label here, so a step counts all 16 correct where each example's own
+    # label weighs at least half and none where its partner's weighs more. That weight, lambda, is read off the
+    # step's loss, lambda * CE(own) + (1 - lambda) * CE(partner), both cross-entropies known by hand.
+    labels = jnp.arange(BATCH, dtype=jnp.int32) % CLASSES
+    assert not np.any(np.asarray(labels) == np.asarray(labels)[::-1])
+    fixed = 4.0 * jax.nn.one_hot(labels, CLASSES)
+    own, partner = np.log(np.exp(4.0) + 3) - 4.0, np.log(np.exp(4.0) + 3)
+
+    def stand_in(variables, inputs, train, mutable, rngs):
+        del inputs, train, mutable, rngs
+        return fixed + 0.0 * jnp.sum(variables["params"]["head"]["kernel"]), {"batch_stats": variables["batch_stats"]}
+
+    config = dataclasses.replace(step_config(**MIXING), gradient_flow=False)
+    step = jax.jit(steps.make_train_step(config))
+    state = tiny_state().replace(apply_fn=stand_in)
+    images = jnp.asarray(task()[0][:BATCH])
+    counted = []
+    for _ in range(12):
+        state, metrics = step(state, images, labels)
+        lam = (partner - float(metrics["loss_sum"] / metrics["count"])) / (partner - own)
+        assert -1e-5 <= lam <= 1 + 1e-5
+        if abs(lam - 0.5) > 1e-4:
+            counted.append((lam >= 0.5, float(metrics["correct"])))
+    assert all(correct == (BATCH if dominant else 0) for dominant, correct in counted), counted
+    assert {dominant for dominant, _ in counted} == {True, False}  # both cases met
+
+
 def test_mixing_inside_a_scan_runs_the_steps_it_runs_one_by_one():
     # Accelerators scan several steps per call: each step must still draw its own mix from its own step's key.
     mesh, (images, labels) = parallel.make_mesh(), task()

@@ -136,13 +136,25 @@ def test_zero_last_bn_scale_makes_the_block_an_identity_map(block_cls):
     assert not np.allclose(y, x, atol=1e-3)
 
 
-def test_zero_init_residual_option_reaches_every_block():
-    model = tiny(zero_init_residual=True)
-    variables, _ = init(model)
-    params = variables["params"]
-    for block in ("stage1_block1", "stage2_block1"):
-        last_bn = sorted(k for k in params[block] if k.startswith("BatchNorm"))[-1]
-        chex.assert_trees_all_equal(params[block][last_bn]["scale"], jnp.zeros(params[block][last_bn]["scale"].shape))
+@pytest.mark.parametrize(
+    ("block_cls", "last"),
+    [
+        (models.BasicBlock, ("BatchNorm", "scale")),
+        (models.BottleneckBlock, ("BatchNorm", "scale")),
+        # A pre-activation branch ends in a conv, not a BN: its kernel starts at zero.
+        (models.PreActBasicBlock, ("Conv", "kernel")),
+        (models.PreActBottleneckBlock, ("Conv", "kernel")),
+    ],
+    ids=lambda value: getattr(value, "__name__", None),
+)
+def test_zero_init_residual_option_reaches_every_block(block_cls, last):
+    module, leaf = last
+    for zero_init in (True, False):
+        params = init(tiny(block_cls, zero_init_residual=zero_init))[0]["params"]
+        for block in ("stage1_block1", "stage2_block1"):
+            name = max((k for k in params[block] if k.startswith(f"{module}_")), key=lambda k: int(k.split("_")[1]))
+            value = np.asarray(params[block][name][leaf])
+            assert (not value.any()) is zero_init, (block, name, zero_init)
 
 
 def test_option_a_adds_no_parameters_and_pads_channels():
@@ -321,6 +333,46 @@ def test_a_plain_block_is_the_conv_bn_relu_path_alone(strides, features, residua
     branch = jax.nn.relu(_bn(branch, params["BatchNorm_0"], stats["BatchNorm_0"]))
     branch = _bn(_conv(branch, params["Conv_1"]["kernel"], 1), params["BatchNorm_1"], stats["BatchNorm_1"])
     expected = jax.nn.relu(branch + x if residual else branch)
+    chex.assert_shape(expected, (2, 8 // strides, 8 // strides, features))
+    chex.assert_trees_all_close(block.apply(variables, x, train=False), expected, rtol=1e-5, atol=1e-5)
+
+
+def _moved_batchnorms(variables):
+    """`variables` with BatchNorm's statistics and affine parameters away from their initial 0 and 1, so that every BN
+    does something; the convolutions' kernels as initialised (of either sign)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: (
+            leaf
+            if jax.tree_util.keystr(path).endswith("['kernel']")
+            else jax.random.uniform(jax.random.key(leaf.size), leaf.shape, minval=0.5, maxval=1.5) * leaf
+            + jax.random.uniform(jax.random.key(leaf.size + 1), leaf.shape, minval=0.1, maxval=0.3)
+        ),
+        variables,
+    )
+
+
+@pytest.mark.parametrize(("strides", "features"), [(1, 4), (2, 8)], ids=["identity", "projection"])
+def test_a_preactivation_block_is_bn_relu_conv_twice_plus_its_shortcut(strides, features):
+    # He et al. 2016: x -> BN-ReLU -> conv -> BN-ReLU -> conv, plus x; where the shape changes, a 1x1 projection of
+    # the pre-activated input (both papers' code), with no BN of its own.
+    conv = functools.partial(nn.Conv, use_bias=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=True)
+    block = models.PreActBasicBlock(features=features, conv=conv, norm=norm, strides=strides, shortcut="B")
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))  # a block's input here is a sum, of either sign
+    variables = _moved_batchnorms(block.init(jax.random.key(1), x))
+    params, stats = variables["params"], variables["batch_stats"]
+    preact = jax.nn.relu(_bn(x, params["BatchNorm_0"], stats["BatchNorm_0"]))
+    branch = jax.nn.relu(
+        _bn(_conv(preact, params["Conv_0"]["kernel"], strides), params["BatchNorm_1"], stats["BatchNorm_1"])
+    )
+    branch = _conv(branch, params["Conv_1"]["kernel"], 1)
+    if strides == 1:
+        assert "shortcut_conv" not in params
+        shortcut = x
+    else:
+        shortcut = preact[:, ::strides, ::strides] @ params["shortcut_conv"]["kernel"][0, 0]
+    expected = branch + shortcut  # no ReLU after the sum
+    assert float(expected.min()) < 0  # where a ReLU after the sum would show
     chex.assert_shape(expected, (2, 8 // strides, 8 // strides, features))
     chex.assert_trees_all_close(block.apply(variables, x, train=False), expected, rtol=1e-5, atol=1e-5)
 

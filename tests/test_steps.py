@@ -1,5 +1,8 @@
 """The train programs: several steps per dispatch (lax.scan) give the same state and metrics as one step per call,
-and the per-step form the CPU uses runs any number of steps with its one compiled program of one step."""
+and the per-step form the CPU uses runs any number of steps with its one compiled program of one step; a dropped
+step keeps the schedule in place, and the EMA averages what each step trained."""
+
+import dataclasses
 
 import chex
 import jax
@@ -174,3 +177,21 @@ def test_a_dropped_step_keeps_the_schedule_in_place_and_out_of_the_metrics(setup
         jax.device_get(trained.params["head"]["kernel"]), jax.device_get(state.params["head"]["kernel"])
     )
     chex.assert_trees_all_equal(after.params, dropped.params)  # rate 0 at step 2, not the lagging count's 0.1
+
+
+def test_the_ema_takes_a_tenth_of_each_steps_weights_and_statistics(setup):
+    # At decay 0.9 each applied step moves the average a tenth of the way to the step's new parameters and BatchNorm
+    # statistics (timm's ModelEmaV2, as `train.ema_decay` documents), worked out here leaf by leaf in numpy.
+    state = lower_train_state(setup.model, setup.tx, 0, IMAGE_SHAPE, setup.mesh, use_ema=True).compile()()
+    config = dataclasses.replace(step_config(crop_padding=0, flip=False), ema_decay=0.9)
+    images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (BATCH, *IMAGE_SHAPE), dtype=np.uint8))
+    labels = jnp.arange(BATCH, dtype=jnp.int32) % 10
+    step = jax.jit(steps.make_train_step(config))
+    before = jax.device_get(state.ema)
+    trained, _ = step(state, images, labels)
+    trained = jax.device_get(trained)
+    new = {"params": trained.params, "batch_stats": trained.batch_stats}
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), new["batch_stats"], before["batch_stats"])
+    assert all(jax.tree.leaves(moved))  # the statistics moved too, so their average is checked on a real change
+    expected = jax.tree.map(lambda old, now: 0.9 * np.asarray(old) + 0.1 * np.asarray(now), before, new)
+    chex.assert_trees_all_close(trained.ema, expected, rtol=1e-5, atol=1e-7)

@@ -118,15 +118,25 @@ def test_evaluation_batches_cover_every_file_once_padded_and_masked(pets):
 
 
 def test_evaluation_resizes_the_short_side_and_takes_the_centre():
-    # A 40x20 image whose left and right quarters are black: resized to 18 on the short side (16 / 0.875), its
-    # centre 16x16 is the middle 17.8 of 36 columns, all white.
+    # A 40x20 image whose red rises 6 a column and green 12 a row. Resized to 18 on the short side (16 / 0.875), its
+    # centre 16x16 is the centred square of 16 * 20 / 18 = 17.8 of the image's pixels, and output pixel j samples the
+    # image at left + (j + 0.5) * 17.8 / 16; bilinear resampling of a ramp is the ramp there, to the rounding to uint8.
+    # (A crop of 16 image pixels, or of the whole short side, is 2 or more off somewhere.)
     pixels = np.zeros((20, 40, 3), np.uint8)
-    pixels[:, 10:30] = 255
+    pixels[..., 0] = 6 * np.arange(40)[None, :]
+    pixels[..., 1] = 12 * np.arange(20)[:, None]
+    pixels[..., 2] = 200
     buffer = __import__("io").BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     out = crops.eval_image(buffer.getvalue(), 16, 0)
     chex.assert_shape(out, (16, 16, 3))
-    assert out.min() == 255
+    side = 16 * 20 / 18
+    sampled_at = (np.arange(16) + 0.5) * side / 16  # from the crop's left or top edge, in image pixels
+    red = 6 * ((40 - side) / 2 + sampled_at - 0.5)  # pixel i's centre is at i + 0.5
+    green = 12 * ((20 - side) / 2 + sampled_at - 0.5)
+    np.testing.assert_allclose(out[..., 0], np.broadcast_to(red[None, :], (16, 16)), atol=1.5)
+    np.testing.assert_allclose(out[..., 1], np.broadcast_to(green[:, None], (16, 16)), atol=1.5)
+    assert (out[..., 2] == 200).all()
 
 
 def test_the_training_crop_is_torchvisions_random_resized_crop():

@@ -171,6 +171,12 @@ def test_evaluation_equals_a_direct_computation_on_every_example(run, evaluation
     assert abs(evaluation.accuracy - np.mean(logits.argmax(-1) == split.labels)) <= allowed + 1e-9
     loss = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(split.labels)).mean()
     assert evaluation.loss == pytest.approx(float(loss), rel=1e-5)
+    # Top-5: the label among the five largest logits; only an example whose 5th and 6th logits tie may differ.
+    ordered = np.sort(logits, axis=-1)
+    in_top5 = np.any(np.argsort(logits, axis=-1)[:, -5:] == split.labels[:, None], axis=-1)
+    assert 0 < in_top5.mean() < 1 and in_top5.mean() > np.mean(logits.argmax(-1) == split.labels)
+    ties = np.sum(ordered[:, -5] - ordered[:, -6] <= 2 * (1e-4 + 1e-4 * float(np.abs(logits).max())))
+    assert abs(evaluation.top5_accuracy - in_top5.mean()) <= ties / TEST_EXAMPLES + 1e-9
 
 
 def test_the_restored_weights_are_the_checkpoints_replicated_on_the_mesh(run, built, new_state):
