@@ -57,8 +57,21 @@ def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
         or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
     )
-    if not coordinator_address and not launched_by_cluster:
-        return False
+    if not launched_by_cluster:
+        if not coordinator_address and num_processes <= 1 and process_id <= 0:
+            return False  # one process
+        # Outside a cluster JAX can find none of the three, and would stop in a traceback (or, with no address, the
+        # run would go on as a single process that was asked to be one of several).
+        given = {"coordinator_address": bool(coordinator_address), "num_processes": num_processes > 0}
+        given["process_id"] = process_id >= 0
+        if not all(given.values()):
+            named = ", ".join(f"distributed.{key}={distributed_config[key]!r}" for key in given if given[key])
+            missing = " and ".join(f"distributed.{key}" for key, present in given.items() if not present)
+            raise configuration.ConfigError(
+                f"{named} without {missing}: outside a cluster (SLURM, Open MPI) each process needs all three, "
+                "coordinator_address=HOST:PORT (process 0's host), num_processes and its own process_id; or give "
+                "none of them to train in one process"
+            )
     # CPU processes need a collectives backend to form one mesh (GPU processes use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

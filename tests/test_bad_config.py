@@ -157,6 +157,15 @@ BAD_VALUES = {
         ["distributed.num_processes=2", "distributed.process_id=2"],
         "distributed.process_id=2 must be below distributed.num_processes=2",
     ),
+    # Outside a cluster: with no coordinator the run would train alone, and with no count JAX stops in a traceback.
+    "processes without a coordinator": (
+        ["distributed.num_processes=2", "distributed.process_id=1"],
+        "without distributed.coordinator_address",
+    ),
+    "coordinator without a count": (
+        ["distributed.coordinator_address=127.0.0.1:1234"],
+        "without distributed.num_processes and distributed.process_id",
+    ),
     "abbreviated key": (["optimizer.lr=0.1"], "no key 'optimizer.lr'; did you mean optimizer.learning_rate?"),
     "misspelt key": (["model.nmae=resnet20"], "did you mean model.name?"),
     "key in another section": (["train.learning_rate=0.1"], "did you mean optimizer.learning_rate?"),
