@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks import common
 from resnet_jax import models, onednn, steps
-from resnet_jax.onednn import batchnorm
+from resnet_jax.onednn import batchnorm, library
 
 XLA, ONEDNN, TORCH = "XLA (flax nn.BatchNorm)", "oneDNN (jax.ffi)", "PyTorch channels_last"
 
@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows, results = [], []
     for dtype_name in common.parse_list(args.dtypes):
         dtype = models.get_dtype(dtype_name)
+        # oneDNN builds no bfloat16 kernels on an AVX2-only CPU: that dtype gets no oneDNN row there.
+        onednn_reason = library.dtype_unavailable_reason(dtype)
+        if onednn.available() and onednn_reason:
+            print(f"no oneDNN row in {dtype_name}: {onednn_reason}")
         for shape in common.parse_list(args.shapes):
             size, channels = (int(part) for part in shape.split("x"))
             rng = np.random.default_rng(0)
@@ -102,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shift = rng.standard_normal(channels).astype(np.float32)
             operands = (jnp.asarray(x, dtype), jnp.asarray(scale), jnp.asarray(shift), jnp.asarray(dy, dtype))
             runners: dict[str, Any] = {XLA: _JaxStep(forward_and_backward(_xla_norm_relu), operands)}
-            if onednn.available():
+            if not onednn_reason:
                 runners[ONEDNN] = _JaxStep(forward_and_backward(_onednn_norm_relu), operands)
             if not args.no_torch:
                 runners[TORCH] = _TorchStep(x, dy, dtype == jnp.bfloat16)

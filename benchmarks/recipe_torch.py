@@ -88,8 +88,9 @@ def run(config: ml_collections.ConfigDict, variant_name: str, files_dir: str, se
         cycle_momentum=False,
     )
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels).long()
-    test_images, test_labels = torch.from_numpy(test.images), torch.from_numpy(test.labels).long()
+    # Copies: the loaded splits are read-only arrays, which torch.from_numpy warns about.
+    images, labels = torch.tensor(train.images), torch.tensor(train.labels).long()
+    test_images, test_labels = torch.tensor(test.images), torch.tensor(test.labels).long()
     padding = config.augment.crop_padding
     height, width = image_shape[:2]
 

