@@ -118,14 +118,15 @@ def train_and_evaluate(
             raise ConfigError(f"the run in {path} changed while this one started; run the same command again")
         if reshaped:
             logger.warning("%s", reshaped)
-        archived = prepare_workdir(path, mode)
-        if archived is not None:  # --finetune: the record names the archived run as the weights it starts from
-            config.finetune.source = str(archived)
         try:
+            archived = prepare_workdir(path, mode)
+            if archived is not None:  # --finetune: the record names the archived run as the weights it starts from
+                config.finetune.source = str(archived)
             ready = startup.start(built, path)
         except BaseException:
-            # Refused in start-up (weights that cannot be read, data that fails), a run leaves no folder it made,
-            # as one refused before it; removed while locked, so that no other run can have begun in it.
+            # Refused in start-up (a --finetune with no run to start from, weights that cannot be read, data that
+            # fails), a run leaves no folder it made, as one refused before it; removed while locked, so that no
+            # other run can have begun in it.
             if created and jax.process_count() == 1:
                 shutil.rmtree(path, ignore_errors=True)
             raise

@@ -196,6 +196,16 @@ def test_a_run_refused_in_its_start_up_leaves_no_workdir_behind(tmp_path):
     assert not (tmp_path / "new" / "run").exists()
 
 
+def test_a_finetune_of_a_new_workdir_is_refused_and_leaves_no_workdir_behind(tmp_path, capsys):
+    workdir = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main(["--workdir", str(workdir), "--config", str(REPO_ROOT / "configs" / "smoke.py"), "--finetune"])
+    assert exit_info.value.code == 2
+    message = f"error: --finetune: --workdir={str(workdir)!r} holds no checkpoint to start from"
+    assert capsys.readouterr().err.strip() == message
+    assert not workdir.exists()
+
+
 def test_an_empty_workdir_is_refused(tmp_path):
     result = run([*train_command(tmp_path / "unused", "smoke")[:2], "--workdir=", *train_command("x", "smoke")[3:]])
     assert result.returncode == 2
