@@ -321,6 +321,16 @@ def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, built, new_st
         assert f"--config.data.{key.split('=')[0]}: this run's validation split is the rows it held out" in message
 
 
+def test_a_validation_split_the_run_lacks_is_refused_before_any_scoring(run_dir, tmp_path, capsys):
+    for main, out in ((evaluate_tool.main, tmp_path / "eval"), (features_tool.main, tmp_path / "features.npz")):
+        message = cli_error(main, ["--workdir", str(run_dir), "--split", "validation", "--out", str(out)], capsys)
+        assert message == (
+            "error: --split validation: this run has no validation split (it held none out of train); score "
+            "--split test or --split train"
+        )
+        assert not out.exists()
+
+
 def test_tool_descriptions_are_whole_sentences(capsys):
     for tool in (evaluate_tool, predict_tool, export_tool, plots_tool):
         description = " ".join(tool.__doc__.split())

@@ -124,6 +124,7 @@ def _score(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[TrainedR
     files' folder, checked before the long part: a folder it cannot write ends the command at once."""
     try:
         run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
+        run_arguments.check_split(run, args.split)
         tta_flip = run_arguments.tta_flip(run, args.tta)
         tag = run_arguments.data_tag(run, overrides)
         out_dir = common.output_folder(args.out or output_dir(run, args.split, tta_flip, tag), "--out")

@@ -126,6 +126,7 @@ def _embed(
             raise inference.RunError(
                 f"--layer {args.layer!r}: {run.config.model.name} has {', '.join(layer_names(run))}"
             )
+        run_arguments.check_split(run, args.split)
         tta_flip = run_arguments.tta_flip(run, args.tta)
         if out is None:
             tag = run_arguments.data_tag(run, overrides)

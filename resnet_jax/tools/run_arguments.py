@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from resnet_jax import images, inference
+from resnet_jax import data, images, inference
 from resnet_jax.tools import common
 
 TTA_CHOICES = ("none", "flip")
@@ -78,6 +78,16 @@ def data_tag(run: inference.TrainedRun, overrides: Sequence[str]) -> str:
         return ""
     name = Path(section.files_dir).name.split(".")[0] if section.files_dir else section.dataset
     return "-" + ("".join(c if c.isalnum() or c in "_+-" else "-" for c in name) or section.dataset)
+
+
+def check_split(run: inference.TrainedRun, split: str) -> None:
+    """`--split` names a split the run (or the data given by overrides) has: a run that held no validation split out
+    cannot be given one now (`--config.data.validation_size` would score rows it trained on)."""
+    if split == data.VALIDATION and data.VALIDATION not in run.experiment.eval_splits:
+        raise inference.RunError(
+            "--split validation: this run has no validation split (it held none out of train); score --split test "
+            "or --split train"
+        )
 
 
 def tta_flip(run: inference.TrainedRun, tta: str | None) -> bool:
