@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -151,22 +152,27 @@ def test_two_processes_stream_disjoint_shards_whose_union_is_the_split(tmp_path)
     assert (first["test_padding"], second["test_padding"]) == (0, 3)
 
 
-@pytest.mark.slow
-def test_two_processes_train_on_streamed_shards_and_resume(tmp_path):
-    root = tmp_path / "pets"
-    test_stream.write_folder(root)
-    workdir = tmp_path / "run"
-    folder = (
+def streamed_folder(root: Path, workers: int) -> tuple[str, ...]:
+    """The overrides of a tiny run streamed by Grain from the folder at `root`."""
+    return (
         f"data.files_dir={root}",
         "data.dataset=folder",
         "data.source=folder",
         "data.loader=grain",
         "data.image_size=8",
-        "data.workers=1",
+        f"data.workers={workers}",
         "augment.crop_padding=0",
         "train.batch_size=4",
         "eval.batch_size=4",
     )
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_streamed_shards_and_resume(tmp_path):
+    root = tmp_path / "pets"
+    test_stream.write_folder(root)
+    workdir = tmp_path / "run"
+    folder = streamed_folder(root, workers=1)
     run_two_processes(workdir, *folder, "train.num_epochs=1")
     # Each process's iterator state, beside the train state in the checkpoint.
     assert sorted(p.name for p in (workdir / "checkpoints" / "4" / "data").glob("*.json")) == [
@@ -183,17 +189,7 @@ def test_a_streamed_run_of_two_processes_resumes_in_one_from_its_step_with_the_c
     root = tmp_path / "pets"
     test_stream.write_folder(root)
     workdir = tmp_path / "run"
-    folder = (
-        f"data.files_dir={root}",
-        "data.dataset=folder",
-        "data.source=folder",
-        "data.loader=grain",
-        "data.image_size=8",
-        "data.workers=0",
-        "augment.crop_padding=0",
-        "train.batch_size=4",
-        "eval.batch_size=4",
-    )
+    folder = streamed_folder(root, workers=0)
     run_two_processes(workdir, *folder, "train.num_epochs=1")
     # The same 4 devices in one process: Grain keeps each process's iterator state for the process count that saved
     # them, so this one's stream starts at the step's batch, and says that the shards changed.
