@@ -177,8 +177,18 @@ def run_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def record_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
-    """`run_split_sizes`, recorded in the section's `split_sizes` (so config.json says what the run read)."""
+    """`run_split_sizes`, recorded in the section's `split_sizes` (so config.json says what the run read), as a run
+    is built; a train_eval sample larger than the run's train split is a ConfigError."""
     sizes = run_split_sizes(data_config)
+    sample, train = data_config.train_eval_size, sizes["train"]
+    # Scoring fewer than asked would leave config.json saying a larger sample was scored than was.
+    if sample > train:
+        whole = train + sizes[VALIDATION]
+        held = f", what data.validation_size leaves of {whole:,}" if data_config.validation_size else ""
+        raise configuration.ConfigError(
+            f"data.train_eval_size={sample} is more than the run's train split holds ({train:,} examples{held}); "
+            f"give at most {train}: --config.data.train_eval_size={train} scores all of it"
+        )
     data_config.split_sizes.update(sizes)
     return sizes
 
@@ -190,9 +200,9 @@ def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int
 
 def eval_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
     """The examples an evaluation split of a built run holds: a recorded split's size, or the train_eval sample's
-    (`train_eval_size`, at most the run's train split)."""
+    (`train_eval_size`, held to at most the run's train split as the run is built: `record_split_sizes`)."""
     if split == TRAIN_EVAL:
-        return min(data_config.train_eval_size, data_config.split_sizes.train)
+        return data_config.train_eval_size
     return data_config.split_sizes[split]
 
 
