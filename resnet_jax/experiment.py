@@ -186,6 +186,12 @@ class Experiment:
         return 1 if self.mesh.devices.flat[0].platform == "cpu" or self.streamed else 50
 
     @property
+    def log_every_steps(self) -> int:
+        """The metric window the loop keeps: `train.log_every_steps` rounded up to whole calls of `steps_per_call`
+        steps, as the loop reads the metrics between calls only (each epoch's end closes a window too)."""
+        return math.ceil(self.config.train.log_every_steps / self.steps_per_call) * self.steps_per_call
+
+    @property
     def stage_sums(self) -> tuple[str, ...]:
         """The metric window's gradient-flow keys (none with `train.gradient_flow` off)."""
         return steps.stage_sum_keys(models.stage_names(self.model)) if self.step_config.gradient_flow else ()

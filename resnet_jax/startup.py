@@ -77,6 +77,17 @@ class Ready:
             logger.warning("after %s, closing the run also failed: %s", type(failure).__name__, error)
 
 
+def _log_window(experiment: Experiment) -> str:
+    """`train metrics every 100 steps`, and where that is not what `train.log_every_steps` asked, why."""
+    asked, window = experiment.config.train.log_every_steps, experiment.log_every_steps
+    if asked == window:
+        return f"train metrics every {window} steps"
+    return (
+        f"train metrics every {window} steps (train.log_every_steps={asked} rounded up to whole calls of "
+        f"train.steps_per_call={experiment.steps_per_call})"
+    )
+
+
 def _timed_compile(lowered: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     compiled = lowered.compile()
@@ -190,7 +201,7 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
         data_seconds = time.perf_counter() - data_started
         logger.info(
-            "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
+            "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps, %s",
             config.model.name,
             models.describe_computation(experiment.model),
             config.data.dataset,
@@ -199,6 +210,7 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             "1 device" if mesh.devices.size == 1 else f"{mesh.devices.size} devices",
             experiment.steps_per_epoch,
             experiment.total_steps,
+            _log_window(experiment),
         )
         writer = MetricWriter(workdir)
         opened.append(writer)
