@@ -124,8 +124,12 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save, items=items
         )
         opened.append(checkpointer)
-        position, best, step = pipeline.DataPosition(), None, 0
+        position, best, step, weights = pipeline.DataPosition(), None, 0, None
         restored = checkpointer.restore_newest_good(checkpoint.abstract_tree(abstract_state.checkpoint_tree()))
+        if restored is None and config.finetune.source:
+            # A new run's first weights (a --finetune run's are the run it archived), read and checked against the
+            # model's shapes here: weights it cannot use are refused before the data loads and the run is announced.
+            weights = finetune.read_weights(config.finetune.source, abstract_state)
         if restored is not None:
             step, tree, meta = restored
             position = pipeline.DataPosition.from_dict(meta["position"])
@@ -218,8 +222,8 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
         state = init_compiled()
         if restored is not None:
             state = state.replace_from_checkpoint(tree)
-        elif config.finetune.source:  # a --finetune run's is the run it archived: one source, the one recorded
-            state = finetune.start_weights(state, config.finetune.source)
+        elif weights is not None:
+            state = finetune.start_weights(state, weights, config.finetune.source)
         program = train_compiles.map(lambda compiling: compiling.result()[0])
         evaluations = {split: eval_compiles[rows].result()[0] for split, rows in split_programs.items()}
         compile_seconds = (
