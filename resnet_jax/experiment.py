@@ -85,10 +85,13 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
 
 def as_read_now(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.json as this version reads it: one written when train.num_steps above 0 won over a
-    train.num_epochs also above 0 trained by steps, which is now said with num_epochs 0 (both above 0 is refused)."""
-    train = saved.get("train")
+    train.num_epochs also above 0 trained by steps, which is now said with num_epochs 0 (both above 0 is refused);
+    its data section as `data.saved_as_read_now` reads it."""
+    train, data_section = saved.get("train"), saved.get("data")
     if isinstance(train, dict) and train.get("num_steps") and train.get("num_epochs"):
-        return {**saved, "train": {**train, "num_epochs": 0}}
+        saved = {**saved, "train": {**train, "num_epochs": 0}}
+    if isinstance(data_section, dict):
+        saved = {**saved, "data": data.saved_as_read_now(data_section)}
     return saved
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
@@ -191,6 +191,17 @@ def record_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]
         )
     data_config.split_sizes.update(sizes)
     return sizes
+
+
+def saved_as_read_now(saved_data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json's `data` section as this version reads it: one written when a train_eval sample larger
+    than the run's train split was cut to the split (refused now, by `record_split_sizes`) says the sample that was
+    scored, so that the run's tools and a resume read what ran."""
+    sample, sizes = saved_data.get("train_eval_size"), saved_data.get("split_sizes")
+    train = sizes.get("train") if isinstance(sizes, dict) else None
+    if configuration.is_number(sample) and configuration.is_number(train) and 0 < train < sample:
+        return {**saved_data, "train_eval_size": train}
+    return saved_data
 
 
 def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
