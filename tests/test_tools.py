@@ -390,6 +390,18 @@ def test_predict_top1_on_training_images_is_the_models_argmax(run, tmp_path):
         assert prediction.top_k[0]["class"] == run.class_names[prediction.top_k[0]["index"]]
 
 
+def test_predict_refuses_more_classes_than_the_run_has_in_one_line_and_lists_3_unless_asked(
+    run_dir, run, tmp_path, capsys
+):
+    (image,) = save_images(split_arrays(run.config, "test").images[:1], tmp_path)
+    # A list cut to the run's 10 classes would not be the 11 asked for.
+    message = cli_error(predict_tool.main, ["--workdir", str(run_dir), str(image), "--top-k", "11"], capsys)
+    assert message == "error: --top-k=11: this run has 10 classes; give 1 to 10 (--top-k=10 lists every class)"
+    assert predict_tool.main(["--workdir", str(run_dir), str(image), "--json"]) == 0
+    [prediction] = json.loads(capsys.readouterr().out)
+    assert len(prediction["top_k"]) == predict_tool.DEFAULT_TOP_K == 3
+
+
 def test_predict_reports_bad_files_and_still_predicts_the_others(run_dir, run, tmp_path, capsys):
     (good,) = save_images(split_arrays(run.config, "train").images[:1], tmp_path)
     not_an_image = tmp_path / "notes.png"
