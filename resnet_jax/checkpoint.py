@@ -307,23 +307,36 @@ def newest_weights(directory: Path) -> dict[str, Any]:
     return jax.device_get(tree.get("ema") or {"params": tree["params"], "batch_stats": tree["batch_stats"]})
 
 
-def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
-    """`state` with `weights` (`{"params", "batch_stats"}`, from `origin`) wherever a parameter's path and shape
-    agree; the rest keep their fresh initialisation, each named in a warning (a head for another class count is
-    one). An EMA of `state` starts from the same weights."""
+def fitting_weights(variables: Any, weights: dict[str, Any], origin: str) -> tuple[dict[str, Any], list[str]]:
+    """The leaves of `weights` (`{"params", "batch_stats"}`, from `origin`) that fit `variables` (a model's, as arrays
+    or their shapes and dtypes), by path: those whose path and shape agree; and a line for each of the model's that
+    none fits. Weights of which none fits, or whose dtype cannot become the model's, are a CheckpointRefused."""
     saved = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(weights)}
-    kept, fresh = 0, []
-
-    def pick(path, new):
-        nonlocal kept
+    fits, fresh = {}, []
+    for path, new in jax.tree_util.tree_leaves_with_path(variables):
         name = jax.tree_util.keystr(path)
         old = saved.get(name)
         if old is None or tuple(old.shape) != tuple(new.shape):
             fresh.append(f"{name} {tuple(new.shape)} (saved: {'none' if old is None else tuple(old.shape)})")
-            return new
-        if not np.can_cast(np.asarray(old).dtype, new.dtype, casting="same_kind"):
+        elif not np.can_cast(np.asarray(old).dtype, new.dtype, casting="same_kind"):
             raise CheckpointRefused(f"{origin}: {name} holds {np.asarray(old).dtype}, which cannot become {new.dtype}")
-        kept += 1
+        else:
+            fits[name] = old
+    if not fits:
+        raise CheckpointRefused(f"{origin}: no parameter fits this model; check the model name, or start over")
+    return fits, fresh
+
+
+def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
+    """`state` with `weights` (`{"params", "batch_stats"}`, from `origin`) wherever a parameter's path and shape
+    agree (`fitting_weights`); the rest keep their fresh initialisation, each named in a warning (a head for another
+    class count is one). An EMA of `state` starts from the same weights."""
+    fits, fresh = fitting_weights(state.variables, weights, origin)
+
+    def pick(path, new):
+        old = fits.get(jax.tree_util.keystr(path))
+        if old is None:
+            return new
         # Each process holds the whole array; it fills its own devices' shards of the global one.
         host = np.asarray(old, new.dtype)
         return jax.make_array_from_callback(new.shape, new.sharding, lambda index: host[index])
@@ -331,9 +344,7 @@ def transplant_weights(state: Any, weights: dict[str, Any], origin: str) -> Any:
     variables = jax.tree_util.tree_map_with_path(pick, state.variables)
     for line in fresh:
         logger.warning("fine-tune: %s starts fresh", line)
-    if kept == 0:
-        raise CheckpointRefused(f"{origin}: no parameter fits this model; check the model name, or start over")
-    logger.info("fine-tune: %d arrays taken from %s, %d start fresh", kept, origin, len(fresh))
+    logger.info("fine-tune: %d arrays taken from %s, %d start fresh", len(fits), origin, len(fresh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     return state.replace(ema=variables) if state.ema is not None else state
 

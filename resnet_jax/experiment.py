@@ -85,10 +85,13 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
 
 def as_read_now(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.json as this version reads it: one written when train.num_steps above 0 won over a
-    train.num_epochs also above 0 trained by steps, which is now said with num_epochs 0 (both above 0 is refused)."""
-    train = saved.get("train")
+    train.num_epochs also above 0 trained by steps, which is now said with num_epochs 0 (both above 0 is refused);
+    its data section as `data.saved_as_read_now` reads it."""
+    train, data_section = saved.get("train"), saved.get("data")
     if isinstance(train, dict) and train.get("num_steps") and train.get("num_epochs"):
-        return {**saved, "train": {**train, "num_epochs": 0}}
+        saved = {**saved, "train": {**train, "num_epochs": 0}}
+    if isinstance(data_section, dict):
+        saved = {**saved, "data": data.saved_as_read_now(data_section)}
     return saved
 
 
@@ -184,6 +187,12 @@ class Experiment:
         if self.config.train.steps_per_call:
             return self.config.train.steps_per_call
         return 1 if self.mesh.devices.flat[0].platform == "cpu" or self.streamed else 50
+
+    @property
+    def log_every_steps(self) -> int:
+        """The metric window the loop keeps: `train.log_every_steps` rounded up to whole calls of `steps_per_call`
+        steps, as the loop reads the metrics between calls only (each epoch's end closes a window too)."""
+        return math.ceil(self.config.train.log_every_steps / self.steps_per_call) * self.steps_per_call
 
     @property
     def stage_sums(self) -> tuple[str, ...]:

@@ -67,9 +67,12 @@ def wrap_optimizer(
     return optax.multi_transform({HEAD: tx, "backbone": backbone}, parameter_groups)
 
 
-def start_weights(state: Any, source: str) -> Any:
-    """`state` with the weights of `source` where they fit: a run's workdir (or its checkpoints folder), or a
-    PyTorch `state_dict` file of one of `interop.LAYOUTS` (`.pth`, `.pt`, `.th`, `.safetensors`)."""
+def read_weights(source: str, abstract_state: Any) -> dict[str, Any]:
+    """The weights `source` names, on the host (`{"params", "batch_stats"}`): a run's workdir (its newest good
+    checkpoint; or its checkpoints folder), or a PyTorch `state_dict` file of one of `interop.LAYOUTS` (`.pth`,
+    `.pt`, `.th`, `.safetensors`). Checked against the shapes and dtypes of the state they will start
+    (`abstract_state`): a source that gives no weights, or none that fit, is a CheckpointRefused, before the run
+    goes on to load its data (`start_weights` then puts them in)."""
     path = Path(source).expanduser()
     if path.suffix in interop.files.SAFETENSORS_SUFFIXES + interop.files.TORCH_SUFFIXES:
         try:
@@ -77,7 +80,13 @@ def start_weights(state: Any, source: str) -> Any:
             weights = interop.to_variables(state_dict, interop.match(state_dict))
         except interop.InteropError as error:
             raise checkpoint.CheckpointRefused(f"finetune.source={source!r}: {error}") from None
-        return checkpoint.transplant_weights(state, weights, str(path))
-    run_checkpoints = path / workdir.CHECKPOINTS_DIR
-    directory = run_checkpoints if run_checkpoints.is_dir() else path
-    return checkpoint.transplant_weights(state, checkpoint.newest_weights(directory), str(path))
+    else:
+        run_checkpoints = path / workdir.CHECKPOINTS_DIR
+        weights = checkpoint.newest_weights(run_checkpoints if run_checkpoints.is_dir() else path)
+    checkpoint.fitting_weights(abstract_state.variables, weights, str(path))
+    return weights
+
+
+def start_weights(state: Any, weights: dict[str, Any], source: str) -> Any:
+    """`state` with the weights `read_weights` read from `source` where they fit (`checkpoint.transplant_weights`)."""
+    return checkpoint.transplant_weights(state, weights, str(Path(source).expanduser()))

@@ -1,8 +1,8 @@
 """What a run records beside the config it was asked (config.json's `record`): what that config ran as here (dtype,
-kernels, devices, processes, library versions) and every change accepted on a resume, with its step. And the resume
-check (`check_resume`): same model, data and training, or refused. A resume trains what the run trained, from the
-weights it started from; it may be made longer, its kernels or devices may change when asked, and how it is scored,
-logged and saved may change: every such change is recorded.
+kernels, devices, processes, library versions, the loop's steps per call and metric window) and every change accepted
+on a resume, with its step. And the resume check (`check_resume`): same model, data and training, or refused. A
+resume trains what the run trained, from the weights it started from; it may be made longer, its kernels or devices
+may change when asked, and how it is scored, logged and saved may change: every such change is recorded.
 """
 
 from __future__ import annotations
@@ -168,6 +168,12 @@ def what_ran(model: models.ResNet) -> dict[str, Any]:
         "processes": jax.process_count(),
         "versions": _versions(),
     }
+
+
+def what_the_loop_runs(built: experiment.Experiment) -> dict[str, int]:
+    """How the training loop runs the `built` run: the steps of one call (`train.steps_per_call`, 0 resolved for the
+    platform) and the metric window it keeps (`train.log_every_steps` rounded up to whole calls)."""
+    return {"train.steps_per_call": built.steps_per_call, "train.log_every_steps": built.log_every_steps}
 
 
 def _training_keys(saved: dict[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,17 @@ class Ready:
             logger.warning("after %s, closing the run also failed: %s", type(failure).__name__, error)
 
 
+def _log_window(experiment: Experiment) -> str:
+    """`train metrics every 100 steps`, and where that is not what `train.log_every_steps` asked, why."""
+    asked, window = experiment.config.train.log_every_steps, experiment.log_every_steps
+    if asked == window:
+        return f"train metrics every {window} steps"
+    return (
+        f"train metrics every {window} steps (train.log_every_steps={asked} rounded up to whole calls of "
+        f"train.steps_per_call={experiment.steps_per_call})"
+    )
+
+
 def _timed_compile(lowered: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     compiled = lowered.compile()
@@ -113,8 +124,12 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save, items=items
         )
         opened.append(checkpointer)
-        position, best, step = pipeline.DataPosition(), None, 0
+        position, best, step, weights = pipeline.DataPosition(), None, 0, None
         restored = checkpointer.restore_newest_good(checkpoint.abstract_tree(abstract_state.checkpoint_tree()))
+        if restored is None and config.finetune.source:
+            # A new run's first weights (a --finetune run's are the run it archived), read and checked against the
+            # model's shapes here: weights it cannot use are refused before the data loads and the run is announced.
+            weights = finetune.read_weights(config.finetune.source, abstract_state)
         if restored is not None:
             step, tree, meta = restored
             position = pipeline.DataPosition.from_dict(meta["position"])
@@ -190,7 +205,7 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             eval_splits = {split: experiment.load_eval_split(split)[0] for split in experiment.eval_splits}
         data_seconds = time.perf_counter() - data_started
         logger.info(
-            "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps",
+            "%s (%s) on %s: %d train / %s examples, %s, %d steps/epoch, %d steps, %s",
             config.model.name,
             models.describe_computation(experiment.model),
             config.data.dataset,
@@ -199,6 +214,7 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             "1 device" if mesh.devices.size == 1 else f"{mesh.devices.size} devices",
             experiment.steps_per_epoch,
             experiment.total_steps,
+            _log_window(experiment),
         )
         writer = MetricWriter(workdir)
         opened.append(writer)
@@ -206,8 +222,8 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
         state = init_compiled()
         if restored is not None:
             state = state.replace_from_checkpoint(tree)
-        elif config.finetune.source:  # a --finetune run's is the run it archived: one source, the one recorded
-            state = finetune.start_weights(state, config.finetune.source)
+        elif weights is not None:
+            state = finetune.start_weights(state, weights, config.finetune.source)
         program = train_compiles.map(lambda compiling: compiling.result()[0])
         evaluations = {split: eval_compiles[rows].result()[0] for split, rows in split_programs.items()}
         compile_seconds = (

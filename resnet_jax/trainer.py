@@ -102,7 +102,7 @@ def train_and_evaluate(
     # the run records as it starts (the splits' sizes, and the draws' digests as the data is read).
     built = experiment.build(record.resolved(config, previous))
     asked, config = config, built.config
-    ran = record.what_ran(built.model)
+    ran = record.what_ran(built.model) | record.what_the_loop_runs(built)
     if previous is None:  # a new run, which reads the weights it starts from
         finetune.check_source(config.finetune.source)
     changed, reshaped = record.check_resume(
@@ -172,7 +172,7 @@ class _Loop:
         )
         self.mesh, self.streamed = built.mesh, built.streamed
         self.program, self.checkpointer, self.writer = ready.program, ready.checkpointer, ready.writer
-        self.steps_per_call = built.steps_per_call
+        self.steps_per_call, self.log_every_steps = built.steps_per_call, built.log_every_steps
         self.steps_per_epoch, self.total_steps = built.steps_per_epoch, built.total_steps
         self.progress = Progress(built.total_steps, built.steps_per_epoch)
 
@@ -250,7 +250,7 @@ class _Loop:
                 in_epoch = position.step_in_epoch if epoch == position.epoch else 0
                 self.progress.start_epoch(epoch, step, in_epoch)
                 totals, window_start = program.zero_totals(), time.perf_counter()
-                next_log = step + config.train.log_every_steps
+                next_log = step + self.log_every_steps
                 while in_epoch < self.steps_per_epoch and step < self.total_steps:
                     count = min(self.steps_per_call, self.steps_per_epoch - in_epoch, self.total_steps - step)
                     # Scanned, one call runs the chunk; else each step is a call of its own (dispatched without
@@ -277,7 +277,7 @@ class _Loop:
                     if log_now:
                         self._log_train(totals, step, window_start, epoch)
                         totals, window_start = program.zero_totals(), time.perf_counter()
-                        next_log = step + config.train.log_every_steps
+                        next_log = step + self.log_every_steps
                     if not epoch_done and stop.requested(agree=log_now):
                         raise self._preempted(stop, state, step, pipeline.DataPosition(epoch, in_epoch), best)
                 self.progress.close()

@@ -59,6 +59,17 @@ BAD_VALUES = {
         ["data.validation_size=0.9"],
         "train.batch_size=64 is larger than the training set (51 examples)",
     ),
+    # Capped, it would score fewer than config.json says it scored.
+    "train sample past the train split": (
+        ["data.train_eval_size=513"],
+        "data.train_eval_size=513 is more than the run's train split holds (512 examples); give at most 512: "
+        "--config.data.train_eval_size=512 scores all of it",
+    ),
+    "train sample past what the holdout leaves": (
+        ["data.validation_size=64", "data.train_eval_size=500"],
+        "data.train_eval_size=500 is more than the run's train split holds (448 examples, what data.validation_size "
+        "leaves of 512); give at most 448",
+    ),
     "negative train examples": (["data.synthetic_train_examples=-5"], "data.synthetic_train_examples=-5"),
     "negative test examples": (["data.synthetic_test_examples=-5"], "data.synthetic_test_examples=-5"),
     "train set below a batch": (
@@ -283,6 +294,7 @@ GOOD_EDGES = {
     "mean and std per channel": {"data.mean": (0.0, 0.5, 1.0), "data.std": (1.0, 0.5, 0.01)},
     "grey repeated to colour": {"data.dataset": "fashion_mnist", "data.channels": 3},
     "clip of 0": {"optimizer.clip_grad_norm": 0.0},
+    "a train sample of the whole train split": {"data.train_eval_size": 512},
     "nesterov": {"optimizer.nesterov": True},
     "coordinator": {"distributed.coordinator_address": "10.0.0.1:1234", "distributed.num_processes": 2},
 }

@@ -140,3 +140,18 @@ def test_the_command_refuses_a_config_without_a_train_sample(tmp_path, capsys):
         resnet_jax_main.main(args)
     assert stop.value.code == 2
     assert "data.train_eval_size=0" in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_train_sample_larger_than_the_train_split_before_anything_is_written(tmp_path, capsys):
+    workdir = tmp_path / "d"
+    args = ["degradation", "--config", "configs/smoke.py", "--workdir", str(workdir)]
+    # smoke's 512 train examples, less the 10% the sweep holds out to rank on: 461.
+    with pytest.raises(SystemExit) as stop:
+        resnet_jax_main.main([*args, "--config.data.train_eval_size=5000"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "Traceback" not in error
+    assert "data.train_eval_size=5000 is more than the run's train split holds (461 examples" in error
+    assert "--config.data.train_eval_size=461" in error
+    assert len(error.splitlines()) == 1
+    assert not workdir.exists()

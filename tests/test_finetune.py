@@ -84,7 +84,7 @@ def test_a_foreign_weight_file_or_a_missing_source_is_refused_in_one_line(tmp_pa
     weights = tmp_path / "resnet20.safetensors"
     weights.write_bytes(b"not a safetensors file")
     with pytest.raises(checkpoint.CheckpointError, match="resnet20.safetensors"):
-        finetune.start_weights(None, str(weights))
+        finetune.read_weights(str(weights), None)
     with pytest.raises(configuration.ConfigError, match="does not exist"):
         finetune.check_source(str(tmp_path / "none"))
     with pytest.raises(configuration.ConfigError, match="must be 0 or more"):
@@ -113,7 +113,22 @@ def test_a_pytorch_weight_file_starts_a_deeper_run_where_it_fits(tmp_path):
     trainer.train_and_evaluate(load_config("smoke", **{"model.name": "resnet8", "train.num_epochs": 1}), small)
     weights, _, _ = runs.write_run_weights(small, tmp_path / "resnet8.safetensors")
     config = load_config("smoke", **{"model.name": "resnet20", "train.num_epochs": 1})
-    state = finetune.start_weights(experiment.build(config).new_state(), str(weights))
+    state = experiment.build(config).new_state()
+    state = finetune.start_weights(state, finetune.read_weights(str(weights), state), str(weights))
     source = final_tree(small)
     chex.assert_trees_all_equal(jax.device_get(state.params["stage2_block1"]), source["params"]["stage2_block1"])
     chex.assert_trees_all_equal(jax.device_get(state.batch_stats["stem_bn"]), source["batch_stats"]["stem_bn"])
+
+
+def test_weights_are_fitted_to_the_models_shapes_before_any_state_exists():
+    # What start-up checks before the run loads its data and says what it runs: the model's shapes and dtypes alone.
+    model = jax.eval_shape(lambda: {"params": {"head": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}})
+    ten_classes = {"params": {"head": {"kernel": np.ones((4, 10)), "bias": np.ones(10)}}}
+    with pytest.raises(checkpoint.CheckpointRefused, match="w.npz: no parameter fits this model"):
+        checkpoint.fitting_weights(model, ten_classes, "w.npz")
+    complex_kernel = {"params": {"head": {"kernel": np.ones((4, 2), np.complex64)}}}
+    with pytest.raises(checkpoint.CheckpointRefused, match="holds complex64, which cannot become float32"):
+        checkpoint.fitting_weights(model, complex_kernel, "w.npz")
+    fits, fresh = checkpoint.fitting_weights(model, {"params": {"head": {"kernel": np.ones((4, 2))}}}, "w.npz")
+    assert list(fits) == ["['params']['head']['kernel']"]
+    assert fresh == ["['params']['head']['bias'] (2,) (saved: none)"]

@@ -196,6 +196,24 @@ def test_a_run_refused_in_its_start_up_leaves_no_workdir_behind(tmp_path):
     assert not (tmp_path / "new" / "run").exists()
 
 
+@pytest.mark.parametrize("source", ["a folder without a run", "a foreign weight file"])
+def test_weights_a_new_run_cannot_use_are_refused_in_one_line_before_it_says_what_it_runs(tmp_path, source):
+    if source == "a folder without a run":
+        weights = tmp_path / "empty"
+        weights.mkdir()
+        line = f"error: no readable checkpoint in {weights} to start from"
+    else:
+        weights = tmp_path / "resnet20.safetensors"
+        weights.write_bytes(b"not a safetensors file")
+        line = f"error: finetune.source={str(weights)!r}: "
+    result = run([*train_command(tmp_path / "run", "smoke"), f"--init-from={weights}"], timeout=HANG_LIMIT)
+    assert result.returncode == 2
+    # The start-up line (the model, its data, its steps) came first, as if the run were going on.
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_finetune_of_a_new_workdir_is_refused_and_leaves_no_workdir_behind(tmp_path, capsys):
     workdir = tmp_path / "new" / "run"
     with pytest.raises(SystemExit) as exit_info:

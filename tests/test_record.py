@@ -8,6 +8,7 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from resnet_jax.tools import train as train_tool
 from tests.conftest import REPO_ROOT, load_config
 
 ONE_EPOCH = {"train.num_epochs": 1}
+# What train.steps_per_call=0 runs here, and smoke's 4-step metric window in whole calls of it.
+AUTO_STEPS_PER_CALL = 1 if jax.default_backend() == "cpu" else 50
+SMOKE_WINDOW = math.ceil(4 / AUTO_STEPS_PER_CALL) * AUTO_STEPS_PER_CALL
 
 
 def snapshot(workdir: Path) -> dict[str, bytes]:
@@ -88,8 +92,23 @@ def test_config_json_records_what_was_asked_and_what_ran(trained):
     else:
         assert record["ran"]["versions"]["onednn"] is None
     assert record["ran"]["model.conv_backend"] in ("xla", "onednn")
+    ran_loop = (record["ran"]["train.steps_per_call"], record["ran"]["train.log_every_steps"])
+    assert ran_loop == (AUTO_STEPS_PER_CALL, SMOKE_WINDOW)  # (1, 4) on a CPU
     assert record["changes"] == []
     assert record["from_step"] == 0
+
+
+def test_a_metric_window_that_is_not_whole_calls_is_recorded_and_said_as_the_one_kept(tmp_path, caplog):
+    # The loop reads the metrics between calls: 4 steps in calls of 3 are windows of 6 (and the epoch's end, 8).
+    workdir = tmp_path / "run"
+    config = load_config("smoke", **ONE_EPOCH, **{"train.steps_per_call": 3, "train.log_every_steps": 4})
+    with caplog.at_level(logging.INFO, logger="resnet_jax.startup"):
+        trainer.train_and_evaluate(config, workdir)
+    assert "train metrics every 6 steps (train.log_every_steps=4 rounded up to whole calls of " in caplog.text
+    assert [row["step"] for row in metrics.read_metrics(workdir) if "train_loss" in row] == [6, 8]
+    ran = saved(workdir)[configuration.RECORD_KEY]["ran"]
+    assert (ran["train.steps_per_call"], ran["train.log_every_steps"]) == (3, 6)
+    assert saved(workdir)["train"]["log_every_steps"] == 4  # what was asked stays beside it
 
 
 def test_a_run_begun_without_a_record_is_recorded_from_the_step_it_resumed_at(tmp_path):
@@ -268,7 +287,11 @@ def test_a_resume_may_change_how_the_run_is_scored_logged_and_saved_and_records_
     overrides = {key: new for key, (_, new) in resumed_with.items()} | elsewhere
     trainer.train_and_evaluate(load_config("smoke", **overrides), workdir)
     changes = saved(workdir)[configuration.RECORD_KEY]["changes"]
-    expected = [{"step": 8, "key": key, "from": old, "to": new} for key, (old, new) in resumed_with.items()]
+    # And what the loop ran as: on a CPU, one step a call in windows of 4 steps before; 2 and 2 after.
+    ran_with = {"ran.train.steps_per_call": (AUTO_STEPS_PER_CALL, 2), "ran.train.log_every_steps": (SMOKE_WINDOW, 2)}
+    expected = [
+        {"step": 8, "key": key, "from": old, "to": new} for key, (old, new) in (resumed_with | ran_with).items()
+    ]
     assert sorted(changes, key=lambda change: change["key"]) == sorted(expected, key=lambda change: change["key"])
     # What the record says is what ran: the train sample is scored from the evaluation after step 8 on.
     rows = metrics.read_metrics(workdir)

@@ -159,6 +159,11 @@ def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, 
             ["--grid", "seed=0,1", "--config.data.validation_size=512"],
             "data.validation_size=512 holds out 512 of the 512 train examples, leaving none to train on",
         ),
+        (
+            ["--grid", "seed=0,1", "--config.data.validation_size=12", "--config.data.train_eval_size=501"],
+            "data.train_eval_size=501 is more than the run's train split holds (500 examples, what "
+            "data.validation_size leaves of 512); give at most 500",
+        ),
     ],
 )
 def test_bad_flags_are_refused_in_one_line_and_the_old_spelling_still_works(

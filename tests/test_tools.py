@@ -289,6 +289,23 @@ def test_a_config_json_from_before_a_key_existed_still_loads(run_dir, tmp_path):
     assert config.model.name == "resnet8_tiny"
 
 
+def test_a_config_json_that_kept_a_train_sample_larger_than_its_train_split_reads_as_the_sample_scored(
+    run_dir, tmp_path, capsys
+):
+    # Before such a sample was refused, the run scored its whole train split and config.json kept the size asked:
+    # the tools read what was scored, and a tool that never scores it (predict) still runs.
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    saved = configuration.read_json(workdir / configuration.CONFIG_FILE)
+    train = saved["data"]["split_sizes"]["train"]
+    saved["data"]["train_eval_size"] = train + 1000
+    configuration.write_json(saved, workdir / configuration.CONFIG_FILE)
+    assert inference.load_run_config(workdir).data.train_eval_size == train
+    (image,) = save_images(split_arrays(tiny_config(), "test").images[:1], tmp_path)
+    assert predict_tool.main(["--workdir", str(workdir), str(image)]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_bad_workdirs_and_checkpoints_get_one_line_errors(run_dir, built, new_state, tmp_path, capsys):
     assert "not a folder" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path / "missing")], capsys)
     assert "no config.json" in cli_error(evaluate_tool.main, ["--workdir", str(tmp_path)], capsys)
@@ -371,6 +388,18 @@ def test_predict_top1_on_training_images_is_the_models_argmax(run, tmp_path):
         assert probabilities == sorted(probabilities, reverse=True)
         np.testing.assert_allclose(probabilities, np.sort(expected)[::-1][:3], rtol=1e-4)
         assert prediction.top_k[0]["class"] == run.class_names[prediction.top_k[0]["index"]]
+
+
+def test_predict_refuses_more_classes_than_the_run_has_in_one_line_and_lists_3_unless_asked(
+    run_dir, run, tmp_path, capsys
+):
+    (image,) = save_images(split_arrays(run.config, "test").images[:1], tmp_path)
+    # A list cut to the run's 10 classes would not be the 11 asked for.
+    message = cli_error(predict_tool.main, ["--workdir", str(run_dir), str(image), "--top-k", "11"], capsys)
+    assert message == "error: --top-k=11: this run has 10 classes; give 1 to 10 (--top-k=10 lists every class)"
+    assert predict_tool.main(["--workdir", str(run_dir), str(image), "--json"]) == 0
+    [prediction] = json.loads(capsys.readouterr().out)
+    assert len(prediction["top_k"]) == predict_tool.DEFAULT_TOP_K == 3
 
 
 def test_predict_reports_bad_files_and_still_predicts_the_others(run_dir, run, tmp_path, capsys):

@@ -31,6 +31,7 @@ from resnet_jax.data.run_splits import (
     fetch_if_asked,
     record_split_sizes,
     run_split_sizes,
+    saved_as_read_now,
 )
 from resnet_jax.data.section import DEFAULTS, check_config, default_files_dir, use_folder, use_official_files
 from resnet_jax.data.splits import describe, load_split, split_size, to_input_shape
@@ -68,6 +69,7 @@ __all__ = [
     "prepare",
     "record_split_sizes",
     "run_split_sizes",
+    "saved_as_read_now",
     "split_size",
     "synthetic_split",
     "to_input_shape",

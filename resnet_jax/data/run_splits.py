@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
@@ -177,10 +177,31 @@ def run_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def record_split_sizes(data_config: ml_collections.ConfigDict) -> dict[str, int]:
-    """`run_split_sizes`, recorded in the section's `split_sizes` (so config.json says what the run read)."""
+    """`run_split_sizes`, recorded in the section's `split_sizes` (so config.json says what the run read), as a run
+    is built; a train_eval sample larger than the run's train split is a ConfigError."""
     sizes = run_split_sizes(data_config)
+    sample, train = data_config.train_eval_size, sizes["train"]
+    # Scoring fewer than asked would leave config.json saying a larger sample was scored than was.
+    if sample > train:
+        whole = train + sizes[VALIDATION]
+        held = f", what data.validation_size leaves of {whole:,}" if data_config.validation_size else ""
+        raise configuration.ConfigError(
+            f"data.train_eval_size={sample} is more than the run's train split holds ({train:,} examples{held}); "
+            f"give at most {train}: --config.data.train_eval_size={train} scores all of it"
+        )
     data_config.split_sizes.update(sizes)
     return sizes
+
+
+def saved_as_read_now(saved_data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json's `data` section as this version reads it: one written when a train_eval sample larger
+    than the run's train split was cut to the split (refused now, by `record_split_sizes`) says the sample that was
+    scored, so that the run's tools and a resume read what ran."""
+    sample, sizes = saved_data.get("train_eval_size"), saved_data.get("split_sizes")
+    train = sizes.get("train") if isinstance(sizes, dict) else None
+    if configuration.is_number(sample) and configuration.is_number(train) and 0 < train < sample:
+        return {**saved_data, "train_eval_size": train}
+    return saved_data
 
 
 def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
@@ -190,9 +211,9 @@ def config_split_size(data_config: ml_collections.ConfigDict, split: str) -> int
 
 def eval_split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
     """The examples an evaluation split of a built run holds: a recorded split's size, or the train_eval sample's
-    (`train_eval_size`, at most the run's train split)."""
+    (`train_eval_size`, held to at most the run's train split as the run is built: `record_split_sizes`)."""
     if split == TRAIN_EVAL:
-        return min(data_config.train_eval_size, data_config.split_sizes.train)
+        return data_config.train_eval_size
     return data_config.split_sizes[split]
 
 

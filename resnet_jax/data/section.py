@@ -1,6 +1,7 @@
 """The config's `data` section: its defaults and its checks, each key's form checked here, once, before anything is
 read. What the section reads (the dataset, the run's splits and their readers) is in run_splits.py, which checks, as
-it reads, what needs the data (a holdout against the train split's size, mean and std against its channels).
+it reads, what needs the data (a holdout and the train_eval sample against the train split's size, mean and std
+against its channels).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def check_config(data_config: ml_collections.ConfigDict) -> None:
 
 
 def _check_validation_config(data_config: ml_collections.ConfigDict) -> None:
-    """`data.validation_size` and `data.validation_seed`; a size the train split cannot give is refused when the
-    split sizes are known (`run_split_sizes`)."""
+    """`data.validation_size`, `data.validation_seed` and `data.train_eval_size`; a size the train split cannot give
+    is refused when the split sizes are known (`run_split_sizes`)."""
     size = data_config.validation_size
     if not configuration.is_number(size) or size < 0:
         raise configuration.ConfigError(

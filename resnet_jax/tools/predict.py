@@ -33,11 +33,24 @@ class Prediction:
         return {"image": self.image, "error": self.error} if self.error else {"image": self.image, "top_k": self.top_k}
 
 
+DEFAULT_TOP_K = 3  # classes listed per image unless --top-k says (every class of a run with fewer)
+
+
 def predict_files(
-    run: TrainedRun, paths: Sequence[str | Path], top_k: int = 3, tta_flip: bool = False
+    run: TrainedRun, paths: Sequence[str | Path], top_k: int | None = None, tta_flip: bool = False
 ) -> list[Prediction]:
-    """Top-k classes with softmax probabilities for each file, in order. A file that cannot be read gets a
-    Prediction with `error` set; the others are still predicted."""
+    """The `top_k` classes (None: `DEFAULT_TOP_K`, or all of a run with fewer) with softmax probabilities for each
+    file, in order. A file that cannot be read gets a Prediction with `error` set; the others are still predicted.
+    A `top_k` outside 1 to the run's class count is a RunError, before any file is read: a list cut to the classes
+    would not be what was asked."""
+    names = run.class_names
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, len(names))
+    elif not 1 <= top_k <= len(names):
+        raise inference.RunError(
+            f"--top-k={top_k}: this run has {len(names)} classes; give 1 to {len(names)} (--top-k={len(names)} "
+            "lists every class)"
+        )
     predictions = [Prediction(str(path)) for path in paths]
     readable = {}
     for index, path in enumerate(paths):
@@ -48,8 +61,6 @@ def predict_files(
     if not readable:
         return predictions
     probabilities = inference.class_probabilities(run, np.stack(list(readable.values())), tta_flip)
-    names = run.class_names
-    top_k = max(1, min(top_k, len(names)))
     for index, row in zip(readable, probabilities, strict=True):
         best = np.argsort(-row, kind="stable")[:top_k]
         predictions[index].top_k = [
@@ -71,10 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.parser("predict", __doc__)
     run_arguments.add_run_arguments(parser, reads_data=True)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files")
-    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per image")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        help=f"how many classes to list per image, at most the run's (default {DEFAULT_TOP_K}, or every class of a "
+        "run with fewer)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     args, overrides = run_arguments.parse_run_args(parser, argv)
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k={args.top_k} must be at least 1")
     runtime.setup_logging()  # absl's warnings (a tfds folder not prepared) are not the predictions' business
     try:
