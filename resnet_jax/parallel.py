@@ -94,6 +94,17 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
         orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
+def all_reached(name: str, timeout_s: int = 300) -> bool:
+    """Whether every process reached `name` within `timeout_s` (True for one process): a barrier that a process
+    stopped elsewhere may never reach, for a step that may be skipped then. The default is JAX's own wait, at exit,
+    for the other processes to end too."""
+    try:
+        barrier(name, timeout_s)
+    except jax.errors.JaxRuntimeError:  # the coordination service's timeout, or a process that ended meanwhile
+        return False
+    return True
+
+
 # A failed process's line as the others receive it (`stop_together`), cut to this many bytes: a line, not a report.
 MESSAGE_BYTES = 2048
 

@@ -126,8 +126,9 @@ def train_and_evaluate(
         except BaseException:
             # Refused in start-up (a --finetune with no run to start from, weights that cannot be read, data that
             # fails), a run leaves no folder it made, as one refused before it; removed while locked, so that no
-            # other run can have begun in it.
-            if created and jax.process_count() == 1:
+            # other run can have begun in it. Process 0 made it (lock.hold), and removes it once every process has
+            # stopped using it: a process that never comes (stopped elsewhere) leaves it in place.
+            if parallel.all_reached("resnet_jax:refused") and created and jax.process_index() == 0:
                 shutil.rmtree(path, ignore_errors=True)
             raise
         try:

@@ -235,3 +235,16 @@ def test_a_refusal_on_process_0_alone_stops_every_process_in_one_line(tmp_path):
         assert "Traceback" not in output, output
     assert (workdir / "metrics.jsonl").read_text() == damaged
     assert not (workdir / "config.json").exists()
+
+
+def test_a_run_of_two_processes_refused_in_its_start_up_leaves_no_workdir_behind(tmp_path):
+    # --finetune in a new workdir: refused by every process as start-up readies the workdir, which process 0 made
+    # (taking its lock); removed once both stopped, its lock file with it.
+    workdir = tmp_path / "new" / "run"
+    statuses, outputs = two_processes(workdir, flags=("--finetune",))
+    assert statuses == [2, 2], outputs
+    line = f"error: --finetune: --workdir={str(workdir)!r} holds no checkpoint to start from"
+    for output in outputs:
+        assert line in output.splitlines(), output
+        assert "Traceback" not in output, output
+    assert not workdir.exists()
