@@ -22,10 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
-from resnet_jax import atomic
+from resnet_jax import atomic, parallel
 from resnet_jax.configuration import CONFIG_FILE, ConfigError
 from resnet_jax.workdir import LOCK_FILE, create_workdir
 
@@ -97,19 +95,18 @@ def hold(workdir: Path) -> Iterator[None]:
     holds it. In a multi-process run process 0 holds it for all (they share the folder), and all refuse together."""
     path = workdir / LOCK_FILE
     descriptor = None
-    if jax.process_index() == 0:
-        create_workdir(workdir)
-        try:
-            descriptor = _acquire(path)
-        except OSError as error:
-            raise ConfigError(
-                f"cannot create {path} ({error.strerror}); free some space or choose another --workdir"
-            ) from None
-    taken = descriptor is not None
-    if jax.process_count() > 1:
-        taken = bool(multihost_utils.broadcast_one_to_all(np.int32(taken)))
-    if not taken:
-        raise WorkdirBusy(f"{_holder(path)} is writing to {workdir}; wait for it or use another --workdir")
+    # Process 0 alone makes the folder and takes the lock: the others learn here whether it could, and stop with it.
+    with parallel.stop_together("resnet_jax:locked", (WorkdirBusy, ConfigError)):
+        if jax.process_index() == 0:
+            create_workdir(workdir)
+            try:
+                descriptor = _acquire(path)
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot create {path} ({error.strerror}); free some space or choose another --workdir"
+                ) from None
+            if descriptor is None:
+                raise WorkdirBusy(f"{_holder(path)} is writing to {workdir}; wait for it or use another --workdir")
     if jax.process_count() == 1:
         for leftover in atomic.remove_abandoned(workdir):
             logger.info("removed %s, left by a writer killed mid-write", leftover)

@@ -1,4 +1,5 @@
-"""Data parallelism: the device mesh, its shardings, `jax.distributed` start-up and global arrays.
+"""Data parallelism: the device mesh, its shardings, `jax.distributed` start-up, the points where processes meet
+(and stop together), and global arrays.
 
 One mesh axis, `data`, spans every device of every process. Batches are sharded along it and the train state is
 replicated, so under `jax.jit` BatchNorm reduces over the global batch with no `axis_name`.
@@ -6,8 +7,9 @@ replicated, so under `jax.jit` BatchNorm reduces over the global batch with no `
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -16,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import multihost as orbax_multihost
 
-from resnet_jax import configuration
+from resnet_jax import configuration, errors
 
 DATA_AXIS = "data"
 # The config's `distributed` section: empty, a single process unless the environment says otherwise.
@@ -90,6 +92,62 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     collective timeouts); a no-op for one process."""
     if jax.process_count() > 1:
         orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
+def all_reached(name: str, timeout_s: int = 300) -> bool:
+    """Whether every process reached `name` within `timeout_s` (True for one process): a barrier that a process
+    stopped elsewhere may never reach, for a step that may be skipped then. The default is JAX's own wait, at exit,
+    for the other processes to end too."""
+    try:
+        barrier(name, timeout_s)
+    except jax.errors.JaxRuntimeError:  # the coordination service's timeout, or a process that ended meanwhile
+        return False
+    return True
+
+
+# A failed process's line as the others receive it (`stop_together`), cut to this many bytes: a line, not a report.
+MESSAGE_BYTES = 2048
+
+
+class ProcessStopped(RuntimeError):
+    """Another process of the run stopped it with an error of no kind `stop_together` was told to share."""
+
+
+@contextlib.contextmanager
+def stop_together(name: str, shared: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Runs the body, where one process may fail alone (process 0 reads and writes the workdir), then has every
+    process learn whether any failed, so that all stop here rather than the others going on into a collective that
+    waits for the failed one (gloo's ends in a timeout's traceback some 30 s later, NCCL's may hang).
+
+    A process that failed raises its own error. The others raise the first failed process's again: an error of the
+    same class of `shared` (each class takes one message), its message after `process N: `, else ProcessStopped.
+    The body must run no collective, which a failed process would leave the others waiting in. One process: the body
+    alone.
+    """
+    if jax.process_count() == 1:
+        yield
+        return
+    failure = None
+    try:
+        yield
+    except Exception as error:  # every kind: the others must stop on a bug's error too, not wait for this process
+        failure = error
+    kind, message = 0, np.zeros(MESSAGE_BYTES, np.uint8)
+    if failure is not None:
+        kind = next((index for index, cls in enumerate(shared, 1) if isinstance(failure, cls)), len(shared) + 1)
+        line = errors.one_line(failure).encode()[:MESSAGE_BYTES]
+        message[: len(line)] = np.frombuffer(line, np.uint8)
+    # Process 0 may come seconds after the others (it wrote files); gloo's collectives time out sooner than this.
+    barrier(name)
+    kinds, messages = multihost_utils.process_allgather((np.int32(kind), message))
+    if failure is not None:
+        raise failure
+    failed = np.flatnonzero(kinds)
+    if failed.size:
+        index = int(failed[0])
+        text = bytes(messages[index]).rstrip(b"\0").decode(errors="replace")
+        cls = shared[kinds[index] - 1] if kinds[index] <= len(shared) else ProcessStopped
+        raise cls(f"process {index}: {text}")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

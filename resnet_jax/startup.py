@@ -17,7 +17,7 @@ import jax
 
 from resnet_jax import checkpoint, finetune, models, parallel, pipeline, steps
 from resnet_jax.experiment import Experiment, chunk_sizes
-from resnet_jax.metrics import MetricWriter
+from resnet_jax.metrics import MetricsWriteError, MetricWriter
 from resnet_jax.state import TrainState
 from resnet_jax.steps import TrainProgram
 from resnet_jax.workdir import CHECKPOINTS_DIR
@@ -216,7 +216,9 @@ def start(experiment: Experiment, workdir: Path) -> Ready:
             experiment.total_steps,
             _log_window(experiment),
         )
-        writer = MetricWriter(workdir)
+        # Process 0 alone opens the metric files: the others learn here whether it could, and stop with it.
+        with parallel.stop_together("resnet_jax:metrics-opened", (MetricsWriteError,)):
+            writer = MetricWriter(workdir)
         opened.append(writer)
         init_compiled, init_seconds = initialized.result()
         state = init_compiled()

@@ -23,9 +23,9 @@ from jax.experimental import multihost_utils
 from resnet_jax import checkpoint, data, experiment, finetune, lock, parallel, pipeline, record, startup, steps
 from resnet_jax.best import best_values, better_best
 from resnet_jax.configuration import ConfigError
-from resnet_jax.metrics import MetricsWriteError, Progress
+from resnet_jax.metrics import MetricsError, MetricsWriteError, Progress
 from resnet_jax.state import TrainState
-from resnet_jax.workdir import check_workdir, prepare_workdir, write_record
+from resnet_jax.workdir import WorkdirError, check_workdir, prepare_workdir, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -126,21 +126,24 @@ def train_and_evaluate(
         except BaseException:
             # Refused in start-up (a --finetune with no run to start from, weights that cannot be read, data that
             # fails), a run leaves no folder it made, as one refused before it; removed while locked, so that no
-            # other run can have begun in it.
-            if created and jax.process_count() == 1:
+            # other run can have begun in it. Process 0 made it (lock.hold), and removes it once every process has
+            # stopped using it: a process that never comes (stopped elsewhere) leaves it in place.
+            if parallel.all_reached("resnet_jax:refused") and created and jax.process_index() == 0:
                 shutil.rmtree(path, ignore_errors=True)
             raise
         try:
-            # Records past the restored step (or all, starting over) came from a run cut short: they log again. A
-            # damaged metrics.jsonl refuses the run here, before its record is written.
-            ready.writer.truncate_after(ready.restored_step)
-            # The run is accepted: its record says what was asked, what runs, and what changed from which step.
-            if jax.process_index() == 0:
-                if changed:
-                    described = record.describe_changes(previous, config, changed)
-                    logger.info("resumed with %s, from step %d", described, ready.restored_step)
-                run_record = record.make_record(previous, asked, config, ran, changed, ready.restored_step)
-                write_record(config, run_record, path)
+            # Process 0 alone reads and writes these: the others learn here whether it could, and stop with it.
+            with parallel.stop_together("resnet_jax:accepted", (MetricsError, MetricsWriteError, WorkdirError)):
+                # Records past the restored step (or all, starting over) came from a run cut short: they log again. A
+                # damaged metrics.jsonl refuses the run here, before its record is written.
+                ready.writer.truncate_after(ready.restored_step)
+                # The run is accepted: its record says what was asked, what runs, and what changed from which step.
+                if jax.process_index() == 0:
+                    if changed:
+                        described = record.describe_changes(previous, config, changed)
+                        logger.info("resumed with %s, from step %d", described, ready.restored_step)
+                    run_record = record.make_record(previous, asked, config, ran, changed, ready.restored_step)
+                    write_record(config, run_record, path)
             try:
                 results = _Loop(built, ready, on_evaluation, mode).run()
             except MetricsWriteError as error:  # a full disk: the line says what became of the checkpoints too

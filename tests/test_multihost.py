@@ -28,8 +28,8 @@ def params_at(workdir, step):
     return jax.device_get(tree["params"])
 
 
-def run_two_processes(workdir, *overrides: str, flags: tuple[str, ...] = ()) -> list[str]:
-    """`train.py` as two processes of 2 CPU devices each; returns their outputs once both succeeded."""
+def two_processes(workdir, *overrides: str, flags: tuple[str, ...] = ()) -> tuple[list[int], list[str]]:
+    """`train.py` as two processes of 2 CPU devices each; returns their exit statuses and outputs once both ended."""
     address = f"127.0.0.1:{free_port()}"
     workers = [
         subprocess.Popen(
@@ -51,9 +51,15 @@ def run_two_processes(workdir, *overrides: str, flags: tuple[str, ...] = ()) -> 
         for index in range(2)
     ]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
-    for index, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
-        assert worker.returncode == 0, (
-            f"process {index} failed:\n{output[-3000:]}\nprocess {1 - index}:\n{outputs[1 - index][-3000:]}"
+    return [worker.returncode for worker in workers], outputs
+
+
+def run_two_processes(workdir, *overrides: str, flags: tuple[str, ...] = ()) -> list[str]:
+    """`train.py` as two processes of 2 CPU devices each; returns their outputs once both succeeded."""
+    statuses, outputs = two_processes(workdir, *overrides, flags=flags)
+    for index, status in enumerate(statuses):
+        assert status == 0, (
+            f"process {index} failed:\n{outputs[index][-3000:]}\nprocess {1 - index}:\n{outputs[1 - index][-3000:]}"
         )
     return outputs
 
@@ -207,3 +213,38 @@ def test_a_streamed_run_of_two_processes_resumes_in_one_from_its_step_with_the_c
     assert [(r["step"], r["test_examples"]) for r in evals] == [(4, 9.0), (8, 9.0)]
     record = json.loads((workdir / "config.json").read_text())["record"]
     assert {"step": 4, "key": "ran.processes", "from": 2, "to": 1} in record["changes"]
+
+
+@pytest.mark.slow
+def test_a_refusal_on_process_0_alone_stops_every_process_in_one_line(tmp_path):
+    # Only process 0 reads metrics.jsonl, at the end of the start-up: a damaged one refuses the run there. The other
+    # process stops with it, in a line that names process 0, rather than going on into the first step and ending in
+    # gloo's timeout (a traceback, 30 s later; NCCL could wait for ever).
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    damaged = 'garbage\n{"step": 4, "epoch": 0.5}\n'
+    (workdir / "metrics.jsonl").write_text(damaged)
+    statuses, outputs = two_processes(workdir, "train.num_epochs=1")
+    assert statuses == [2, 2], outputs
+    line = (
+        f"{workdir}/metrics.jsonl line 1 is not JSON (Expecting value); the file is damaged: delete or repair that line"
+    )
+    assert f"error: {line}" in outputs[0].splitlines(), outputs[0]
+    assert f"error: process 0: {line}" in outputs[1].splitlines(), outputs[1]
+    for output in outputs:
+        assert "Traceback" not in output, output
+    assert (workdir / "metrics.jsonl").read_text() == damaged
+    assert not (workdir / "config.json").exists()
+
+
+def test_a_run_of_two_processes_refused_in_its_start_up_leaves_no_workdir_behind(tmp_path):
+    # --finetune in a new workdir: refused by every process as start-up readies the workdir, which process 0 made
+    # (taking its lock); removed once both stopped, its lock file with it.
+    workdir = tmp_path / "new" / "run"
+    statuses, outputs = two_processes(workdir, flags=("--finetune",))
+    assert statuses == [2, 2], outputs
+    line = f"error: --finetune: --workdir={str(workdir)!r} holds no checkpoint to start from"
+    for output in outputs:
+        assert line in output.splitlines(), output
+        assert "Traceback" not in output, output
+    assert not workdir.exists()

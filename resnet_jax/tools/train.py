@@ -16,6 +16,7 @@ import jax
 from resnet_jax import errors, interrupts, lock, runtime, trainer
 from resnet_jax.checkpoint import CheckpointError, CheckpointRefused
 from resnet_jax.metrics import MetricsError, MetricsWriteError
+from resnet_jax.parallel import ProcessStopped
 from resnet_jax.tools import common
 from resnet_jax.workdir import WorkdirError
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = trainer.train_and_evaluate(config, args.workdir, mode)
     except CheckpointRefused as error:  # weights this command cannot use as asked: the command is to change
         common.fail(error)
-    except (trainer.TrainingError, CheckpointError, MetricsWriteError, WorkdirError) as error:
+    except (trainer.TrainingError, CheckpointError, MetricsWriteError, WorkdirError, ProcessStopped) as error:
         print(f"training stopped: {error}", file=sys.stderr, flush=True)
         return STOPPED
     except (*common.INPUT_ERRORS, MetricsError) as error:  # MetricsError: a damaged metrics.jsonl to resume
