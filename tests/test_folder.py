@@ -115,6 +115,38 @@ def test_a_folder_larger_than_memory_is_refused_before_decoding_naming_the_grain
     assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing decoded
 
 
+@pytest.mark.parametrize("as_archive", [False, True])
+@pytest.mark.parametrize("image_size", [64, 0])
+def test_the_memory_a_folder_needs_is_its_images_decoded_not_its_archive_s_compressed_size(
+    tmp_path, monkeypatch, as_archive, image_size
+):
+    # 18 noisy RGB PNGs of 8x8, read with data.channels=0 (the default): RGB, 3 bytes a pixel. The .tar.gz is a few
+    # KiB; decoded at 64 px they take 216 KiB, and an archive's files are held in memory while they decode.
+    root = write_folder(tmp_path / "pets")
+    source = write_tar(root, tmp_path / "pets.tar.gz") if as_archive else root
+    side = image_size or 8
+    decoded = 18 * side * side * 3
+    read = 0
+    if as_archive:
+        with tarfile.open(source) as tar:
+            read = sum(member.size for member in tar if member.isfile())
+        assert source.stat().st_size < decoded + read - 1  # judged by its compressed size, it would pass
+    held = decoded + read
+    extracted = []
+    real_extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda tar, member: extracted.append(member) or real_extract(tar, member)
+    )
+    monkeypatch.setattr(folder, "physical_memory", lambda: held - 1)
+    with pytest.raises(data.DataError, match=f"decoded at {side}x{side}x3") as refused:
+        data.open_folder(source, image_size, 0)
+    assert "data.loader='grain'" in str(refused.value) and "\n" not in str(refused.value)
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing decoded
+    assert len(extracted) <= 1  # one image's header looked at; the archive's images were not read into memory
+    monkeypatch.setattr(folder, "physical_memory", lambda: held)
+    assert data.open_folder(source, image_size, 0).split("train").images.shape == (12, side, side, 3)
+
+
 def test_a_second_open_reads_the_cache_and_a_changed_file_decodes_again(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "pets")
     first = data.open_folder(root)

@@ -590,6 +590,97 @@ def test_a_converted_run_is_evaluated_on_a_folder_of_images_by_an_override(tmp_p
     assert stop.value.code == 2 and last.startswith("error: the run's head has 10 classes"), last
 
 
+def pooled_by_hand(run, images):
+    """The run's network's pooled features of uint8 images, normalised as the run was, in one call of the model."""
+    mean, std = (np.asarray(value, np.float32) for value in (run.config.data.mean, run.config.data.std))
+    inputs = (images.astype(np.float32) / 255.0 - mean) / std
+    return np.asarray(run.experiment.model.apply(run.variables, inputs, train=False, return_features=True)[1]["pooled"])
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_the_features_tool_writes_each_batch_as_it_comes_and_its_file_only_once_whole(
+    converted, tmp_path, monkeypatch, suffix
+):
+    # 48 test images in batches of 16, 64 features each: 4 KiB of float32 a batch.
+    folder, _ = converted
+    run = inference.restore_run(folder / "run")
+    test = data.config_loader(run.config.data, "test", run.config.seed)(None)
+    expected = pooled_by_hand(run, test.images)
+    out = tmp_path / "out" / f"emb{suffix}"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier file")
+    batch_bytes = 16 * 64 * 4
+    calls, fail_at, make_program = [], [None], features_tool.feature_program
+
+    def beside():
+        return {path: path.read_bytes() for path in out.parent.iterdir() if path.name.startswith(".")}
+
+    def watched(*args):
+        program = make_program(*args)
+
+        def call(variables, batch):
+            done = len(calls)
+            calls.append(done)
+            if done == fail_at[0]:
+                raise RuntimeError("stopped mid-way")
+            # The batches computed so far are on disk beside the file, whose own name still holds the earlier one.
+            assert out.read_bytes() == b"an earlier file"
+            written = max(beside().values(), key=len, default=b"")
+            assert len(written) >= done * batch_bytes
+            streamed = np.frombuffer(written[len(written) - done * batch_bytes :], np.float32).reshape(-1, 64)
+            np.testing.assert_allclose(streamed, expected[: 16 * done], rtol=1e-4, atol=1e-5)
+            return program(variables, batch)
+
+        return call
+
+    monkeypatch.setattr(features_tool, "feature_program", watched)
+    argv = ["--workdir", str(folder / "run"), "--out", str(out)]
+    fail_at[0] = 2
+    with pytest.raises(RuntimeError, match="stopped mid-way"):
+        features_tool.main(argv)
+    assert out.read_bytes() == b"an earlier file" and not beside()
+    assert sorted(path.name for path in out.parent.iterdir()) == [out.name]
+    calls.clear()
+    fail_at[0] = None
+    assert features_tool.main(argv) == 0
+    assert len(calls) == 3 and not beside()
+    if suffix == ".npz":
+        stored = np.load(out)
+        embeddings, labels = stored["features"], stored["labels"]
+    else:
+        embeddings, labels = np.load(out), np.load(tmp_path / "out" / "emb.labels.npy")
+    assert embeddings.shape == (48, 64) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(labels, test.labels)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_features_written_in_blocks_read_back_whole_and_a_failed_write_leaves_the_old_file(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    blocks = [(rng.normal(size=(rows, 5)).astype(np.float32), rng.integers(0, 3, rows, np.int32)) for rows in (3, 0, 2)]
+    out = tmp_path / f"emb{suffix}"
+    with features_tool.writing(out, ["a", "b", "c"]) as add:
+        assert [add(*block) for block in blocks] == [3, 3, 5]
+    if suffix == ".npz":
+        stored = np.load(out)
+        features, labels = stored["features"], stored["labels"]
+        assert list(stored["class_names"]) == ["a", "b", "c"]
+    else:
+        features, labels = np.load(out), np.load(tmp_path / "emb.labels.npy")
+    np.testing.assert_array_equal(features, np.concatenate([block[0] for block in blocks]))
+    np.testing.assert_array_equal(labels, np.concatenate([block[1] for block in blocks]))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def interrupted():
+        with features_tool.writing(out, ["a", "b", "c"]) as add:
+            add(*blocks[0])
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_features_with_flip_tta_are_the_mean_of_the_image_and_its_mirror(converted, capsys):
     folder, _ = converted
     run = inference.restore_run(folder / "run")
@@ -601,13 +692,9 @@ def test_features_with_flip_tta_are_the_mean_of_the_image_and_its_mirror(convert
     # By hand: the network's pooled features of the (non-symmetric, random) images and of their mirrors.
     images = data.config_loader(run.config.data, "test", run.config.seed)(None).images
     assert not np.array_equal(images, images[:, :, ::-1])
-    mean, std = (np.asarray(value, np.float32) for value in (run.config.data.mean, run.config.data.std))
 
     def pooled(batch):
-        inputs = (batch.astype(np.float32) / 255.0 - mean) / std
-        return np.asarray(
-            run.experiment.model.apply(run.variables, inputs, train=False, return_features=True)[1]["pooled"]
-        )
+        return pooled_by_hand(run, batch)
 
     np.testing.assert_allclose(plain, pooled(images), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(flipped, (pooled(images) + pooled(images[:, :, ::-1])) / 2, rtol=1e-4, atol=1e-5)

@@ -6,6 +6,7 @@ classes, the train split's statistics and the files' digest (`Files.digest`, whi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -68,6 +69,7 @@ class Files:
     read: Callable[[str], bytes]
     ignored: list[str]  # files that are not images in a class folder
     digest: str
+    image_bytes: int  # the images' files' sizes, summed: what an archive's reader holds
 
 
 def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: int = 0) -> ImageFolder:
@@ -88,9 +90,11 @@ def open_folder(path: str | os.PathLike | None, image_size: int = 0, channels: i
         identity.append(stat.st_mtime_ns)
     entry = cache_root() / hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
     if not (entry / "info.json").is_file():
-        if is_archive:  # its images' bytes are held as it is read, at least the archive's size
-            _check_fits(source, stat.st_size, "its images' bytes", ", which reads a plain .tar or a folder")
-        files = _read_archive(source) if is_archive else _read_tree(source, listing)
+
+        def check_fits(files: Files, sample: bytes) -> None:
+            _check_fits(source, files, sample, image_size, channels, is_archive)
+
+        files = _read_archive(source, check_fits) if is_archive else _read_tree(source, listing, check_fits)
         _decode_into(entry, files, source, image_size, channels)
     meta = json.loads((entry / "info.json").read_text())
     if str(entry) not in _warned:
@@ -122,15 +126,45 @@ def physical_memory() -> int | None:
         return None
 
 
-def _check_fits(source: Path, needed: int, what: str, fix: str) -> None:
-    """What the device loader holds of a folder (`needed` bytes) must fit in this machine's memory, or reading it
-    ends in MemoryError's traceback, or the machine swaps or kills the run."""
+def _check_fits(source: Path, files: Files, sample: bytes, image_size: int, channels: int, archive: bool) -> None:
+    """What the device loader holds of a folder must fit in this machine's memory, or reading it ends in MemoryError's
+    traceback, or the machine swaps or kills the run: its listed images decoded, at `image_size` (else `sample`'s
+    size: one image's bytes, whose size they all must have) with `channels` (else 3 when `sample` has colour, as any
+    colour makes the folder RGB), and an archive's image files, which are held while they decode."""
     memory = physical_memory()
-    if memory is not None and needed > memory:
+    shape = None if memory is None else _decoded_shape(sample, image_size, channels)
+    if shape is None:
+        return
+    count = sum(len(paths) for by_class in files.classes.values() for paths in by_class.values())
+    decoded = count * int(np.prod(shape))
+    needed = decoded + (files.image_bytes if archive else 0)
+    if needed > memory:
+        read = f" and their files' {files.image_bytes / 2**30:,.1f} GiB read from the archive" if archive else ""
         raise DataError(
-            f"{source}: {what} take {needed / 2**30:,.1f} GiB, more than this machine's {memory / 2**30:,.1f} GiB of "
-            f"memory; stream them from their files with data.loader='grain' (docs/data.md, larger than memory){fix}"
+            f"{source}: its {count:,} images take {decoded / 2**30:,.1f} GiB decoded at {'x'.join(map(str, shape))}"
+            f"{read}, more than this machine's {memory / 2**30:,.1f} GiB of memory; stream them from their files with "
+            "data.loader='grain' (docs/data.md, larger than memory)"
+            + (", which reads a plain .tar or a folder" if archive else "")
+            + (", or give a smaller data.image_size" if image_size else "")
         )
+
+
+def _decoded_shape(sample: bytes, image_size: int, channels: int) -> tuple[int, int, int] | None:
+    """The shape `_decode_one` gives the folder's images, judged from one image's header (none is decoded): None
+    when neither `image_size` nor the sample says their size."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(sample)) as image:
+            width, height = image.size
+            colour = image.mode not in _GREY_MODES
+    except (*DECODE_ERRORS, Image.DecompressionBombError):
+        if not image_size:
+            return None
+        width = height = 0
+        colour = False
+    side = (image_size, image_size) if image_size else (height, width)
+    return (*side, channels or (3 if colour else 1))
 
 
 def check_files_digest(source: Path, recorded: str, digest: str) -> None:
@@ -177,37 +211,65 @@ def stat_tree(root: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def _read_tree(root: Path, listing: list[tuple[str, int, int]]) -> Files:
+def _read_tree(root: Path, listing: list[tuple[str, int, int]], check: Callable[[Files, bytes], None]) -> Files:
+    """A folder's images, listed, and seen by `check` with the first one's bytes (a sample of what they decode to)
+    before any other is read; decoding reads each from its file."""
     folders = [
         Path(folder).relative_to(root).as_posix() for split in FOLDER_SPLITS for folder, _, _ in walk(root / split)
     ]
     sizes = {name: size for name, size, _ in listing}
-    return sort_files(root, sizes, folders, lambda relative: (root / relative).read_bytes())
+    files = sort_files(root, sizes, folders, lambda relative: (root / relative).read_bytes())
+    check(files, files.read(next(iter(files.classes["train"].values()))[0]))
+    return files
 
 
-def _read_archive(archive: Path) -> Files:
-    """One pass over the archive (a .tar.gz cannot seek back cheaply): the images' bytes are kept in memory."""
-    contents, sizes, folders = {}, {}, []
+@contextlib.contextmanager
+def _reading_archive(archive: Path) -> Iterator[tarfile.TarFile]:
+    """The archive opened (plain or compressed), what it raises as it is read one DataError line."""
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                name = posixpath.normpath(member.name).lstrip("/")
-                if name == "." or ".." in PurePosixPath(name).parts:
-                    continue
-                if member.isdir():
-                    folders.append(name)
-                elif member.isfile():
-                    sizes[name] = member.size
-                    handle = tar.extractfile(member)
-                    contents[name] = handle.read() if name.lower().endswith(IMAGE_SUFFIXES) else b""
+            yield tar
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{archive} cannot be read as a tar archive ({error}); it is damaged or not a tar") from None
-    prefix = archive_prefix([*contents, *folders])
-    if prefix:
-        contents = {name.removeprefix(prefix): data for name, data in contents.items() if name.startswith(prefix)}
-        sizes = {name.removeprefix(prefix): size for name, size in sizes.items() if name.startswith(prefix)}
-        folders = [name.removeprefix(prefix) for name in folders if name.startswith(prefix)]
-    return sort_files(archive, sizes, folders, contents.__getitem__)
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """The archive's members in its order, by normalised name; none outside it."""
+    for member in tar:
+        name = posixpath.normpath(member.name).lstrip("/")
+        if name != "." and ".." not in PurePosixPath(name).parts:
+            yield name, member
+
+
+def _read_archive(archive: Path, check: Callable[[Files, bytes], None]) -> Files:
+    """An archive's images: listed in one pass over its members, holding only the first image's bytes (a sample of
+    what they decode to); seen by `check`; then read in a second pass (a .tar.gz cannot seek back cheaply), their
+    bytes kept in memory."""
+    sizes, folders, sample = {}, [], b""
+    with _reading_archive(archive) as tar:
+        for name, member in _members(tar):
+            if member.isdir():
+                folders.append(name)
+            elif member.isfile():
+                sizes[name] = member.size
+                if not sample and name.lower().endswith(IMAGE_SUFFIXES) and not _is_hidden(name):
+                    sample = tar.extractfile(member).read()
+    prefix = archive_prefix([*sizes, *folders])
+    sizes = {name.removeprefix(prefix): size for name, size in sizes.items() if name.startswith(prefix)}
+    folders = [name.removeprefix(prefix) for name in folders if name.startswith(prefix)]
+    listed = sort_files(archive, sizes, folders, _unread)
+    check(listed, sample)
+    images = {prefix + path for by_class in listed.classes.values() for paths in by_class.values() for path in paths}
+    contents = {}
+    with _reading_archive(archive) as tar:
+        for name, member in _members(tar):
+            if name in images and member.isfile():
+                contents[name.removeprefix(prefix)] = tar.extractfile(member).read()
+    return dataclasses.replace(listed, read=contents.__getitem__)
+
+
+def _unread(name: str) -> bytes:  # an archive's listing, before its images are read
+    raise NotImplementedError(name)
 
 
 def archive_prefix(names: Iterable[str]) -> str:
@@ -265,7 +327,7 @@ def sort_files(source: Path, sizes: Mapping[str, int], folders: Iterable[str], r
     # Names and sizes, not contents: a million files are identified by one walk, without reading them.
     identity = [[path, sizes[path]] for by_class in classes.values() for paths in by_class.values() for path in paths]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
-    return Files(classes, read, ignored, digest)
+    return Files(classes, read, ignored, digest, sum(size for _, size in identity))
 
 
 def _decode_one(data: bytes, image_size: int, channels: int) -> np.ndarray | str:
@@ -303,9 +365,6 @@ def _decode_into(entry: Path, files: Files, source: Path, image_size: int, chann
         for name, paths in files.classes[split].items()
         for path in paths
     ]
-    if image_size:  # at least one channel a pixel
-        fix = ", or give a smaller data.image_size"
-        _check_fits(source, len(jobs) * image_size**2 * (channels or 1), f"its {len(jobs):,} images decoded", fix)
     logger.info("decoding %d images from %s (once: they are cached in %s)", len(jobs), source, entry.parent)
 
     def decode(job: tuple[str, int, str]) -> np.ndarray | str:

@@ -6,14 +6,16 @@ crops, files that cannot be decoded left out), batch by batch.
 
 --out emb.npz holds `features` (N, D) float32, `labels` (N,) int32 and `class_names`; --out emb.npy holds the
 features, and emb.labels.npy beside it the labels. The default is DIR/features/<checkpoint>-<split>-<layer>[-tta_flip]
-.npz.
+.npz. Each batch's features go to disk as they are computed (memory holds one batch, never the split's), under a
+temporary name beside the file, which takes the file's name only once whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -57,37 +59,42 @@ def embed(
     layer: str = "pooled",
     tta_flip: bool = False,
     program: Callable | None = None,
-) -> np.ndarray:
-    """float32 (N, D) features of uint8 images at `layer`, `eval.batch_size` at a time (`program`: a
-    `feature_program` of the same layer and flip, to reuse its compilation)."""
+) -> Iterator[np.ndarray]:
+    """float32 (B, D) features of uint8 images at `layer`, batch by batch of `eval.batch_size`, in order (`program`:
+    a `feature_program` of the same layer and flip, to reuse its compilation)."""
     program = program or feature_program(run, layer, tta_flip)
     batch = max(1, min(int(run.config.eval.batch_size), len(images)))
-    chunks = []
     for start in range(0, len(images), batch):
         part = images[start : start + batch]
         # The last batch is padded to the others' size, so that one program serves every batch.
         padded = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
-        chunks.append(np.asarray(jax.device_get(program(run.variables, padded)))[: len(part)])
-    return np.concatenate(chunks)
+        yield np.asarray(jax.device_get(program(run.variables, padded)))[: len(part)]
+
+
+def embed_split(
+    run: inference.TrainedRun, split: data.SplitArrays, layer: str = "pooled", tta_flip: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A split read into memory (the device loader's), embedded batch by batch: each batch's features and labels."""
+    done = 0
+    for features in embed(run, split.images, layer, tta_flip):
+        yield features, split.labels[done : done + len(features)]
+        done += len(features)
 
 
 def embed_stream(
     run: inference.TrainedRun, split: str, layer: str = "pooled", tta_flip: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """A streamed run's (`data.loader=grain`) `split`, embedded batch by batch as its evaluation reads it: each image
-    centre cropped (`crops.eval_image`), files that cannot be decoded left out; and the labels of those kept. Only
-    the features are held, never the split's images."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A streamed run's (`data.loader=grain`) `split`, embedded batch by batch as its evaluation reads it: each
+    batch's features and labels, each image centre cropped (`crops.eval_image`), files that cannot be decoded left
+    out. The split's images are never held, only one batch of them."""
     program = feature_program(run, layer, tta_flip)
     eval_stream = run.experiment.open_eval_stream(split)
-    features, labels = [], []
     try:
         for batch in eval_stream.batches():
             kept = batch["mask"]
-            features.append(embed(run, batch["image"], layer, tta_flip, program)[kept])
-            labels.append(batch["label"][kept])
+            yield np.concatenate(list(embed(run, batch["image"], layer, tta_flip, program)))[kept], batch["label"][kept]
     finally:
         eval_stream.close()
-    return np.concatenate(features), np.concatenate(labels)
 
 
 def labels_file(out: Path) -> Path:
@@ -95,18 +102,78 @@ def labels_file(out: Path) -> Path:
     return out.with_name(out.stem + ".labels.npy")
 
 
-def write(out: Path, features: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> list[Path]:
+class NpyRows:
+    """A .npy file written block of rows by block as they come, never held whole, as a context: its header says 0
+    rows until the block ends, when the count is written in place (numpy pads a header so that its first axis can
+    change in place); a block that raises leaves the file as it stands, for its owner to remove."""
+
+    def __init__(self, path: Path):
+        self.path, self.count = path, 0
+        self._row: tuple[np.dtype, tuple[int, ...]] | None = None
+        self._offset = 0
+
+    def __enter__(self) -> NpyRows:
+        self._file = open(self.path, "wb")  # closed by __exit__
+        return self
+
+    def append(self, rows: np.ndarray) -> None:
+        if self._row is None:
+            self._row = (rows.dtype, rows.shape[1:])
+            self._offset = self._header()
+        self._file.write(np.ascontiguousarray(rows, self._row[0]).tobytes())
+        self._file.flush()  # handed to the system as it comes, not kept in a buffer of this process
+        self.count += len(rows)
+
+    def _header(self) -> int:
+        """Writes the header at the file's start for the rows written so far; returns where the data begins."""
+        dtype, shape = self._row
+        self._file.seek(0)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.count, *shape)}
+        np.lib.format.write_array_header_1_0(self._file, header)
+        return self._file.tell()
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        with self._file:
+            if error_type is None and self._header() != self._offset:  # needs one `append` at least
+                raise ValueError(f"{self.path}: the .npy header changed length when its row count was written")
+
+
+@contextlib.contextmanager
+def _scratch(near: Path) -> Iterator[Path]:
+    """A temporary .npy file beside `near`, removed when the block ends."""
+    path = atomic.temporary_path(near.with_suffix(".npy"))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(out: Path, class_names: Sequence[str]) -> Iterator[Callable[[np.ndarray, np.ndarray], int]]:
+    """Yields `add(features, labels)`, which writes a batch's rows to disk as they come and returns the rows written
+    so far; when the block ends, `out` (a .npz; or a .npy, with `labels_file(out)`) takes its place whole. Until then
+    the rows go to temporary files beside it, so that a run that fails or is stopped leaves `out` as it was (and,
+    except when killed, nothing beside it). Memory holds one batch: a .npz is made from its .npy parts in chunks."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Through files of the same suffix: numpy adds .npz or .npy to a name that lacks it.
-    if out.suffix == ".npz":
-        with atomic.replacing(out) as temporary:
-            np.savez(temporary, features=features, labels=labels, class_names=np.asarray(class_names))
-        return [out]
-    labels_path = labels_file(out)
-    with atomic.replacing(out) as temporary, atomic.replacing(labels_path) as temporary_labels:
-        np.save(temporary, features)
-        np.save(temporary_labels, labels)
-    return [out, labels_path]
+    with contextlib.ExitStack() as stack:
+        if out.suffix == ".npz":
+            temporary = stack.enter_context(atomic.replacing(out))
+            features_path, labels_path = stack.enter_context(_scratch(out)), stack.enter_context(_scratch(out))
+        else:
+            features_path = stack.enter_context(atomic.replacing(out))
+            labels_path = stack.enter_context(atomic.replacing(labels_file(out)))
+        with NpyRows(features_path) as features, NpyRows(labels_path) as labels:
+
+            def add(batch_features: np.ndarray, batch_labels: np.ndarray) -> int:
+                features.append(batch_features)
+                labels.append(batch_labels)
+                return features.count
+
+            yield add
+        if out.suffix == ".npz":
+            # Read back through a memory map: np.savez copies each array into the archive 16 MiB at a time.
+            stored = {"features": np.load(features_path, mmap_mode="r"), "labels": np.load(labels_path, mmap_mode="r")}
+            np.savez(temporary, **stored, class_names=np.asarray(class_names))
 
 
 def default_out(run: inference.TrainedRun, split: str, layer: str, tta_flip: bool, tag: str = "") -> Path:
@@ -115,11 +182,11 @@ def default_out(run: inference.TrainedRun, split: str, layer: str, tta_flip: boo
     return run.workdir / "features" / f"{name}.npz"
 
 
-def _embed(
+def _prepare(
     args: argparse.Namespace, overrides: Sequence[str], out: Path | None
-) -> tuple[inference.TrainedRun, Path, bool, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[inference.TrainedRun, Path, bool, int, Iterator[tuple[np.ndarray, np.ndarray]]]:
     """The run restored, the file to write (`out`, else the default inside the run, checked before the long part),
-    whether flips are averaged, and the split's features and labels."""
+    whether flips are averaged, the split's size, and its features and labels, batch by batch as they are computed."""
     try:
         run = inference.restore_run(args.workdir, args.checkpoint, overrides=overrides)
         if args.layer not in layer_names(run):
@@ -134,15 +201,14 @@ def _embed(
         config = run.config.data
         data.fetch_if_asked(config)
         num_examples = data.config_split_size(config, args.split)
-        with metrics.stage(f"embedding {num_examples:,} {args.split} examples at {args.layer}, compile included"):
-            if run.experiment.streamed:
-                features, labels = embed_stream(run, args.split, args.layer, tta_flip)
-            else:
-                split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
-                features, labels = embed(run, split.images, args.layer, tta_flip), split.labels
+        if run.experiment.streamed:
+            batches = embed_stream(run, args.split, args.layer, tta_flip)
+        else:
+            split = data.config_loader(config, args.split, run.config.seed)(slice(0, num_examples))
+            batches = embed_split(run, split, args.layer, tta_flip)
     except run_arguments.ERRORS as error:
         common.fail(error)
-    return run, out, tta_flip, (features, labels)
+    return run, out, tta_flip, num_examples, batches
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,14 +235,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Writing into the run (DIR/features/), it holds the run's lock from before the weights are read until the file
     # is written, as evaluate does.
     with common.writing_into(args.out or args.workdir, [args.workdir]):
-        run, out, tta_flip, (features, labels) = _embed(args, overrides, out)
+        run, out, tta_flip, num_examples, batches = _prepare(args, overrides, out)
+        written, width = 0, 0
         try:
-            paths = write(out, features, labels, run.class_names)
+            stage = f"embedding {num_examples:,} {args.split} examples at {args.layer}, compile included"
+            with metrics.stage(stage), writing(out, run.class_names) as add:
+                for features, labels in batches:
+                    written, width = add(features, labels), features.shape[1]
+        except run_arguments.ERRORS as error:
+            common.fail(error)
         except OSError as error:
             common.fail(f"cannot write {out}: {error.strerror or error}")
+    paths = [out] if out.suffix == ".npz" else [out, labels_file(out)]
     print(
-        f"wrote {features.shape[0]:,} x {features.shape[1]} {args.layer} features (tta "
-        f"{'flip' if tta_flip else 'none'}) and their labels to {', '.join(map(str, paths))}"
+        f"wrote {written:,} x {width} {args.layer} features (tta {'flip' if tta_flip else 'none'}) and their labels "
+        f"to {', '.join(map(str, paths))}"
     )
     return 0
 
